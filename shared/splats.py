@@ -1,0 +1,231 @@
+"""The splat data model: one class that holds 3D Gaussians in their raw (trainable) form.
+
+Fields (the meaning of the reference 3DGS PLY; Blender world space, metres):
+
+* ``means``      f32[N, 3]    centres
+* ``quats``      f32[N, 4]    rotations as w, x, y, z (need not be normalised)
+* ``scales``     f32[N, 3]    log of the standard deviations along the local axes
+* ``opacities``  f32[N]       logit of the opacity
+* ``sh0``        f32[N, 3]    DC spherical-harmonic coefficient per RGB channel
+* ``shN``        f32[N, K, 3] higher SH coefficients, K in {0, 3, 8, 15} (degree 0..3)
+
+Activation (exp, sigmoid, normalise) happens here and only here on the numpy side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .rotations import decompose_similarity, matrix_to_quat, quat_multiply
+from .sh import REST_COUNT, degree_from_rest_count, rgb_to_sh0, rotate_sh, sh0_to_rgb
+
+FIELDS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+
+
+class SplatError(ValueError):
+    """Splat data that breaks the model's rules. ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, float32, overflow-safe."""
+    x = np.asarray(x, dtype=np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Inverse of :func:`sigmoid`; ``p`` is clipped to [eps, 1 - eps] first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p / (1.0 - p)).astype(np.float32)
+
+
+def _as_f32(field: str, value: object, shape_text: str) -> np.ndarray:
+    if value is None:
+        raise SplatError(field, f"missing (expected a float array of shape {shape_text})")
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f":
+        raise SplatError(field, f"dtype {arr.dtype} is not floating point (expected float32 {shape_text})")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class Splats:
+    """A set of 3D Gaussians. Construction validates shapes, dtypes and finiteness.
+
+    Float arrays of any precision are accepted and stored as contiguous float32 (no copy when
+    they already are, so arrays decoded from the wire stay zero-copy and may be read-only).
+    """
+
+    means: np.ndarray
+    quats: np.ndarray
+    scales: np.ndarray
+    opacities: np.ndarray
+    sh0: np.ndarray
+    shN: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.means = _as_f32("means", self.means, "[N, 3]")
+        n = self.means.shape[0] if self.means.ndim == 2 else -1
+        if self.means.ndim != 2 or self.means.shape[1] != 3:
+            raise SplatError("means", f"shape {self.means.shape} is not [N, 3]")
+        if self.shN is None:
+            self.shN = np.zeros((n, 0, 3), np.float32)
+        expected = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
+        for field, shape in expected.items():
+            arr = _as_f32(field, getattr(self, field), str(list(shape)).replace(str(n), "N", 1))
+            if arr.shape != shape:
+                raise SplatError(field, f"shape {arr.shape} does not match {shape} (N={n} from means)")
+            setattr(self, field, arr)
+        self.shN = _as_f32("shN", self.shN, "[N, K, 3]")
+        if self.shN.ndim != 3 or self.shN.shape[0] != n or self.shN.shape[2] != 3:
+            raise SplatError("shN", f"shape {self.shN.shape} is not [N={n}, K, 3]")
+        if self.shN.shape[1] not in REST_COUNT.values():
+            raise SplatError("shN", f"K={self.shN.shape[1]} coefficients is not an SH degree 0-3 layout "
+                                    "(K must be 0, 3, 8 or 15)")
+        for field in FIELDS:
+            arr = getattr(self, field)
+            if not np.isfinite(arr).all():
+                bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1) if n > 0 else arr))[0][0])
+                raise SplatError(field, f"contains NaN or Inf (first at splat {bad})")
+        if n and not (np.einsum("ij,ij->i", self.quats, self.quats) > 0).all():
+            bad = int(np.argmin(np.einsum("ij,ij->i", self.quats, self.quats)))
+            raise SplatError("quats", f"zero-length quaternion at splat {bad}")
+
+    # -- basic facts --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def count(self) -> int:
+        return len(self)
+
+    @property
+    def sh_degree(self) -> int:
+        return degree_from_rest_count(self.shN.shape[1])
+
+    # -- activation (the one place) ----------------------------------------------------
+    def scales_linear(self) -> np.ndarray:
+        """Standard deviations in metres, f32[N, 3]."""
+        return np.exp(self.scales)
+
+    def alphas(self) -> np.ndarray:
+        """Opacities in 0..1, f32[N]."""
+        return sigmoid(self.opacities)
+
+    def unit_quats(self) -> np.ndarray:
+        """Normalised quaternions (w, x, y, z), f32[N, 4]."""
+        return (self.quats / np.linalg.norm(self.quats, axis=1, keepdims=True)).astype(np.float32)
+
+    def base_colors(self) -> np.ndarray:
+        """RGB of the DC term, clipped to 0..1, f32[N, 3]."""
+        return np.clip(sh0_to_rgb(self.sh0), 0.0, 1.0)
+
+    @classmethod
+    def from_activated(cls, means: np.ndarray, quats: np.ndarray, scales: np.ndarray,
+                       alphas: np.ndarray, colors: np.ndarray, shN: np.ndarray | None = None) -> "Splats":
+        """Build from linear scales (m), opacities in 0..1 and base RGB in 0..1."""
+        scales = np.asarray(scales, dtype=np.float64)
+        if (scales <= 0).any():
+            raise SplatError("scales", "linear scales must be > 0")
+        return cls(means, quats, np.log(scales), logit(alphas), rgb_to_sh0(colors), shN)
+
+    # -- conversion -----------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The six fields by name (no copies)."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+        """Inverse of :meth:`to_arrays`; ``shN`` may be absent (degree 0)."""
+        missing = [f for f in FIELDS[:-1] if f not in arrays]
+        if missing:
+            raise SplatError(missing[0], "missing from the splat data")
+        return cls(**{f: arrays.get(f) for f in FIELDS})
+
+    def copy(self) -> "Splats":
+        return Splats(**{f: getattr(self, f).copy() for f in FIELDS})
+
+    # -- set operations -----------------------------------------------------------------
+    def subset(self, index: np.ndarray | slice) -> "Splats":
+        """Splats selected by a boolean mask [N], integer indices or a slice."""
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype == bool and index.shape != (len(self),):
+                raise SplatError("index", f"mask shape {index.shape} does not match N={len(self)}")
+        return Splats(**{f: getattr(self, f)[index] for f in FIELDS})
+
+    def with_sh_degree(self, degree: int) -> "Splats":
+        """Same splats with SH truncated or zero-padded to ``degree``."""
+        if degree not in REST_COUNT:
+            raise SplatError("shN", f"SH degree {degree} is not in 0..3")
+        k = REST_COUNT[degree]
+        shN = np.zeros((len(self), k, 3), np.float32)
+        keep = min(k, self.shN.shape[1])
+        shN[:, :keep] = self.shN[:, :keep]
+        return Splats(self.means, self.quats, self.scales, self.opacities, self.sh0, shN)
+
+    @staticmethod
+    def concatenate(parts: Iterable["Splats"]) -> "Splats":
+        """One set holding all ``parts``; SH is padded to the highest degree among them."""
+        parts = list(parts)
+        if not parts:
+            raise SplatError("parts", "nothing to concatenate")
+        degree = max(p.sh_degree for p in parts)
+        parts = [p.with_sh_degree(degree) if p.sh_degree != degree else p for p in parts]
+        return Splats(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS})
+
+    # -- geometry -------------------------------------------------------------------------
+    def transform(self, matrix: np.ndarray) -> "Splats":
+        """Apply a 4x4 similarity (rotation, uniform scale, translation) in world space.
+
+        Means move, quaternions and SH coefficients rotate, log scales shift by log(scale).
+        Shear, non-uniform scale and mirroring raise :class:`SplatError`.
+        """
+        try:
+            rotation, scale, translation = decompose_similarity(matrix)
+        except ValueError as exc:
+            raise SplatError("transform", str(exc)) from None
+        means = (self.means.astype(np.float64) @ (rotation.T * scale) + translation).astype(np.float32)
+        quats = quat_multiply(matrix_to_quat(rotation), self.quats).astype(np.float32)
+        scales = self.scales + np.float32(np.log(scale))
+        shN = rotate_sh(self.shN, rotation) if self.sh_degree > 0 else self.shN.copy()
+        return Splats(means, quats, scales, self.opacities.copy(), self.sh0.copy(), shN)
+
+    def bounds(self, sigmas: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned (min, max) corners, f64[3] each; ``sigmas`` > 0 pads each splat by that
+        many of its largest standard deviation. Raises for an empty set."""
+        if len(self) == 0:
+            raise SplatError("means", "an empty splat set has no bounds")
+        pad = sigmas * np.exp(self.scales.max(axis=1, keepdims=True)) if sigmas else 0.0
+        return (np.min(self.means - pad, axis=0).astype(np.float64),
+                np.max(self.means + pad, axis=0).astype(np.float64))
+
+    def allclose(self, other: "Splats", atol: float = 1e-6) -> bool:
+        """Field-by-field comparison with an absolute tolerance (same N and SH degree)."""
+        return all(getattr(self, f).shape == getattr(other, f).shape
+                   and np.allclose(getattr(self, f), getattr(other, f), atol=atol, rtol=0)
+                   for f in FIELDS)
+
+    # -- test and benchmark data ------------------------------------------------------------
+    @classmethod
+    def random(cls, n: int, sh_degree: int = 0, seed: int = 0, extent: float = 1.0,
+               scale: float = 0.02) -> "Splats":
+        """Deterministic random splats in a cube of half-size ``extent`` (tests, benchmarks)."""
+        rng = np.random.default_rng(seed)
+        k = REST_COUNT[sh_degree]
+        return cls(
+            means=rng.uniform(-extent, extent, (n, 3)).astype(np.float32),
+            quats=rng.normal(size=(n, 4)).astype(np.float32),
+            scales=np.log(scale * rng.uniform(0.3, 1.5, (n, 3))).astype(np.float32),
+            opacities=rng.normal(1.0, 1.5, n).astype(np.float32),
+            sh0=rng.normal(0.0, 0.8, (n, 3)).astype(np.float32),
+            shN=rng.normal(0.0, 0.1, (n, k, 3)).astype(np.float32),
+        )
+
+    def __repr__(self) -> str:
+        return f"Splats(n={len(self)}, sh_degree={self.sh_degree})"
