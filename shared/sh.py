@@ -91,7 +91,7 @@ def sh_rotation_matrices(rotation: np.ndarray, degree: int) -> list[np.ndarray]:
     mats = []
     for band in range(1, degree + 1):
         sl = slice(band * band, (band + 1) * (band + 1))
-        mats.append(np.linalg.lstsq(basis[:, sl], basis_rotated[:, sl], rcond=None)[0].T)
+        mats.append(np.linalg.lstsq(basis[:, sl], basis_rotated[:, sl], rcond=None)[0])
     return mats
 
 

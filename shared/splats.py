@@ -47,7 +47,12 @@ def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 def _as_f32(field: str, value: object, shape_text: str) -> np.ndarray:
     if value is None:
         raise SplatError(field, f"missing (expected a float array of shape {shape_text})")
-    arr = np.asarray(value)
+    if not isinstance(value, np.ndarray):           # Python lists of numbers are welcome
+        try:
+            value = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise SplatError(field, f"is not numeric (expected a float array of shape {shape_text})") from None
+    arr = value
     if arr.dtype.kind != "f":
         raise SplatError(field, f"dtype {arr.dtype} is not floating point (expected float32 {shape_text})")
     return np.ascontiguousarray(arr, dtype=np.float32)

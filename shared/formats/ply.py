@@ -1,0 +1,106 @@
+"""The 3D Gaussian Splatting reference PLY (graphdeco-inria/gaussian-splatting `save_ply`).
+
+Layout written: ``binary_little_endian 1.0``, one ``element vertex N`` with float properties
+``x y z nx ny nz f_dc_0..2 f_rest_0..(3K-1) opacity scale_0..2 rot_0..3`` (normals are zero).
+Values are the raw parameters: log scales, logit opacity, quaternion w x y z (``rot_0`` = w), SH
+coefficients with ``f_rest`` channel-major: ``f_rest[c*K + k] = shN[:, k, c]``.
+
+Coordinates: written and read as they are (no axis change): the file holds our world (Blender,
+Z up). A PLY trained by the reference code is in its COLMAP world (usually Y down); it is imported
+unchanged and the user orients it in Blender.
+
+Reading accepts any property order, extra properties (ignored), float or double properties,
+missing normals, ascii / binary_little_endian / binary_big_endian, and other elements before or
+after ``vertex`` (skipped). The round trip is exact (float32).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..sh import REST_COUNT
+from ..splats import Splats
+from ._common import (PathLike, SplatFormatError, check_property, column, read_ply_elements,
+                      read_ply_header, write_binary_ply)
+
+REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+            "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def property_names(k: int) -> list[str]:
+    """Vertex property names in the order the reference implementation writes them, for K rest coeffs."""
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(3 * k)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+def write_ply(path: PathLike, splats: Splats) -> None:
+    """Write `splats` as a 3DGS reference PLY (exact float32 values)."""
+    n, k = splats.means.shape[0], splats.shN.shape[1]
+    names = property_names(k)
+    table = np.empty((n, len(names)), dtype="<f4")
+    table[:, 0:3] = splats.means
+    table[:, 3:6] = 0.0
+    table[:, 6:9] = splats.sh0
+    rest_end = 9 + 3 * k
+    # [N, K, 3] -> [N, 3, K] -> channel-major f_rest
+    table[:, 9:rest_end] = np.asarray(splats.shN).transpose(0, 2, 1).reshape(n, 3 * k)
+    table[:, rest_end] = splats.opacities
+    table[:, rest_end + 1: rest_end + 4] = splats.scales
+    table[:, rest_end + 4: rest_end + 8] = splats.quats
+    write_binary_ply(path, [("vertex", [(p, "float") for p in names], table)])
+
+
+def _rest_count(path: PathLike, names: list[str]) -> int:
+    rest = {n for n in names if n.startswith("f_rest_")}
+    m = len(rest)
+    for i in range(m):
+        if f"f_rest_{i}" not in rest:
+            raise SplatFormatError(path, "element 'vertex'",
+                                   f"missing property 'f_rest_{i}' (found {m} f_rest properties, "
+                                   f"expected f_rest_0..f_rest_{m - 1})")
+    valid = {3 * kk: deg for deg, kk in REST_COUNT.items()}
+    if m not in valid:
+        raise SplatFormatError(path, "element 'vertex'",
+                               f"{m} f_rest properties is not an SH degree 0-3 layout "
+                               f"(expected 0, 9, 24 or 45)")
+    return m // 3
+
+
+def read_ply(path: PathLike) -> Splats:
+    """Read a 3DGS PLY into Splats; raises SplatFormatError naming the file and property on bad input."""
+    header = read_ply_header(path)
+    vertex = header.element("vertex")
+    if vertex is None:
+        raise SplatFormatError(path, "header", "no 'vertex' element "
+                               f"(elements: {', '.join(e.name for e in header.elements) or 'none'})")
+    names = vertex.property_names()
+    for name in REQUIRED:
+        if name not in names:
+            raise SplatFormatError(path, "element 'vertex'", f"missing property '{name}'")
+    k = _rest_count(path, names)
+    wanted = REQUIRED[:3] + REQUIRED[3:6] + [f"f_rest_{i}" for i in range(3 * k)] + REQUIRED[6:]
+    for name in wanted:  # type errors before reading any data
+        check_property(path, vertex, name)
+    data = read_ply_elements(path, header, {"vertex"})["vertex"]
+    n = vertex.count
+
+    if header.format != "ascii" and all(p.code == "f4" for p in vertex.properties):
+        # Fast path (every file we write, and the reference's): one gather on a float32 matrix.
+        flat = data.view(header.byte_order + "f4").reshape(n, len(names))
+        idx = [names.index(w) for w in wanted]
+        table = flat[:, idx].astype(np.float32, copy=False)
+    else:
+        table = np.empty((n, len(wanted)), dtype=np.float32)
+        for j, name in enumerate(wanted):
+            table[:, j] = column(path, header, vertex, data, name)
+
+    rest_end = 6 + 3 * k
+    sh_n = table[:, 6:rest_end].reshape(n, 3, k).transpose(0, 2, 1)
+    return Splats(
+        means=np.ascontiguousarray(table[:, 0:3]),
+        quats=np.ascontiguousarray(table[:, rest_end + 4: rest_end + 8]),
+        scales=np.ascontiguousarray(table[:, rest_end + 1: rest_end + 4]),
+        opacities=np.ascontiguousarray(table[:, rest_end]),
+        sh0=np.ascontiguousarray(table[:, 3:6]),
+        shN=np.ascontiguousarray(sh_n),
+    )
