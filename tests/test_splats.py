@@ -126,7 +126,7 @@ def test_bounds():
     lo, hi = s.bounds()
     np.testing.assert_allclose(lo, [0, 0, 0]) and np.testing.assert_allclose(hi, [1, 2, 3])
     lo, hi = s.bounds(sigmas=3)
-    np.testing.assert_allclose(lo, [-0.3] * 3, atol=1e-6)
+    np.testing.assert_allclose(lo, [-0.5, -0.3, -0.3], atol=1e-6)
     np.testing.assert_allclose(hi, [2.5, 3.5, 4.5], atol=1e-6)
     with pytest.raises(SplatError, match="empty splat set has no bounds"):
         s.subset(np.zeros(2, bool)).bounds()
