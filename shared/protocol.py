@@ -198,7 +198,7 @@ def _pack_value(value: Any, path: str, frames: list, limits: Limits, depth: int)
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, np.generic):   # numpy scalars (np.float32(1.0), np.int64(3), ...)
-        return value.item()
+        return _pack_value(value.item(), path, frames, limits, depth)
     raise BadField(f"{path}: value of type {type(value).__name__} cannot be sent")
 
 
@@ -221,8 +221,11 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
     except ProtocolError as exc:
         exc.job_id = msg.job_id
         raise
-    header = msgpack.packb({"type": msg.type, "v": PROTOCOL_VERSION, "job_id": msg.job_id,
-                            "fields": packed_fields}, use_bin_type=True)
+    try:
+        header = msgpack.packb({"type": msg.type, "v": PROTOCOL_VERSION, "job_id": msg.job_id,
+                                "fields": packed_fields}, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError) as exc:   # e.g. an int beyond 64 bits
+        raise BadField(f"fields: cannot be packed ({exc})", msg.job_id) from None
     frames[0] = header
     _check_sizes(frames, limits, msg.job_id)
     return frames

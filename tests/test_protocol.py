@@ -328,6 +328,10 @@ def test_encode_rejects_reserved_key_and_unsendable_values():
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"__nd__": 1}}))
     with pytest.raises(BadField, match="fields.meta.f: value of type builtin_function_or_method"):
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"f": print}}))
+    with pytest.raises(BadField, match="fields.meta.c: value of type complex"):
+        encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"c": np.complex64(1)}}))
+    with pytest.raises(BadField, match="cannot be packed"):
+        encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"big": 2**70}}))
     with pytest.raises(BadField, match="map key 3"):
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {3: 1}}))
 
