@@ -1,0 +1,141 @@
+"""The splat object (headless bpy): splats stored as a vertices-only mesh with point attributes."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from shared.splats import Splats
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture
+def so(addon_dir, bpy_empty):
+    """The add-on's splat_object module (imported from the assembled add-on)."""
+    return importlib.import_module("splatbridge.splat_object")
+
+
+def test_create_then_read_back_equal(so, bpy_empty):
+    bpy = bpy_empty
+    splats = Splats.random(500, sh_degree=3, seed=1)
+    obj = so.create_splat_object(bpy.context, "Splats", splats)
+    assert obj.type == "MESH" and so.is_splat_object(obj)
+    assert obj.name in bpy.context.scene.collection.all_objects
+    assert obj[so.PROP_SH_DEGREE] == 3
+    assert len(obj.data.vertices) == 500 and len(obj.data.edges) == 0
+    assert obj.data.attributes[so.ATTR_ROTATION].data_type == "QUATERNION"
+    back = so.read_splats_from_object(obj)
+    # identity transform: exactly the same floats (the quaternions are not normalised on the way)
+    for field in ("means", "quats", "scales", "opacities", "sh0", "shN"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(splats, field), err_msg=field)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2])
+def test_lower_sh_degrees_round_trip(so, bpy_empty, degree):
+    splats = Splats.random(64, sh_degree=degree, seed=degree)
+    obj = so.create_splat_object(bpy_empty.context, f"d{degree}", splats)
+    back = so.read_splats_from_object(obj)
+    assert back.sh_degree == degree and back.allclose(splats, atol=0)
+
+
+def test_not_a_splat_object_is_refused(so, bpy_empty):
+    bpy = bpy_empty
+    mesh = bpy.data.meshes.new("plain")
+    obj = bpy.data.objects.new("plain", mesh)
+    assert not so.is_splat_object(obj)
+    with pytest.raises(so.SplatObjectError, match="'plain' is not a splat object"):
+        so.read_splats_from_object(obj)
+    with pytest.raises(so.SplatObjectError, match="not a splat object"):
+        so.update_splat_object(obj, Splats.random(3))
+
+
+def test_missing_attribute_is_named(so, bpy_empty):
+    obj = so.create_splat_object(bpy_empty.context, "broken", Splats.random(10, sh_degree=1))
+    obj.data.attributes.remove(obj.data.attributes[so.ATTR_OPACITY])
+    with pytest.raises(so.SplatObjectError, match="no 'opacity_logit' attribute"):
+        so.read_splats_from_object(obj)
+
+
+def test_transform_applied_on_read_rotates_sh(so, bpy_empty):
+    from mathutils import Euler, Matrix
+
+    splats = Splats.random(200, sh_degree=2, seed=3)
+    obj = so.create_splat_object(bpy_empty.context, "moved", splats)
+    obj.matrix_world = Matrix.Translation((1.0, -2.0, 0.5)) @ Euler((0.3, -0.7, 1.1)).to_matrix().to_4x4() \
+        @ Matrix.Scale(2.0, 4)
+    world = so.read_splats_from_object(obj)
+    expected = splats.transform(np.array(obj.matrix_world))
+    assert world.allclose(expected, atol=1e-5)
+    # the SH really changed (rotated), and the DC did not
+    assert not np.allclose(world.shN, splats.shN, atol=1e-3)
+    np.testing.assert_allclose(world.sh0, splats.sh0)
+    np.testing.assert_allclose(world.scales, splats.scales + np.log(2.0), atol=1e-5)
+    local = so.read_splats_from_object(obj, apply_transform=False)
+    assert local.allclose(splats, atol=0)
+
+
+def test_non_uniform_scale_is_refused_on_read(so, bpy_empty):
+    obj = so.create_splat_object(bpy_empty.context, "squashed", Splats.random(5))
+    obj.scale = (1.0, 2.0, 1.0)
+    bpy_empty.context.view_layer.update()
+    with pytest.raises(ValueError, match="transform: .*non-uniform scale"):   # the add-on's SplatError
+        so.read_splats_from_object(obj)
+
+
+def test_save_reload_keeps_data(so, bpy_empty, tmp_path):
+    bpy = bpy_empty
+    splats = Splats.random(300, sh_degree=3, seed=4)
+    obj = so.create_splat_object(bpy.context, "saved", splats)
+    obj.location = (0.0, 0.0, 1.0)
+    path = tmp_path / "splats.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    assert "saved" not in bpy.data.objects
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    loaded = bpy.data.objects["saved"]
+    assert so.is_splat_object(loaded)
+    assert so.read_splats_from_object(loaded, apply_transform=False).allclose(splats, atol=0)
+    np.testing.assert_allclose(so.read_splats_from_object(loaded).means, splats.means + [0, 0, 1], atol=1e-6)
+
+
+def test_duplicate_is_independent(so, bpy_empty):
+    bpy = bpy_empty
+    splats = Splats.random(50, sh_degree=1, seed=5)
+    obj = so.create_splat_object(bpy.context, "orig", splats)
+    dup = obj.copy()
+    dup.data = obj.data.copy()
+    bpy.context.scene.collection.objects.link(dup)
+    assert so.is_splat_object(dup) and dup.data != obj.data
+    so.update_splat_object(dup, Splats.random(20, sh_degree=0, seed=6))
+    assert len(so.read_splats_from_object(dup)) == 20
+    assert so.read_splats_from_object(obj).allclose(splats, atol=0)
+
+
+def test_duplicate_operator(so, bpy_empty):
+    bpy = bpy_empty
+    splats = Splats.random(40, sh_degree=2, seed=8)
+    obj = so.create_splat_object(bpy.context, "opdup", splats)
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    bpy.ops.object.duplicate()
+    dup = bpy.context.view_layer.objects.active
+    assert dup is not None and dup != obj and so.is_splat_object(dup)
+    assert so.read_splats_from_object(dup).allclose(splats, atol=0)
+
+
+def test_update_in_place(so, bpy_empty):
+    bpy = bpy_empty
+    obj = so.create_splat_object(bpy.context, "live", Splats.random(100, sh_degree=3, seed=7))
+    mesh = obj.data
+    rev = mesh[so.PROP_REVISION]
+    new = Splats.random(37, sh_degree=1, seed=9)
+    so.update_splat_object(obj, new)
+    assert obj.data == mesh and mesh[so.PROP_REVISION] == rev + 1
+    assert obj[so.PROP_SH_DEGREE] == 1
+    assert mesh.attributes.get(so.ATTR_SH_REST.format(3)) is None   # degree-3 leftovers removed
+    assert so.read_splats_from_object(obj).allclose(new, atol=0)
+    same_count = Splats.random(37, sh_degree=1, seed=10)
+    so.update_splat_object(obj, same_count)
+    assert so.read_splats_from_object(obj).allclose(same_count, atol=0)
