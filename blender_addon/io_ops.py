@@ -1,0 +1,236 @@
+"""File > Import / Export of Gaussian splat files, and drag-and-drop of them into the 3D view.
+
+Formats are those of ``shared.formats`` (3DGS PLY, SuperSplat compressed PLY, .splat, .spz); the
+file content decides how a .ply is read. Import creates one splat object per file (through
+``splat_object.create_splat_object``); export writes the active splat object (through
+``splat_object.read_splats_from_object``), by default with its object transform applied.
+
+A file that cannot be read is reported with an ERROR naming the file and the problem, and
+nothing is added to the scene: all files are read before the first object is created.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper, ImportHelper
+
+from .shared.formats import EXTENSIONS, SplatFormatError, read_splats, write_splats
+
+FILTER_GLOB = "*.ply;*.splat;*.spz"
+DROP_EXTENSIONS = ".ply;.splat;.spz"
+
+# (format, label, description, file extension written)
+FORMAT_ITEMS: tuple[tuple[str, str, str, str], ...] = (
+    ("ply", "3DGS PLY", "The reference 3D Gaussian Splatting PLY: full precision, all SH degrees", ".ply"),
+    ("compressed_ply", "Compressed PLY", "SuperSplat/PlayCanvas compressed PLY: quantised in chunks of 256, "
+     "about 4x smaller", ".compressed.ply"),
+    ("splat", ".splat", "antimatter15 .splat: 32 bytes per splat, colour without view dependence (SH degree 0)",
+     ".splat"),
+    ("spz", ".spz", "Niantic .spz: gzip-compressed, quantised, keeps SH up to degree 3", ".spz"),
+)
+FORMAT_EXTENSION = {item[0]: item[3] for item in FORMAT_ITEMS}
+
+
+def _splat_object_api():
+    from . import splat_object
+    return splat_object
+
+
+def object_name_for(path: str | os.PathLike) -> str:
+    """Object name from a file name without its splat extension ("garden.compressed.ply" -> "garden")."""
+    name = Path(path).name
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or name
+    return Path(name).stem or name
+
+
+def describe_read_error(path: str | os.PathLike, exc: BaseException) -> str:
+    """A one-line user message for a failed read: the file, then what is wrong with it."""
+    text = str(exc)
+    name = os.fspath(path)
+    if isinstance(exc, (SplatFormatError, FileNotFoundError)) or name in text:
+        return f"Cannot import splats: {text}"
+    if isinstance(exc, (ValueError, OSError)):
+        return f"Cannot import splats: {name}: {text}"
+    return f"Cannot import splats: {name}: unexpected {type(exc).__name__}: {text}"
+
+
+def is_splat_object(obj: bpy.types.Object | None) -> bool:
+    if obj is None:
+        return False
+    api = _splat_object_api()
+    check = getattr(api, "is_splat_object", None)
+    return bool(check(obj)) if check is not None else True
+
+
+def import_files(context: bpy.types.Context, paths: list[str]) -> list[tuple[bpy.types.Object, int]]:
+    """Read every file, then create one splat object per file: [(object, number of splats)].
+    Raises ``ImportFailed`` with a user message on the first unreadable file, before anything
+    was created."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, read_splats(path)))
+        except Exception as exc:  # any reader failure is the file's problem, reported in one line
+            raise ImportFailed(describe_read_error(path, exc)) from exc
+    create = _splat_object_api().create_splat_object
+    return [(create(context, object_name_for(path), splats), len(splats.means)) for path, splats in loaded]
+
+
+class ImportFailed(Exception):
+    """An import that added nothing; the message is for the user."""
+
+
+class IMPORT_SCENE_OT_splatbridge_splats(bpy.types.Operator, ImportHelper):
+    """Import Gaussian splats (3DGS PLY, compressed PLY, .splat, .spz) as splat objects"""
+    bl_idname = "import_scene.splatbridge_splats"
+    bl_label = "Import Gaussian Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default=FILTER_GLOB, options={"HIDDEN"})
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+
+    def _paths(self) -> list[str]:
+        names = [f.name for f in self.files if f.name]
+        if self.directory and names:
+            return [os.path.join(self.directory, n) for n in names]
+        return [self.filepath] if self.filepath else []
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if self.directory and len(self.files):  # drag-and-drop through the FileHandler: no browser
+            return self.execute(context)
+        return ImportHelper.invoke(self, context, event)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        paths = self._paths()
+        if not paths:
+            self.report({"ERROR"}, "Cannot import splats: no file given")
+            return {"CANCELLED"}
+        try:
+            created = import_files(context, paths)
+        except ImportFailed as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        for obj in context.view_layer.objects:
+            obj.select_set(False)
+        for obj, _ in created:
+            obj.select_set(True)
+        context.view_layer.objects.active = created[-1][0]
+        total = sum(n for _, n in created)
+        self.report({"INFO"}, f"Imported {total} splats into {len(created)} object(s)")
+        return {"FINISHED"}
+
+
+class EXPORT_SCENE_OT_splatbridge_splats(bpy.types.Operator, ExportHelper):
+    """Export the active splat object as 3DGS PLY, compressed PLY, .splat or .spz"""
+    bl_idname = "export_scene.splatbridge_splats"
+    bl_label = "Export Gaussian Splats"
+    bl_options = {"REGISTER"}
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default=FILTER_GLOB, options={"HIDDEN"})
+    format: EnumProperty(
+        name="Format",
+        items=[(key, label, desc) for key, label, desc, _ in FORMAT_ITEMS],
+        default="ply",
+    )
+    apply_transform: BoolProperty(
+        name="Apply Object Transform",
+        description="Write the splats in world space (the object's location, rotation and scale applied); "
+                    "off: in the object's local space",
+        default=True,
+    )
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return is_splat_object(context.active_object)
+
+    def check(self, context: bpy.types.Context) -> bool:
+        """Keep the file name's extension in step with the chosen format."""
+        want = FORMAT_EXTENSION[self.format]
+        path = self.filepath
+        base = path
+        for ext in sorted(EXTENSIONS, key=len, reverse=True):
+            if base.lower().endswith(ext):
+                base = base[: -len(ext)]
+                break
+        new = base + want
+        if new != path:
+            self.filepath = new
+            return True
+        return False
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if not self.filepath and context.active_object is not None:
+            self.filepath = bpy.path.ensure_ext(context.active_object.name, FORMAT_EXTENSION[self.format])
+        return ExportHelper.invoke(self, context, event)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        obj = context.active_object
+        if not is_splat_object(obj):
+            self.report({"ERROR"}, "Cannot export splats: the active object is not a splat object")
+            return {"CANCELLED"}
+        path = self.filepath
+        if not path:
+            self.report({"ERROR"}, "Cannot export splats: no file path given")
+            return {"CANCELLED"}
+        try:
+            splats = _splat_object_api().read_splats_from_object(obj, apply_transform=self.apply_transform)
+        except Exception as exc:
+            self.report({"ERROR"}, f"Cannot export splats: object '{obj.name}': {exc}")
+            return {"CANCELLED"}
+        # Write beside the target and rename, so a failed write never leaves half a file behind.
+        partial = path + ".partial"
+        try:
+            write_splats(partial, splats, format=self.format)
+            os.replace(partial, path)
+        except Exception as exc:
+            if os.path.exists(partial):
+                os.remove(partial)
+            self.report({"ERROR"}, f"Cannot export splats to {path}: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Exported {len(splats.means)} splats to {path}")
+        return {"FINISHED"}
+
+
+class SPLATBRIDGE_FH_splats(bpy.types.FileHandler):
+    """Drop .ply, .splat or .spz files on the 3D view to import them as splat objects."""
+    bl_idname = "SPLATBRIDGE_FH_splats"
+    bl_label = "Gaussian Splats"
+    bl_import_operator = "import_scene.splatbridge_splats"
+    bl_file_extensions = DROP_EXTENSIONS
+
+    @classmethod
+    def poll_drop(cls, context: bpy.types.Context) -> bool:
+        return context.area is not None and context.area.type == "VIEW_3D"
+
+
+def menu_import(self, context: bpy.types.Context) -> None:
+    self.layout.operator(IMPORT_SCENE_OT_splatbridge_splats.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
+
+
+def menu_export(self, context: bpy.types.Context) -> None:
+    self.layout.operator(EXPORT_SCENE_OT_splatbridge_splats.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
+
+
+classes = (IMPORT_SCENE_OT_splatbridge_splats, EXPORT_SCENE_OT_splatbridge_splats, SPLATBRIDGE_FH_splats)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(menu_export)
+
+
+def unregister() -> None:
+    bpy.types.TOPBAR_MT_file_export.remove(menu_export)
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,182 @@
+"""SplatBridge's add-on preferences: where the backend is, and how to start a local one.
+
+``get_prefs(context)`` is the one way other modules read them. The live connection state is
+owned by ``connection.py``; ``draw`` only reads it, defensively (it may be absent or not yet
+connected).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bpy
+from bpy.props import BoolProperty, IntProperty, StringProperty
+
+ADDON_PACKAGE = __package__  # "bl_ext.<repo>.splatbridge" when installed as an extension
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+DEFAULT_PORT = 5555
+
+
+def _local_backend_update(self: "SplatBridgePreferences", context: bpy.types.Context) -> None:
+    # Toggling the option starts/stops the local backend right away (the user expects it).
+    from . import backend_process
+    try:
+        if self.start_local_backend:
+            backend_process.start_from_prefs(self)
+        else:
+            backend_process.stop_backend()
+    except backend_process.BackendLaunchError as exc:
+        print(f"SplatBridge: {exc}")
+
+
+class SplatBridgePreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_PACKAGE
+
+    backend_address: StringProperty(
+        name="Backend Address",
+        description="ZeroMQ address of the SplatBridge backend (tcp://HOST:PORT)",
+        default=DEFAULT_ADDRESS,
+    )
+    start_local_backend: BoolProperty(
+        name="Start a Local Backend",
+        description="Run the backend as a child process of Blender on this machine "
+                    "(on 127.0.0.1 at the port below); it stops when Blender quits",
+        default=False,
+        update=_local_backend_update,
+    )
+    python_executable: StringProperty(
+        name="Python",
+        description="Python interpreter with torch (and gsplat) installed that runs the local backend. "
+                    "Empty: the backend source's .venv, else python3 on PATH",
+        subtype="FILE_PATH",
+        default="",
+    )
+    backend_source: StringProperty(
+        name="Backend Source",
+        description="Folder holding the 'backend' and 'shared' packages (the SplatBridge repository). "
+                    "Empty: the repository this add-on was built from",
+        subtype="DIR_PATH",
+        default="",
+    )
+    port: IntProperty(
+        name="Port",
+        description="TCP port the local backend binds on 127.0.0.1",
+        default=DEFAULT_PORT,
+        min=1024,
+        max=65535,
+    )
+    job_store: StringProperty(
+        name="Job Store",
+        description="Folder where the local backend keeps every job's inputs and results. "
+                    "Empty: the backend's default (splatbridge-jobs in the backend source)",
+        subtype="DIR_PATH",
+        default="",
+    )
+    curve_server_key: StringProperty(
+        name="Server Public Key",
+        description="CurveZMQ: the backend's public key certificate (server.key), needed for a "
+                    "backend bound beyond loopback",
+        subtype="FILE_PATH",
+        default="",
+    )
+    curve_client_key: StringProperty(
+        name="Client Secret Key",
+        description="CurveZMQ: this client's secret key certificate (client.key_secret); its public "
+                    "key must be in the backend's allow-list folder",
+        subtype="FILE_PATH",
+        default="",
+    )
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        box = layout.box()
+        box.label(text="Connection", icon="LINKED")
+        box.prop(self, "backend_address")
+        text, icon = connection_summary()
+        box.label(text=text, icon=icon)
+
+        box = layout.box()
+        box.label(text="Local Backend", icon="CONSOLE")
+        box.prop(self, "start_local_backend")
+        col = box.column()
+        col.prop(self, "python_executable")
+        col.prop(self, "backend_source")
+        col.prop(self, "port")
+        col.prop(self, "job_store")
+        from . import backend_process
+        row = box.row()
+        row.label(text=backend_process.status_text())
+        row.operator("splatbridge.backend_start", text="Start", icon="PLAY")
+        row.operator("splatbridge.backend_stop", text="Stop", icon="CANCEL")
+        row.operator("splatbridge.backend_show_log", text="Log", icon="TEXT")
+
+        box = layout.box()
+        box.label(text="Security (CurveZMQ, for a backend beyond loopback)", icon="LOCKED")
+        box.prop(self, "curve_server_key")
+        box.prop(self, "curve_client_key")
+
+        from . import ERRORS, MISSING
+        if ERRORS:
+            box = layout.box()
+            box.label(text="Parts that failed to load:", icon="ERROR")
+            for name, message in ERRORS.items():
+                box.label(text=f"{name}: {message}")
+        if MISSING:
+            layout.label(text="Not in this build: " + ", ".join(MISSING), icon="INFO")
+
+
+def get_prefs(context: bpy.types.Context | None = None) -> SplatBridgePreferences | None:
+    """The add-on's preferences, or None when the add-on is not enabled (e.g. a bare import)."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
+    return addon.preferences if addon is not None else None
+
+
+@dataclass
+class DefaultSettings:
+    """The preference values as plain data: what ``get_settings`` gives when the add-on's
+    preferences are not registered (the add-on imported as a package by tests or a script)."""
+    backend_address: str = DEFAULT_ADDRESS
+    start_local_backend: bool = False
+    python_executable: str = ""
+    backend_source: str = ""
+    port: int = DEFAULT_PORT
+    job_store: str = ""
+    curve_server_key: str = ""
+    curve_client_key: str = ""
+
+
+def get_settings(context: bpy.types.Context | None = None) -> SplatBridgePreferences | DefaultSettings:
+    """The preferences if registered, else the defaults (same attribute names)."""
+    return get_prefs(context) or DefaultSettings()
+
+
+def connection_summary() -> tuple[str, str]:
+    """(text, icon) describing the live connection, read from connection.py if it offers one."""
+    try:
+        from . import connection
+    except Exception:
+        return "Connection module not available", "QUESTION"
+    for name in ("status_summary", "status_text"):
+        fn = getattr(connection, name, None)
+        if callable(fn):
+            try:
+                value = fn()
+            except Exception as exc:
+                return f"Connection state unavailable: {exc}", "ERROR"
+            if isinstance(value, tuple) and len(value) == 2:
+                return str(value[0]), str(value[1])
+            return str(value), "INFO"
+    return "Not connected", "UNLINKED"
+
+
+classes = (SplatBridgePreferences,)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,589 @@
+#!/usr/bin/env python3
+"""SplatBridge's one build entry point. Standard library only; runs with any python3 >= 3.11.
+
+    python3 build.py setup            create .venv and install requirements.txt (idempotent, fast when done)
+    python3 build.py test [ARGS]      setup, then pytest ARGS in the venv (exit 5 "no tests" is a failure)
+    python3 build.py demo [ARGS]      setup, then the end-to-end demo (demo/run_demo.py), output in demo-output/
+    python3 build.py serve [ARGS]     setup, then `python -m backend serve ARGS` in the venv
+    python3 build.py addon            dist/splatbridge-<version>.zip: the Blender extension with bundled wheels
+
+The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`)
+and wheels of pyzmq and msgpack for every platform Blender ships on (Linux x86_64, Windows amd64,
+macOS arm64 and x86_64) and for both Pythons Blender 4.2+ uses (3.11 up to Blender 5.0, 3.13 from
+5.1). Downloaded wheels are cached in dist/wheel-cache, so a rebuild needs no network.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REQUIREMENTS = ROOT / "requirements.txt"
+ADDON_SRC = ROOT / "blender_addon"
+SHARED_SRC = ROOT / "shared"
+DIST = ROOT / "dist"
+DEMO_SCRIPT = ROOT / "demo" / "run_demo.py"
+
+# bpy==5.0.1 (Blender 5.0 as a module, used by the tests and the demo) ships cp311 wheels only.
+VENV_PYTHON = (3, 11)
+# Bump when the meaning of a finished setup changes, so that stamps written before are redone.
+SETUP_SCHEMA = "1"
+STAMP_NAME = ".splatbridge-setup-stamp"
+
+ADDON_ID = "splatbridge"
+BLENDER_VERSION_MIN = (4, 2, 0)
+# Packages the add-on needs inside Blender's Python; their versions come from requirements.txt.
+BUNDLED_PACKAGES = ("pyzmq", "msgpack")
+# Blender's Python: 3.11 in Blender 4.2-5.0, 3.13 from 5.1.
+BLENDER_PYTHONS = ("3.11", "3.13")
+# Manifest platform name -> pip `--platform` tags (pip expands macOS tags to older versions and
+# universal2 by itself). Blender 4.2+ needs glibc 2.28 and macOS 11.
+PLATFORMS: dict[str, tuple[str, ...]] = {
+    "linux-x64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
+    "windows-x64": ("win_amd64",),
+    "macos-arm64": ("macosx_11_0_arm64",),
+    "macos-x64": ("macosx_11_0_x86_64",),
+}
+PERMISSIONS_REQUIRED = ("network", "files")
+
+
+class BuildError(Exception):
+    """A build step failed for a reason the message explains."""
+
+
+def log(msg: str) -> None:
+    print(f"[build] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# setup
+
+
+def venv_dir() -> Path:
+    """The project's virtual environment (override with SPLATBRIDGE_VENV for experiments)."""
+    return Path(os.environ.get("SPLATBRIDGE_VENV", ROOT / ".venv"))
+
+
+def venv_python(venv: Path | None = None) -> Path:
+    venv = venv or venv_dir()
+    if os.name == "nt":
+        return venv / "Scripts" / "python.exe"
+    return venv / "bin" / "python"
+
+
+def requirements_hash() -> str:
+    """Hash of what a finished setup depends on: requirements.txt, the venv Python, the schema."""
+    h = hashlib.sha256()
+    h.update(REQUIREMENTS.read_bytes())
+    h.update(f"py{VENV_PYTHON}-schema{SETUP_SCHEMA}".encode())
+    return h.hexdigest()
+
+
+def pinned_versions() -> dict[str, str]:
+    """`name==version` pins of requirements.txt, names lower-cased."""
+    pins: dict[str, str] = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)", line)
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def find_base_python() -> str:
+    """An interpreter of version VENV_PYTHON to create the venv with."""
+    if sys.version_info[:2] == VENV_PYTHON:
+        return sys.executable
+    name = "python{}.{}".format(*VENV_PYTHON)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise BuildError(
+        f"the venv needs Python {VENV_PYTHON[0]}.{VENV_PYTHON[1]} (bpy==5.0.1 ships only cp311 wheels), "
+        f"but this is Python {sys.version.split()[0]} and no '{name}' is on PATH: install Python "
+        f"{VENV_PYTHON[0]}.{VENV_PYTHON[1]} or run build.py with it")
+
+
+def _installed_version(python: Path, dist: str) -> str | None:
+    out = subprocess.run(
+        [str(python), "-c",
+         f"import importlib.metadata as m\ntry: print(m.version({dist!r}))\nexcept m.PackageNotFoundError: pass"],
+        capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def _pip_find_links() -> list[Path]:
+    """Local folders pip is configured to take wheels from (PIP_FIND_LINKS / pip.conf find-links)."""
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                             text=True, timeout=60).stdout
+        values += [ln.split("=", 1)[1].strip("'\"") for ln in out.splitlines() if "find-links" in ln]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    dirs = []
+    for value in values:
+        for item in value.split():
+            item = item.removeprefix("file://")
+            if item and Path(item).is_dir():
+                dirs.append(Path(item))
+    return dirs
+
+
+def _torch_cpu_constraint(python: Path, tmp: Path) -> list[str]:
+    """pip arguments that keep a fresh install on a CPU build of torch when one lies on local disk.
+
+    Nothing is constrained when torch is already installed (a GPU machine installs the CUDA build
+    of the same minor first, and that must stay).
+    """
+    version = pinned_versions().get("torch")
+    if version is None or _installed_version(python, "torch") is not None:
+        return []
+    for folder in _pip_find_links():
+        if any(folder.glob(f"torch-{version}+cpu-*.whl")):
+            path = tmp / "torch-cpu-constraint.txt"
+            path.write_text(f"torch=={version}+cpu\n")
+            log(f"torch {version}: using the CPU build found in {folder}")
+            return ["-c", str(path)]
+    log(f"note: no local CPU build of torch {version}; pip takes PyPI's default build")
+    return []
+
+
+def setup(force: bool = False) -> Path:
+    """Create the venv if missing and install requirements.txt into it. Returns the venv python.
+
+    Fast when already done: a stamp in the venv records the hash of requirements.txt.
+    """
+    venv = venv_dir()
+    python = venv_python(venv)
+    stamp = venv / STAMP_NAME
+    want = requirements_hash()
+    if not force and python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    if not python.exists():
+        base = find_base_python()
+        log(f"creating {venv} with {base}")
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    else:
+        version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True).stdout.strip()
+        if tuple(int(x) for x in version.split(".")) != VENV_PYTHON:
+            raise BuildError(f"{venv} has Python {version}, SplatBridge needs {VENV_PYTHON[0]}.{VENV_PYTHON[1]}: "
+                             f"remove the folder and run setup again")
+    log(f"installing {REQUIREMENTS.name} into {venv} (first time takes a few minutes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = _torch_cpu_constraint(python, Path(tmp))
+        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
+               "-r", str(REQUIREMENTS), *extra]
+        result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0:
+        raise BuildError(f"pip install -r {REQUIREMENTS.name} failed (exit {result.returncode})")
+    stamp.write_text(want + "\n")
+    log("setup done")
+    return python
+
+
+def child_env() -> dict[str, str]:
+    """Environment for venv children: the repo root importable (backend, shared, tests)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# test, demo, serve
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    python = setup()
+    cmd = [str(python), "-m", "pytest", *pytest_args]
+    log("running " + " ".join(cmd[1:]))
+    code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
+    if code == 5:
+        log("pytest collected no tests: treated as a failure")
+        return 1
+    return code
+
+
+def run_demo(demo_args: list[str]) -> int:
+    python = setup()
+    if not DEMO_SCRIPT.exists():
+        print(f"The demo is not written yet: {DEMO_SCRIPT.relative_to(ROOT)} does not exist, so there is "
+              f"nothing to run. `python3 build.py test` runs everything that exists.", file=sys.stderr)
+        return 2
+    return subprocess.run([str(python), str(DEMO_SCRIPT), *demo_args], cwd=ROOT, env=child_env()).returncode
+
+
+def run_serve(serve_args: list[str]) -> int:
+    python = setup()
+    try:
+        return subprocess.run([str(python), "-m", "backend", "serve", *serve_args],
+                              cwd=ROOT, env=child_env()).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+# --------------------------------------------------------------------------------------------
+# addon: wheels
+
+
+@dataclass(frozen=True)
+class WheelName:
+    """The parts of a wheel file name that decide where it installs."""
+    filename: str
+    distribution: str
+    version: str
+    python_tags: tuple[str, ...]
+    abi_tags: tuple[str, ...]
+    platform_tags: tuple[str, ...]
+
+    @staticmethod
+    def parse(filename: str) -> "WheelName":
+        if not filename.endswith(".whl"):
+            raise BuildError(f"{filename}: not a wheel (no .whl suffix)")
+        parts = filename[:-4].split("-")
+        if len(parts) not in (5, 6):
+            raise BuildError(f"{filename}: wheel name does not follow name-version[-build]-py-abi-platform")
+        return WheelName(filename, parts[0].lower().replace("_", "-"), parts[1], tuple(parts[-3].split(".")),
+                         tuple(parts[-2].split(".")), tuple(parts[-1].split(".")))
+
+    def installs_on(self, platform: str, python: str) -> bool:
+        """Whether Blender on `platform` (a manifest name) with Python `python` ("3.13") takes this wheel.
+
+        Mirrors Blender's own filter (bl_pkg `_extensions_wheel_filter_for_this_system`): manylinux
+        of the same arch on Linux, any macOS version of the arch or universal2 on macOS, and a
+        stable-ABI (abi3) wheel built for an older CPython on a newer one.
+        """
+        arch_ok = False
+        for tag in self.platform_tags:
+            if tag == "any":
+                arch_ok = True
+            elif platform == "linux-x64":
+                arch_ok |= tag.startswith("manylinux") and tag.endswith("_x86_64")
+            elif platform == "windows-x64":
+                arch_ok |= tag == "win_amd64"
+            elif platform == "macos-arm64":
+                arch_ok |= tag.startswith("macosx_") and (tag.endswith("_arm64") or tag.endswith("_universal2"))
+            elif platform == "macos-x64":
+                arch_ok |= tag.startswith("macosx_") and (tag.endswith("_x86_64") or tag.endswith("_universal2"))
+        if not arch_ok:
+            return False
+        major, minor = (int(x) for x in python.split("."))
+        for tag in self.python_tags:
+            m = re.fullmatch(r"(?:cp|py)(\d)(\d*)", tag)
+            if not m:
+                continue
+            t_major, t_minor = int(m.group(1)), int(m.group(2) or -1)
+            if t_minor < 0 and t_major == major:
+                return True
+            if (t_major, t_minor) == (major, minor):
+                return True
+            if "abi3" in self.abi_tags and t_major == major and t_minor <= minor:
+                return True
+        return False
+
+
+def _download_wheel(package: str, version: str, platform: str, python: str, dest: Path) -> Path:
+    """pip download the one wheel of package==version for (platform, python) into dest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+               "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--dest", tmp]
+        for tag in PLATFORMS[platform]:
+            cmd += ["--platform", tag]
+        cmd.append(f"{package}=={version}")
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise BuildError(f"no {package}=={version} wheel for {platform} / Python {python}: pip download "
+                             f"said:\n{(result.stdout + result.stderr).strip()[-2000:]}")
+        target = dest / wheels[0].name
+        if not target.exists():
+            shutil.move(str(wheels[0]), target)
+        return target
+
+
+def collect_wheels(cache: Path, offline: bool = False) -> list[Path]:
+    """Wheels of BUNDLED_PACKAGES covering every PLATFORMS x BLENDER_PYTHONS, from cache or pip.
+
+    The cache keeps an index (package==version, platform, python) -> file name, so a rebuild
+    runs no pip at all. `offline` (or SPLATBRIDGE_OFFLINE=1) turns a cache miss into an error.
+    Returns the distinct wheel files, sorted by name.
+    """
+    offline = offline or os.environ.get("SPLATBRIDGE_OFFLINE") == "1"
+    pins = pinned_versions()
+    cache.mkdir(parents=True, exist_ok=True)
+    index_path = cache / "index.json"
+    index: dict[str, str] = json.loads(index_path.read_text()) if index_path.exists() else {}
+    chosen: set[Path] = set()
+    for package in BUNDLED_PACKAGES:
+        version = pins.get(package)
+        if version is None:
+            raise BuildError(f"{REQUIREMENTS.name} must pin {package} (name==version) to bundle it")
+        for platform in PLATFORMS:
+            for python in BLENDER_PYTHONS:
+                key = f"{package}=={version}|{platform}|{python}"
+                cached = cache / index[key] if key in index else None
+                if cached is None or not cached.exists():
+                    if offline:
+                        raise BuildError(f"offline build, but the wheel cache {cache} has no {key}")
+                    log(f"downloading {package}=={version} for {platform}, Python {python}")
+                    cached = _download_wheel(package, version, platform, python, cache)
+                    index[key] = cached.name
+                    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+                if not WheelName.parse(cached.name).installs_on(platform, python):
+                    raise BuildError(f"{cached.name} does not install on {platform} with Python {python}")
+                chosen.add(cached)
+    return sorted(chosen, key=lambda p: p.name)
+
+
+# --------------------------------------------------------------------------------------------
+# addon: manifest, zip, validation
+
+
+def read_source_manifest() -> tuple[str, dict]:
+    path = ADDON_SRC / "blender_manifest.toml"
+    text = path.read_text(encoding="utf-8")
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{path}: {exc}") from None
+
+
+def _toml_list(key: str, values: list[str]) -> str:
+    if len(values) <= 4 and sum(len(v) for v in values) < 70:
+        return f"{key} = [" + ", ".join(json.dumps(v) for v in values) + "]\n"
+    return f"{key} = [\n" + "".join(f"  {json.dumps(v)},\n" for v in values) + "]\n"
+
+
+def manifest_with(text: str, platforms: list[str], wheels: list[str]) -> str:
+    """The manifest text with top-level `platforms` and `wheels` replaced by the given lists.
+
+    Top-level keys must precede the first [table], so existing assignments (also multi-line ones)
+    are dropped and the new ones are put just before the first table header.
+    """
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    i = 0
+    first_table = None
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if first_table is None and line.startswith("["):  # a table header (arrays inside tables are indented)
+            first_table = len(out)
+        if first_table is None and re.match(r"(platforms|wheels)\s*=", stripped):
+            depth = stripped.count("[") - stripped.count("]")
+            while depth > 0 and i + 1 < len(lines):
+                i += 1
+                depth += lines[i].count("[") - lines[i].count("]")
+            i += 1
+            continue
+        out.append(line)
+        i += 1
+    block = [_toml_list("platforms", platforms), _toml_list("wheels", wheels), "\n"]
+    if first_table is None:
+        out += ["\n"] + block[:2]
+    else:
+        out[first_table:first_table] = block
+    result = "".join(out)
+    parsed = tomllib.loads(result)
+    if parsed.get("platforms") != platforms or parsed.get("wheels") != wheels:
+        raise BuildError("internal error: the generated manifest does not hold the wheels/platforms written")
+    return result
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _addon_files() -> list[tuple[Path, str]]:
+    """(source file, path in the zip) for the add-on code and the vendored shared package."""
+    def walk(src: Path, prefix: str) -> list[tuple[Path, str]]:
+        files = []
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if path.is_dir() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+                continue
+            files.append((path, prefix + rel.as_posix()))
+        return files
+    files = [f for f in walk(ADDON_SRC, "") if f[1] not in ("blender_manifest.toml", "build_info.json")]
+    if any(name == "shared" or name.startswith("shared/") for _, name in files):
+        raise BuildError("blender_addon/ must not contain a shared/ folder: build.py vendors the repo's shared/")
+    return files + walk(SHARED_SRC, "shared/")
+
+
+def build_addon(dist: Path = DIST, cache: Path | None = None, offline: bool = False) -> Path:
+    """Write and validate dist/splatbridge-<version>.zip. Returns its path."""
+    text, manifest = read_source_manifest()
+    version = manifest.get("version")
+    if manifest.get("id") != ADDON_ID or not isinstance(version, str):
+        raise BuildError(f"blender_addon/blender_manifest.toml: expected id '{ADDON_ID}' and a version string")
+    wheels = collect_wheels(cache or dist / "wheel-cache", offline=offline)
+    wheel_paths = [f"./wheels/{w.name}" for w in wheels]
+    platforms = list(PLATFORMS)
+    if sorted(manifest.get("platforms", [])) != sorted(platforms):
+        raise BuildError(f"blender_manifest.toml: platforms {manifest.get('platforms')} must be {platforms}, "
+                         f"the platforms whose wheels are bundled")
+    build_info = {"version": version, "source_root": str(ROOT), "git_commit": _git_commit(),
+                  "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    dist.mkdir(parents=True, exist_ok=True)
+    target = dist / f"{ADDON_ID}-{version}.zip"
+    tmp_target = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp_target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("blender_manifest.toml", manifest_with(text, platforms, wheel_paths))
+        zf.writestr("build_info.json", json.dumps(build_info, indent=1) + "\n")
+        for src, name in _addon_files():
+            zf.write(src, name)
+        for wheel in wheels:
+            zf.write(wheel, f"wheels/{wheel.name}", compress_type=zipfile.ZIP_STORED)
+    problems = validate_addon_zip(tmp_target)
+    if problems:
+        tmp_target.unlink()
+        raise BuildError("the built add-on is not valid:\n  " + "\n  ".join(problems))
+    os.replace(tmp_target, target)
+    log(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} "
+        f"({target.stat().st_size / 1e6:.1f} MB, {len(wheels)} wheels)")
+    return target
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def validate_addon_zip(path: Path) -> list[str]:
+    """Problems with a built extension zip (empty list: valid).
+
+    Checks the manifest fields Blender requires, the permissions and platforms SplatBridge
+    declares, that every listed wheel is in the zip and that the wheels cover each platform and
+    Blender Python, that the add-on and the vendored shared package are there; then runs Blender's
+    own validator (bl_pkg's `blender_ext.py validate`) when the venv's bpy provides it.
+    """
+    problems: list[str] = []
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        if "blender_manifest.toml" not in names:
+            return ["blender_manifest.toml is not at the zip's root"]
+        try:
+            manifest = tomllib.loads(zf.read("blender_manifest.toml").decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            return [f"blender_manifest.toml does not parse: {exc}"]
+    expect = {"schema_version": "1.0.0", "id": ADDON_ID, "type": "add-on"}
+    for key, value in expect.items():
+        if manifest.get(key) != value:
+            problems.append(f"manifest {key} is {manifest.get(key)!r}, expected {value!r}")
+    for key in ("name", "tagline", "maintainer", "version", "blender_version_min", "license"):
+        if not manifest.get(key):
+            problems.append(f"manifest lacks {key}")
+    if _version_tuple(str(manifest.get("version", ""))) is None:
+        problems.append(f"manifest version {manifest.get('version')!r} is not MAJOR.MINOR.PATCH")
+    vmin = _version_tuple(str(manifest.get("blender_version_min", "")))
+    if vmin is None or vmin < BLENDER_VERSION_MIN:
+        problems.append(f"blender_version_min {manifest.get('blender_version_min')!r} must be >= "
+                        + ".".join(map(str, BLENDER_VERSION_MIN)))
+    perms = manifest.get("permissions", {})
+    for key in PERMISSIONS_REQUIRED:
+        reason = perms.get(key) if isinstance(perms, dict) else None
+        if not isinstance(reason, str) or not reason or reason.endswith("."):
+            problems.append(f"permission {key!r} missing or its reason is empty or ends with a period")
+    platforms = manifest.get("platforms", [])
+    if sorted(platforms) != sorted(PLATFORMS):
+        problems.append(f"platforms {platforms} != {list(PLATFORMS)}")
+    wheels = manifest.get("wheels", [])
+    parsed = []
+    for entry in wheels:
+        if not entry.startswith("./wheels/"):
+            problems.append(f"wheel path {entry!r} does not start with ./wheels/")
+        if entry.removeprefix("./") not in names:
+            problems.append(f"listed wheel {entry} is not in the zip")
+        try:
+            parsed.append(WheelName.parse(entry.rsplit("/", 1)[-1]))
+        except BuildError as exc:
+            problems.append(str(exc))
+    for package in BUNDLED_PACKAGES:
+        for platform in platforms:
+            for python in BLENDER_PYTHONS:
+                if not any(w.distribution == package and w.installs_on(platform, python) for w in parsed):
+                    problems.append(f"no {package} wheel for {platform} / Python {python}")
+    for required in ("__init__.py", "shared/__init__.py", "build_info.json"):
+        if required not in names:
+            problems.append(f"{required} is not in the zip")
+    problems += _blender_validate(path)
+    return problems
+
+
+def blender_ext_script() -> Path | None:
+    """Blender's extension command-line tool, as shipped inside the venv's bpy module."""
+    venv = venv_dir()
+    candidates = sorted(venv.glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    candidates += sorted(venv.glob("Lib/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    return candidates[-1] if candidates else None
+
+
+def _blender_validate(path: Path) -> list[str]:
+    script = blender_ext_script()
+    if script is None:
+        log("note: Blender's extension validator is not available (no bpy in the venv): own checks only")
+        return []
+    result = subprocess.run([sys.executable, str(script), "validate", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        return ["Blender's validator: " + (result.stdout + result.stderr).strip()]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_setup = sub.add_parser("setup", help="create .venv and install requirements.txt")
+    p_setup.add_argument("--force", action="store_true", help="reinstall even if the stamp says done")
+    sub.add_parser("test", help="setup, then pytest (extra arguments go to pytest)", add_help=False)
+    sub.add_parser("demo", help="setup, then the end-to-end demo", add_help=False)
+    sub.add_parser("serve", help="setup, then `python -m backend serve ...`", add_help=False)
+    p_addon = sub.add_parser("addon", help="build dist/splatbridge-<version>.zip")
+    p_addon.add_argument("--dist", type=Path, default=DIST, help="output folder (default: dist/)")
+    p_addon.add_argument("--wheel-cache", type=Path, default=None, help="default: <dist>/wheel-cache")
+    p_addon.add_argument("--offline", action="store_true", help="fail instead of downloading a missing wheel")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # test/demo/serve pass everything after the command through untouched (pytest's -k, -x ...).
+    passthrough = {"test": run_tests, "demo": run_demo, "serve": run_serve}
+    try:
+        if argv and argv[0] in passthrough:
+            return passthrough[argv[0]](argv[1:])
+        args = parser.parse_args(argv)
+        if args.command == "setup":
+            setup(force=args.force)
+            return 0
+        if args.command == "addon":
+            build_addon(args.dist.resolve(), args.wheel_cache.resolve() if args.wheel_cache else None,
+                        offline=args.offline)
+            return 0
+    except BuildError as exc:
+        print(f"build.py: error: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"build.py: error: {' '.join(map(str, exc.cmd))} failed with exit {exc.returncode}", file=sys.stderr)
+        return 1
+    parser.error(f"unknown command {argv[0]!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
