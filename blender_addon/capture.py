@@ -1,0 +1,463 @@
+"""Capture a camera rig: render every rig camera with the scene's engine, plus surface samples.
+
+Images: one render per camera with the scene's render engine (Cycles or EEVEE) and
+``film_transparent`` on, so alpha is the object mask; written to a temporary 8-bit RGBA PNG and
+read back through ``bpy.data.images`` (headless Blender has no readable Render Result pixels).
+Result: u8[C,H,W,4], rows top to bottom, straight alpha, display-referred sRGB.
+By default the capture uses the "Standard" view transform (no AgX/Filmic tone curve, no look,
+exposure 0, gamma 1) so that pixel values are the sRGB encoding of the rendered radiance, as
+3DGS expects of photos; ``standard_view=False`` keeps the scene's colour management.
+Compositing and the sequencer are off during capture. Every scene setting the capture touches is
+restored after each view.
+
+Cameras: the shared OpenCV convention (``viewmats`` world-to-camera, ``Ks`` pinhole in pixels)
+through ``shared.cameras.camera_from_blender``.
+
+Initial points: area-weighted samples on the evaluated (modifier-applied) surfaces of the target
+meshes, in world space, each with an sRGB u8 colour taken from its material, unlit:
+
+* Principled BSDF (or Diffuse / Emission) reached from the active Material Output:
+  - Base Color not linked: its default value;
+  - linked to a Color Attribute / Attribute node: that colour attribute (point or corner domain),
+    interpolated over the triangle;
+  - linked to an Image Texture node: the image sampled (nearest, repeat) at the active UV map;
+  - linked to anything else: the socket's default value;
+* other shaders or no nodes: the material's viewport display colour; no material: Blender's default
+  surface colour, 0.8 linear grey. Colours are unlit: lighting is left to training.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+import bpy
+
+from .rig import is_rig, rig_cameras, rig_resolution, rig_targets
+from .shared.cameras import BlenderCameraParams, Camera, camera_from_blender, stack_cameras
+
+ENGINES_CYCLES = "CYCLES"
+DEFAULT_GREY = (0.8, 0.8, 0.8)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """sRGB transfer function (IEC 61966-2-1) of linear values in [0, 1] (clipped)."""
+    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1.0 / 2.4) - 0.055)
+
+
+def to_u8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to u8 with rounding."""
+    return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- cameras
+
+def blender_camera(scene, cam_obj, width: int | None = None, height: int | None = None) -> Camera:
+    """The shared-convention camera of a Blender camera object as the scene would render it.
+
+    ``width``/``height`` override the scene resolution (at 100 %), as the capture sets them.
+    Object scale (e.g. a scaled rig empty) is removed: Blender renders cameras unscaled.
+    """
+    if cam_obj.type != "CAMERA":
+        raise ValueError(f"object {cam_obj.name!r} is not a camera")
+    data = cam_obj.data
+    if data.type != "PERSP":
+        raise ValueError(f"camera {cam_obj.name!r} is {data.type}: only perspective cameras "
+                         f"can be captured for training")
+    m = np.array(cam_obj.matrix_world, dtype=np.float64)
+    m[:3, :3] /= np.linalg.norm(m[:3, :3], axis=0, keepdims=True)
+    r = scene.render
+    return camera_from_blender(BlenderCameraParams(
+        matrix_world=m, lens=data.lens, sensor_width=data.sensor_width,
+        sensor_height=data.sensor_height, sensor_fit=data.sensor_fit,
+        shift_x=data.shift_x, shift_y=data.shift_y,
+        resolution_x=int(width if width is not None else r.resolution_x),
+        resolution_y=int(height if height is not None else r.resolution_y),
+        resolution_percentage=100 if width is not None else r.resolution_percentage,
+        pixel_aspect_x=r.pixel_aspect_x, pixel_aspect_y=r.pixel_aspect_y))
+
+
+# --------------------------------------------------------------------------- rendering
+
+class _Settings:
+    """Set attributes on Blender data and put the old values back (in reverse order)."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[object, str, object]] = []
+
+    def set(self, owner, attr: str, value) -> None:
+        self._saved.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
+
+    def restore(self) -> None:
+        for owner, attr, value in reversed(self._saved):
+            try:
+                setattr(owner, attr, value)
+            except (AttributeError, TypeError, ValueError):  # e.g. a camera deleted meanwhile
+                pass
+        self._saved.clear()
+
+
+def load_png_rgba(path: str) -> np.ndarray:
+    """An 8-bit PNG as u8[H,W,4], top row first, values as stored (no colour conversion)."""
+    img = bpy.data.images.load(path, check_existing=False)
+    try:
+        w, h = img.size
+        px = np.empty(w * h * 4, dtype=np.float32)
+        img.pixels.foreach_get(px)
+    finally:
+        bpy.data.images.remove(img)
+    return to_u8(px.reshape(h, w, 4)[::-1])
+
+
+def render_view(scene, cam_obj, width: int, height: int, path: str, *,
+                engine: str | None = None, samples: int | None = None,
+                standard_view: bool = True) -> np.ndarray:
+    """Render ``cam_obj`` at ``width`` x ``height`` with a transparent film; u8[H,W,4] RGBA.
+
+    The scene's settings are restored afterwards. ``samples`` sets Cycles samples or EEVEE
+    render samples for this render only.
+    """
+    s = _Settings()
+    r = scene.render
+    try:
+        if engine is not None:
+            s.set(r, "engine", engine)
+        s.set(scene, "camera", cam_obj)
+        s.set(r, "resolution_x", int(width))
+        s.set(r, "resolution_y", int(height))
+        s.set(r, "resolution_percentage", 100)
+        s.set(r, "film_transparent", True)
+        s.set(r, "use_border", False)
+        s.set(r, "use_compositing", False)
+        s.set(r, "use_sequencer", False)
+        s.set(r, "use_file_extension", False)
+        s.set(r, "filepath", path)
+        im = r.image_settings
+        s.set(im, "file_format", "PNG")
+        s.set(im, "color_mode", "RGBA")
+        s.set(im, "color_depth", "8")
+        s.set(im, "compression", 0)
+        if standard_view:
+            v = scene.view_settings
+            s.set(scene.display_settings, "display_device", "sRGB")
+            s.set(v, "view_transform", "Standard")
+            s.set(v, "look", "None")
+            s.set(v, "exposure", 0.0)
+            s.set(v, "gamma", 1.0)
+            s.set(v, "use_curve_mapping", False)
+        if samples is not None:
+            if r.engine == ENGINES_CYCLES:
+                s.set(scene.cycles, "samples", int(samples))
+            elif hasattr(scene, "eevee"):
+                s.set(scene.eevee, "taa_render_samples", int(samples))
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+        if not os.path.exists(path):
+            raise RuntimeError(f"render of camera {cam_obj.name!r} wrote no image to {path}")
+        img = load_png_rgba(path)
+    finally:
+        s.restore()
+    if img.shape[:2] != (height, width):
+        raise RuntimeError(f"render of {cam_obj.name!r} is {img.shape[1]}x{img.shape[0]}, "
+                           f"expected {width}x{height}")
+    return img
+
+
+# --------------------------------------------------------------------------- surface samples
+
+def _socket_source(socket):
+    """The node feeding ``socket`` (following reroutes), or None."""
+    while socket is not None and socket.is_linked:
+        node = socket.links[0].from_node
+        if node.type != "REROUTE":
+            return node, socket.links[0].from_socket
+        socket = node.inputs[0]
+    return None, None
+
+
+def material_color_source(mat) -> tuple:
+    """How a material's base colour is found, as one of
+    ``("const", linear_rgb)``, ``("attribute", name_or_empty)``, ``("image", bpy_image)``."""
+    if mat is None:
+        return ("const", DEFAULT_GREY)
+    tree = getattr(mat, "node_tree", None)
+    fallback = ("const", tuple(mat.diffuse_color[:3]))
+    if tree is None:
+        return fallback
+    outputs = [n for n in tree.nodes if n.type == "OUTPUT_MATERIAL"]
+    out = next((n for n in outputs if n.is_active_output), outputs[0] if outputs else None)
+    if out is None:
+        return fallback
+    shader, _ = _socket_source(out.inputs["Surface"])
+    if shader is None:
+        return fallback
+    name = {"BSDF_PRINCIPLED": "Base Color", "BSDF_DIFFUSE": "Color", "EMISSION": "Color"}.get(shader.type)
+    if name is None:
+        return fallback
+    sock = shader.inputs[name]
+    src, _ = _socket_source(sock)
+    if src is None:
+        return ("const", tuple(sock.default_value[:3]))
+    if src.type == "VERTEX_COLOR":
+        return ("attribute", src.layer_name)
+    if src.type == "ATTRIBUTE" and src.attribute_type == "GEOMETRY":
+        return ("attribute", src.attribute_name)
+    if src.type == "TEX_IMAGE" and src.image is not None:
+        return ("image", src.image)
+    return ("const", tuple(sock.default_value[:3]))
+
+
+def _image_array(img) -> tuple[np.ndarray, bool]:
+    w, h = img.size
+    px = np.empty(w * h * 4, dtype=np.float32)
+    img.pixels.foreach_get(px)
+    # Byte images hold their colour space's encoding (sRGB for colour textures); float ones linear.
+    return px.reshape(h, w, 4), bool(img.is_float)
+
+
+def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted random points on the evaluated surfaces of ``objects`` (world space).
+
+    Returns (points f32[P,3], colors u8[P,3] sRGB), P = ``count`` unless there is no surface
+    (then P = 0). See the module docstring for the colour sources.
+    """
+    if count < 0:
+        raise ValueError(f"point count must be >= 0, got {count}")
+    depsgraph = context.evaluated_depsgraph_get()
+    tris_w, tri_col_fn, areas = [], [], []
+    for obj in objects:
+        if obj.type not in {"MESH", "CURVE", "SURFACE", "META", "FONT"}:
+            continue
+        ev = obj.evaluated_get(depsgraph)
+        mesh = ev.to_mesh()
+        try:
+            mesh.calc_loop_triangles()
+            nt, nv = len(mesh.loop_triangles), len(mesh.vertices)
+            if nt == 0:
+                continue
+            co = np.empty(nv * 3, np.float32)
+            mesh.vertices.foreach_get("co", co)
+            m = np.array(ev.matrix_world, dtype=np.float64)
+            co = co.reshape(-1, 3).astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+            tv = np.empty(nt * 3, np.int32)
+            mesh.loop_triangles.foreach_get("vertices", tv)
+            tl = np.empty(nt * 3, np.int32)
+            mesh.loop_triangles.foreach_get("loops", tl)
+            tmat = np.empty(nt, np.int32)
+            mesh.loop_triangles.foreach_get("material_index", tmat)
+            tv, tl = tv.reshape(-1, 3), tl.reshape(-1, 3)
+            tri = co[tv]                                          # [T,3,3]
+            area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+            mats = [slot.material for slot in ev.material_slots] or [None]
+            sources = [material_color_source(mt) for mt in mats]
+            # Per-object colour data copied out now: the evaluated mesh is freed below.
+            attr_data = {}
+            for kind, val in sources:
+                if kind == "attribute" and val not in attr_data:
+                    ca = mesh.color_attributes.get(val) if val else mesh.color_attributes.active_color
+                    if ca is None:
+                        attr_data[val] = None
+                        continue
+                    buf = np.empty(len(ca.data) * 4, np.float32)
+                    ca.data.foreach_get("color", buf)          # linear
+                    attr_data[val] = (ca.domain, buf.reshape(-1, 4)[:, :3].astype(np.float64))
+            uv = None
+            if any(k == "image" for k, _ in sources) and mesh.uv_layers.active is not None:
+                uvb = np.empty(len(mesh.loops) * 2, np.float32)
+                mesh.uv_layers.active.uv.foreach_get("vector", uvb)
+                uv = uvb.reshape(-1, 2).astype(np.float64)
+        finally:
+            ev.to_mesh_clear()
+        tris_w.append(tri)
+        areas.append(area)
+        tri_col_fn.append((tv, tl, np.clip(tmat, 0, len(sources) - 1), sources, attr_data, uv))
+    if not tris_w or count == 0 or float(sum(a.sum() for a in areas)) <= 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+
+    rng = np.random.default_rng(seed)
+    all_area = np.concatenate(areas)
+    obj_of = np.concatenate([np.full(len(a), i) for i, a in enumerate(areas)])
+    local = np.concatenate([np.arange(len(a)) for a in areas])
+    pick = rng.choice(len(all_area), size=count, p=all_area / all_area.sum())
+    # Uniform barycentric coordinates (Osada et al.): sqrt trick.
+    r1, r2 = np.sqrt(rng.random(count)), rng.random(count)
+    bary = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)
+    points = np.empty((count, 3))
+    colors = np.empty((count, 3))
+    for oi in range(len(areas)):
+        sel = np.nonzero(obj_of[pick] == oi)[0]
+        if len(sel) == 0:
+            continue
+        t = local[pick[sel]]
+        b = bary[sel]
+        points[sel] = np.einsum("nk,nkc->nc", b, tris_w[oi][t])
+        tv, tl, tmat, sources, attr_data, uv = tri_col_fn[oi]
+        for mi, (kind, val) in enumerate(sources):
+            ms = np.nonzero(tmat[t] == mi)[0]
+            if len(ms) == 0:
+                continue
+            tt, bb, dst = t[ms], b[ms], sel[ms]
+            if kind == "attribute" and attr_data.get(val) is not None:
+                domain, cols = attr_data[val]
+                idx = tv[tt] if domain == "POINT" else tl[tt]
+                colors[dst] = linear_to_srgb(np.einsum("nk,nkc->nc", bb, cols[idx]))
+            elif kind == "image" and uv is not None:
+                pix, is_float = _image_array(val)
+                h, w = pix.shape[:2]
+                st = np.einsum("nk,nkc->nc", bb, uv[tl[tt]])
+                px = np.clip(np.floor(np.mod(st[:, 0], 1.0) * w).astype(int), 0, w - 1)
+                py = np.clip(np.floor(np.mod(st[:, 1], 1.0) * h).astype(int), 0, h - 1)
+                c = pix[py, px, :3].astype(np.float64)
+                colors[dst] = linear_to_srgb(c) if is_float else np.clip(c, 0, 1)
+            else:
+                lin = val if kind == "const" else DEFAULT_GREY
+                colors[dst] = linear_to_srgb(np.asarray(lin, dtype=np.float64))[None, :]
+    return points.astype(np.float32), to_u8(colors)
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass
+class CaptureResult:
+    """Captured views in the wire layout of the ``train`` job payload."""
+
+    images: np.ndarray          # u8[C,H,W,4] straight alpha, sRGB
+    viewmats: np.ndarray        # f32[C,4,4] OpenCV world-to-camera
+    Ks: np.ndarray              # f32[C,3,3] pixels
+    width: int
+    height: int
+    camera_names: list[str]
+    points: np.ndarray          # f32[P,3] world
+    colors: np.ndarray          # u8[P,3] sRGB
+    seconds: float = 0.0
+
+    def payload(self) -> dict[str, np.ndarray]:
+        """The ``train`` job payload (points/colors only when there are any)."""
+        out = {"images": self.images, "viewmats": self.viewmats, "Ks": self.Ks}
+        if len(self.points):
+            out["points"] = self.points
+            out["colors"] = self.colors
+        return out
+
+
+def target_objects(context, rig) -> list:
+    """The meshes to sample points on: the rig's recorded targets that still exist, else the
+    selected meshes, else every visible mesh in the scene."""
+    scene = context.scene
+    names = rig_targets(rig) if rig is not None else []
+    objs = [scene.objects[n] for n in names if n in scene.objects]
+    if not objs:
+        objs = [o for o in getattr(context, "selected_objects", []) or [] if o.type == "MESH"]
+    if not objs:
+        objs = [o for o in scene.objects if o.type == "MESH" and o.visible_get()]
+    return objs
+
+
+class CaptureJob:
+    """Renders a rig's cameras one at a time (``step``) or all at once (``run_all``).
+
+    ``step()`` renders the next view and returns True once every view is done; ``progress``,
+    ``eta_s`` and ``status_text()`` feed a progress bar. ``cancel()`` stops and cleans up.
+    The temporary folder for the PNGs is removed at the end.
+    """
+
+    def __init__(self, context, rig, *, engine: str | None = None, samples: int | None = None,
+                 num_points: int = 20000, targets: Sequence | None = None, seed: int = 0,
+                 standard_view: bool = True, resolution: tuple[int, int] | None = None):
+        if not is_rig(rig):
+            raise ValueError(f"{getattr(rig, 'name', rig)!r} is not a SplatBridge camera rig")
+        self.scene = context.scene
+        self.cameras = rig_cameras(rig)
+        if not self.cameras:
+            raise ValueError(f"rig {rig.name!r} has no cameras")
+        self.width, self.height = resolution or rig_resolution(rig)
+        self.engine, self.samples, self.standard_view = engine, samples, standard_view
+        # Cameras first: a bad camera fails before any render time is spent.
+        self.camera_list = [blender_camera(self.scene, c, self.width, self.height) for c in self.cameras]
+        objs = list(targets) if targets is not None else target_objects(context, rig)
+        self.points, self.colors = sample_surface(context, objs, num_points, seed)
+        self.images = np.zeros((len(self.cameras), self.height, self.width, 4), np.uint8)
+        self.done = 0
+        self.cancelled = False
+        self._tmp = tempfile.mkdtemp(prefix="splatbridge_capture_")
+        self._t0 = time.monotonic()
+        self._render_s = 0.0
+
+    @property
+    def total(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    @property
+    def progress(self) -> float:
+        return self.done / self.total
+
+    @property
+    def eta_s(self) -> float:
+        """Estimated seconds left (NaN before the first view)."""
+        if self.done == 0:
+            return math.nan
+        return self._render_s / self.done * (self.total - self.done)
+
+    def status_text(self) -> str:
+        eta = self.eta_s
+        eta_txt = "" if math.isnan(eta) else f", about {eta:.0f} s left"
+        return f"SplatBridge: capturing view {min(self.done + 1, self.total)}/{self.total}{eta_txt} (Esc to cancel)"
+
+    def step(self) -> bool:
+        """Render the next view; True when all views are captured."""
+        if self.cancelled:
+            raise RuntimeError("capture was cancelled")
+        if self.finished:
+            return True
+        i = self.done
+        t = time.monotonic()
+        path = os.path.join(self._tmp, f"view_{i:04d}.png")
+        self.images[i] = render_view(self.scene, self.cameras[i], self.width, self.height, path,
+                                     engine=self.engine, samples=self.samples,
+                                     standard_view=self.standard_view)
+        os.remove(path)
+        self._render_s += time.monotonic() - t
+        self.done += 1
+        if self.finished:
+            self._cleanup()
+        return self.finished
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def result(self) -> CaptureResult:
+        if not self.finished:
+            raise RuntimeError(f"capture is not finished ({self.done}/{self.total} views)")
+        cams = stack_cameras(self.camera_list)
+        return CaptureResult(self.images, cams["viewmats"], cams["Ks"], self.width, self.height,
+                             [c.name for c in self.cameras], self.points, self.colors,
+                             seconds=time.monotonic() - self._t0)
+
+    def run_all(self) -> CaptureResult:
+        """Capture every remaining view (blocking) and return the result."""
+        while not self.step():
+            pass
+        return self.result()
+
+
+def register() -> None:
+    pass
+
+
+def unregister() -> None:
+    pass
