@@ -1,0 +1,127 @@
+"""SplatBridge backend command line.
+
+    python -m backend serve [--bind tcp://127.0.0.1:5555] [--store DIR] [--device auto|cpu|cuda]
+                            [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
+                            [--job-kind NAME=package.module:function ...]
+    python -m backend train ...      (backend.trainer.cli)
+    python -m backend generate ...   (backend.generate.cli)
+    python -m backend prefetch ...   (backend.models.prefetch_cli)
+    python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
+
+Each subcommand imports its module only when it runs, so a missing dependency of one (e.g.
+diffusers) does not break the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Callable
+
+USAGE = "usage: python -m backend {serve,train,generate,prefetch,keys} [options]  (-h for help)"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("SPLATBRIDGE_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_main(argv: list[str]) -> int:
+    from backend.server import DEFAULT_BIND
+    p = argparse.ArgumentParser(prog="python -m backend serve",
+                                description="Run the SplatBridge backend server.")
+    p.add_argument("--bind", default=DEFAULT_BIND,
+                   help=f"ZeroMQ address to bind (default {DEFAULT_BIND}); a non-loopback "
+                        "address needs --curve-secret and --curve-allow")
+    p.add_argument("--store", default=os.environ.get("SPLATBRIDGE_STORE", "splatbridge-jobs"),
+                   help="job store folder (inputs and results of every job)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--curve-secret", metavar="FILE",
+                   help="server CurveZMQ certificate with its secret key (*.key_secret)")
+    p.add_argument("--curve-allow", metavar="DIR",
+                   help="folder of allowed client public-key certificates (*.key)")
+    p.add_argument("--job-kind", action="append", default=[], metavar="NAME=MODULE:FUNCTION",
+                   help="register an extra job kind (a plug-in job function)")
+    p.add_argument("--preview-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="send at most one preview per this many seconds per job")
+    args = p.parse_args(argv)
+    _setup_logging()
+    log = logging.getLogger("splatbridge.server")
+
+    from backend.capabilities import DeviceError
+    from backend.jobs import JOB_KINDS
+    from backend.security import SecurityError, load_server_keys
+    from backend.server import Server
+
+    try:
+        if bool(args.curve_secret) != bool(args.curve_allow):
+            raise SecurityError("CurveZMQ needs both --curve-secret and --curve-allow")
+        keys = load_server_keys(args.curve_secret, args.curve_allow) if args.curve_secret \
+            else None
+        for spec in args.job_kind:
+            name, sep, target = spec.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--job-kind {spec!r} must look like NAME=package.module:function")
+            JOB_KINDS.register(name, target)
+        server = Server(args.bind, args.store, args.device, keys,
+                        preview_interval_s=args.preview_interval)
+    except (SecurityError, DeviceError, OSError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
+        return 2
+    server.install_signal_handlers()
+    server.serve_forever()
+    return 0
+
+
+def keys_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m backend keys",
+                                description="Write a CurveZMQ key pair (NAME.key public, "
+                                            "NAME.key_secret secret) into DIR.")
+    p.add_argument("dir")
+    p.add_argument("--name", default="server")
+    args = p.parse_args(argv)
+    from backend.security import make_keys
+    public, secret = make_keys(args.dir, args.name)
+    print(f"public key:  {public}\nsecret key:  {secret}  (keep it private)")
+    return 0
+
+
+def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            print(f"splatbridge: {module} cannot be imported: {exc}", file=sys.stderr)
+            return 2
+        _setup_logging()
+        rc = getattr(mod, func)(argv)
+        return int(rc or 0)
+    return run
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "serve": serve_main,
+    "train": _lazy("backend.trainer", "cli"),
+    "generate": _lazy("backend.generate", "cli"),
+    "prefetch": _lazy("backend.models", "prefetch_cli"),
+    "keys": keys_main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"splatbridge: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    return COMMANDS[cmd](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

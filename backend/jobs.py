@@ -1,0 +1,484 @@
+"""Job registry, FIFO queue and the worker thread that runs one job at a time.
+
+The socket thread calls ``JobRunner.submit/cancel/status/fetch`` (all quick, under one lock);
+the worker thread runs the job functions. Messages for clients (``progress``, ``result``,
+``error``) are encoded on the worker thread and handed to the socket thread through the ``send``
+callback given to the runner, which must be thread-safe (the server queues them and wakes its
+loop): only the socket thread touches the ROUTER socket.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from backend.job_api import JobError, JobFunction, JobResult
+from backend.store import JobStore, StoreError
+from shared.protocol import Message, ProtocolError, encode, make_error
+from shared.splats import Splats
+
+log = logging.getLogger("splatbridge.server")
+
+Send = Callable[[bytes, list], None]    # (client identity, encoded frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+class LazyJobKinds(Mapping):
+    """``kind -> job function``; each function's module is imported on first use, so a missing
+    dependency of one kind (e.g. diffusers for ``generate``) does not break the others."""
+
+    def __init__(self, targets: dict[str, str]):
+        self._targets = dict(targets)          # kind -> "module:function"
+        self._loaded: dict[str, JobFunction] = {}
+        self._lock = threading.Lock()
+
+    def register(self, kind: str, target: str) -> None:
+        """Add or replace a kind; ``target`` is ``"package.module:function"``."""
+        if ":" not in target:
+            raise ValueError(f"job target {target!r} must look like 'package.module:function'")
+        with self._lock:
+            self._targets[kind] = target
+            self._loaded.pop(kind, None)
+
+    def target(self, kind: str) -> str:
+        return self._targets[kind]
+
+    def __getitem__(self, kind: str) -> JobFunction:
+        with self._lock:
+            if kind in self._loaded:
+                return self._loaded[kind]
+            module_name, func_name = self._targets[kind].split(":", 1)
+        module = importlib.import_module(module_name)
+        func = getattr(module, func_name)
+        with self._lock:
+            self._loaded[kind] = func
+        return func
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._targets))
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def installed(self) -> list[str]:
+        """Kinds whose module can be found (without importing it)."""
+        out = []
+        for kind, target in list(self._targets.items()):
+            try:
+                if importlib.util.find_spec(target.split(":", 1)[0]) is not None:
+                    out.append(kind)
+            except (ImportError, ValueError):
+                pass
+        return out
+
+
+JOB_KINDS = LazyJobKinds({
+    "train": "backend.trainer:run_train_job",
+    "generate": "backend.generate:run_generate_job",
+})
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs and their context
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    job_id: str
+    kind: str
+    params: dict
+    payload: dict | None
+    identity: bytes | None                 # ROUTER identity of the submitting client
+    state: str = "queued"
+    step: int = 0
+    total: int = 0
+    created: float = field(default_factory=time.time)
+    error: dict | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def entry(self, queue_position: int | None) -> dict:
+        e = {"job_id": self.job_id, "kind": self.kind, "state": self.state, "step": self.step,
+             "total": self.total, "queue_position": queue_position}
+        if self.error:
+            e["error"] = dict(self.error)
+        return e
+
+
+def _record_entry(rec: dict) -> dict:
+    """A status entry for a job known only from the store (an earlier server run)."""
+    e = {"job_id": rec["job_id"], "kind": rec.get("kind", ""), "state": rec["state"],
+         "step": int(rec.get("step") or 0), "total": int(rec.get("total") or 0),
+         "queue_position": None}
+    if rec.get("error"):
+        e["error"] = dict(rec["error"])
+    return e
+
+
+def _finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as plain Python values (numpy scalars and 0-d arrays unwrapped)."""
+    out = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, np.ndarray) and v.ndim == 0:
+            v = v.item()
+        elif hasattr(v, "item") and callable(v.item) and not isinstance(v, np.ndarray):
+            try:                       # numpy / torch scalars
+                v = v.item()
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        out[str(k)] = v
+    return out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA out-of-memory, whether raised as torch's own class or as a RuntimeError."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        oom_cls = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        if oom_cls is not None and isinstance(oom_cls, type) and isinstance(exc, oom_cls):
+            return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    """Drop what a failed job left behind and return cached GPU blocks to the driver."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception as exc:   # a broken CUDA context must not stop the server
+            log.warning("torch.cuda.empty_cache() failed: %s", exc)
+
+
+class RunnerContext:
+    """The ``JobContext`` a job function receives (see backend/job_api.py).
+
+    ``report`` sends at most one ``progress`` message per ``min_interval_s`` (the final step
+    always goes out) and at most one preview per ``preview_interval_s``; preview arrays are
+    copied before queueing because a trainer's numpy views may share memory with tensors that
+    keep changing.
+    """
+
+    def __init__(self, job: Job, job_dir: Path, device: str, send: Send,
+                 min_interval_s: float = 0.05, preview_interval_s: float = 1.0):
+        self.job = job
+        self.job_dir = job_dir
+        self.device = device
+        self._send = send
+        self._min_interval_s = min_interval_s
+        self._preview_interval_s = preview_interval_s
+        self._last_sent = -1e9
+        self._last_preview = -1e9
+        self._last_step = -1
+
+    def report(self, step: int, total: int, metrics: dict[str, float],
+               preview: Splats | None = None) -> None:
+        step, total = int(step), int(total)
+        self.job.step, self.job.total = step, max(total, step)
+        now = time.monotonic()
+        final = step >= total
+        want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
+        if not (final or want_preview or now - self._last_sent >= self._min_interval_s):
+            return
+        if step < self._last_step:
+            log.warning("job %s reported step %d after step %d; dropped", self.job.job_id, step,
+                        self._last_step)
+            return
+        fields: dict[str, Any] = {"step": step, "total": max(total, step),
+                                  "metrics": _finite_metrics(metrics)}
+        if want_preview:
+            fields["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
+            self._last_preview = now
+        try:
+            frames = encode(Message("progress", self.job.job_id, fields))
+        except ProtocolError as exc:
+            log.warning("job %s: progress report not sent: %s", self.job.job_id, exc)
+            return
+        self._last_sent = now
+        self._last_step = step
+        if self.job.identity is not None:
+            self._send(self.job.identity, frames)
+
+    def should_stop(self) -> bool:
+        return self.job.stop.is_set()
+
+
+# ----------------------------------------------------------------------------------------------
+# Runner
+# ----------------------------------------------------------------------------------------------
+
+class SubmitError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class JobRunner:
+    """FIFO queue + one worker thread (one job per GPU at a time) + the job store."""
+
+    def __init__(self, store: JobStore, device: str, send: Send,
+                 kinds: LazyJobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
+                 recent_jobs: int = 50):
+        self.store = store
+        self.device = device
+        self.kinds = kinds
+        self._send = send
+        self._preview_interval_s = preview_interval_s
+        self._recent = recent_jobs
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._running: Job | None = None
+        self._closing = False
+        interrupted = store.mark_interrupted()
+        if interrupted:
+            log.warning("marked %d job(s) interrupted by the last shutdown: %s",
+                        len(interrupted), ", ".join(interrupted))
+        self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
+        self._thread.start()
+
+    # -- socket-thread API ----------------------------------------------------------------------
+    def submit(self, job_id: str, kind: str, params: dict, payload: dict,
+               identity: bytes | None) -> int:
+        """Queue a job; returns its queue position (0 = runs now). Raises ``SubmitError``."""
+        if kind not in self.kinds:
+            raise SubmitError("unknown_job_kind", f"unknown job kind {kind!r}; this server runs: "
+                              f"{', '.join(sorted(self.kinds)) or 'none'}")
+        with self._cond:
+            if self._closing:
+                raise SubmitError("shutting_down", "the server is shutting down; "
+                                  "submit again once it is back")
+            if job_id in self._jobs:
+                raise SubmitError("duplicate_job", f"job id {job_id} is already in use; "
+                                  "make a new id for a new job")
+        try:
+            self.store.create(job_id, kind, params, payload)
+        except StoreError as exc:
+            raise SubmitError(exc.code, exc.message) from None
+        job = Job(job_id, kind, params, payload, identity)
+        with self._cond:
+            self._jobs[job_id] = job
+            self._queue.append(job)
+            position = self._position(job)
+            self._cond.notify_all()
+        log.info("job %s (%s) queued at position %d", job_id, kind, position)
+        return position
+
+    def cancel(self, job_id: str, identity: bytes | None = None) -> dict:
+        """Stop a running job (it returns its current splats) or drop a queued one.
+        Returns the job's status entry. Raises ``SubmitError('unknown_job')``."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                rec = self._record(job_id)
+                return _record_entry(rec)
+            if job.state == "queued":
+                self._queue.remove(job)
+                job.state = "cancelled"
+                job.payload = None
+                job.error = {"code": "cancelled", "message": "cancelled before it started"}
+                self.store.update(job_id, state="cancelled", finished=time.time(),
+                                  error=job.error)
+                log.info("job %s cancelled while queued", job_id)
+                entry = job.entry(None)
+                submitter = job.identity
+            elif job.state == "running":
+                job.stop.set()
+                log.info("job %s: cancel requested", job_id)
+                return job.entry(0)
+            else:
+                return job.entry(None)
+        if submitter is not None and submitter != identity:
+            self._send(submitter, encode(Message("status", job_id, {"jobs": [entry]})))
+        return entry
+
+    def status(self, job_id: str | None = None) -> list[dict]:
+        """Status entries: one job, or the active jobs plus the most recent finished ones."""
+        with self._cond:
+            if job_id is not None:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    return [job.entry(self._position(job))]
+                return [_record_entry(self._record(job_id))]
+            active = [j for j in self._jobs.values() if j.state in ("queued", "running")]
+            done = [j for j in self._jobs.values() if j.state not in ("queued", "running")]
+            done.sort(key=lambda j: j.created)
+            jobs = done[-self._recent:] + sorted(active, key=lambda j: j.created)
+            return [j.entry(self._position(j)) for j in jobs]
+
+    def fetch(self, job_id: str) -> Message:
+        """The ``result`` message of a finished job again (from the store), or an ``error``."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state in ("queued", "running"):
+                return make_error("not_finished", f"job {job_id} is {job.state} "
+                                  f"(step {job.step}/{job.total}); its result is not ready yet",
+                                  job_id)
+        try:
+            rec = self._record(job_id)
+        except SubmitError as exc:
+            return make_error(exc.code, exc.message, job_id)
+        if rec["state"] == "failed":
+            err = rec.get("error") or {}
+            return make_error(err.get("code", "job_failed"),
+                              err.get("message", "the job failed"), job_id)
+        if not self.store.has_result(job_id):
+            if rec["state"] in ("queued", "running"):
+                return make_error("not_finished", f"job {job_id} is {rec['state']}", job_id)
+            return make_error("no_result", f"job {job_id} is {rec['state']} and has no result "
+                              "(it was cancelled before it started)", job_id)
+        res = self.store.load_result(job_id)
+        return Message("result", job_id, {"splats": res.splats.to_arrays(),
+                                          "metrics": res.metrics, "meta": res.meta})
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop taking jobs, drop the queue (marked interrupted), stop the running job and wait
+        for it to save its result."""
+        with self._cond:
+            self._closing = True
+            while self._queue:
+                job = self._queue.popleft()
+                job.state = "failed"
+                job.error = {"code": "interrupted",
+                             "message": "the server shut down before the job started; "
+                                        "submit it again"}
+                self.store.update(job.job_id, state="failed", finished=time.time(),
+                                  error=job.error)
+                if job.identity is not None:
+                    self._send(job.identity, encode(make_error(
+                        job.error["code"], job.error["message"], job.job_id)))
+            if self._running is not None:
+                log.info("shutdown: stopping job %s", self._running.job_id)
+                self._running.stop.set()
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("the running job did not stop within %.0f s", timeout_s)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _record(self, job_id: str) -> dict:
+        try:
+            return self.store.read(job_id)
+        except StoreError as exc:
+            code = "unknown_job" if exc.code in ("unknown_job", "bad_job_id") else exc.code
+            raise SubmitError(code, f"no job {job_id} on this server") from None
+
+    def _position(self, job: Job) -> int | None:
+        if job.state == "running":
+            return 0
+        if job.state != "queued":
+            return None
+        try:
+            i = self._queue.index(job)
+        except ValueError:
+            return 0        # taken off the queue by the worker, about to run
+        return i + (1 if self._running is not None else 0)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                job = self._queue.popleft()
+                job.state = "running"
+                self._running = job
+            try:
+                self._run(job)
+            except Exception:    # the runner itself must survive anything a job does
+                log.error("job %s: runner error\n%s", job.job_id, traceback.format_exc())
+            finally:
+                with self._cond:
+                    self._running = None
+                    job.payload = None
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        job.state = "failed"
+        job.error = {"code": code, "message": message}
+        self.store.update(job.job_id, state="failed", finished=time.time(), error=job.error,
+                          step=job.step, total=job.total)
+        log.warning("job %s failed (%s): %s", job.job_id, code, message)
+        if job.identity is not None:
+            self._send(job.identity, encode(make_error(code, message, job.job_id)))
+
+    def _run(self, job: Job) -> None:
+        t0 = time.monotonic()
+        self.store.update(job.job_id, state="running", started=time.time())
+        log.info("job %s (%s) started on %s", job.job_id, job.kind, self.device)
+        # Writable copies: the decoded arrays are read-only views of the zmq frames.
+        payload = {k: np.array(v) if isinstance(v, np.ndarray) else v
+                   for k, v in (job.payload or {}).items()}
+        job.payload = None
+        try:
+            func = self.kinds[job.kind]
+        except Exception as exc:
+            self._fail(job, "job_unavailable", f"the {job.kind!r} job cannot run on this "
+                       f"server: importing {self.kinds.target(job.kind)} failed "
+                       f"({type(exc).__name__}: {exc})")
+            return
+        ctx = RunnerContext(job, self.store.job_dir(job.job_id), self.device, self._send,
+                            preview_interval_s=self._preview_interval_s)
+        failure: tuple[str, str] | None = None
+        oom = False
+        try:
+            result = func(job.params, payload, ctx)
+            if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
+                raise TypeError(f"the {job.kind} job returned {type(result).__name__}, "
+                                "not a JobResult with Splats")
+            metrics = _finite_metrics(result.metrics)
+            meta = dict(result.meta or {})
+            cancelled = job.stop.is_set() or bool(meta.get("cancelled"))
+            meta["cancelled"] = cancelled
+            meta.setdefault("seconds", round(time.monotonic() - t0, 3))
+            frames = encode(Message("result", job.job_id, {
+                "splats": result.splats.to_arrays(), "metrics": metrics, "meta": meta}))
+        except JobError as exc:
+            failure, oom = (exc.code, exc.message), exc.code == "out_of_memory"
+        except ProtocolError as exc:
+            failure = ("bad_result", f"the {job.kind} job's result cannot be sent: {exc.message}")
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                oom = True
+                failure = ("out_of_memory",
+                           f"the GPU ran out of memory during the {job.kind} job ({exc}). "
+                           "Try fewer Gaussians (max_gaussians), fewer or smaller images, or "
+                           "close other programs using the GPU; the server freed its memory "
+                           "and keeps serving")
+            else:
+                log.error("job %s raised:\n%s", job.job_id, traceback.format_exc())
+                failure = ("job_failed",
+                           f"the {job.kind} job failed: {type(exc).__name__}: {exc}")
+        if failure is not None:
+            # Out of the except block, the traceback (and the job's tensors in its frames)
+            # is gone, so the memory can really be freed.
+            del payload, ctx
+            if oom:
+                free_memory()
+            self._fail(job, *failure)
+            return
+        self.store.save_result(job.job_id, result.splats, metrics, meta)
+        job.state = "cancelled" if cancelled else "done"
+        self.store.update(job.job_id, state=job.state, finished=time.time(), metrics=metrics,
+                          step=job.step, total=job.total)
+        log.info("job %s %s in %.1f s (%d splats)", job.job_id, job.state,
+                 time.monotonic() - t0, len(result.splats))
+        if job.identity is not None:
+            self._send(job.identity, frames)

@@ -1,0 +1,232 @@
+"""The backend's ZeroMQ server: one ROUTER socket, one socket thread, one job worker.
+
+The socket thread (the thread that calls ``Server.serve_forever``) owns the ROUTER socket: it
+decodes and validates every request with ``shared.protocol``, answers ``hello``/``status``/
+``cancel``/``fetch`` itself and hands ``submit`` to the ``JobRunner``. It never runs job work.
+Messages produced by the worker (progress, result, job errors) arrive through a thread-safe
+queue; the worker rings an inproc PUSH/PULL "doorbell" so the loop wakes at once.
+
+Clients are told apart by their ROUTER identity; progress and results go to the identity that
+submitted the job (dropped by zmq if that client is gone: the result stays in the store and
+``fetch`` returns it to any client). ``ROUTER_HANDOVER`` lets a client that reconnects with the
+same routing id take over its identity.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from backend.capabilities import Capabilities, resolve_device
+from backend.jobs import JOB_KINDS, JobRunner, LazyJobKinds, SubmitError
+from backend.security import CurveKeys, apply_server_curve, check_bind
+from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
+                             decode, encode, error_from_exception, make_error, validate_finite)
+
+log = logging.getLogger("splatbridge.server")
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+_CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch")
+
+
+def _check_payload_finite(value: Any, path: str) -> None:
+    """NaN/Inf anywhere in the payload's float arrays is a ``bad_field`` error naming it."""
+    if isinstance(value, np.ndarray):
+        validate_finite(path, value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_payload_finite(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_payload_finite(v, f"{path}[{i}]")
+
+
+class Server:
+    """``Server(bind, store_dir, device).serve_forever()``; ``request_stop()`` from any thread
+    (or SIGINT/SIGTERM when ``install_signal_handlers`` was called) ends it cleanly."""
+
+    def __init__(self, bind: str = DEFAULT_BIND, store_dir: str | Path = "splatbridge-jobs",
+                 device: str = "auto", curve: CurveKeys | None = None,
+                 limits: Limits = DEFAULT_LIMITS, kinds: LazyJobKinds = JOB_KINDS,
+                 preview_interval_s: float = 1.0):
+        check_bind(bind, curve)           # SecurityError before anything is opened
+        from backend.store import JobStore
+        self.bind = bind
+        self.limits = limits
+        self.device = resolve_device(device)
+        self.capabilities = Capabilities(self.device, kinds.installed())
+        self._outbox: queue.Queue[tuple[bytes, list]] = queue.Queue()
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._auth = None
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.linger = 1000
+        self._router.router_handover = 1
+        self._router.setsockopt(zmq.MAXMSGSIZE, limits.max_array_bytes)
+        if curve is not None:
+            self._auth = apply_server_curve(self._ctx, self._router, curve)
+        try:
+            self._router.bind(bind)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise OSError(f"cannot bind {bind}: {exc}") from None
+        self._doorbell_addr = f"inproc://splatbridge-doorbell-{id(self)}"
+        self._doorbell = self._ctx.socket(zmq.PULL)
+        self._doorbell.bind(self._doorbell_addr)
+        self._ring = self._ctx.socket(zmq.PUSH)
+        self._ring.connect(self._doorbell_addr)
+        self._ring_lock = threading.Lock()
+        self.runner = JobRunner(JobStore(store_dir), self.device, self._post, kinds=kinds,
+                                preview_interval_s=preview_interval_s)
+        log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
+                 bind, self.device,
+                 f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
+                 Path(store_dir).resolve(), "on" if curve else "off")
+
+    # -- thread-safe hand-over from the worker ----------------------------------------------------
+    def _post(self, identity: bytes, frames: list) -> None:
+        self._outbox.put((identity, frames))
+        with self._ring_lock:
+            try:
+                self._ring.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:     # doorbell full or closed: the loop drains the queue anyway
+                pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM stop the loop (main thread only)."""
+        def handler(signum, _frame):
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            self._stop.set()
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # -- loop ---------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._doorbell, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                # The timeout only bounds how late a signal is noticed; work wakes the poll.
+                events = dict(poller.poll(250))
+                if self._doorbell in events:
+                    while True:
+                        try:
+                            self._doorbell.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                self._drain_outbox()
+                if self._router in events:
+                    for _ in range(100):      # bounded so the outbox is not starved
+                        try:
+                            parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(parts)
+                        self._drain_outbox()
+        finally:
+            self._shutdown()
+
+    def _drain_outbox(self) -> None:
+        while True:
+            try:
+                identity, frames = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._send_frames(identity, frames)
+
+    def _send_frames(self, identity: bytes, frames: list) -> None:
+        try:
+            self._router.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("could not send to client %s: %s", identity.hex(), exc)
+
+    def _reply(self, identity: bytes, msg: Message) -> None:
+        try:
+            frames = encode(msg, self.limits)
+        except ProtocolError as exc:
+            log.error("reply %s could not be encoded: %s", msg.type, exc)
+            frames = encode(make_error("internal_error", f"the server could not encode its "
+                                       f"{msg.type} reply: {exc.message}", msg.job_id))
+        self._send_frames(identity, frames)
+
+    def _handle(self, parts: list) -> None:
+        identity = parts[0].bytes
+        frames = parts[1:]
+        try:
+            msg = decode(frames, self.limits)
+        except ProtocolError as exc:
+            log.info("rejected message from %s: %s", identity.hex(), exc)
+            self._reply(identity, error_from_exception(exc))
+            return
+        try:
+            self._dispatch(identity, msg)
+        except ProtocolError as exc:
+            self._reply(identity, error_from_exception(exc))
+        except SubmitError as exc:
+            self._reply(identity, make_error(exc.code, exc.message, msg.job_id))
+        except Exception as exc:     # a bug must cost one reply, not the server
+            log.error("error handling %s:\n%s", msg.type, traceback.format_exc())
+            self._reply(identity, make_error("internal_error", f"the server failed to handle "
+                                             f"{msg.type}: {type(exc).__name__}: {exc}",
+                                             msg.job_id))
+
+    def _dispatch(self, identity: bytes, msg: Message) -> None:
+        t = msg.type
+        if t == "hello":
+            self._reply(identity, Message("hello", None,
+                                          self.capabilities.hello_fields(PROTOCOL_VERSION)))
+        elif t == "status":
+            jobs = self.runner.status(msg.job_id)
+            self._reply(identity, Message("status", msg.job_id, {"jobs": jobs}))
+        elif t == "submit":
+            payload = msg.fields.get("payload") or {}
+            _check_payload_finite(payload, "fields.payload")
+            pos = self.runner.submit(msg.job_id, msg.fields["kind"], msg.fields["params"],
+                                     payload, identity)
+            self._reply(identity, Message("accepted", msg.job_id, {"queue_position": pos}))
+        elif t == "cancel":
+            entry = self.runner.cancel(msg.job_id, identity)
+            self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
+        elif t == "fetch":
+            self._reply(identity, self.runner.fetch(msg.job_id))
+        else:
+            self._reply(identity, make_error(
+                "unexpected_type", f"the server does not accept {t!r} messages; clients send "
+                f"{', '.join(_CLIENT_TYPES)}", msg.job_id))
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: stopping the running job and saving its state")
+        t0 = time.monotonic()
+        self.runner.shutdown()
+        self._drain_outbox()          # the cancelled job's result, if its client is still there
+        self._close_sockets()
+        log.info("stopped (%.1f s)", time.monotonic() - t0)
+
+    def _close_sockets(self) -> None:
+        for name in ("_ring", "_doorbell", "_router"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+
+def serve(bind: str = DEFAULT_BIND, store_dir: str | Path = "splatbridge-jobs",
+          device: str = "auto", curve: CurveKeys | None = None) -> None:
+    """Run a server in this process until SIGINT/SIGTERM."""
+    server = Server(bind, store_dir, device, curve)
+    server.install_signal_handlers()
+    server.serve_forever()

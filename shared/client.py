@@ -1,0 +1,349 @@
+"""Non-blocking client for the SplatBridge backend (pyzmq DEALER; no bpy, no torch).
+
+Blender's UI thread must never wait on the network, so every call here returns at once:
+``send_hello``, ``submit``, ``cancel``, ``status`` and ``fetch`` queue a request, and ``poll``
+(called from a ``bpy.app.timers`` callback, or directly in headless runs and tests) drains what
+has arrived without blocking and folds it into per-job ``JobState`` objects that UIs read.
+
+Liveness: every request expects a reply within ``timeout_s``. A request left unanswered makes
+``poll`` return a local ``error`` message with code ``backend_not_responding`` (``fields["local"]``
+is True) and sets ``connected`` to False; any reply from the server sets it back to True. With
+``heartbeat_s`` set, ``poll`` also sends a ``status`` heartbeat that often when the line is quiet.
+
+The DEALER keeps one routing id for the client's lifetime, so after ``reconnect()`` the server
+(which sets ``ROUTER_HANDOVER``) routes progress of running jobs to this client again.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from .protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode,
+                       encode, make_error)
+
+LOCAL_TIMEOUT_CODE = "backend_not_responding"
+LOCAL_BAD_REPLY_CODE = "bad_reply"
+TERMINAL_STATES = ("done", "cancelled", "failed")
+
+# Reply types that settle a request of each type.
+_REPLIES = {"hello": ("hello",), "submit": ("accepted",), "cancel": ("status",),
+            "status": ("status",), "fetch": ("result",)}
+
+
+@dataclass
+class JobState:
+    """What the client knows about one job. ``state`` follows the server's job states
+    (queued, running, done, cancelled, failed); ``submitted`` until ``accepted`` arrives."""
+
+    job_id: str
+    kind: str = ""
+    state: str = "submitted"
+    step: int = 0
+    total: int = 0
+    queue_position: int | None = None
+    progress: list[tuple[int, int, dict]] = field(default_factory=list)  # (step, total, metrics)
+    metrics: dict[str, Any] = field(default_factory=dict)     # the last progress metrics
+    preview: dict | None = None             # the latest preview splat map (arrays)
+    result: dict | None = None              # the result splat map (arrays)
+    result_metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: tuple[str, str] | None = None    # (code, message)
+    submitted_at: float = field(default_factory=time.monotonic)
+    updated_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        """A terminal state was reached (result or error)."""
+        return self.state in TERMINAL_STATES
+
+    def result_splats(self):
+        """The result as ``shared.splats.Splats`` (validated), or None."""
+        if self.result is None:
+            return None
+        from .protocol import splats_from_fields
+        return splats_from_fields(self.result, "result.splats")
+
+    def preview_splats(self):
+        if self.preview is None:
+            return None
+        from .protocol import splats_from_fields
+        return splats_from_fields(self.preview, "progress.preview")
+
+
+@dataclass
+class _Pending:
+    type: str
+    job_id: str | None
+    deadline: float
+
+
+def _read_key(value: str | bytes | os.PathLike | None, secret: bool) -> bytes | None:
+    """A z85 key given as the key itself or as a zmq certificate file."""
+    if value is None:
+        return None
+    if isinstance(value, bytes) and len(value) == 40:
+        return value
+    if isinstance(value, str) and len(value) == 40 and not os.path.exists(value):
+        return value.encode()
+    import zmq.auth
+    public, secret_key = zmq.auth.load_certificate(Path(os.fsdecode(value)))
+    key = secret_key if secret else public
+    if not key:
+        raise ValueError(f"{value} holds no {'secret' if secret else 'public'} key")
+    return key
+
+
+class BackendClient:
+    """A DEALER connection to the backend at ``address`` (e.g. ``tcp://127.0.0.1:5555``).
+
+    CurveZMQ (for a backend bound beyond loopback): ``server_public_key`` is the server's public
+    key; ``public_key``/``secret_key`` are this client's pair (z85 strings/bytes or certificate
+    files; a ``.key_secret`` certificate gives both). A refused client simply gets no replies:
+    its requests time out as ``backend_not_responding``.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 10.0, heartbeat_s: float | None = None,
+                 server_public_key: str | bytes | os.PathLike | None = None,
+                 public_key: str | bytes | os.PathLike | None = None,
+                 secret_key: str | bytes | os.PathLike | None = None,
+                 client_name: str = "splatbridge-client", limits: Limits = DEFAULT_LIMITS,
+                 max_history: int = 10000):
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.heartbeat_s = heartbeat_s
+        self.client_name = client_name
+        self.limits = limits
+        self.max_history = max_history
+        self.jobs: dict[str, JobState] = {}
+        self.server_info: dict[str, Any] | None = None   # fields of the last hello reply
+        self.connected = False
+        self.last_reply_at: float | None = None
+        self._server_key = _read_key(server_public_key, secret=False)
+        self._secret = _read_key(secret_key, secret=True)
+        self._public = _read_key(public_key if public_key is not None else secret_key,
+                                 secret=False)
+        if self._server_key and not (self._secret and self._public):
+            raise ValueError("CurveZMQ needs this client's key pair too (secret_key=...)")
+        self._routing_id = uuid.uuid4().hex.encode()
+        self._pending: deque[_Pending] = deque()
+        self._last_heartbeat = time.monotonic()
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._open()
+
+    # -- connection -----------------------------------------------------------------------------
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.routing_id = self._routing_id
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_array_bytes)
+        sock.sndhwm = 1000
+        if self._server_key:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey = self._public
+            sock.curve_secretkey = self._secret
+        sock.connect(self.address)
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self.connected = False
+
+    def reconnect(self) -> None:
+        """Drop the socket (and unanswered requests) and connect again, then say hello."""
+        self.close()
+        self._pending.clear()
+        self._open()
+        self.send_hello()
+
+    def __enter__(self) -> "BackendClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests (all return at once) ----------------------------------------------------------
+    def _send(self, msg: Message) -> None:
+        if self._sock is None:
+            raise RuntimeError("the client is closed; call reconnect()")
+        frames = encode(msg, self.limits)
+        # A DEALER queues while the server is away; NOBLOCK so a full queue raises, not waits.
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise RuntimeError("the send queue to the backend is full: it is not reading "
+                               "(is it running?)") from None
+        self._pending.append(_Pending(msg.type, msg.job_id, time.monotonic() + self.timeout_s))
+
+    def send_hello(self) -> None:
+        self._send(Message("hello", None, {"client": self.client_name,
+                                           "protocol": PROTOCOL_VERSION}))
+
+    def submit(self, kind: str, params: dict, payload: dict | None = None,
+               job_id: str | None = None) -> str:
+        """Queue a job; returns its id (a new uuid4 hex unless given)."""
+        job_id = job_id or uuid.uuid4().hex
+        self._send(Message("submit", job_id, {"kind": kind, "params": params,
+                                              "payload": payload or {}}))
+        self.jobs[job_id] = JobState(job_id, kind=kind)
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        self._send(Message("cancel", job_id, {}))
+
+    def status(self, job_id: str | None = None) -> None:
+        """Ask for one job's status, or (no id) all jobs: this is also the heartbeat."""
+        self._send(Message("status", job_id, {}))
+        if job_id is None:
+            self._last_heartbeat = time.monotonic()
+
+    def fetch(self, job_id: str) -> None:
+        """Ask for a finished job's result again (from the server's store)."""
+        self.jobs.setdefault(job_id, JobState(job_id))
+        self._send(Message("fetch", job_id, {}))
+
+    @property
+    def pending(self) -> int:
+        """Requests still waiting for a reply."""
+        return len(self._pending)
+
+    # -- receiving ----------------------------------------------------------------------------
+    def poll(self, max_messages: int = 100) -> list[Message]:
+        """Everything that arrived (at most ``max_messages``) plus local timeout events; never
+        blocks. Job states are updated before this returns."""
+        out: list[Message] = []
+        if self._sock is None:
+            return out
+        while len(out) < max_messages:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = decode(frames, self.limits)
+            except ProtocolError as exc:
+                msg = make_error(LOCAL_BAD_REPLY_CODE, f"the backend sent a message this client "
+                                 f"cannot read: {exc}", exc.job_id)
+                msg.fields["local"] = True
+                out.append(msg)
+                continue
+            self._on_reply(msg)
+            out.append(msg)
+        out.extend(self._expire())
+        if (self.heartbeat_s is not None and not self._pending
+                and time.monotonic() - self._last_heartbeat >= self.heartbeat_s):
+            self.status()
+        return out
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block (CLIs, tests) polling until ``predicate()`` is true or ``timeout`` seconds
+        passed; returns the predicate's last value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if predicate():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._sock is None:
+                return bool(predicate())
+            self._sock.poll(min(left, 0.05) * 1000)
+
+    def _expire(self) -> list[Message]:
+        now = time.monotonic()
+        events = []
+        while self._pending and self._pending[0].deadline <= now:
+            p = self._pending.popleft()
+            self.connected = False
+            what = p.type + (f" for job {p.job_id}" if p.job_id else "")
+            msg = make_error(LOCAL_TIMEOUT_CODE, f"backend not responding: no reply to {what} "
+                             f"within {self.timeout_s:g} s (is the server running at "
+                             f"{self.address}?)", p.job_id)
+            msg.fields["local"] = True
+            msg.fields["request"] = p.type
+            events.append(msg)
+        return events
+
+    def _settle(self, msg: Message) -> None:
+        """Remove the oldest pending request this reply answers."""
+        for i, p in enumerate(self._pending):
+            if msg.type == "error":
+                match = p.job_id == msg.job_id
+            else:
+                match = msg.type in _REPLIES.get(p.type, ()) and p.job_id == msg.job_id
+            if match:
+                del self._pending[i]
+                return
+        if msg.type == "error" and self._pending and msg.job_id is not None:
+            return                     # a job's own failure: settles no request
+        if msg.type == "error" and self._pending:
+            del self._pending[0]        # an error about an unreadable request: the oldest one
+
+    def _job(self, job_id: str) -> JobState:
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.jobs[job_id] = JobState(job_id)
+        job.updated_at = time.monotonic()
+        return job
+
+    def _on_reply(self, msg: Message) -> None:
+        self.connected = True
+        self.last_reply_at = time.monotonic()
+        self._settle(msg)
+        f = msg.fields
+        if msg.type == "hello":
+            self.server_info = dict(f)
+        elif msg.type == "accepted":
+            job = self._job(msg.job_id)
+            job.queue_position = f["queue_position"]
+            if job.state == "submitted":
+                job.state = "queued" if job.queue_position else "running"
+        elif msg.type == "progress":
+            job = self._job(msg.job_id)
+            job.step, job.total = f["step"], f["total"]
+            job.metrics = dict(f["metrics"])
+            if job.state in ("submitted", "queued"):
+                job.state = "running"
+            job.queue_position = 0
+            job.progress.append((job.step, job.total, job.metrics))
+            if len(job.progress) > self.max_history:
+                del job.progress[: len(job.progress) - self.max_history]
+            if f.get("preview") is not None:
+                job.preview = f["preview"]
+        elif msg.type == "result":
+            job = self._job(msg.job_id)
+            job.result = f["splats"]
+            job.result_metrics = dict(f.get("metrics") or {})
+            job.meta = dict(f.get("meta") or {})
+            job.state = "cancelled" if job.meta.get("cancelled") else "done"
+            job.error = None
+        elif msg.type == "error" and msg.job_id is not None:
+            job = self._job(msg.job_id)
+            job.error = (f["code"], f["message"])
+            if job.state not in ("done", "cancelled") and f["code"] not in (
+                    "not_finished", "duplicate_job"):
+                job.state = "failed"
+        elif msg.type == "status":
+            for entry in f.get("jobs", []):
+                job = self.jobs.get(entry["job_id"])
+                if job is None:
+                    if entry["job_id"] != msg.job_id:
+                        continue       # a heartbeat lists other clients' jobs too
+                    job = self._job(msg.job_id)   # a job this client asked about by id
+                job.updated_at = time.monotonic()
+                job.kind = entry.get("kind", job.kind)
+                if job.result is None or entry["state"] in ("queued", "running"):
+                    job.state = entry["state"]
+                job.step = entry.get("step", job.step)
+                job.total = entry.get("total", job.total)
+                job.queue_position = entry.get("queue_position")
+                if entry.get("error"):
+                    job.error = (entry["error"].get("code", ""), entry["error"].get("message", ""))
