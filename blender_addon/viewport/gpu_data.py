@@ -1,0 +1,160 @@
+"""Per-splat data for the viewport shaders: numpy packing and GPU texture upload.
+
+Splat ``i`` lives in three 2D float textures, read in the vertex shader with ``texelFetch`` at
+texel index ``i * stride + j`` (row-major: ``(idx % width, idx / width)``):
+
+* ``center`` RGBA32F, stride 1:  object-space centre xyz, opacity (sigmoid applied, 0..1);
+* ``cov``    RGBA32F, stride 2:  object-space 3D covariance (m^2): xx xy xz yy | yz zz 0 0;
+* ``sh``     RGBA16F, stride ceil(3 (K+1) / 4): SH coefficients, coefficient-major
+  (``c0.r c0.g c0.b c1.r ...``), DC first, K = 0/3/8/15 rest coefficients.
+
+The draw order is one more texture, ``order`` R32F, with the splat index (exact as float32 up to
+2^24) for each instance, farthest first. Blender's Python GPU API accepts only FLOAT buffers as
+texture data, hence float indices. Half precision for SH halves the largest texture; colours stay
+within 1e-3 of full precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..shared.rotations import quat_to_matrix
+from ..shared.splats import Splats
+
+MAX_ORDER_INDEX = 1 << 24          # float32 represents every index below this exactly
+PREFERRED_WIDTH = 4096
+
+
+class GPUDataError(ValueError):
+    """Splat data that cannot be placed in GPU textures (too many splats for the GPU's limits)."""
+
+
+@dataclass
+class PackedSplats:
+    """Flat float32 arrays ready for ``gpu.types.Buffer``; each padded to its texture's size."""
+
+    count: int
+    sh_degree: int
+    sh_stride: int                   # SH texels per splat
+    center: np.ndarray               # f32[Wc*Hc*4]
+    center_shape: tuple[int, int]
+    cov: np.ndarray
+    cov_shape: tuple[int, int]
+    sh: np.ndarray
+    sh_shape: tuple[int, int]
+
+    @property
+    def nbytes_gpu(self) -> int:
+        """Bytes the three data textures take on the GPU (SH as half floats)."""
+        texels = lambda s: s[0] * s[1]
+        return 16 * texels(self.center_shape) + 16 * texels(self.cov_shape) + 8 * texels(self.sh_shape)
+
+
+def texture_shape(texels: int, max_size: int = 16384) -> tuple[int, int]:
+    """(width, height) of a 2D texture holding ``texels`` texels within ``max_size`` per side."""
+    texels = max(1, int(texels))
+    width = min(texels, PREFERRED_WIDTH)
+    while -(-texels // width) > max_size and width < max_size:
+        width = min(width * 2, max_size)
+    height = -(-texels // width)
+    if height > max_size:
+        raise GPUDataError(f"{texels} texels do not fit a {max_size}x{max_size} texture; "
+                           "show this splat object in point mode or split it")
+    return width, height
+
+
+def _padded(flat: np.ndarray, shape: tuple[int, int], channels: int) -> np.ndarray:
+    total = shape[0] * shape[1] * channels
+    if flat.size == total:
+        return flat
+    out = np.zeros(total, np.float32)
+    out[: flat.size] = flat
+    return out
+
+
+def covariances(quats: np.ndarray, log_scales: np.ndarray) -> np.ndarray:
+    """Upper triangles f32[N,6] (xx xy xz yy yz zz) of R diag(exp(s))^2 R^T."""
+    rot = quat_to_matrix(quats).astype(np.float32)                       # [N,3,3]
+    m = rot * np.exp(log_scales.astype(np.float32))[:, None, :]          # R S (columns scaled)
+    out = np.empty((len(quats), 6), np.float32)
+    for j, (a, b) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):
+        out[:, j] = np.einsum("nk,nk->n", m[:, a, :], m[:, b, :])
+    return out
+
+
+def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
+    """Pack object-space ``splats`` into the texture layouts above (numpy only)."""
+    n = len(splats)
+    degree = splats.sh_degree
+    coeffs = (degree + 1) ** 2
+    sh_stride = -(-3 * coeffs // 4)
+
+    c_shape = texture_shape(n, max_size)
+    center = np.empty((n, 4), np.float32)
+    center[:, :3] = splats.means
+    center[:, 3] = splats.alphas()
+
+    v_shape = texture_shape(2 * n, max_size)
+    cov = np.zeros((n, 8), np.float32)
+    cov[:, :6] = covariances(splats.quats, splats.scales)
+
+    s_shape = texture_shape(n * sh_stride, max_size)
+    sh = np.zeros((n, sh_stride * 4), np.float32)
+    sh[:, :3] = splats.sh0
+    if degree:
+        sh[:, 3: 3 * coeffs] = splats.shN.reshape(n, -1)
+    return PackedSplats(
+        count=n, sh_degree=degree, sh_stride=sh_stride,
+        center=_padded(center.reshape(-1), c_shape, 4), center_shape=c_shape,
+        cov=_padded(cov.reshape(-1), v_shape, 4), cov_shape=v_shape,
+        sh=_padded(sh.reshape(-1), s_shape, 4), sh_shape=s_shape,
+    )
+
+
+def pack_order(order: np.ndarray, max_size: int = 16384) -> tuple[np.ndarray, tuple[int, int]]:
+    """Order indices as a padded f32 array for an R32F texture, and the texture's shape."""
+    n = len(order)
+    if n > MAX_ORDER_INDEX:
+        raise GPUDataError(f"{n} splats exceed the sorted mode's limit of {MAX_ORDER_INDEX}; use point mode")
+    shape = texture_shape(n, max_size)
+    return _padded(np.asarray(order, dtype=np.float32).reshape(-1), shape, 1), shape
+
+
+def _texture(flat: np.ndarray, shape: tuple[int, int], fmt: str):
+    import gpu
+    buf = gpu.types.Buffer("FLOAT", flat.size, flat)
+    return gpu.types.GPUTexture(shape, format=fmt, data=buf)
+
+
+class SplatTextures:
+    """The GPU data textures of one packed splat set (needs an initialised GPU context)."""
+
+    def __init__(self, packed: PackedSplats):
+        self.count = packed.count
+        self.sh_degree = packed.sh_degree
+        self.sh_stride = packed.sh_stride
+        self.nbytes = packed.nbytes_gpu
+        self.center = _texture(packed.center, packed.center_shape, "RGBA32F")
+        self.cov = _texture(packed.cov, packed.cov_shape, "RGBA32F")
+        self.sh = _texture(packed.sh, packed.sh_shape, "RGBA16F")
+
+
+class OrderTexture:
+    """The draw order of one splat set on the GPU, tagged with the sorter's serial number."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.serial = -1
+        self.nbytes = 0
+        self.texture = None
+        self.upload(np.arange(count, dtype=np.float32), serial=0)
+
+    def upload(self, order: np.ndarray, serial: int) -> None:
+        """Upload ``order`` (splat indices, farthest first)."""
+        if len(order) != self.count:
+            raise GPUDataError(f"order has {len(order)} entries for {self.count} splats")
+        flat, shape = pack_order(order)
+        self.texture = _texture(flat, shape, "R32F")
+        self.serial = serial
+        self.nbytes = 4 * shape[0] * shape[1]
