@@ -91,3 +91,20 @@ def addon_dir(tmp_path_factory) -> Path:
     assemble_addon(base)
     sys.path.insert(0, str(base))
     return base / "splatbridge"
+
+
+@pytest.fixture(scope="session")
+def built_addon(tmp_path_factory) -> Path:
+    """`python build.py addon` into a temp dist folder; returns the extension zip.
+
+    Wheels come from the repo's dist/wheel-cache (downloaded from PyPI on the first build only).
+    """
+    import subprocess
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon", "--dist", str(out),
+                           "--wheel-cache", str(ROOT / "dist" / "wheel-cache")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"build.py addon failed:\n{proc.stdout}\n{proc.stderr}"
+    zips = list(out.glob("splatbridge-*.zip"))
+    assert len(zips) == 1, f"expected one zip in {out}, found {zips}"
+    return zips[0]
