@@ -32,7 +32,7 @@ import numpy as np
 
 from ..sh import REST_COUNT, SH_C0
 from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import (PathLike, PlyHeader, SplatFormatError, column, read_ply_elements, read_ply_header,
+from ._common import (PathLike, PlyHeader, SplatFormatError, check_property, column, read_ply_elements, read_ply_header,
                       write_binary_ply)
 
 CHUNK_SIZE = 256
@@ -41,6 +41,12 @@ CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
                "min_r", "min_g", "min_b", "max_r", "max_g", "max_b"]
 VERTEX_PROPS = ["packed_position", "packed_rotation", "packed_scale", "packed_color"]
 _SQRT1_2 = np.sqrt(0.5)
+
+
+# byte -> SH value, as the PlayCanvas reader decodes it (0 and 255 map to the ends of the range)
+_SH_DECODE = ((np.where(np.arange(256) == 0, 0.0, np.where(np.arange(256) == 255, 1.0,
+                                                            (np.arange(256) + 0.5) / 256.0)) - 0.5) * 8.0
+              ).astype(np.float32)
 
 
 def is_compressed_ply(header: PlyHeader) -> bool:
@@ -121,11 +127,24 @@ def unpack_rotation(v: np.ndarray) -> np.ndarray:
     return q
 
 
+def _quantize_sh(shN: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """u8 [N, 3K] channel-major: trunc((v / 8 + 0.5) * 256) clamped to 0..255, in float64 like the JS."""
+    n, k = shN.shape[:2]
+    out = np.empty((n, 3 * k), np.uint8)
+    for start in range(0, n, block):  # blocks keep the float64 temporaries in cache
+        v = shN[start: start + block].transpose(0, 2, 1).reshape(-1, 3 * k).astype(np.float64)
+        v *= 32.0
+        v += 128.0
+        np.floor(v, out=v)  # = trunc wherever the result survives the clamp below
+        np.clip(v, 0.0, 255.0, out=v)
+        out[start: start + block] = v
+    return out
+
+
 def write_compressed_ply(path: PathLike, splats: Splats, sort: bool = True) -> None:
     """Write `splats` as a SuperSplat compressed PLY (chunks of 256, quantised; see module doc)."""
     n = len(splats)
-    if sort and n:
-        splats = splats.subset(morton_order(splats.means))
+    order = morton_order(splats.means) if sort else np.arange(n)
     k = splats.shN.shape[1]
     if n == 0:
         elements = [("chunk", [(p, "float") for p in CHUNK_PROPS], np.zeros((0, 18), "<f4")),
@@ -135,14 +154,15 @@ def write_compressed_ply(path: PathLike, splats: Splats, sort: bool = True) -> N
     num_chunks = -(-n // CHUNK_SIZE)
     padded = num_chunks * CHUNK_SIZE
     # pad the last chunk by repeating the last splat, as the reference does, so bounds are unchanged
-    pad = np.minimum(np.arange(padded), max(n - 1, 0))
+    pad = order[np.minimum(np.arange(padded), n - 1)]
 
     def chunked(a: np.ndarray) -> np.ndarray:
         return a.astype(np.float64)[pad].reshape(num_chunks, CHUNK_SIZE, *a.shape[1:])
 
     pos = chunked(splats.means)
     scl = chunked(splats.scales)
-    col = chunked(0.5 + SH_C0 * splats.sh0.astype(np.float64))
+    # float32 like the JS, which stores the colours back into a Float32Array before packing
+    col = chunked((0.5 + SH_C0 * splats.sh0.astype(np.float64)).astype(np.float32))
     p_lo, p_hi = pos.min(axis=1, keepdims=True), pos.max(axis=1, keepdims=True)
     s_lo = np.clip(scl.min(axis=1, keepdims=True), -20, 20)
     s_hi = np.clip(scl.max(axis=1, keepdims=True), -20, 20)
@@ -152,16 +172,15 @@ def write_compressed_ply(path: PathLike, splats: Splats, sort: bool = True) -> N
     packed_pos = _pack_111011(_normalize(pos, p_lo, p_hi)).reshape(padded)[:n]
     packed_scl = _pack_111011(_normalize(scl, s_lo, s_hi)).reshape(padded)[:n]
     cn = _normalize(col, c_lo, c_hi).reshape(padded, 3)[:n]
-    alpha = sigmoid(splats.opacities).astype(np.float64)
+    alpha = sigmoid(splats.opacities[order]).astype(np.float64)
     packed_col = ((_unorm(cn[:, 0], 8) << 24) | (_unorm(cn[:, 1], 8) << 16)
                   | (_unorm(cn[:, 2], 8) << 8) | _unorm(alpha, 8))
-    vertex = np.stack([packed_pos, pack_rotation(splats.quats), packed_scl, packed_col], axis=1)
+    vertex = np.stack([packed_pos, pack_rotation(splats.quats[order]), packed_scl, packed_col], axis=1)
 
     elements = [("chunk", [(p, "float") for p in CHUNK_PROPS], chunk.astype("<f4")),
                 ("vertex", [(p, "uint") for p in VERTEX_PROPS], vertex.astype("<u4"))]
     if k:
-        rest = splats.shN.transpose(0, 2, 1).reshape(n, 3 * k).astype(np.float64)
-        sh = np.clip(np.trunc((rest / 8.0 + 0.5) * 256.0), 0, 255).astype(np.uint8)
+        sh = _quantize_sh(splats.shN)[order]  # permute the bytes, not the floats
         elements.append(("sh", [(f"f_rest_{i}", "uchar") for i in range(3 * k)], sh))
     write_binary_ply(path, elements)
 
@@ -213,10 +232,11 @@ def read_compressed_ply(path: PathLike, header: PlyHeader | None = None) -> Spla
     rgb = lerp3(("min_", "max_"), ("r", "g", "b"), c8[:, :3]) if has_color else c8[:, :3]
     quats = unpack_rotation(vcol["packed_rotation"])
     if k:
-        raw = np.stack([column(path, header, sh_el, data["sh"], f"f_rest_{i}", ("u1",))
-                        for i in range(3 * k)], -1).astype(np.float64)
-        nv = np.where(raw == 0, 0.0, np.where(raw == 255, 1.0, (raw + 0.5) / 256.0))
-        shN = ((nv - 0.5) * 8.0).reshape(n, 3, k).transpose(0, 2, 1)
+        for i in range(3 * k):
+            check_property(path, sh_el, f"f_rest_{i}", ("u1",))
+        order = [sh_el.property_names().index(f"f_rest_{i}") for i in range(3 * k)]
+        raw = data["sh"].view(np.uint8).reshape(n, 3 * k)[:, order]
+        shN = _SH_DECODE[raw].reshape(n, 3, k).transpose(0, 2, 1)
     else:
         shN = np.zeros((n, 0, 3))
     assert k in REST_COUNT.values()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..sh import REST_COUNT
-from ..splats import Splats
+from ..splats import SplatError, Splats
 from ._common import (PathLike, SplatFormatError, check_property, column, read_ply_elements,
                       read_ply_header, write_binary_ply)
 
@@ -43,7 +43,7 @@ def write_ply(path: PathLike, splats: Splats) -> None:
     table[:, 6:9] = splats.sh0
     rest_end = 9 + 3 * k
     # [N, K, 3] -> [N, 3, K] -> channel-major f_rest
-    table[:, 9:rest_end] = np.asarray(splats.shN).transpose(0, 2, 1).reshape(n, 3 * k)
+    table[:, 9:rest_end].reshape(n, 3, k)[...] = splats.shN.transpose(0, 2, 1)  # a view: one strided copy
     table[:, rest_end] = splats.opacities
     table[:, rest_end + 1: rest_end + 4] = splats.scales
     table[:, rest_end + 4: rest_end + 8] = splats.quats
@@ -78,29 +78,32 @@ def read_ply(path: PathLike) -> Splats:
         if name not in names:
             raise SplatFormatError(path, "element 'vertex'", f"missing property '{name}'")
     k = _rest_count(path, names)
-    wanted = REQUIRED[:3] + REQUIRED[3:6] + [f"f_rest_{i}" for i in range(3 * k)] + REQUIRED[6:]
-    for name in wanted:  # type errors before reading any data
+    for name in REQUIRED + [f"f_rest_{i}" for i in range(3 * k)]:  # type errors before reading any data
         check_property(path, vertex, name)
     data = read_ply_elements(path, header, {"vertex"})["vertex"]
     n = vertex.count
-
+    # index of each wanted value in the output layout: [N, 3 + 3 + 1 + 3 + 4 + 3K]
+    rest = np.array([f"f_rest_{i}" for i in range(3 * k)]).reshape(3, k).T.reshape(-1)  # -> [K, 3] order
+    fields = {"means": REQUIRED[0:3], "sh0": REQUIRED[3:6], "opacities": REQUIRED[6:7],
+              "scales": REQUIRED[7:10], "quats": REQUIRED[10:14], "shN": list(rest)}
+    shapes = {"means": (n, 3), "sh0": (n, 3), "opacities": (n,), "scales": (n, 3), "quats": (n, 4),
+              "shN": (n, k, 3)}
     if header.format != "ascii" and all(p.code == "f4" for p in vertex.properties):
-        # Fast path (every file we write, and the reference's): one gather on a float32 matrix.
+        # Fast path (every file we write, and the reference's): slices or gathers of a float32 matrix.
         flat = data.view(header.byte_order + "f4").reshape(n, len(names))
-        idx = [names.index(w) for w in wanted]
-        table = flat[:, idx].astype(np.float32, copy=False)
+        arrays = {}
+        for field, props in fields.items():
+            idx = [names.index(p) for p in props]
+            if idx and idx == list(range(idx[0], idx[0] + len(idx))):
+                block = flat[:, idx[0]: idx[0] + len(idx)]
+            else:
+                block = flat[:, idx]
+            arrays[field] = np.ascontiguousarray(block, dtype=np.float32).reshape(shapes[field])
     else:
-        table = np.empty((n, len(wanted)), dtype=np.float32)
-        for j, name in enumerate(wanted):
-            table[:, j] = column(path, header, vertex, data, name)
-
-    rest_end = 6 + 3 * k
-    sh_n = table[:, 6:rest_end].reshape(n, 3, k).transpose(0, 2, 1)
-    return Splats(
-        means=np.ascontiguousarray(table[:, 0:3]),
-        quats=np.ascontiguousarray(table[:, rest_end + 4: rest_end + 8]),
-        scales=np.ascontiguousarray(table[:, rest_end + 1: rest_end + 4]),
-        opacities=np.ascontiguousarray(table[:, rest_end]),
-        sh0=np.ascontiguousarray(table[:, 3:6]),
-        shN=np.ascontiguousarray(sh_n),
-    )
+        arrays = {field: np.stack([column(path, header, vertex, data, p) for p in props], axis=-1)
+                  .reshape(shapes[field]) if props else np.zeros(shapes[field], np.float32)
+                  for field, props in fields.items()}
+    try:
+        return Splats(**arrays)
+    except SplatError as exc:
+        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None

@@ -1,0 +1,76 @@
+"""Read and write splat files: 3DGS PLY, SuperSplat compressed PLY, antimatter15 .splat, Niantic .spz.
+
+``read_splats(path)`` picks the reader from the extension (``.ply`` is sniffed: a ``chunk``
+element means compressed PLY); ``write_splats(path, splats, format=None)`` picks the writer from
+``format`` or the extension (``.ply`` -> 3DGS PLY; pass ``format="compressed_ply"`` or use a
+``.compressed.ply`` name for the compressed one). Every problem with a file raises
+:class:`SplatFormatError` (a ValueError) whose message names the file, the element/property and
+what is wrong. See each module's docstring for its layout, coordinate handling and precision.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..splats import Splats
+from ._common import PathLike, SplatFormatError, read_ply_header
+from .compressed_ply import is_compressed_ply, read_compressed_ply, write_compressed_ply
+from .ply import read_ply, write_ply
+from .splat import read_splat, write_splat
+from .spz import read_spz, write_spz
+
+FORMATS = ("ply", "compressed_ply", "splat", "spz")
+
+#: file extensions -> format written for that extension
+EXTENSIONS = {".ply": "ply", ".compressed.ply": "compressed_ply", ".splat": "splat", ".spz": "spz"}
+
+_WRITERS = {"ply": write_ply, "compressed_ply": write_compressed_ply, "splat": write_splat, "spz": write_spz}
+
+__all__ = ["FORMATS", "EXTENSIONS", "SplatFormatError", "detect_format", "read_splats", "write_splats"]
+
+
+def _format_from_name(path: PathLike) -> str | None:
+    name = Path(path).name.lower()
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext):
+            return EXTENSIONS[ext]
+    return None
+
+
+def detect_format(path: PathLike) -> str:
+    """Format of an existing file: from its extension, with .ply files sniffed for the chunk element."""
+    fmt = _format_from_name(path)
+    if fmt is None:
+        raise SplatFormatError(path, "file name", f"unknown extension (expected one of "
+                               f"{', '.join(sorted(set(EXTENSIONS)))})")
+    if fmt in ("ply", "compressed_ply"):
+        return "compressed_ply" if is_compressed_ply(read_ply_header(path)) else "ply"
+    return fmt
+
+
+def read_splats(path: PathLike) -> Splats:
+    """Read any supported splat file into :class:`Splats` (Blender world space)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+    fmt = detect_format(path)
+    if fmt == "compressed_ply":
+        return read_compressed_ply(path)
+    return {"ply": read_ply, "splat": read_splat, "spz": read_spz}[fmt](path)
+
+
+def write_splats(path: PathLike, splats: Splats, format: str | None = None, **options) -> None:
+    """Write `splats` to `path` in `format` (one of FORMATS; default: from the file extension).
+
+    `options` go to the format's writer (``write_compressed_ply(sort=)``,
+    ``write_spz(version=, sh1_bits=, sh_rest_bits=, compresslevel=)``).
+    """
+    if format is None:
+        format = _format_from_name(path)
+        if format is None:
+            raise SplatFormatError(path, "file name", "unknown extension; pass format= one of "
+                                   f"{', '.join(FORMATS)}")
+    if format not in _WRITERS:
+        raise ValueError(f"unknown splat format {format!r} (expected one of {', '.join(FORMATS)})")
+    if not isinstance(splats, Splats):
+        raise TypeError(f"write_splats needs a Splats, got {type(splats).__name__}")
+    _WRITERS[format](path, splats, **options)

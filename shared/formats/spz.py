@@ -1,0 +1,260 @@
+"""Niantic's ``.spz`` (nianticlabs/spz, ``load-spz.cc``): gzip of a 16-byte header + column data.
+
+Header (little-endian): u32 magic 0x5053474e ("NGSP"), u32 version, u32 N, u8 SH degree,
+u8 fractional bits, u8 flags (0x1 antialiased, 0x2 extensions follow), u8 reserved. Then, per
+attribute for all splats: positions (3 x 24-bit signed fixed point with `fractional bits`;
+version 1: 3 x float16), alphas (u8 sigmoid * 255), colours (u8 sh0 * 0.15 * 255 + 127.5: a
+"wide" range, sh0 in about [-3.3, 3.3]), scales (u8 (log scale + 10) * 16), rotations
+(version 3: u32 smallest-three, 2-bit index of the largest of x, y, z, w then per other component
+a sign bit and 9 bits of |q| / sqrt(1/2); versions 1-2: u8 x, y, z of the w >= 0 quaternion at
+q * 127.5 + 127.5), SH (u8 round(v * 128) + 128 per value, coefficient-major with RGB inner,
+i.e. exactly our ``shN[N, K, 3]`` layout; the writer snaps degree-1 values to 5 bits and higher
+to 4 bits, the spec's defaults, to help gzip).
+
+Coordinates: the spec stores RUB (x right, y up, z back: three.js / OpenGL). Our world is
+Blender's RFU (x right, y forward, z up), so the writer rotates by -90 degrees about X
+(``(x, y, z) -> (x, z, -y)``, quaternions and SH rotated with it, as ``coordinateConverter(RFU,
+RUB)`` in the reference does) and the reader rotates back. A Z-up Blender scene therefore
+opens upright in Y-up web viewers, and a Y-up .spz capture opens upright in Blender.
+
+Reading supports versions 1-3 (raw or gzipped), SH degree 0-4 (degree 4 is truncated to 3, with
+a warning, since our model stops at 3); files with extensions (flag 0x2) or version 4 (the newer
+non-gzip container) raise SplatFormatError. The antialiased flag is not kept.
+
+Round-trip bounds (read(write(s)) vs s, coordinates rotated and back): position within
+2^-(fb+1) m, fb = 12 (0.12 mm) unless the scene is larger than 2048 m, when fewer fractional bits
+are used so that it fits; log scale within 1/32 on [-10, 5.94] (clamped outside); opacity
+sigmoid within 0.5/255; sh0 within 0.5/38.25 on about [-3.33, 3.33]; quaternion components
+(sign aligned) within 0.002 (v3); v2 keeps x, y, z (of the w >= 0 quaternion, in RUB) within
+0.5/127.5 but derives w, so near w = 0 the rotation can be off by up to ~13 degrees; SH within
+1/32 + 1/256 (degree 1) and 1/16 + 1/256 (degree 2-3) on [-1, 1) (clamped outside; the +1/256 is
+the reference's rounding to 1/128 before it snaps to the bucket). The SH bounds hold per
+coefficient in the file's RUB frame; rotating back to ours mixes the coefficients of a band
+(the band's error norm is unchanged).
+"""
+from __future__ import annotations
+
+import gzip
+import warnings
+import zlib
+
+import numpy as np
+
+from ..splats import SplatError, Splats, logit, sigmoid
+from ._common import PathLike, SplatFormatError
+
+MAGIC = 0x5053474E
+HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_points", "<u4"), ("sh_degree", "u1"),
+                   ("fractional_bits", "u1"), ("flags", "u1"), ("reserved", "u1")])
+FLAG_ANTIALIASED = 0x1
+FLAG_EXTENSIONS = 0x2
+COLOR_SCALE = 0.15
+SH_DIM = {0: 0, 1: 3, 2: 8, 3: 15, 4: 24}
+_SQRT1_2 = np.float32(np.sqrt(0.5))
+
+_SH_DECODE = ((np.arange(256, dtype=np.float32) - np.float32(128.0)) / np.float32(128.0)).astype(np.float32)
+
+# Blender world (RFU) -> spz's RUB: (x, y, z) -> (x, z, -y), a -90 degree turn about X.
+RFU_TO_RUB = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    """The reference's toUint8: round half away from zero, clamp to 0..255."""
+    return np.clip(np.floor(np.asarray(x, np.float64) + 0.5), 0, 255).astype(np.uint8)
+
+
+def _round_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def pack_quats_v3(quats_xyzw: np.ndarray) -> np.ndarray:
+    """Smallest-three encoding (u32 [N]) of quaternions given as x, y, z, w."""
+    q = quats_xyzw.astype(np.float32)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    rows = np.arange(len(q))
+    largest = np.argmax(np.abs(q), axis=1)
+    negate = q[rows, largest] < 0
+    comp = largest.astype(np.uint32)
+    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    for j in range(3):
+        v = q[rows, others[:, j]]
+        negbit = ((v < 0) ^ negate).astype(np.uint32)
+        # |v| <= sqrt(1/2) in exact arithmetic; the clip only guards float rounding at the boundary
+        mag = np.minimum((np.float32(511) * (np.abs(v) / _SQRT1_2) + np.float32(0.5)).astype(np.uint32), 511)
+        comp = (comp << 10) | (negbit << 9) | mag
+    return comp
+
+
+def unpack_quats_v3(comp: np.ndarray) -> np.ndarray:
+    """Quaternions [N, 4] as x, y, z, w from the smallest-three encoding."""
+    comp = comp.astype(np.uint32)
+    largest = (comp >> 30).astype(np.int64)
+    rows = np.arange(len(comp))
+    q = np.zeros((len(comp), 4), np.float32)
+    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    for j in (2, 1, 0):  # the last component packed sits in the lowest bits
+        mag = (comp & 511).astype(np.float32)
+        neg = ((comp >> 9) & 1).astype(bool)
+        comp = comp >> 10
+        v = _SQRT1_2 * mag / np.float32(511)
+        q[rows, others[:, j]] = np.where(neg, -v, v)
+    q[rows, largest] = np.sqrt(np.maximum(0.0, 1.0 - (q * q).sum(axis=1)))
+    return q
+
+
+def pack_quats_v2(quats_xyzw: np.ndarray) -> np.ndarray:
+    """u8 [N, 3]: x, y, z of the normalised quaternion with w >= 0, at q * 127.5 + 127.5."""
+    q = quats_xyzw.astype(np.float32)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q = q * np.where(q[:, 3:4] < 0, np.float32(-127.5), np.float32(127.5)) + np.float32(127.5)
+    return _to_u8(q[:, :3])
+
+
+def unpack_quats_v2(r: np.ndarray) -> np.ndarray:
+    xyz = r.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    w = np.sqrt(np.maximum(0.0, 1.0 - (xyz * xyz).sum(axis=1)))
+    return np.concatenate([xyz, w[:, None]], axis=1).astype(np.float32)
+
+
+def _quantize_sh(x: np.ndarray, bits: int, block: int = 1 << 16) -> np.ndarray:
+    """The reference's quantizeSH (legacy [-1, 1] form): round(x * 128) + 128 snapped to 2^(8-bits) buckets."""
+    bucket = 1 << (8 - bits)
+    out = np.empty(x.shape, np.uint8)
+    for start in range(0, len(x), block):  # blocks keep the temporaries in cache
+        y = x[start: start + block] * np.float32(128.0)
+        q = np.abs(y)
+        q += np.float32(0.5)
+        np.floor(q, out=q)
+        np.copysign(q, y, out=q)  # round half away from zero, like std::round
+        q += np.float32(128 + bucket // 2)
+        q *= np.float32(1.0 / bucket)  # exact: a power of two
+        np.floor(q, out=q)  # = C's truncating division once clamped at 0
+        q *= np.float32(bucket)
+        np.clip(q, 0.0, 255.0, out=q)
+        out[start: start + block] = q
+    return out
+
+
+def encode_spz(splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4,
+               antialiased: bool = False) -> bytes:
+    """The uncompressed .spz payload (header + columns) for `splats` (in our world, RFU)."""
+    if version not in (2, 3):
+        raise ValueError(f"spz version {version} cannot be written (2 or 3)")
+    if not (1 <= sh1_bits <= 8 and 1 <= sh_rest_bits <= 8):
+        raise ValueError(f"SH bits must be 1..8, got sh1_bits={sh1_bits}, sh_rest_bits={sh_rest_bits}")
+    s = splats.transform(RFU_TO_RUB)
+    n, k = len(s), s.shN.shape[1]
+    degree = {v: d for d, v in SH_DIM.items()}[k]
+
+    max_abs = float(np.abs(s.means).max()) if n else 0.0
+    frac_bits = 12
+    while frac_bits > 0 and max_abs * (1 << frac_bits) > 2**23 - 1:
+        frac_bits -= 1
+    if max_abs * (1 << frac_bits) > 2**23 - 1:
+        raise ValueError(f"positions up to {max_abs:g} m do not fit spz's 24-bit fixed point")
+    fixed = _round_away(s.means.astype(np.float64) * (1 << frac_bits)).astype(np.int64) & 0xFFFFFF
+    positions = np.stack([fixed & 0xFF, (fixed >> 8) & 0xFF, (fixed >> 16) & 0xFF], -1).astype(np.uint8)
+
+    alphas = _to_u8(sigmoid(s.opacities) * np.float32(255.0))
+    colors = _to_u8(s.sh0 * np.float32(COLOR_SCALE * 255.0) + np.float32(0.5 * 255.0))
+    scales = _to_u8((s.scales + np.float32(10.0)) * np.float32(16.0))
+    xyzw = s.quats[:, [1, 2, 3, 0]]
+    rotations = pack_quats_v3(xyzw).astype("<u4") if version == 3 else pack_quats_v2(xyzw)
+    sh = np.empty((n, k, 3), np.uint8)
+    if k:
+        sh[:, :3] = _quantize_sh(s.shN[:, :3], sh1_bits)
+        sh[:, 3:] = _quantize_sh(s.shN[:, 3:], sh_rest_bits)
+
+    header = np.zeros(1, HEADER)
+    header[0] = (MAGIC, version, n, degree, frac_bits, FLAG_ANTIALIASED if antialiased else 0, 0)
+    return b"".join(a.tobytes() for a in (header, positions, alphas, colors, scales, rotations, sh))
+
+
+def decode_spz(path: PathLike, data: bytes) -> Splats:
+    """Splats (in our world, RFU) from an uncompressed .spz payload; `path` is for messages."""
+    if len(data) < 8:
+        raise SplatFormatError(path, "header", f"only {len(data)} bytes (a .spz header is 16)")
+    magic, version = np.frombuffer(data, "<u4", 2)
+    if magic != MAGIC:
+        raise SplatFormatError(path, "header magic", f"0x{int(magic):08x} is not 0x{MAGIC:08x} ('NGSP'); "
+                               "not a .spz file")
+    if version not in (1, 2, 3):
+        raise SplatFormatError(path, "header version", f"version {int(version)} is not supported (1, 2 or 3)")
+    if len(data) < HEADER.itemsize:
+        raise SplatFormatError(path, "header", f"truncated: {len(data)} bytes (a .spz header is 16)")
+    h = np.frombuffer(data, HEADER, 1)[0]
+    n, degree, frac_bits, flags = int(h["num_points"]), int(h["sh_degree"]), int(h["fractional_bits"]), int(h["flags"])
+    if degree not in SH_DIM:
+        raise SplatFormatError(path, "header sh_degree", f"SH degree {degree} is not supported (0-4)")
+    if flags & FLAG_EXTENSIONS:
+        raise SplatFormatError(path, "header flags", "the file has extensions (flag 0x2), which are not supported")
+    if frac_bits > 23:
+        raise SplatFormatError(path, "header fractional_bits", f"{frac_bits} fractional bits (at most 23 fit)")
+    k = SH_DIM[degree]
+    pos_bytes = 6 if version == 1 else 9
+    rot_bytes = 4 if version == 3 else 3
+    sizes = {"positions": n * pos_bytes, "alphas": n, "colors": n * 3, "scales": n * 3,
+             "rotations": n * rot_bytes, "sh": n * k * 3}
+    need = HEADER.itemsize + sum(sizes.values())
+    if len(data) < need:
+        raise SplatFormatError(path, "data", f"truncated: {n} splats of SH degree {degree} (version "
+                               f"{int(version)}) need {need} bytes after decompression, found {len(data)}")
+    cols: dict[str, np.ndarray] = {}
+    off = HEADER.itemsize
+    for name, size in sizes.items():
+        cols[name] = np.frombuffer(data, np.uint8, size, off)
+        off += size
+
+    if version == 1:
+        means = cols["positions"].view("<f2").reshape(n, 3).astype(np.float32)
+    else:
+        b = cols["positions"].reshape(n, 3, 3).astype(np.int32)
+        fixed = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+        fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
+        means = fixed.astype(np.float32) * np.float32(1.0 / (1 << frac_bits))
+    if version == 3:
+        xyzw = unpack_quats_v3(cols["rotations"].view("<u4"))
+    else:
+        xyzw = unpack_quats_v2(cols["rotations"].reshape(n, 3))
+    quats = xyzw[:, [3, 0, 1, 2]]
+    bad = ~(np.einsum("ij,ij->i", quats, quats) > 0)
+    quats[bad] = (1.0, 0.0, 0.0, 0.0)  # a v2 byte triple outside the unit ball decodes to 0
+    sh = _SH_DECODE[cols["sh"].reshape(n, k, 3)]
+    if degree == 4:
+        warnings.warn(f"{path}: SH degree 4 truncated to 3 (SplatBridge stores degree 0-3)", stacklevel=3)
+        sh = sh[:, :15]
+    try:
+        rub = Splats(
+            means=means,
+            quats=quats,
+            scales=cols["scales"].reshape(n, 3).astype(np.float32) / np.float32(16.0) - np.float32(10.0),
+            opacities=logit(cols["alphas"].astype(np.float64) / 255.0),
+            sh0=((cols["colors"].reshape(n, 3).astype(np.float32) / np.float32(255.0) - np.float32(0.5))
+                 / np.float32(COLOR_SCALE)),
+            shN=np.ascontiguousarray(sh),
+        )
+    except SplatError as exc:
+        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
+    return rub.transform(RFU_TO_RUB.T)
+
+
+def write_spz(path: PathLike, splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4,
+              compresslevel: int = 6) -> None:
+    """Write `splats` as a gzipped .spz (version 3 by default; 2 for older readers)."""
+    payload = encode_spz(splats, version=version, sh1_bits=sh1_bits, sh_rest_bits=sh_rest_bits)
+    with open(path, "wb") as f:
+        # mtime=0: the same splats give the same bytes
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
+            gz.write(payload)
+
+
+def read_spz(path: PathLike) -> Splats:
+    """Read a .spz file (gzipped, or a raw payload); SplatFormatError names the problem."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SplatFormatError(path, "gzip stream", f"cannot decompress ({exc})") from None
+    return decode_spz(path, raw)
