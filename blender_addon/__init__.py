@@ -26,13 +26,17 @@ MODULES: tuple[str, ...] = (
     "ops_train",
     "ops_generate",
     "ui_panel",
+    "ui_display",
 )
 
 # module name -> message of the last import/register/unregister failure (shown in preferences).
 ERRORS: dict[str, str] = {}
 # Names in MODULES whose file does not exist in this build (not an error: parts land over time).
 MISSING: list[str] = []
-_registered: list[ModuleType] = []
+# Survives importlib.reload of this package (F3 "Reload Scripts"): what is registered stays known,
+# and a reload also reloads the submodules on their next register.
+_registered: list[ModuleType] = globals().get("_registered", [])
+_reload_submodules: bool = "_reload_submodules" in globals()
 
 
 def _report(name: str, stage: str) -> None:
@@ -47,6 +51,8 @@ def _load(name: str) -> ModuleType | None:
         MISSING.append(name)
         return None
     try:
+        if _reload_submodules and full in sys.modules:
+            return importlib.reload(sys.modules[full])
         return importlib.import_module(full)
     except Exception:
         _report(name, "import")
@@ -55,6 +61,9 @@ def _load(name: str) -> ModuleType | None:
 
 def register() -> None:
     """Import and register every module in MODULES order; failures are reported per module."""
+    global _reload_submodules
+    if _registered:  # registered twice without unregister: undo first so nothing is doubled
+        unregister()
     ERRORS.clear()
     MISSING.clear()
     for name in MODULES:
@@ -74,6 +83,7 @@ def register() -> None:
                 pass
             continue
         _registered.append(module)
+    _reload_submodules = False
 
 
 def unregister() -> None:

@@ -62,6 +62,19 @@ def is_splat_object(obj: object) -> bool:
             and PROP_SH_DEGREE in obj.keys())
 
 
+def transpose01(a: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Contiguous ``a.transpose(1, 0, 2)`` of a 3D array, copied in cache-sized blocks with the
+    last axis moved as one opaque item (3x faster than numpy's plain copy for [1M, 15, 3])."""
+    a = np.ascontiguousarray(a)
+    rows, cols, inner = a.shape
+    item = np.dtype((np.void, inner * a.itemsize))
+    src = a.view(item).reshape(rows, cols)
+    out = np.empty((cols, rows), item)
+    for i in range(0, rows, block):
+        np.copyto(out[:, i:i + block], src[i:i + block].T)
+    return out.view(a.dtype).reshape(cols, rows, inner)
+
+
 def _set_attribute(mesh, name: str, data_type: str, prop: str, values: np.ndarray) -> None:
     attr = mesh.attributes.get(name)
     if attr is not None and (attr.data_type != data_type or attr.domain != "POINT"):
@@ -85,7 +98,7 @@ def _write_mesh(mesh, splats: Splats) -> None:
         _set_attribute(mesh, name, data_type, prop, fields[name])
     k_count = splats.shN.shape[1]
     if k_count:
-        rest = np.ascontiguousarray(splats.shN.transpose(1, 0, 2))     # [K, N, 3]: slices contiguous
+        rest = transpose01(splats.shN)                                   # [K, N, 3]: slices contiguous
         for k in range(k_count):
             _set_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", rest[k])
     for k in range(k_count, _MAX_REST):
@@ -136,16 +149,18 @@ def _as_splats(splats: object) -> Splats:
     raise TypeError(f"splats must be a shared.splats.Splats, got {type(splats).__name__}")
 
 
-def _get_attribute(mesh, name: str, data_type: str, prop: str, width: int, n: int, owner: str) -> np.ndarray:
+def _get_attribute(mesh, name: str, data_type: str, prop: str, width: int, n: int, owner: str,
+                   out: np.ndarray | None = None) -> np.ndarray:
     attr = mesh.attributes.get(name)
     if attr is None:
         raise SplatObjectError(f"splat object {owner!r} has no '{name}' attribute")
     if attr.data_type != data_type or attr.domain != "POINT":
         raise SplatObjectError(f"splat object {owner!r}: attribute '{name}' is {attr.data_type} on "
                                f"{attr.domain}, expected {data_type} on POINT")
-    out = np.empty(n * width, np.float32)
-    attr.data.foreach_get(prop, out)
-    return out.reshape((n, width) if width > 1 else (n,))
+    if out is None:
+        out = np.empty((n, width) if width > 1 else (n,), np.float32)
+    attr.data.foreach_get(prop, out.reshape(-1))
+    return out
 
 
 def mesh_sh_degree(mesh) -> int:
@@ -179,9 +194,10 @@ def read_splats_from_object(obj, apply_transform: bool = True) -> Splats:
               for name, (t, prop, w) in _VALUE_ATTRS.items()}
     degree = mesh_sh_degree(mesh)
     k_count = REST_COUNT[degree]
-    shN = np.empty((n, k_count, 3), np.float32)
+    rest = np.empty((k_count, n, 3), np.float32)
     for k in range(k_count):
-        shN[:, k, :] = _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, obj.name)
+        _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, obj.name, out=rest[k])
+    shN = transpose01(rest) if n and k_count else np.zeros((n, k_count, 3), np.float32)
     splats = Splats(means, values[ATTR_ROTATION], values[ATTR_LOG_SCALE], values[ATTR_OPACITY],
                     values[ATTR_SH0], shN)
     if apply_transform:

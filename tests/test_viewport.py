@@ -156,15 +156,20 @@ def test_texture_shapes_and_limits(addon_dir):
     assert packed.sh_stride == 12 and packed.sh.size == 5 * 12 * 4
 
 
-def test_packed_covariance_matches_quaternion_and_scale(addon_dir):
+def test_packing_layout(addon_dir):
     gd = _vp(addon_dir, "gpu_data")
-    from shared.rotations import quat_to_matrix
-    s = Splats.random(50, seed=5)
+    s = Splats.random(50, sh_degree=2, seed=5)
     packed = gd.pack_splats(s)
-    cov = packed.cov.reshape(-1, 8)[:50, :6]
-    r = quat_to_matrix(s.quats)
-    full = r @ (np.exp(2 * s.scales)[:, :, None] * np.transpose(r, (0, 2, 1)))
-    np.testing.assert_allclose(cov, full[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]], rtol=1e-4, atol=1e-9)
+    center = packed.center.reshape(-1, 4)[:50]
+    np.testing.assert_array_equal(center[:, :3], s.means)
+    np.testing.assert_allclose(center[:, 3], 1 / (1 + np.exp(-s.opacities.astype(np.float64))), rtol=1e-6)
+    rs = packed.rot_scale.reshape(-1, 8)[:50]
+    np.testing.assert_allclose(rs[:, :4], s.quats / np.linalg.norm(s.quats, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(rs[:, 4:7], np.exp(s.scales), rtol=1e-6)
+    sh = packed.sh.reshape(50, packed.sh_stride * 4)
+    assert packed.sh_stride == 7                                    # 27 floats -> 7 RGBA texels
+    np.testing.assert_array_equal(sh[:, :3], s.sh0)
+    np.testing.assert_array_equal(sh[:, 3:27], s.shN.reshape(50, -1))   # coefficient-major, then RGB
 
 
 # ------------------------------------------------------------------------------------------------
@@ -357,3 +362,44 @@ def test_point_mode_and_scale(addon, gpu_ready):
     assert drawer.objects[obj.session_uid].sorter.sort_count == sorts      # point mode never sorts
     hidden = run(settings.DisplaySettings(show=False))
     assert hidden.max() == 0.0
+
+
+@pytest.mark.blender
+def test_register_settings_panel_and_handlers(addon_dir, bpy_empty):
+    """viewport + ui_display register cleanly: per-object settings, draw handler, depsgraph hook."""
+    bpy = bpy_empty
+    so = importlib.import_module("splatbridge.splat_object")
+    viewport = importlib.import_module("splatbridge.viewport")
+    draw, settings = _vp(addon_dir, "draw"), _vp(addon_dir, "settings")
+    ui_display = importlib.import_module("splatbridge.ui_display")
+    viewport.register()
+    ui_display.register()
+    try:
+        obj = so.create_splat_object(bpy.context, "S", Splats.random(20, sh_degree=2, seed=1))
+        assert settings.display_settings(obj) == settings.DisplaySettings()
+        obj.splatbridge_display.sh_degree = 1
+        obj.splatbridge_display.scale = 0.5
+        obj.splatbridge_display.point_mode = True
+        assert settings.display_settings(obj) == settings.DisplaySettings(sh_degree=1, scale=0.5, point_mode=True)
+        with pytest.raises(TypeError):
+            obj.splatbridge_display.sh_degree = "three"
+        obj.splatbridge_display.sh_degree = 7                       # clamped to the property's range
+        assert obj.splatbridge_display.sh_degree == 3
+        assert draw.depsgraph_update in bpy.app.handlers.depsgraph_update_post
+        assert hasattr(bpy.types, "SPLATBRIDGE_PT_display")
+        assert draw.visible_splat_objects(bpy.context) == [obj]
+        obj.splatbridge_display.show = False
+        assert draw.visible_splat_objects(bpy.context) == []
+        # a geometry change (as edit mode makes it) bumps the mesh's epoch -> re-upload on next draw
+        before = draw._fingerprint(obj)
+        obj.data.vertices[0].co.x += 1.0
+        obj.data.update()
+        bpy.context.view_layer.update()
+        assert draw._fingerprint(obj) != before
+        draw.draw_viewport()                                        # no region in background: a no-op
+    finally:
+        ui_display.unregister()
+        viewport.unregister()
+    assert draw.depsgraph_update not in bpy.app.handlers.depsgraph_update_post
+    assert not hasattr(bpy.types.Object, "splatbridge_display")
+    assert settings.display_settings(obj) == settings.DisplaySettings()

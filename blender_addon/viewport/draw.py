@@ -104,7 +104,7 @@ def draw_textures(textures: SplatTextures, order: Optional[OrderTexture], model_
     shader.bind()
     shader.uniform_block("params", ubo)
     shader.uniform_sampler("center_tex", textures.center)
-    shader.uniform_sampler("cov_tex", textures.cov)
+    shader.uniform_sampler("rot_scale_tex", textures.rot_scale)
     shader.uniform_sampler("sh_tex", textures.sh)
     shader.uniform_sampler("order_tex", textures.center if point else order.texture)  # unused in point mode
     gpu.state.depth_test_set("LESS_EQUAL")

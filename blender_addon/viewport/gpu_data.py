@@ -4,7 +4,8 @@ Splat ``i`` lives in three 2D float textures, read in the vertex shader with ``t
 texel index ``i * stride + j`` (row-major: ``(idx % width, idx / width)``):
 
 * ``center`` RGBA32F, stride 1:  object-space centre xyz, opacity (sigmoid applied, 0..1);
-* ``cov``    RGBA32F, stride 2:  object-space 3D covariance (m^2): xx xy xz yy | yz zz 0 0;
+* ``rot_scale`` RGBA32F, stride 2: unit quaternion w x y z | standard deviations (m) x y z, 0
+  (the vertex shader builds the covariance R S S R^T, as gsplat does: no CPU work per upload);
 * ``sh``     RGBA16F, stride ceil(3 (K+1) / 4): SH coefficients, coefficient-major
   (``c0.r c0.g c0.b c1.r ...``), DC first, K = 0/3/8/15 rest coefficients.
 
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..shared.rotations import quat_to_matrix
 from ..shared.splats import Splats
 
 MAX_ORDER_INDEX = 1 << 24          # float32 represents every index below this exactly
@@ -39,8 +39,8 @@ class PackedSplats:
     sh_stride: int                   # SH texels per splat
     center: np.ndarray               # f32[Wc*Hc*4]
     center_shape: tuple[int, int]
-    cov: np.ndarray
-    cov_shape: tuple[int, int]
+    rot_scale: np.ndarray
+    rot_scale_shape: tuple[int, int]
     sh: np.ndarray
     sh_shape: tuple[int, int]
 
@@ -48,7 +48,7 @@ class PackedSplats:
     def nbytes_gpu(self) -> int:
         """Bytes the three data textures take on the GPU (SH as half floats)."""
         texels = lambda s: s[0] * s[1]
-        return 16 * texels(self.center_shape) + 16 * texels(self.cov_shape) + 8 * texels(self.sh_shape)
+        return 16 * texels(self.center_shape) + 16 * texels(self.rot_scale_shape) + 8 * texels(self.sh_shape)
 
 
 def texture_shape(texels: int, max_size: int = 16384) -> tuple[int, int]:
@@ -73,16 +73,6 @@ def _padded(flat: np.ndarray, shape: tuple[int, int], channels: int) -> np.ndarr
     return out
 
 
-def covariances(quats: np.ndarray, log_scales: np.ndarray) -> np.ndarray:
-    """Upper triangles f32[N,6] (xx xy xz yy yz zz) of R diag(exp(s))^2 R^T."""
-    rot = quat_to_matrix(quats).astype(np.float32)                       # [N,3,3]
-    m = rot * np.exp(log_scales.astype(np.float32))[:, None, :]          # R S (columns scaled)
-    out = np.empty((len(quats), 6), np.float32)
-    for j, (a, b) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):
-        out[:, j] = np.einsum("nk,nk->n", m[:, a, :], m[:, b, :])
-    return out
-
-
 def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
     """Pack object-space ``splats`` into the texture layouts above (numpy only)."""
     n = len(splats)
@@ -95,9 +85,10 @@ def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
     center[:, :3] = splats.means
     center[:, 3] = splats.alphas()
 
-    v_shape = texture_shape(2 * n, max_size)
-    cov = np.zeros((n, 8), np.float32)
-    cov[:, :6] = covariances(splats.quats, splats.scales)
+    r_shape = texture_shape(2 * n, max_size)
+    rot_scale = np.zeros((n, 8), np.float32)
+    rot_scale[:, :4] = splats.unit_quats()
+    rot_scale[:, 4:7] = splats.scales_linear()
 
     s_shape = texture_shape(n * sh_stride, max_size)
     sh = np.zeros((n, sh_stride * 4), np.float32)
@@ -107,7 +98,7 @@ def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
     return PackedSplats(
         count=n, sh_degree=degree, sh_stride=sh_stride,
         center=_padded(center.reshape(-1), c_shape, 4), center_shape=c_shape,
-        cov=_padded(cov.reshape(-1), v_shape, 4), cov_shape=v_shape,
+        rot_scale=_padded(rot_scale.reshape(-1), r_shape, 4), rot_scale_shape=r_shape,
         sh=_padded(sh.reshape(-1), s_shape, 4), sh_shape=s_shape,
     )
 
@@ -136,7 +127,7 @@ class SplatTextures:
         self.sh_stride = packed.sh_stride
         self.nbytes = packed.nbytes_gpu
         self.center = _texture(packed.center, packed.center_shape, "RGBA32F")
-        self.cov = _texture(packed.cov, packed.cov_shape, "RGBA32F")
+        self.rot_scale = _texture(packed.rot_scale, packed.rot_scale_shape, "RGBA32F")
         self.sh = _texture(packed.sh, packed.sh_shape, "RGBA16F")
 
 

@@ -2,7 +2,8 @@
 
 Splat shader (one instanced quad per splat, drawn back to front with premultiplied alpha):
 
-* vertex: fetch splat ``order[gl_InstanceID]``; transform its centre and 3D covariance into the
+* vertex: fetch splat ``order[gl_InstanceID]``; build its 3D covariance from the quaternion and
+  scales; transform centre and covariance into the
   camera (OpenCV axes, as gsplat), EWA-project the covariance with gsplat's Jacobian (including its
   clamping of off-screen centres) plus the 0.3 px^2 low-pass, invert to the conic, and stretch the
   quad along the 2D covariance's eigenvectors to ``min(3.33, sqrt(2 ln(255 opacity)))`` sigmas:
@@ -96,9 +97,15 @@ void main() {
   vec3 t = vec3(t4.x, -t4.y, -t4.z);
   if (!ortho && t.z < near_clip) { cull(); return; }
 
-  vec4 ca = fetch(cov_tex, 2 * idx);
-  vec4 cb = fetch(cov_tex, 2 * idx + 1);
-  mat3 cov = mat3(ca.x, ca.y, ca.z, ca.y, ca.w, cb.x, ca.z, cb.x, cb.y) * (scale_mod * scale_mod);
+  /* object-space covariance R S S^T R^T from the unit quaternion (w, x, y, z) and the scales */
+  vec4 q = fetch(rot_scale_tex, 2 * idx);
+  vec3 s = fetch(rot_scale_tex, 2 * idx + 1).xyz * scale_mod;
+  float qw = q.x, qx = q.y, qy = q.z, qz = q.w;
+  mat3 rot = mat3(1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy + qw * qz), 2.0 * (qx * qz - qw * qy),
+                  2.0 * (qx * qy - qw * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz + qw * qx),
+                  2.0 * (qx * qz + qw * qy), 2.0 * (qy * qz - qw * qx), 1.0 - 2.0 * (qx * qx + qy * qy));
+  mat3 m = mat3(rot[0] * s.x, rot[1] * s.y, rot[2] * s.z);
+  mat3 cov = m * transpose(m);
   mat3 w = mat3(model_view);
   w = mat3(w[0] * vec3(1.0, -1.0, -1.0), w[1] * vec3(1.0, -1.0, -1.0), w[2] * vec3(1.0, -1.0, -1.0));
   mat3 cov_c = w * cov * transpose(w);
@@ -235,7 +242,7 @@ def _create(name: str, vert: str, frag: str, smooth_offset: bool):
     info.uniform_buf(0, "SplatParams", "params")
     info.sampler(0, "FLOAT_2D", "order_tex")
     info.sampler(1, "FLOAT_2D", "center_tex")
-    info.sampler(2, "FLOAT_2D", "cov_tex")
+    info.sampler(2, "FLOAT_2D", "rot_scale_tex")
     info.sampler(3, "FLOAT_2D", "sh_tex")
     info.vertex_in(0, "VEC2", "corner")
     info.vertex_out(iface)

@@ -1,0 +1,58 @@
+"""The "Splat Display" panel in the SplatBridge sidebar tab: viewport settings of the active
+splat object (``Object.splatbridge_display``, registered by ``viewport.settings``)."""
+from __future__ import annotations
+
+import bpy
+
+from .splat_object import is_splat_object, mesh_sh_degree
+from .viewport.draw import DRAWER
+from .viewport.settings import PROP_NAME
+
+CATEGORY = "SplatBridge"             # the sidebar tab shared with ui_panel
+POINT_MODE_HINT = 5_000_000          # above this many splats, suggest point mode
+
+
+class SPLATBRIDGE_PT_display(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+    bl_idname = "SPLATBRIDGE_PT_display"
+    bl_label = "Splat Display"
+
+    @classmethod
+    def poll(cls, context):
+        return is_splat_object(context.active_object) and hasattr(context.active_object, PROP_NAME)
+
+    def draw(self, context):
+        layout = self.layout
+        obj = context.active_object
+        settings = getattr(obj, PROP_NAME)
+        count = len(obj.data.vertices)
+        try:
+            stored = mesh_sh_degree(obj.data)
+            layout.label(text=f"{count:,} splats, SH degree {stored}", icon="POINTCLOUD_DATA")
+        except ValueError as exc:
+            layout.label(text=str(exc), icon="ERROR")
+        layout.prop(settings, "show")
+        col = layout.column()
+        col.active = settings.show
+        col.prop(settings, "sh_degree")
+        col.prop(settings, "scale")
+        col.prop(settings, "point_mode")
+        sub = col.column()
+        sub.active = settings.point_mode
+        sub.prop(settings, "point_size")
+        if count > POINT_MODE_HINT and not settings.point_mode:
+            col.label(text="Large set: point mode draws faster", icon="INFO")
+        mib = DRAWER.gpu_bytes() / 2**20
+        if mib:
+            layout.label(text=f"GPU memory (all splat objects): {mib:,.0f} MiB")
+
+
+def register() -> None:
+    bpy.utils.register_class(SPLATBRIDGE_PT_display)
+
+
+def unregister() -> None:
+    if getattr(SPLATBRIDGE_PT_display, "is_registered", False):
+        bpy.utils.unregister_class(SPLATBRIDGE_PT_display)
