@@ -271,7 +271,7 @@ class WheelName:
             if tag == "any":
                 arch_ok = True
             elif platform == "linux-x64":
-                arch_ok |= tag.startswith("manylinux") and tag.endswith("_x86_64")
+                arch_ok |= (tag.startswith("manylinux") and tag.endswith("_x86_64")) or tag == "linux_x86_64"
             elif platform == "windows-x64":
                 arch_ok |= tag == "win_amd64"
             elif platform == "macos-arm64":
@@ -295,10 +295,20 @@ class WheelName:
         return False
 
 
+def _pip_python() -> str:
+    """An interpreter that has pip: this one, else the venv's."""
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return sys.executable
+    venv = venv_python()
+    if venv.exists():
+        return str(venv)
+    raise BuildError(f"{sys.executable} has no pip: install pip or run `python3 build.py setup` first")
+
+
 def _download_wheel(package: str, version: str, platform: str, python: str, dest: Path) -> Path:
     """pip download the one wheel of package==version for (platform, python) into dest."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+        cmd = [_pip_python(), "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
                "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--dest", tmp]
         for tag in PLATFORMS[platform]:
             cmd += ["--platform", tag]

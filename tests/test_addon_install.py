@@ -119,6 +119,18 @@ SCRIPT = textwrap.dedent(r'''
         enabled = snapshot()
         enabled["errors"] = dict(sys.modules[PKG].ERRORS)
         out["cycles"].append({"disabled": disabled, "enabled": enabled})
+    # F3 "Reload Scripts" as addon_utils.reset_all(reload_scripts=True) does it for an enabled
+    # add-on: disable, importlib.reload the package, enable. (bpy.ops.script.reload() in
+    # background mode does not reload extensions, so the steps are taken here by hand.)
+    import importlib
+    old_register = sys.modules[PKG + ".io_ops"].register  # a reload makes new function objects
+    addon_utils.disable(PKG)
+    importlib.reload(sys.modules[PKG])
+    addon_utils.enable(PKG)
+    out["reloaded"] = snapshot()
+    out["reloaded"]["enabled"] = list(addon_utils.check(PKG))
+    out["reloaded"]["errors"] = dict(sys.modules[PKG].ERRORS)
+    out["reloaded"]["submodule_reloaded"] = sys.modules[PKG + ".io_ops"].register is not old_register
     addon_utils.disable(PKG, default_set=True)
     out["final"] = snapshot()
     print("RESULT-JSON " + json.dumps(out))
@@ -193,3 +205,11 @@ def test_disable_enable_twice_leaves_nothing_behind(install_result):
         assert cycle["enabled"]["menu_funcs"] == r["after_enable"]["menu_funcs"]
         assert cycle["enabled"]["errors"] == {}
     _assert_clean(r["final"], "after the final disable")
+
+
+def test_reload_scripts_reloads_the_submodules(install_result):
+    r = install_result["reloaded"]
+    assert r["enabled"] == [True, True] and r["errors"] == {}
+    assert r["types"] == install_result["after_enable"]["types"]
+    assert r["menu_funcs"] == install_result["after_enable"]["menu_funcs"]
+    assert r["submodule_reloaded"], "Reload Scripts kept the old io_ops module"
