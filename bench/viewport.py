@@ -81,21 +81,27 @@ def main() -> None:
         return protocol.splats_from_fields(msg.fields["splats"])
 
     t_dec, c_dec, received = timed(receive, repeat)
-    objs = []
 
-    def to_object():
-        s = receive()
-        obj = so.create_splat_object(bpy.context, "Bench", s)
-        objs.append(obj)
-        return obj
-
-    t_obj, c_obj, obj = timed(to_object, repeat)
-    t_create, c_create, _ = timed(lambda: objs.append(so.create_splat_object(bpy.context, "B", received)), repeat)
-    for o in objs[:-1]:
-        mesh = o.data
-        bpy.data.objects.remove(o)
+    def remove(obj) -> None:
+        mesh = obj.data
+        bpy.data.objects.remove(obj)
         bpy.data.meshes.remove(mesh)
-    obj = objs[-1]
+
+    def fresh(fn: Callable[[], object]) -> tuple[float, float, object]:
+        """Median over ``repeat`` runs, each on a fresh object (removed untimed afterwards)."""
+        walls, cpus, out = [], [], None
+        for i in range(repeat):
+            w, c = time.perf_counter(), time.process_time()
+            out = fn()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+            if i < repeat - 1:
+                remove(out)
+        return statistics.median(walls), statistics.median(cpus), out
+
+    t_create, c_create, obj = fresh(lambda: so.create_splat_object(bpy.context, "Bench", received))
+    remove(obj)
+    t_obj, c_obj, obj = fresh(lambda: so.create_splat_object(bpy.context, "Bench", receive()))
     t_upd, c_upd, _ = timed(lambda: so.update_splat_object(obj, receive()), repeat)
     t_read, c_read, local = timed(lambda: so.read_splats_from_object(obj, apply_transform=False), repeat)
     print(f"decode + validate (protocol)        {1e3 * t_dec:8.1f} ms  / {1e3 * c_dec:7.1f} ms CPU")
@@ -134,13 +140,23 @@ def main() -> None:
     bpy.ops.render.render(write_still=False)
     print(f"\nGPU: {gpu.platform.renderer_get()} ({gpu.platform.backend_type_get()})")
     t_pack, c_pack, packed = timed(lambda: pack_splats(local), repeat)
-    t_tex, c_tex, textures = timed(lambda: SplatTextures(packed), repeat)
+    textures = None
+
+    def upload():
+        nonlocal textures
+        textures = None                     # free the previous set first (as a re-upload does)
+        textures = SplatTextures(packed)
+    t_tex, c_tex, _ = timed(upload, repeat)
     order = sorter.latest()[0]
     order_tex = OrderTexture(len(order))
     t_ord, c_ord, _ = timed(lambda: order_tex.upload(order, 1), repeat)
     drawer = draw.SplatDrawer(threaded_sort=False)
-    t_all, c_all, _ = timed(lambda: (drawer.meshes.clear(), drawer.mesh_data(obj)), repeat)
-    print(f"pack (covariance, layouts)          {1e3 * t_pack:8.1f} ms  / {1e3 * c_pack:7.1f} ms CPU")
+
+    def object_to_gpu():
+        drawer.meshes.clear()
+        drawer.mesh_data(obj)
+    t_all, c_all, _ = timed(object_to_gpu, repeat)
+    print(f"pack (texture layouts)                  {1e3 * t_pack:8.1f} ms  / {1e3 * c_pack:7.1f} ms CPU")
     print(f"texture creation (upload)           {1e3 * t_tex:8.1f} ms  / {1e3 * c_tex:7.1f} ms CPU")
     print(f"object -> GPU (read+pack+upload)    {1e3 * t_all:8.1f} ms  / {1e3 * c_all:7.1f} ms CPU")
     print(f"order upload (per re-sort)          {1e3 * t_ord:8.1f} ms  / {1e3 * c_ord:7.1f} ms CPU")
@@ -148,7 +164,7 @@ def main() -> None:
     # 4. memory ------------------------------------------------------------------------------------
     floats_per_splat = 3 + 4 + 3 + 1 + 3 + 3 * ((degree + 1) ** 2 - 1)
     print(f"\nGPU data textures                   {textures.nbytes / 2**20:8.1f} MiB"
-          f"  ({textures.nbytes / n:.0f} B/splat: centre+opacity f32, covariance f32, SH f16)")
+          f"  ({textures.nbytes / n:.0f} B/splat: centre+opacity f32, quaternion+scales f32, SH f16)")
     print(f"GPU order texture                   {order_tex.nbytes / 2**20:8.1f} MiB")
     print(f"mesh attributes (.blend data)       {floats_per_splat * 4 * n / 2**20:8.1f} MiB"
           f"  ({floats_per_splat} floats/splat)")

@@ -223,7 +223,9 @@ def draw_viewport() -> None:
         return
     try:
         objects = visible_splat_objects(context)
-        DRAWER.prune([o for o in context.scene.objects if is_splat_object(o)])
+        # hidden or deleted objects give their GPU memory back (showing one again re-uploads it)
+        if len(DRAWER.objects) > len(objects) or len(DRAWER.meshes) > len(objects):
+            DRAWER.prune(objects)
         if objects:
             DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height))
     except Exception as exc:  # a broken object must not kill every redraw: report once per message

@@ -64,13 +64,10 @@ def texture_shape(texels: int, max_size: int = 16384) -> tuple[int, int]:
     return width, height
 
 
-def _padded(flat: np.ndarray, shape: tuple[int, int], channels: int) -> np.ndarray:
-    total = shape[0] * shape[1] * channels
-    if flat.size == total:
-        return flat
-    out = np.zeros(total, np.float32)
-    out[: flat.size] = flat
-    return out
+def _buffer(shape: tuple[int, int], channels: int, n: int, per_splat: int) -> tuple[np.ndarray, np.ndarray]:
+    """A zeroed flat f32 buffer of the texture's full size and its [n, per_splat] view."""
+    flat = np.zeros(shape[0] * shape[1] * channels, np.float32)
+    return flat, flat[: n * per_splat].reshape(n, per_splat)
 
 
 def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
@@ -81,25 +78,25 @@ def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
     sh_stride = -(-3 * coeffs // 4)
 
     c_shape = texture_shape(n, max_size)
-    center = np.empty((n, 4), np.float32)
+    center_flat, center = _buffer(c_shape, 4, n, 4)
     center[:, :3] = splats.means
     center[:, 3] = splats.alphas()
 
     r_shape = texture_shape(2 * n, max_size)
-    rot_scale = np.zeros((n, 8), np.float32)
+    rs_flat, rot_scale = _buffer(r_shape, 4, n, 8)
     rot_scale[:, :4] = splats.unit_quats()
     rot_scale[:, 4:7] = splats.scales_linear()
 
     s_shape = texture_shape(n * sh_stride, max_size)
-    sh = np.zeros((n, sh_stride * 4), np.float32)
+    sh_flat, sh = _buffer(s_shape, 4, n, sh_stride * 4)
     sh[:, :3] = splats.sh0
     if degree:
         sh[:, 3: 3 * coeffs] = splats.shN.reshape(n, -1)
     return PackedSplats(
         count=n, sh_degree=degree, sh_stride=sh_stride,
-        center=_padded(center.reshape(-1), c_shape, 4), center_shape=c_shape,
-        rot_scale=_padded(rot_scale.reshape(-1), r_shape, 4), rot_scale_shape=r_shape,
-        sh=_padded(sh.reshape(-1), s_shape, 4), sh_shape=s_shape,
+        center=center_flat, center_shape=c_shape,
+        rot_scale=rs_flat, rot_scale_shape=r_shape,
+        sh=sh_flat, sh_shape=s_shape,
     )
 
 
@@ -109,7 +106,10 @@ def pack_order(order: np.ndarray, max_size: int = 16384) -> tuple[np.ndarray, tu
     if n > MAX_ORDER_INDEX:
         raise GPUDataError(f"{n} splats exceed the sorted mode's limit of {MAX_ORDER_INDEX}; use point mode")
     shape = texture_shape(n, max_size)
-    return _padded(np.asarray(order, dtype=np.float32).reshape(-1), shape, 1), shape
+    flat = np.asarray(order, dtype=np.float32).reshape(-1)
+    if flat.size != shape[0] * shape[1]:
+        flat = np.concatenate([flat, np.zeros(shape[0] * shape[1] - flat.size, np.float32)])
+    return flat, shape
 
 
 def _texture(flat: np.ndarray, shape: tuple[int, int], fmt: str):

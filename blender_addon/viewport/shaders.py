@@ -161,7 +161,7 @@ void main() {
   if (power > 0.0) { discard; }
   float alpha = min(ALPHA_MAX, v_color.a * exp(power));
   if (alpha < ALPHA_THRESHOLD) { discard; }
-  FragColor = vec4(v_color.rgb * alpha, alpha);
+  FragColor = vec4(to_framebuffer_space(v_color.rgb) * alpha, alpha);
 }
 """
 
@@ -178,7 +178,19 @@ void main() {
 """
 
 POINT_FRAG = """
-void main() { FragColor = v_color; }
+void main() { FragColor = vec4(to_framebuffer_space(v_color.rgb), 1.0); }
+"""
+
+#: Splat colours are display (sRGB) values, as in the images they were trained on. Blender sets
+#: the builtin push constant ``srgbTarget`` at bind time when the bound framebuffer stores sRGB
+#: (the hardware then encodes linear shader output): decode first so that the stored value is
+#: the splat's colour. Offscreen float targets leave it false: values pass through unchanged.
+FRAMEBUFFER_GLSL = """
+vec3 to_framebuffer_space(vec3 c) {
+  if (!srgbTarget) { return c; }
+  c = max(c, vec3(0.0));
+  return mix(c * (1.0 / 12.92), pow((c + 0.055) * (1.0 / 1.055), vec3(2.4)), step(vec3(0.04045), c));
+}
 """
 
 
@@ -240,6 +252,7 @@ def _create(name: str, vert: str, frag: str, smooth_offset: bool):
     info = gpu.types.GPUShaderCreateInfo()
     info.typedef_source(PARAMS_STRUCT)
     info.uniform_buf(0, "SplatParams", "params")
+    info.push_constant("BOOL", "srgbTarget")
     info.sampler(0, "FLOAT_2D", "order_tex")
     info.sampler(1, "FLOAT_2D", "center_tex")
     info.sampler(2, "FLOAT_2D", "rot_scale_tex")
@@ -248,7 +261,7 @@ def _create(name: str, vert: str, frag: str, smooth_offset: bool):
     info.vertex_out(iface)
     info.fragment_out(0, "VEC4", "FragColor")
     info.vertex_source(_defines() + PARAMS_GLSL + COMMON_GLSL + SH_GLSL + vert)
-    info.fragment_source(_defines() + frag)
+    info.fragment_source(_defines() + FRAMEBUFFER_GLSL + frag)
     return gpu.shader.create_from_info(info)
 
 
