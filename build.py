@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -295,6 +296,7 @@ class WheelName:
         return False
 
 
+@functools.lru_cache(maxsize=None)
 def _pip_python() -> str:
     """An interpreter that has pip: this one, else the venv's."""
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0:
@@ -305,56 +307,80 @@ def _pip_python() -> str:
     raise BuildError(f"{sys.executable} has no pip: install pip or run `python3 build.py setup` first")
 
 
-def _download_wheel(package: str, version: str, platform: str, python: str, dest: Path) -> Path:
-    """pip download the one wheel of package==version for (platform, python) into dest."""
+def _download_wheels(specs: list[str], platform: str, python: str, dest: Path) -> dict[str, Path]:
+    """pip download one wheel of each `name==version` in specs for (platform, python) into dest.
+
+    Returns {spec: wheel path}. Raises BuildError naming what pip could not find.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [_pip_python(), "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
                "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--dest", tmp]
         for tag in PLATFORMS[platform]:
             cmd += ["--platform", tag]
-        cmd.append(f"{package}=={version}")
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or len(wheels) != 1:
-            raise BuildError(f"no {package}=={version} wheel for {platform} / Python {python}: pip download "
-                             f"said:\n{(result.stdout + result.stderr).strip()[-2000:]}")
-        target = dest / wheels[0].name
-        if not target.exists():
-            shutil.move(str(wheels[0]), target)
-        return target
+        result = subprocess.run(cmd + specs, capture_output=True, text=True)
+        found: dict[str, Path] = {}
+        for spec in specs:
+            name = spec.split("==")[0].lower().replace("_", "-")
+            wheels = [w for w in Path(tmp).glob("*.whl") if WheelName.parse(w.name).distribution == name]
+            if result.returncode != 0 or len(wheels) != 1:
+                raise BuildError(f"no {spec} wheel for {platform} / Python {python}: pip download said:\n"
+                                 f"{(result.stdout + result.stderr).strip()[-2000:]}")
+            target = dest / wheels[0].name
+            if not target.exists():
+                shutil.move(str(wheels[0]), target)
+            found[spec] = target
+        return found
 
 
 def collect_wheels(cache: Path, offline: bool = False) -> list[Path]:
     """Wheels of BUNDLED_PACKAGES covering every PLATFORMS x BLENDER_PYTHONS, from cache or pip.
 
     The cache keeps an index (package==version, platform, python) -> file name, so a rebuild
-    runs no pip at all. `offline` (or SPLATBRIDGE_OFFLINE=1) turns a cache miss into an error.
-    Returns the distinct wheel files, sorted by name.
+    runs no pip at all. Missing wheels are fetched with one `pip download` per (platform,
+    python), a few at a time. `offline` (or SPLATBRIDGE_OFFLINE=1) turns a cache miss into an
+    error. Returns the distinct wheel files, sorted by name.
     """
     offline = offline or os.environ.get("SPLATBRIDGE_OFFLINE") == "1"
     pins = pinned_versions()
+    specs = []
+    for package in BUNDLED_PACKAGES:
+        if package not in pins:
+            raise BuildError(f"{REQUIREMENTS.name} must pin {package} (name==version) to bundle it")
+        specs.append(f"{package}=={pins[package]}")
     cache.mkdir(parents=True, exist_ok=True)
     index_path = cache / "index.json"
     index: dict[str, str] = json.loads(index_path.read_text()) if index_path.exists() else {}
-    chosen: set[Path] = set()
-    for package in BUNDLED_PACKAGES:
-        version = pins.get(package)
-        if version is None:
-            raise BuildError(f"{REQUIREMENTS.name} must pin {package} (name==version) to bundle it")
-        for platform in PLATFORMS:
-            for python in BLENDER_PYTHONS:
-                key = f"{package}=={version}|{platform}|{python}"
-                cached = cache / index[key] if key in index else None
-                if cached is None or not cached.exists():
+
+    def key(spec: str, platform: str, python: str) -> str:
+        return f"{spec}|{platform}|{python}"
+
+    missing: dict[tuple[str, str], list[str]] = {}
+    for platform in PLATFORMS:
+        for python in BLENDER_PYTHONS:
+            for spec in specs:
+                k = key(spec, platform, python)
+                if k not in index or not (cache / index[k]).exists():
                     if offline:
-                        raise BuildError(f"offline build, but the wheel cache {cache} has no {key}")
-                    log(f"downloading {package}=={version} for {platform}, Python {python}")
-                    cached = _download_wheel(package, version, platform, python, cache)
-                    index[key] = cached.name
-                    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-                if not WheelName.parse(cached.name).installs_on(platform, python):
-                    raise BuildError(f"{cached.name} does not install on {platform} with Python {python}")
-                chosen.add(cached)
+                        raise BuildError(f"offline build, but the wheel cache {cache} has no {k}")
+                    missing.setdefault((platform, python), []).append(spec)
+    if missing:
+        from concurrent.futures import ThreadPoolExecutor
+        log(f"downloading {sum(map(len, missing.values()))} wheels for {len(missing)} platform/Python pairs")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            jobs = {pair: pool.submit(_download_wheels, wanted, pair[0], pair[1], cache)
+                    for pair, wanted in missing.items()}
+            for (platform, python), job in jobs.items():
+                for spec, path in job.result().items():
+                    index[key(spec, platform, python)] = path.name
+        index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    chosen: set[Path] = set()
+    for platform in PLATFORMS:
+        for python in BLENDER_PYTHONS:
+            for spec in specs:
+                wheel = cache / index[key(spec, platform, python)]
+                if not WheelName.parse(wheel.name).installs_on(platform, python):
+                    raise BuildError(f"{wheel.name} does not install on {platform} with Python {python}")
+                chosen.add(wheel)
     return sorted(chosen, key=lambda p: p.name)
 
 
