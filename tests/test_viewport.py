@@ -314,7 +314,7 @@ def test_redraw_reuses_gpu_data_and_order(addon, gpu_ready):
     drawer = draw.SplatDrawer(threaded_sort=False)
     view, proj = matrices.gl_view_matrix(camera), matrices.gl_projection_matrix(camera)
     first = _offscreen_draw(lambda: drawer.draw_object(obj, view, proj, (W, H)))
-    entry = drawer.objects[obj.session_uid]
+    entry = drawer.objects[(obj.session_uid, 0)]
     assert drawer.upload_count == 1 and entry.sorter.sort_count == 1
     again = _offscreen_draw(lambda: drawer.draw_object(obj, view, proj, (W, H)))
     assert drawer.upload_count == 1 and entry.sorter.sort_count == 1
@@ -322,9 +322,14 @@ def test_redraw_reuses_gpu_data_and_order(addon, gpu_ready):
     turned = matrices.gl_view_matrix(_camera(position=(1.5, -2.0, 1.2)))
     _offscreen_draw(lambda: drawer.draw_object(obj, turned, proj, (W, H)))
     assert drawer.upload_count == 1 and entry.sorter.sort_count == 2 and entry.order.serial == 2
+    for _ in range(2):                                             # two 3D views: an order each, no thrashing
+        for key, v in ((1, view), (2, turned)):
+            _offscreen_draw(lambda: drawer.draw_object(obj, v, proj, (W, H), view_key=key))
+    assert [drawer.objects[(obj.session_uid, k)].sorter.sort_count for k in (1, 2)] == [1, 1]
+    assert drawer.upload_count == 1
     so.update_splat_object(obj, _scene_splats(80, seed=4))
     changed = _offscreen_draw(lambda: drawer.draw_object(obj, view, proj, (W, H)))
-    assert drawer.upload_count == 2 and drawer.objects[obj.session_uid].data.textures.count == 80
+    assert drawer.upload_count == 2 and drawer.objects[(obj.session_uid, 0)].data.textures.count == 80
     assert not np.allclose(changed, first)
     assert drawer.gpu_bytes() > 0
     drawer.prune([])
@@ -343,7 +348,7 @@ def test_point_mode_and_scale(addon, gpu_ready):
     full = run(settings.DisplaySettings())
     small = run(settings.DisplaySettings(scale=0.5))
     assert small[..., 3].sum() < 0.8 * full[..., 3].sum()
-    sorts = drawer.objects[obj.session_uid].sorter.sort_count
+    sorts = drawer.objects[(obj.session_uid, 0)].sorter.sort_count
     points = run(settings.DisplaySettings(point_mode=True, point_size=1.0, sh_degree=0))
     # expected: each in-frame centre pixel shows the DC colour of its nearest splat (depth writes)
     uv, z = camera.project(splats.means)
@@ -359,7 +364,7 @@ def test_point_mode_and_scale(addon, gpu_ready):
     assert abs(int((points[..., 3] == 1.0).sum()) - int(covered.sum())) <= 3
     match = np.all(np.abs(points[..., :3] - expected) < 2e-3, axis=-1)[covered]
     assert match.mean() > 0.95
-    assert drawer.objects[obj.session_uid].sorter.sort_count == sorts      # point mode never sorts
+    assert drawer.objects[(obj.session_uid, 0)].sorter.sort_count == sorts      # point mode never sorts
     hidden = run(settings.DisplaySettings(show=False))
     assert hidden.max() == 0.0
 

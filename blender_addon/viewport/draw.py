@@ -121,7 +121,8 @@ def draw_textures(textures: SplatTextures, order: Optional[OrderTexture], model_
 
 
 class SplatDrawer:
-    """GPU data and draw orders of splat objects, keyed by mesh and object ``session_uid``."""
+    """GPU data (keyed by mesh ``session_uid``) and draw orders (keyed by object ``session_uid``
+    and 3D view) of splat objects."""
 
     def __init__(self, threaded_sort: bool = True):
         self.threaded_sort = threaded_sort
@@ -142,11 +143,12 @@ class SplatDrawer:
             self.upload_count += 1
         return data
 
-    def object_order(self, obj, model_view: np.ndarray, sync: bool = False) -> ObjectOrder:
+    def object_order(self, obj, model_view: np.ndarray, sync: bool = False, view_key: int = 0) -> ObjectOrder:
         """The object's draw order for this view, sorted now if none exists (or ``sync``), else
-        requested from the worker; the newest finished order is uploaded."""
+        requested from the worker; the newest finished order is uploaded. Each 3D view
+        (``view_key``) keeps its own order, so two views of one object do not fight."""
         data = self.mesh_data(obj)
-        key = obj.session_uid
+        key = (obj.session_uid, view_key)
         entry = self.objects.get(key)
         if entry is None or entry.data is not data:
             sorter = SplatSorter(data.means, threaded=self.threaded_sort, on_done=ORDER_READY.set)
@@ -165,7 +167,8 @@ class SplatDrawer:
 
     # -- drawing ------------------------------------------------------------------------------
     def draw_object(self, obj, view_matrix, proj_matrix, viewport_size: tuple[int, int],
-                    settings: Optional[DisplaySettings] = None, sync_sort: bool = False) -> None:
+                    settings: Optional[DisplaySettings] = None, sync_sort: bool = False,
+                    view_key: int = 0) -> None:
         """Draw splat object ``obj`` for OpenGL ``view_matrix`` / ``proj_matrix`` (4x4) into the
         bound framebuffer of ``viewport_size`` pixels."""
         settings = display_settings(obj) if settings is None else settings
@@ -175,11 +178,11 @@ class SplatDrawer:
         if settings.point_mode:
             draw_textures(self.mesh_data(obj).textures, None, model_view, proj_matrix, viewport_size, settings)
             return
-        entry = self.object_order(obj, model_view, sync=sync_sort)
+        entry = self.object_order(obj, model_view, sync=sync_sort, view_key=view_key)
         draw_textures(entry.data.textures, entry.order, model_view, proj_matrix, viewport_size, settings)
 
     def draw_objects(self, objects, view_matrix, proj_matrix, viewport_size: tuple[int, int],
-                     sync_sort: bool = False) -> None:
+                     sync_sort: bool = False, view_key: int = 0) -> None:
         """Draw several splat objects, the one whose centre is farthest from the camera first."""
         view = np.asarray(view_matrix, dtype=np.float64)
 
@@ -187,13 +190,13 @@ class SplatDrawer:
             centre = np.asarray(obj.matrix_world, dtype=np.float64)[:3, 3]
             return float((view @ np.append(centre, 1.0))[2])      # more negative = farther
         for obj in sorted(objects, key=depth):
-            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort)
+            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort, view_key=view_key)
 
     def prune(self, alive_objects) -> None:
         """Forget objects and meshes that no longer exist (frees their GPU memory)."""
         obj_keys = {o.session_uid for o in alive_objects}
         mesh_keys = {o.data.session_uid for o in alive_objects}
-        self.objects = {k: v for k, v in self.objects.items() if k in obj_keys}
+        self.objects = {k: v for k, v in self.objects.items() if k[0] in obj_keys}
         self.meshes = {k: v for k, v in self.meshes.items() if k in mesh_keys}
 
     def clear(self) -> None:
@@ -224,10 +227,11 @@ def draw_viewport() -> None:
     try:
         objects = visible_splat_objects(context)
         # hidden or deleted objects give their GPU memory back (showing one again re-uploads it)
-        if len(DRAWER.objects) > len(objects) or len(DRAWER.meshes) > len(objects):
+        if len(DRAWER.meshes) > len(objects) or len({k[0] for k in DRAWER.objects}) > len(objects):
             DRAWER.prune(objects)
         if objects:
-            DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height))
+            DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height),
+                                view_key=rv3d.as_pointer())
     except Exception as exc:  # a broken object must not kill every redraw: report once per message
         _report_once(f"SplatBridge viewport: {exc}")
 
