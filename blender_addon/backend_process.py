@@ -220,6 +220,14 @@ def start_from_prefs(prefs) -> BackendProcess:
     return start_backend(python, source, prefs.port, job_store)
 
 
+def ensure_local_backend(prefs) -> BackendProcess | None:
+    """Start the local backend if the preferences ask for one and it is not running (e.g. when
+    the client connects). Returns the running process, or None when no local backend is wanted."""
+    if not prefs.start_local_backend:
+        return None
+    return _current if is_running() else start_from_prefs(prefs)
+
+
 def stop_backend(timeout: float = STOP_TIMEOUT_S) -> int | None:
     """Stop the local backend (SIGTERM, then kill after `timeout` s). Returns its exit code, or
     None when none was running. The log stays readable until the next start."""

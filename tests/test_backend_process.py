@@ -106,3 +106,16 @@ def test_defaults_come_from_the_build_or_the_checkout(bp, addon_dir):
         assert bp.resolve_python("", ROOT) == str(ROOT / ".venv" / "bin" / "python")
     finally:
         info.unlink()
+
+
+def test_ensure_local_backend_follows_the_toggle(bp, addon_dir):
+    from splatbridge.preferences import DefaultSettings
+    assert bp.ensure_local_backend(DefaultSettings(start_local_backend=False)) is None
+    assert not bp.is_running()
+    settings = DefaultSettings(start_local_backend=True, backend_source=str(ROOT),
+                               python_executable=sys.executable, port=_free_port())
+    proc = bp.ensure_local_backend(settings)
+    assert proc is not None and bp.is_running()
+    assert proc.spec.python == sys.executable and proc.spec.port == settings.port
+    assert bp.ensure_local_backend(settings) is proc
+    bp.stop_backend()
