@@ -64,7 +64,7 @@ def main() -> None:
     from splatbridge import splat_object as so
     from splatbridge.shared import protocol
     from splatbridge.shared.splats import Splats
-    from splatbridge.viewport import draw, gpu_data, sort
+    from splatbridge.viewport import draw, sort
     from splatbridge.viewport.gpu_data import OrderTexture, SplatTextures, pack_splats
 
     bpy.ops.wm.read_factory_settings(use_empty=True)

@@ -16,7 +16,7 @@ first. Headless code (tests, offscreen renders) calls ``draw_object`` with expli
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -30,9 +30,8 @@ from .sort import SplatSorter
 try:
     import bpy
     import gpu
-    from mathutils import Matrix
 except ImportError:  # pragma: no cover
-    bpy = gpu = Matrix = None
+    bpy = gpu = None
 
 #: set from the sort worker threads when a new order is ready; a UI timer turns it into a redraw
 ORDER_READY = threading.Event()
@@ -59,12 +58,11 @@ class ObjectOrder:
     data: MeshData
     sorter: SplatSorter
     order: OrderTexture
-    extras: dict = field(default_factory=dict)
 
 
 def camera_position_local(model_view: np.ndarray) -> np.ndarray:
-    """Camera centre in object space for an OpenGL model-view; for an orthographic view (no centre)
-    a point far behind the view, so that directions to splats are the view direction."""
+    """Camera centre in object space of an OpenGL model-view (for an orthographic view this is
+    only the view's origin: ``draw_textures`` moves it far back along the view axis)."""
     inv = np.linalg.inv(np.asarray(model_view, dtype=np.float64))
     return inv[:3, 3]
 
