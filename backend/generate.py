@@ -1,0 +1,620 @@
+"""Text-to-3D generation: Gaussian splats distilled from a text-to-image diffusion model (SDS).
+
+The job (``run_generate_job``, job kind "generate") and the command line (``python -m backend generate``):
+
+1. **Init** the splats in a canonical frame (object centred at the origin, bounding radius 1, Z up, front
+   facing -Y): ``"sphere"`` (points filling a ball of radius 0.6, grey), ``"mesh"`` (surface samples of the
+   user's object sent as payload ``points`` f32[P,3] + ``colors`` u8[P,3]), or ``"shap-e"`` (text-to-3D
+   prior: a Shap-E latent for the prompt, its signed-distance field sampled on a grid, the zero crossings
+   taken as surface points and coloured by the texture field; GaussianDreamer's recipe).
+2. **Distil**: each step renders a batch of random views (``camera_sampling``) over random solid
+   backgrounds with ``backend.render.rasterize``, encodes them with the guidance model, and applies the
+   SDS gradient (``backend.sds``) with Adam on all splat parameters; gsplat's ``DefaultStrategy``
+   densifies and prunes in the middle of the run, as the trainer does.
+3. **Result**: the splats, centred at the origin, scaled back to the size of the init mesh (``"mesh"``) or
+   with bounding radius 1 m (other inits). The add-on places the object (at the 3D cursor).
+
+Defaults follow DreamFusion/GaussianDreamer: 1200 steps, guidance scale 100 (SDS needs a much larger
+classifier-free-guidance scale than sampling does: at 7.5 the distilled object is blurry and over-smooth),
+t ~ U[0.02, t_max] with t_max annealed 0.98 -> 0.5, w(t) = 1 - abar_t, render 512 px, 4 views per step.
+Everything that determines the result (seed and all settings) is in ``JobResult.meta``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
+from backend.job_api import JobContext, JobError, JobResult
+from backend.models import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, load_pipeline
+from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.render import rasterize
+from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
+from shared.sh import REST_COUNT, rgb_to_sh0
+from shared.splats import Splats, logit
+
+INIT_MODES = ("shap-e", "mesh", "sphere")
+CANONICAL_RADIUS = 1.0
+
+
+@dataclass
+class GenerateSettings:
+    """All settings of a generation (the ``params`` of a "generate" job). Units: pixels, degrees, steps."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 1200
+    guidance_scale: float = 100.0
+    resolution: int = 512               # render size (square), pixels
+    batch_size: int = 4                 # views per SDS step
+    init: str = "shap-e"
+    guidance_model: str = DEFAULT_GUIDANCE_MODEL
+    prior_model: str = DEFAULT_PRIOR_MODEL
+    low_memory: bool = False            # attention slicing + model CPU offload (small GPUs)
+    view_dependent: bool = True         # ", front view" / ", side view" / ", back view" prompt suffixes
+    encode_resolution: int = 0          # 0: the guidance model's native size; smaller = cheaper VAE
+    num_points: int = 4096              # initial Gaussians
+    sh_degree: int = 0
+    densify: bool = True
+    densify_grad_quantile: float = 0.95  # first refinement grows the top 5% by view-space gradient
+    max_gaussians: int = 300_000
+    preview_every: int = 0              # steps between previews; 0 = about one per second
+    t_min: float = 0.02
+    t_max_start: float = 0.98
+    t_max_end: float = 0.50
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    distance_range: tuple[float, float] = (2.5, 3.5)
+    fovy_range: tuple[float, float] = (40.0, 70.0)
+    prior_steps: int = 64               # Shap-E sampling steps
+    prior_guidance_scale: float = 15.0
+    prior_grid_size: int = 128          # Shap-E SDF grid for surface extraction
+    lr_means: float = 1e-3              # x bounding radius; decays x0.02 over the run
+    lr_scales: float = 5e-3
+    lr_quats: float = 5e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 1e-2
+    lr_shN: float = 5e-4
+
+    _RANGES = ("elevation_range", "azimuth_range", "distance_range", "fovy_range")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "GenerateSettings":
+        """Validate the job's params; raises ``JobError("bad_params")`` naming the first bad field."""
+        if not isinstance(params, dict):
+            raise JobError("bad_params", "params must be a map")
+        known = {f.name: f for f in fields(cls)}
+        out = cls()
+        for key, value in params.items():
+            if key not in known:
+                raise JobError("bad_params", f"unknown generate parameter {key!r}; known: {sorted(known)}")
+            default = getattr(out, key)
+            try:
+                if key in cls._RANGES:
+                    lo, hi = (float(v) for v in value)
+                    value = (lo, hi)
+                elif isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise TypeError("expected true or false")
+                elif isinstance(default, int):
+                    if isinstance(value, bool) or int(value) != value:
+                        raise TypeError("expected a whole number")
+                    value = int(value)
+                elif isinstance(default, float):
+                    if isinstance(value, bool):
+                        raise TypeError("expected a number")
+                    value = float(value)
+                    if not math.isfinite(value):
+                        raise ValueError("not finite")
+                elif isinstance(default, str):
+                    if value is None:
+                        value = default
+                    if not isinstance(value, str):
+                        raise TypeError("expected a string")
+            except (TypeError, ValueError) as exc:
+                raise JobError("bad_params", f"generate parameter {key}={value!r}: {exc}") from None
+            setattr(out, key, value)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        def bad(msg: str) -> JobError:
+            return JobError("bad_params", msg)
+        if not self.prompt.strip():
+            raise bad("prompt is empty: describe the object to generate")
+        if self.init not in INIT_MODES:
+            raise bad(f"init must be one of {INIT_MODES}, got {self.init!r}")
+        for name, lo, hi in (("steps", 1, 100_000), ("resolution", 8, 2048), ("batch_size", 1, 64),
+                             ("num_points", 1, 2_000_000), ("sh_degree", 0, 3), ("prior_steps", 1, 1000),
+                             ("prior_grid_size", 8, 512), ("max_gaussians", 1, 20_000_000),
+                             ("preview_every", 0, 100_000), ("encode_resolution", 0, 4096)):
+            if not lo <= getattr(self, name) <= hi:
+                raise bad(f"{name}={getattr(self, name)} is out of range [{lo}, {hi}]")
+        if self.guidance_scale < 0 or self.prior_guidance_scale < 0:
+            raise bad("guidance scales must be >= 0")
+        if not 0.0 < self.densify_grad_quantile < 1.0:
+            raise bad("densify_grad_quantile must be in (0, 1)")
+        try:
+            self.timestep_schedule().validate()
+            self.camera_ranges().validate()
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+
+    def timestep_schedule(self) -> TimestepSchedule:
+        return TimestepSchedule(self.t_min, self.t_max_start, self.t_max_end)
+
+    def camera_ranges(self) -> CameraRanges:
+        return CameraRanges(self.elevation_range, self.azimuth_range, self.distance_range, self.fovy_range)
+
+    def to_meta(self) -> dict[str, Any]:
+        """All settings as plain values (msgpack/JSON-ready), enough to reproduce the run."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation (canonical frame: centred, bounding radius CANONICAL_RADIUS)
+# ----------------------------------------------------------------------------------------------
+
+def normalise_points(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre points on their bounding-box centre and scale them to radius 1: -> (points, centre, radius)."""
+    points = np.asarray(points, dtype=np.float64)
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2.0
+    radius = float(np.linalg.norm(points - centre, axis=1).max())
+    if not np.isfinite(radius) or radius <= 1e-9:
+        radius = 1.0
+    return ((points - centre) / radius * CANONICAL_RADIUS).astype(np.float32), centre, radius
+
+
+def resample_points(points: np.ndarray, colors: np.ndarray, n: int, rng: np.random.Generator,
+                    jitter: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``n`` points: a random subset, or all points plus jittered copies (sigma ``jitter``)."""
+    p = len(points)
+    if p >= n:
+        idx = rng.choice(p, size=n, replace=False)
+        return points[idx], colors[idx]
+    extra = rng.integers(0, p, size=n - p)
+    new = points[extra] + rng.normal(0.0, jitter, (n - p, 3)).astype(np.float32)
+    return np.concatenate([points, new]).astype(np.float32), np.concatenate([colors, colors[extra]])
+
+
+def sphere_init(n: int, rng: np.random.Generator, radius: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points uniform in a ball (canonical frame), grey with a little colour noise."""
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
+    r = radius * rng.uniform(0.0, 1.0, n) ** (1.0 / 3.0)
+    colors = np.clip(0.5 + rng.normal(0.0, 0.05, (n, 3)), 0.0, 1.0)
+    return (d * r[:, None]).astype(np.float32), colors.astype(np.float32)
+
+
+def mesh_init(payload: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Validated payload ``points`` f32[P,3] and ``colors`` u8[P,3] -> (points, colours 0..1)."""
+    if "points" not in payload:
+        raise JobError("bad_payload", "init 'mesh' needs payload 'points' f32[P,3] (surface samples of the mesh)")
+    points = np.asarray(payload["points"])
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise JobError("bad_payload", f"payload 'points' must be [P,3] with P >= 1, got shape {points.shape}")
+    if not np.issubdtype(points.dtype, np.floating) or not np.all(np.isfinite(points)):
+        raise JobError("bad_payload", "payload 'points' must be finite floats")
+    colors = payload.get("colors")
+    if colors is None:
+        colors = np.full((len(points), 3), 128, np.uint8)
+    colors = np.asarray(colors)
+    if colors.shape != points.shape:
+        raise JobError("bad_payload", f"payload 'colors' must be u8[P,3] matching points {points.shape}, "
+                                      f"got shape {colors.shape}")
+    if colors.dtype != np.uint8:
+        raise JobError("bad_payload", f"payload 'colors' must be u8, got {colors.dtype}")
+    return points.astype(np.float32), colors.astype(np.float32) / 255.0
+
+
+@torch.no_grad()
+def shap_e_surface_points(pipe: Any, prompt: str, seed: int, steps: int, guidance_scale: float,
+                          grid_size: int, device: torch.device,
+                          query_batch: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """Surface points and sRGB colours (0..1) of Shap-E's object for ``prompt``, in Shap-E's frame
+    (the box [-1, 1]^3, Z up, front towards -Y: the frame of diffusers' ``create_pan_cameras``).
+
+    Samples a latent with the pipeline, loads it into the renderer's NeRSTF MLP as
+    ``ShapERenderer.decode_to_mesh`` does, samples the signed distance (positive inside) on a
+    ``grid_size``^3 grid padded with "outside", and returns the linearly interpolated zero crossings along
+    grid edges (the vertices marching cubes would make) with the MLP's texture colour there.
+    """
+    from diffusers.pipelines.shap_e.renderer import volume_query_points
+
+    gen = torch.Generator(device=pipe._execution_device).manual_seed(int(seed))
+    latents = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
+                   output_type="latent").images
+    renderer = pipe.shap_e_renderer
+    projected = renderer.params_proj(latents[0][None])
+    for name, param in renderer.mlp.state_dict().items():
+        if f"nerstf.{name}" in projected:
+            param.copy_(projected[f"nerstf.{name}"].squeeze(0))
+    mlp_device, mlp_dtype = next(renderer.mlp.parameters()).device, renderer.mlp.dtype
+
+    def query(pos: Tensor, what: str) -> Tensor:
+        out = []
+        for i in range(0, pos.shape[0], query_batch):
+            chunk = pos[i:i + query_batch][None].to(mlp_device, mlp_dtype)
+            res = renderer.mlp(position=chunk, direction=None, ts=None, nerf_level="fine", rendering_mode="stf")
+            out.append(getattr(res, what)[0].float())
+        return torch.cat(out)
+
+    g = int(grid_size)
+    grid_pts = volume_query_points(renderer.volume, g).to(mlp_device)    # x-major: index = (x*g + y)*g + z
+    sdf = query(grid_pts, "signed_distance").reshape(g, g, g)
+    field = torch.full((g + 2,) * 3, -1.0, device=sdf.device)            # closed border, as decode_to_mesh
+    field[1:-1, 1:-1, 1:-1] = sdf
+    lo = renderer.volume.bbox_min.to(sdf.device).float()
+    spacing = (renderer.volume.bbox_max.to(sdf.device).float() - lo) / (g - 1)
+    idx = torch.stack(torch.meshgrid(*[torch.arange(g + 2, device=sdf.device)] * 3, indexing="ij"), -1).float()
+    coords = lo + (idx - 1.0) * spacing                                   # padded grid's world positions
+    points = []
+    for axis in range(3):
+        a = field.narrow(axis, 0, g + 1)
+        b = field.narrow(axis, 1, g + 1)
+        ca = coords.narrow(axis, 0, g + 1)
+        cb = coords.narrow(axis, 1, g + 1)
+        cross = (a > 0) != (b > 0)
+        frac = (a[cross] / (a[cross] - b[cross])).clamp(0.0, 1.0)[:, None]
+        points.append(ca[cross] + frac * (cb[cross] - ca[cross]))
+    pts = torch.cat(points)
+    if pts.shape[0] == 0:
+        raise JobError("prior_failed", f"Shap-E produced no surface for {prompt!r}; try another seed or "
+                                       f"init 'sphere'")
+    colors = query(pts, "channels").clamp(0.0, 1.0)
+    return pts.cpu().numpy().astype(np.float32), colors.cpu().numpy().astype(np.float32)
+
+
+def points_to_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int = 0,
+                     opacity: float = 0.1) -> Splats:
+    """Isotropic Gaussians at ``points`` (scale = mean distance to the 3 nearest neighbours, as 3DGS
+    initialises), identity rotation, opacity ``opacity``, DC colour ``colors`` (0..1), zero higher SH."""
+    pts = torch.as_tensor(points, dtype=torch.float32)
+    n = pts.shape[0]
+    k = min(3, n - 1)
+    if k >= 1:
+        dists = []
+        for i in range(0, n, 2048):
+            d = torch.cdist(pts[i:i + 2048], pts)
+            dists.append(d.topk(k + 1, largest=False).values[:, 1:].mean(dim=1))
+        scale = torch.cat(dists).clamp_min(1e-4).numpy()
+    else:
+        scale = np.full(n, 0.05, np.float32)
+    quats = np.zeros((n, 4), np.float32)
+    quats[:, 0] = 1.0
+    return Splats(means=np.asarray(points, np.float32), quats=quats,
+                  scales=np.repeat(np.log(scale)[:, None], 3, axis=1).astype(np.float32),
+                  opacities=np.full(n, logit(np.array(opacity)), np.float32),
+                  sh0=rgb_to_sh0(np.asarray(colors, np.float32)),
+                  shN=np.zeros((n, REST_COUNT[sh_degree], 3), np.float32))
+
+
+def make_init(settings: GenerateSettings, payload: dict, device: torch.device) -> tuple[Splats, float, np.ndarray]:
+    """-> (canonical splats, output radius in metres, centre of the input in world space)."""
+    rng = np.random.default_rng(settings.seed)
+    centre, radius = np.zeros(3), 1.0
+    if settings.init == "sphere":
+        pts, cols = sphere_init(settings.num_points, rng)
+    elif settings.init == "mesh":
+        pts, cols = mesh_init(payload)
+        pts, centre, radius = normalise_points(pts)
+        pts, cols = resample_points(pts, cols, settings.num_points, rng)
+    else:
+        pipe = load_pipeline(settings.prior_model, "shap-e", device, low_memory=settings.low_memory)
+        with cuda_oom_guard("sampling the Shap-E prior"):
+            pts, cols = shap_e_surface_points(pipe, settings.prompt, settings.seed, settings.prior_steps,
+                                              settings.prior_guidance_scale, settings.prior_grid_size, device)
+        pts, _, _ = normalise_points(pts)
+        pts, cols = resample_points(pts, cols, settings.num_points, rng)
+    return points_to_splats(pts, cols, settings.sh_degree), radius, centre
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation
+# ----------------------------------------------------------------------------------------------
+
+def render_views(params: dict[str, Tensor], views: ViewBatch, sh_degree: int) -> tuple[Tensor, dict]:
+    """Render ``views`` of the splats: images f32[B,3,H,W] (0..1, over each view's background) and info."""
+    means, quats, scales, opacities = activated(params)
+    colors, _, info = rasterize(means, quats, scales, opacities, sh_coeffs(params), views.viewmats, views.Ks,
+                                views.width, views.height, sh_degree=sh_degree, backgrounds=views.backgrounds)
+    return colors.permute(0, 3, 1, 2).clamp(0.0, 1.0), info
+
+
+def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatch, t: Tensor, noise_gen: torch.Generator,
+                  guidance_scale: float, sh_degree: int,
+                  before_backward: Callable[[dict], None] | None = None) -> tuple[Tensor, dict]:
+    """Render, encode, and build the SDS loss of one step (call ``.backward()`` on it)."""
+    images, info = render_views(params, views, sh_degree)
+    if before_backward is not None:
+        before_backward(info)
+    latents = guidance.encode(images)
+    noise = torch.randn(latents.shape, generator=noise_gen, device=noise_gen.device).to(latents.device)
+    grad = guidance.sds_grad(latents, t, guidance.condition(views), guidance_scale, noise)
+    return sds_loss(latents, grad), info
+
+
+class _NullContext:
+    """A JobContext that reports nothing and never stops (for direct calls)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.job_dir = Path(tempfile.gettempdir())
+
+    def report(self, step, total, metrics, preview=None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def _make_strategy(settings: GenerateSettings):
+    from gsplat.strategy import DefaultStrategy
+    steps = settings.steps
+    return DefaultStrategy(
+        prune_opa=0.005, grow_grad2d=float("inf"), grow_scale3d=0.01, prune_scale3d=0.1,
+        refine_start_iter=max(1, steps // 8), refine_stop_iter=max(2, (steps * 3) // 4),
+        refine_every=max(2, steps // 24), reset_every=steps + 1, refine_scale2d_stop_iter=0,
+        absgrad=False, verbose=False)
+
+
+def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
+            ctx: JobContext | None = None, device: torch.device | str = "cpu",
+            preview_transform: Callable[[Splats], Splats] | None = None) -> tuple[Splats, dict[str, Any]]:
+    """Optimise ``splats`` (canonical frame) by SDS against ``guidance``. Deterministic for a given
+    ``settings.seed`` on a given device. Returns the splats and run info (steps done, cancelled, timings)."""
+    ctx = ctx or _NullContext(str(device))
+    device = torch.device(device)
+    torch.manual_seed(settings.seed)
+    view_gen = torch.Generator().manual_seed(settings.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    schedule, ranges = settings.timestep_schedule(), settings.camera_ranges()
+
+    tensors = splats_to_tensors(splats, device)
+    params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in tensors.items()})
+    lrs = {"means": settings.lr_means * CANONICAL_RADIUS, "scales": settings.lr_scales,
+           "quats": settings.lr_quats, "opacities": settings.lr_opacities, "sh0": settings.lr_sh0,
+           "shN": settings.lr_shN}
+    optimizers = {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15)
+                  for k in params}
+    means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.02 ** (1.0 / settings.steps))
+
+    densify = settings.densify and settings.steps >= 40
+    strategy = _make_strategy(settings) if densify else None
+    state = strategy.initialize_state(scene_scale=CANONICAL_RADIUS) if densify else None
+    if densify:
+        strategy.check_sanity(params, optimizers)
+    calibrated = False
+
+    t0 = time.perf_counter()
+    last_preview = -1e9
+    loss_value = float("nan")
+    step = 0
+    cancelled = False
+    loss_ema = None
+    for step in range(settings.steps):
+        if ctx.should_stop():
+            cancelled = True
+            break
+        views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
+        t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
+        pre = (lambda info: strategy.step_pre_backward(params, optimizers, state, step, info)) if densify else None
+        with cuda_oom_guard(f"step {step} of score distillation"):
+            loss, info = sds_objective(params, guidance, views, t, noise_gen, settings.guidance_scale,
+                                       settings.sh_degree, pre)
+            loss.backward()
+            for opt in optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            means_decay.step()
+            if densify:
+                if not calibrated and step + 1 > strategy.refine_start_iter \
+                        and (step + 1) % strategy.refine_every == 0 and state["count"] is not None:
+                    # SDS gradients have no fixed scale (they grow with the guidance scale and depend on the
+                    # model), so the growth threshold is set once from the gradients seen so far.
+                    seen = state["count"] > 0
+                    avg = state["grad2d"][seen] / state["count"][seen]
+                    if avg.numel():
+                        strategy.grow_grad2d = float(torch.quantile(avg.float().cpu(), settings.densify_grad_quantile))
+                        calibrated = True
+                strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
+                if len(params["means"]) >= settings.max_gaussians:
+                    strategy.refine_stop_iter = min(strategy.refine_stop_iter, step)
+        loss_value = float(loss.detach())
+        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        rate = done / max(elapsed, 1e-9)
+        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), "steps_per_s": rate,
+                   "eta_s": (settings.steps - done) / max(rate, 1e-9), "t": float(t.float().mean())}
+        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
+                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
+        preview = None
+        if want_preview and done < settings.steps:
+            preview = tensors_to_splats(params)
+            if preview_transform is not None:
+                preview = preview_transform(preview)
+            last_preview = time.perf_counter()
+        ctx.report(done, settings.steps, metrics, preview)
+    else:
+        step = settings.steps
+    elapsed = time.perf_counter() - t0
+    steps_done = step
+    info = {"steps_done": steps_done, "cancelled": cancelled, "seconds": elapsed,
+            "steps_per_s": steps_done / max(elapsed, 1e-9), "final_loss": loss_value,
+            "num_gaussians": len(params["means"]), "grow_grad2d": strategy.grow_grad2d if densify else None}
+    return tensors_to_splats(params), info
+
+
+# ----------------------------------------------------------------------------------------------
+# Job and CLI
+# ----------------------------------------------------------------------------------------------
+
+def output_transform(radius: float) -> np.ndarray:
+    """Canonical frame -> output: uniform scale by ``radius`` about the origin."""
+    m = np.eye(4)
+    m[:3, :3] *= radius / CANONICAL_RADIUS
+    return m
+
+
+def make_guidance(settings: GenerateSettings, device: torch.device) -> StableDiffusionGuidance:
+    pipe = load_pipeline(settings.guidance_model, "stable-diffusion", device, low_memory=settings.low_memory)
+    try:
+        return StableDiffusionGuidance(pipe, settings.prompt, settings.negative_prompt, settings.view_dependent,
+                                       settings.encode_resolution or None)
+    except ValueError as exc:
+        raise JobError("bad_model", f"{settings.guidance_model}: {exc}") from None
+
+
+def run_generate_job(params: dict, payload: dict, ctx: JobContext,
+                     guidance: Guidance | None = None) -> JobResult:
+    """Job kind "generate" (see module docstring). ``guidance`` overrides the diffusion model (tests)."""
+    settings = GenerateSettings.from_params(params)
+    device = torch.device(ctx.device)
+    payload = payload or {}
+    if settings.init != "mesh" and payload.get("points") is not None:
+        raise JobError("bad_payload", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
+    t0 = time.perf_counter()
+    init_splats, radius, centre = make_init(settings, payload, device)
+    t_init = time.perf_counter() - t0
+    if ctx.should_stop():
+        splats = init_splats.transform(output_transform(radius))
+        return JobResult(splats, {"seconds": t_init}, _meta(settings, device, radius, centre,
+                                                           {"steps_done": 0, "cancelled": True}))
+    if guidance is None:
+        guidance = make_guidance(settings, device)
+    to_out = output_transform(radius)
+    splats, info = distill(init_splats, guidance, settings, ctx, device,
+                           preview_transform=lambda s: s.transform(to_out))
+    metrics = {"seconds": time.perf_counter() - t0, "init_seconds": t_init, "steps_per_s": info["steps_per_s"],
+               "final_loss": info["final_loss"], "num_gaussians": float(info["num_gaussians"])}
+    return JobResult(splats.transform(to_out), metrics, _meta(settings, device, radius, centre, info))
+
+
+def _meta(settings: GenerateSettings, device: torch.device, radius: float, centre: np.ndarray,
+          info: dict) -> dict[str, Any]:
+    import diffusers
+    return {"settings": settings.to_meta(), "seed": settings.seed, "device": str(device),
+            "cancelled": bool(info.get("cancelled", False)), "steps_done": int(info.get("steps_done", 0)),
+            "output_radius_m": float(radius), "init_centre": [float(c) for c in centre],
+            "grow_grad2d": info.get("grow_grad2d"),
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+            "method": "SDS (DreamFusion) on Gaussian splats; CFG scale as DreamFusion/GaussianDreamer"}
+
+
+class _CliContext:
+    """Prints progress to stderr; Ctrl+C asks the run to stop and keep what it has."""
+
+    def __init__(self, device: str, job_dir: Path):
+        self.device = device
+        self.job_dir = job_dir
+        self.stop = False
+        self._last = 0.0
+
+    def report(self, step: int, total: int, metrics: dict, preview: Splats | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last >= 2.0 or step >= total:
+            self._last = now
+            print(f"step {step}/{total}  loss {metrics.get('loss', float('nan')):.4g}  "
+                  f"gaussians {int(metrics.get('num_gaussians', 0))}  {metrics.get('steps_per_s', 0):.2f} it/s  "
+                  f"eta {metrics.get('eta_s', 0):.0f} s", file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def _load_init_points(path: str) -> dict[str, np.ndarray]:
+    """Payload for init 'mesh' from a .npz (``points``, optional ``colors`` u8) or any splat file."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        with np.load(p) as data:
+            out = {"points": data["points"].astype(np.float32)}
+            if "colors" in data:
+                out["colors"] = data["colors"].astype(np.uint8)
+            return out
+    from shared.formats import read_splats
+    s = read_splats(p)
+    return {"points": s.means.astype(np.float32), "colors": np.round(s.base_colors() * 255).astype(np.uint8)}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m backend generate "a ceramic teapot" --out teapot.ply [options]``. Writes the splats
+    (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
+    d = GenerateSettings()
+    ap = argparse.ArgumentParser(prog="python -m backend generate",
+                                 description="Generate a Gaussian-splat asset from a text prompt (SDS).")
+    ap.add_argument("prompt")
+    ap.add_argument("--out", required=True, help="output file (.ply, .splat, ...)")
+    ap.add_argument("--negative-prompt", default=d.negative_prompt)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
+    ap.add_argument("--resolution", type=int, default=d.resolution)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--init", choices=INIT_MODES, default=d.init)
+    ap.add_argument("--init-points", metavar="FILE", help="for --init mesh: .npz (points, colors) or a splat file")
+    ap.add_argument("--guidance-model", default=d.guidance_model, help="Hugging Face id or local folder")
+    ap.add_argument("--prior-model", default=d.prior_model, help="Hugging Face id or local folder (Shap-E)")
+    ap.add_argument("--num-points", type=int, default=d.num_points)
+    ap.add_argument("--sh-degree", type=int, default=d.sh_degree)
+    ap.add_argument("--encode-resolution", type=int, default=d.encode_resolution)
+    ap.add_argument("--prior-steps", type=int, default=d.prior_steps)
+    ap.add_argument("--prior-grid-size", type=int, default=d.prior_grid_size)
+    ap.add_argument("--no-view-dependent", action="store_true")
+    ap.add_argument("--no-densify", action="store_true")
+    ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    a = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    params = {"prompt": a.prompt, "negative_prompt": a.negative_prompt, "seed": a.seed, "steps": a.steps,
+              "guidance_scale": a.guidance_scale, "resolution": a.resolution, "batch_size": a.batch_size,
+              "init": a.init, "guidance_model": a.guidance_model, "prior_model": a.prior_model,
+              "num_points": a.num_points, "sh_degree": a.sh_degree, "encode_resolution": a.encode_resolution,
+              "prior_steps": a.prior_steps, "prior_grid_size": a.prior_grid_size,
+              "view_dependent": not a.no_view_dependent, "densify": not a.no_densify, "low_memory": a.low_memory}
+    payload: dict = {}
+    try:
+        if a.init == "mesh":
+            if not a.init_points:
+                raise JobError("bad_params", "--init mesh needs --init-points FILE")
+            payload = _load_init_points(a.init_points)
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = _CliContext(device, Path(tmp))
+            previous = signal.getsignal(signal.SIGINT)
+
+            def _stop(signum, frame):   # first Ctrl+C: finish early and write what we have
+                print("stopping after this step (Ctrl+C again to abort)", file=sys.stderr, flush=True)
+                ctx.stop = True
+                signal.signal(signal.SIGINT, previous)
+
+            signal.signal(signal.SIGINT, _stop)
+            try:
+                result = run_generate_job(params, payload, ctx)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    except JobError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return 1
+    from shared.formats import write_splats
+    out = Path(a.out)
+    write_splats(out, result.splats)
+    meta_path = out.with_suffix(out.suffix + ".json")
+    meta_path.write_text(json.dumps({"metrics": result.metrics, "meta": result.meta}, indent=2, default=str))
+    print(f"wrote {out} ({len(result.splats)} splats) and {meta_path}", file=sys.stderr)
+    return 0
