@@ -468,6 +468,19 @@ def test_spz_hand_made_v2_file(tmp_path: Path) -> None:
     assert read_spz(path).means[0].tolist() == pytest.approx([1.0, -3.0, -2.0], abs=1e-6)
 
 
+def test_spz_degree4_is_truncated_to_3_with_a_warning(tmp_path: Path) -> None:
+    payload = struct.pack("<IIIBBBB", 0x5053474E, 3, 1, 4, 12, 0, 0)
+    payload += bytes(9) + bytes([128]) + bytes([128] * 3) + bytes([160] * 3) + struct.pack("<I", 3 << 30)
+    payload += bytes(range(100, 172))  # 24 coefficients x RGB
+    path = tmp_path / "deg4.spz"
+    path.write_bytes(gzip.compress(payload))
+    with pytest.warns(UserWarning, match="SH degree 4 truncated to 3"):
+        r = read_spz(path)
+    assert r.sh_degree == 3
+    in_rub = r.transform(RFU_TO_RUB).shN[0].reshape(-1)
+    assert in_rub.tolist() == pytest.approx(((np.arange(100, 145) - 128) / 128).tolist(), abs=1e-5)
+
+
 def test_spz_v3_quaternion_known_values() -> None:
     assert int(pack_quats_v3(np.array([[0.0, 0.0, 0.0, 1.0]]))[0]) == 3 << 30
     mag = int(511 * 0.5 / np.sqrt(0.5) + 0.5)  # 361
@@ -578,3 +591,12 @@ def test_one_million_degree3(tmp_path: Path, million: Splats, fmt: str) -> None:
         check_spz_bounds(million.subset(slice(0, 100_000)), r.subset(slice(0, 100_000)), 3)
     # generous: this runs on 2 shared cores in CI; on a free core each is a few seconds at most
     assert t2 - t0 < 60
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_empty_set_round_trips(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"empty.{'spz' if fmt == 'spz' else 'splat' if fmt == 'splat' else 'ply'}"
+    write_splats(path, make_splats(0, 2), format=fmt)
+    r = read_splats(path)
+    assert len(r) == 0
+    assert r.sh_degree == (0 if fmt == "splat" else 2)

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sh import REST_COUNT, SH_C0
+from ..sh import SH_C0
 from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import (PathLike, PlyHeader, SplatFormatError, check_property, column, read_ply_elements, read_ply_header,
-                      write_binary_ply)
+from ._common import (PathLike, PlyHeader, SplatFormatError, check_property, column, read_ply_elements,
+                      read_ply_header, write_binary_ply)
 
 CHUNK_SIZE = 256
 CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
@@ -41,7 +41,6 @@ CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
                "min_r", "min_g", "min_b", "max_r", "max_g", "max_b"]
 VERTEX_PROPS = ["packed_position", "packed_rotation", "packed_scale", "packed_color"]
 _SQRT1_2 = np.sqrt(0.5)
-
 
 # byte -> SH value, as the PlayCanvas reader decodes it (0 and 255 map to the ends of the range)
 _SH_DECODE = ((np.where(np.arange(256) == 0, 0.0, np.where(np.arange(256) == 255, 1.0,
@@ -149,6 +148,8 @@ def write_compressed_ply(path: PathLike, splats: Splats, sort: bool = True) -> N
     if n == 0:
         elements = [("chunk", [(p, "float") for p in CHUNK_PROPS], np.zeros((0, 18), "<f4")),
                     ("vertex", [(p, "uint") for p in VERTEX_PROPS], np.zeros((0, 4), "<u4"))]
+        if k:
+            elements.append(("sh", [(f"f_rest_{i}", "uchar") for i in range(3 * k)], np.zeros((0, 3 * k), "u1")))
         write_binary_ply(path, elements)
         return
     num_chunks = -(-n // CHUNK_SIZE)
@@ -239,7 +240,6 @@ def read_compressed_ply(path: PathLike, header: PlyHeader | None = None) -> Spla
         shN = _SH_DECODE[raw].reshape(n, 3, k).transpose(0, 2, 1)
     else:
         shN = np.zeros((n, 0, 3))
-    assert k in REST_COUNT.values()
     try:
         return Splats(means=means, quats=quats, scales=scales,
                       opacities=logit(c8[:, 3], eps=1e-6),
