@@ -103,5 +103,5 @@ def rotate_sh(shN: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     out = np.empty_like(shN)
     for band, mat in enumerate(sh_rotation_matrices(rotation, degree), start=1):
         sl = slice(band * band - 1, (band + 1) * (band + 1) - 1)
-        out[:, sl, :] = np.einsum("ij,njc->nic", mat.astype(np.float32), shN[:, sl, :])
+        out[:, sl, :] = np.matmul(mat.astype(np.float32), shN[:, sl, :])
     return out
