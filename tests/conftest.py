@@ -52,7 +52,7 @@ _GPU_READY = False
 
 @pytest.fixture
 def gpu_ready(bpy_empty):
-    """Initialise Blender's GPU module in background mode with one tiny EEVEE render.
+    """Initialise Blender's GPU module in background mode with one tiny (Workbench) render.
 
     Until this has happened, `gpu` shader/batch calls raise "not available in background mode".
     """
@@ -60,7 +60,7 @@ def gpu_ready(bpy_empty):
     bpy = bpy_empty
     if not _GPU_READY:
         scene = bpy.context.scene
-        scene.render.engine = "BLENDER_EEVEE"
+        scene.render.engine = "BLENDER_WORKBENCH"   # any GPU render initialises the module; Workbench is fastest
         scene.render.resolution_x = scene.render.resolution_y = 4
         cam_data = bpy.data.cameras.new("gpu_init_cam")
         cam = bpy.data.objects.new("gpu_init_cam", cam_data)
