@@ -120,3 +120,16 @@ def build_tiny_shap_e(folder: Path, seed: int = 0) -> Path:
                          scheduler=scheduler, shap_e_renderer=renderer)
     pipe.save_pretrained(str(folder / "tiny-shap-e"))
     return folder / "tiny-shap-e"
+
+
+_BUILT: dict[str, Path] = {}
+
+
+def tiny_models() -> dict[str, Path]:
+    """Build both tiny pipelines once per process (in a temporary folder) -> {"sd": path, "shap-e": path}."""
+    if not _BUILT:
+        import tempfile
+        base = Path(tempfile.mkdtemp(prefix="splatbridge-tiny-models-"))
+        _BUILT["sd"] = build_tiny_sd(base)
+        _BUILT["shap-e"] = build_tiny_shap_e(base)
+    return dict(_BUILT)
