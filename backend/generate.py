@@ -374,8 +374,9 @@ def _make_strategy(settings: GenerateSettings):
 def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
             ctx: JobContext | None = None, device: torch.device | str = "cpu",
             preview_transform: Callable[[Splats], Splats] | None = None) -> tuple[Splats, dict[str, Any]]:
-    """Optimise ``splats`` (canonical frame) by SDS against ``guidance``. Deterministic for a given
-    ``settings.seed`` on a given device. Returns the splats and run info (steps done, cancelled, timings)."""
+    """Optimise ``splats`` (canonical frame) by SDS against ``guidance``. Returns the splats and run info
+    (steps done, cancelled, timings). The same ``settings`` (seed included) give the same result bit for bit
+    on the CPU; on CUDA, gsplat's backward accumulates with atomics, so reruns agree only closely."""
     ctx = ctx or _NullContext(str(device))
     device = torch.device(device)
     torch.manual_seed(settings.seed)

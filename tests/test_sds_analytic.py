@@ -97,6 +97,7 @@ def settings(**kw) -> GenerateSettings:
     return GenerateSettings(**base)
 
 
+@pytest.mark.slow
 def test_sds_pulls_renders_to_camera_conditioned_targets(artifacts):
     target = target_splats()
     init = initial_splats()
