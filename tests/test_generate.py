@@ -149,3 +149,31 @@ def test_cli_writes_splats_and_settings(tmp_path, models):
     meta = json.loads(Path(str(out) + ".json").read_text())
     assert meta["meta"]["seed"] == 3 and meta["meta"]["settings"]["prompt"] == "a ceramic teapot"
     assert "step 2/2" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_generate_job_on_cuda_fp16(models):
+    """The job's CUDA path: fp16 tiny pipelines, gsplat rendering, densification with gsplat's info."""
+    from pathlib import Path
+
+    import torch
+
+    from backend.generate import run_generate_job
+
+    class Ctx:
+        device, job_dir = "cuda", Path(".")
+        reports: list = []
+
+        def report(self, step, total, metrics, preview=None):
+            self.reports.append((step, metrics["num_gaussians"]))
+
+        def should_stop(self):
+            return False
+
+    ctx = Ctx()
+    result = run_generate_job(params(models, init="shap-e", steps=80, resolution=64, batch_size=2,
+                                     num_points=2000, preview_every=20), {}, ctx)
+    assert [s for s, _ in ctx.reports] == list(range(1, 81))
+    assert result.meta["device"] == "cuda" and result.meta["grow_grad2d"] is not None
+    assert len(result.splats) != 2000                         # densified / pruned
+    assert torch.cuda.max_memory_allocated() > 0

@@ -44,11 +44,12 @@ def target_splats() -> Splats:
 class GaussianTargetGuidance(Guidance):
     """Exact denoiser of N(mu_view, s^2 I), mu_view = latent of the target rendered from the view."""
 
-    def __init__(self, target: Splats, sigma_cond: float = 0.02, sigma_uncond: float = 0.5):
+    def __init__(self, target: Splats, sigma_cond: float = 0.02, sigma_uncond: float = 0.5, device: str = "cpu"):
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()     # SD's schedule
-        self.target = splats_to_tensors(target, "cpu")
-        self.proj = torch.tensor([[0.6, 0.3, 0.1], [-0.4, 0.5, 0.2], [0.1, -0.3, 0.7], [0.3, 0.3, 0.3]])
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float().to(device)     # SD's schedule
+        self.target = splats_to_tensors(target, device)
+        self.proj = torch.tensor([[0.6, 0.3, 0.1], [-0.4, 0.5, 0.2], [0.1, -0.3, 0.7], [0.3, 0.3, 0.3]],
+                                 device=device)
         self.sigma_cond, self.sigma_uncond = sigma_cond, sigma_uncond
         self.calls = 0
 
@@ -98,17 +99,19 @@ def settings(**kw) -> GenerateSettings:
 
 
 @pytest.mark.slow
-def test_sds_pulls_renders_to_camera_conditioned_targets(artifacts):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sds_pulls_renders_to_camera_conditioned_targets(artifacts, device):
+    """On the CPU the loop renders with the reference rasterizer, on CUDA with gsplat."""
     target = target_splats()
     init = initial_splats()
-    guidance = GaussianTargetGuidance(target)
+    guidance = GaussianTargetGuidance(target, device=device)
     cfg = settings(steps=48, seed=3)
     before = psnr_to_target(init, target)
-    out, info = distill(init, guidance, cfg, device="cpu")
+    out, info = distill(init, guidance, cfg, device=device)
     after = psnr_to_target(out, target)
     print(f"PSNR to target views: {before:.2f} dB -> {after:.2f} dB; gaussians {len(init)} -> {len(out)}; "
           f"{info['steps_per_s']:.2f} steps/s")
-    _save_strip(artifacts / "sds_analytic.png", [init, out, target])   # rows: init, result, target
+    _save_strip(artifacts / f"sds_analytic_{device}.png", [init, out, target])   # rows: init, result, target
     assert guidance.calls == 48 and info["steps_done"] == 48 and not info["cancelled"]
     assert after >= before + 5.0, (before, after)
     assert info["grow_grad2d"] is not None and len(out) != len(init), "densification did not run"
