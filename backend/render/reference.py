@@ -160,47 +160,63 @@ def _composite_camera(
     gid_sorted, tile_offsets, tile_counts, tiles_per_gauss = _tile_intersections(
         means2d, radii, depths, tile_w, tile_h)
 
-    # pixel centres of a tile, relative to the tile's origin
-    iy, ix = torch.meshgrid(torch.arange(TILE_SIZE, device=device),
-                            torch.arange(TILE_SIZE, device=device), indexing="ij")
-    local = torch.stack([ix.reshape(-1), iy.reshape(-1)], dim=-1).to(dtype) + 0.5   # [P,2]
+    # pixel centres of a tile, as the monomials of a quadratic form:
+    # the Gaussian exponent at pixel (x, y) is feats(x, y) . coeffs(gaussian), one batched matmul
+    iy, ix = torch.meshgrid(torch.arange(TILE_SIZE, device=device, dtype=dtype),
+                            torch.arange(TILE_SIZE, device=device, dtype=dtype), indexing="ij")
+    half = TILE_SIZE / 2      # coordinates relative to the tile's centre keep the terms small
+    x = ix.reshape(-1) + 0.5 - half
+    y = iy.reshape(-1) + 0.5 - half
+    feats = torch.stack([x * x, y * y, x * y, x, y, torch.ones_like(x)], dim=-1)       # [P,6]
+    log_opac = torch.log(opacities.clamp_min(1e-30))
 
     out_rgb = torch.zeros(n_tiles, P, D, device=device, dtype=dtype)
     out_a = torch.zeros(n_tiles, P, 1, device=device, dtype=dtype)
     busy = torch.nonzero(tile_counts > 0).flatten()
     if len(busy) > 0:
-        # group tiles of similar load so that padding to the batch maximum wastes little
+        # group tiles of similar load (sorted, then cut when the load drops below 2/3 of the
+        # batch's first) so that padding to the batch maximum wastes little
         busy = busy[torch.argsort(tile_counts[busy], descending=True, stable=True)]
         cnt = tile_counts[busy].tolist()
         i = 0
         pieces_rgb, pieces_a, pieces_ids = [], [], []
         while i < len(busy):
             m = cnt[i]
-            nb = max(1, min(len(busy) - i, max_elements // max(1, P * m)))
+            nb = 1
+            limit = max(1, max_elements // max(1, P * m))
+            while i + nb < len(busy) and nb < limit and 3 * cnt[i + nb] >= 2 * m:
+                nb += 1
             tiles = busy[i:i + nb]
             i += nb
             slot = torch.arange(m, device=device)
             in_range = slot[None, :] < tile_counts[tiles][:, None]                 # [B,M]
             idx = (tile_offsets[tiles][:, None] + slot[None, :]).clamp(max=len(gid_sorted) - 1)
             g = gid_sorted[idx]                                                     # [B,M]
-            origin = torch.stack([tiles % tile_w, tiles // tile_w], dim=-1).to(dtype) * TILE_SIZE
-            pix = origin[:, None, :] + local[None]                                  # [B,P,2]
-            mu = means2d[g]                                                         # [B,M,2]
+            centre = torch.stack([tiles % tile_w, tiles // tile_w], dim=-1).to(dtype) * TILE_SIZE + half
+            mu = means2d[g] - centre[:, None, :]                                    # [B,M,2] tile-local
             cn = conics[g]                                                          # [B,M,3]
-            dx = mu[:, None, :, 0] - pix[:, :, None, 0]                             # [B,P,M]
-            dy = mu[:, None, :, 1] - pix[:, :, None, 1]
-            sigma = (0.5 * (cn[:, None, :, 0] * dx * dx + cn[:, None, :, 2] * dy * dy)
-                     + cn[:, None, :, 1] * dx * dy)
-            alpha = torch.clamp(opacities[g][:, None, :] * torch.exp(-sigma), max=ALPHA_MAX)
-            keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & in_range[:, None, :]
-            alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+            a, b, c = cn[..., 0], cn[..., 1], cn[..., 2]
+            mx, my = mu[..., 0], mu[..., 1]
+            const = 0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my
+            lo = log_opac[g]
+            coeffs = torch.stack([0.5 * a, 0.5 * c, b, -(a * mx + b * my), -(c * my + b * mx),
+                                  const - lo], dim=1)                               # [B,6,M]
+            # log alpha (before the clamp) = log(opacity) - sigma
+            neg_log_alpha = torch.matmul(feats, coeffs)                             # [B,P,M]
+            alpha = torch.exp(-neg_log_alpha).clamp(max=ALPHA_MAX)
+            with torch.no_grad():
+                # sigma >= 0 (gsplat's guard against a bad conic), with slack for the rounding
+                # of the expanded quadratic form near a Gaussian's centre
+                sigma_ok = neg_log_alpha + lo[:, None, :] >= -1e-3
+                keep = sigma_ok & (alpha >= ALPHA_THRESHOLD) & in_range[:, None, :]
+            alpha = alpha * keep
             log_1ma = torch.log1p(-alpha)
             log_t_incl = torch.cumsum(log_1ma, dim=-1)
             t_excl = torch.exp(log_t_incl - log_1ma)
             with torch.no_grad():
                 alive = torch.exp(log_t_incl) > T_STOP      # prefix mask: the pixel is not done
             weights = alpha * t_excl * alive                                        # [B,P,M]
-            pieces_rgb.append(torch.einsum("bpm,bmd->bpd", weights, colors[g]))
+            pieces_rgb.append(torch.matmul(weights, colors[g]))
             pieces_a.append(weights.sum(dim=-1, keepdim=True))
             pieces_ids.append(tiles)
         ids = torch.cat(pieces_ids)

@@ -1,0 +1,571 @@
+"""Fit 3D Gaussians to posed RGBA images: the ``train`` job and ``python -m backend train``.
+
+The loop is gsplat's simple_trainer, one image per step: L1 + 0.2 D-SSIM, per-parameter Adam with
+learning rates scaled by the scene extent, SH bands switched on one at a time, gsplat's
+DefaultStrategy (capped) or MCMCStrategy. Objects are trained against the image alpha: every step
+composes the target over a random background colour and renders with the same background, so
+transparent regions come out with no Gaussians. Every ``holdout_every``-th view (index 0, k, 2k,
+...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background).
+
+Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
+opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
+``points`` f32[P,3] (world, metres) and ``colors`` u8[P,3]. Without points, Gaussians start at
+random inside the volume that the cameras look at.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backend.job_api import JobContext, JobError, JobResult
+from backend.losses import photometric_loss, psnr, ssim
+from backend.params import activated, sh_coeffs, tensors_to_splats
+from backend.render import rasterize, resolve_backend
+from backend.strategies import CappedDefaultStrategy, MCMCStrategy
+from shared.sh import REST_COUNT, rgb_to_sh0
+from shared.splats import logit
+
+STRATEGIES = ("default", "mcmc")
+
+
+@dataclass
+class TrainSettings:
+    """Training knobs. ``None`` schedule fields are derived from ``steps`` (see ``schedule()``)."""
+
+    steps: int = 7000
+    strategy: str = "default"          # "default" (clone/split/prune) or "mcmc"
+    sh_degree: int = 3
+    max_gaussians: int = 1_000_000
+    holdout_every: int = 8             # 0: train on every view
+    seed: int = 0
+    preview_every: int = 500           # steps between preview splats (0: none)
+    init_points: int = 50_000          # random initialisation size (when no points are given)
+    init_opacity: Optional[float] = None   # default 0.1 ("default"), 0.5 ("mcmc")
+    init_scale: Optional[float] = None     # times the mean neighbour distance: 1.0 / 0.1 (mcmc)
+    ssim_lambda: float = 0.2
+    random_background: bool = True
+    lr_means: float = 1.6e-4           # times scene_scale, decayed to 1 % over the run
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20
+    sh_degree_interval: Optional[int] = None   # steps per added SH band
+    refine_start: Optional[int] = None
+    refine_stop: Optional[int] = None
+    refine_every: Optional[int] = None
+    grow_grad2d: float = 0.0002
+    mcmc_opacity_reg: float = 0.01
+    mcmc_scale_reg: float = 0.01
+    report_interval_s: float = 0.5
+    backend: str = "auto"              # rasterizer: "auto", "gsplat", "reference"
+
+    def schedule(self) -> dict[str, int]:
+        """The step schedule: gsplat's defaults for long runs (refine every 100 steps from step 500
+        to 15k, a new SH band every 1000 steps), compressed for short ones."""
+        s = self.steps
+        return {
+            "sh_degree_interval": self.sh_degree_interval or max(1, min(1000, s // (2 * (self.sh_degree + 1)))),
+            "refine_start": self.refine_start if self.refine_start is not None else min(500, s // 4),
+            "refine_stop": self.refine_stop if self.refine_stop is not None else (
+                min(15_000, s // 2) if self.strategy == "default" else min(25_000, (s * 4) // 5)),
+            "refine_every": self.refine_every or min(100, max(25, s // 20)),
+        }
+
+    def validate(self) -> None:
+        def bad(msg: str) -> JobError:
+            return JobError("bad_params", msg)
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise bad(f"steps must be a positive integer, got {self.steps!r}")
+        if self.strategy not in STRATEGIES:
+            raise bad(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.sh_degree not in REST_COUNT:
+            raise bad(f"sh_degree must be 0, 1, 2 or 3, got {self.sh_degree!r}")
+        if not isinstance(self.max_gaussians, int) or self.max_gaussians < 1:
+            raise bad(f"max_gaussians must be a positive integer, got {self.max_gaussians!r}")
+        if not isinstance(self.holdout_every, int) or self.holdout_every < 0:
+            raise bad(f"holdout_every must be an integer >= 0, got {self.holdout_every!r}")
+        if not isinstance(self.preview_every, int) or self.preview_every < 0:
+            raise bad(f"preview_every must be an integer >= 0, got {self.preview_every!r}")
+        if not isinstance(self.init_points, int) or self.init_points < 1:
+            raise bad(f"init_points must be a positive integer, got {self.init_points!r}")
+        if self.backend not in ("auto", "gsplat", "reference"):
+            raise bad(f"backend must be auto, gsplat or reference, got {self.backend!r}")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrainSettings":
+        """Settings from a ``submit`` message's params; unknown keys are an error (typos)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise JobError("bad_params", f"unknown train parameter(s) {unknown}; known: {sorted(names)}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in params or params[f.name] is None:
+                continue
+            v, kind = params[f.name], str(f.type).replace("Optional[", "").rstrip("]")
+            if kind == "bool":
+                if not isinstance(v, bool):
+                    raise JobError("bad_params", f"{f.name} must be true or false, got {v!r}")
+            elif kind == "int":
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise JobError("bad_params", f"{f.name} must be an integer, got {v!r}")
+            elif kind == "float":
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise JobError("bad_params", f"{f.name} must be a number, got {v!r}")
+                v = float(v)
+            elif kind == "str" and not isinstance(v, str):
+                raise JobError("bad_params", f"{f.name} must be a string, got {v!r}")
+            values[f.name] = v
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+
+class _NullContext:
+    """JobContext for library use: no reports, never stops."""
+
+    def __init__(self, device: str = "cpu", job_dir: Path | None = None):
+        self.device = device
+        self.job_dir = job_dir or Path(".")
+
+    def report(self, step, total, metrics, preview=None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def validate_inputs(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
+                    points: Optional[np.ndarray], colors: Optional[np.ndarray]) -> np.ndarray:
+    """Check shapes, dtypes and finiteness; returns the images as u8[C,H,W,4]. Raises JobError."""
+    def bad(msg: str) -> JobError:
+        return JobError("bad_input", msg)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (3, 4):
+        raise bad(f"images must be u8[C,H,W,4] (or [C,H,W,3]), got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise bad(f"images must be uint8, got {images.dtype}")
+    C, H, W = images.shape[:3]
+    if C < 1 or H < 1 or W < 1:
+        raise bad(f"images shape {images.shape} is empty")
+    if images.shape[-1] == 3:
+        images = np.concatenate([images, np.full((C, H, W, 1), 255, np.uint8)], axis=-1)
+    viewmats = np.asarray(viewmats)
+    Ks = np.asarray(Ks)
+    if viewmats.shape != (C, 4, 4):
+        raise bad(f"viewmats must be [{C},4,4] (one per image), got {viewmats.shape}")
+    if Ks.shape != (C, 3, 3):
+        raise bad(f"Ks must be [{C},3,3] (one per image), got {Ks.shape}")
+    for name, a in (("viewmats", viewmats), ("Ks", Ks)):
+        if not np.isfinite(a).all():
+            i = int(np.argwhere(~np.isfinite(a.reshape(C, -1)))[0][0])
+            raise bad(f"{name}[{i}] has NaN or Inf entries")
+    if (Ks[:, 0, 0] <= 0).any() or (Ks[:, 1, 1] <= 0).any():
+        i = int(np.argmax((Ks[:, 0, 0] <= 0) | (Ks[:, 1, 1] <= 0)))
+        raise bad(f"Ks[{i}] has a non-positive focal length")
+    if points is not None:
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+            raise bad(f"points must be f32[P,3] with P > 0, got shape {points.shape}")
+        if not np.isfinite(points).all():
+            raise bad("points contain NaN or Inf")
+        if colors is not None:
+            colors = np.asarray(colors)
+            if colors.shape != points.shape:
+                raise bad(f"colors must be u8[{len(points)},3] like points, got {colors.shape}")
+            if colors.dtype != np.uint8:
+                raise bad(f"colors must be uint8, got {colors.dtype}")
+    elif colors is not None:
+        raise bad("colors were given without points")
+    return images
+
+
+def camera_centres(viewmats: Tensor) -> Tensor:
+    """World positions [C,3] of OpenCV world-to-camera matrices [C,4,4]."""
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    return -(R.transpose(1, 2) @ t[:, :, None])[..., 0]
+
+
+def scene_scale(viewmats: Tensor) -> float:
+    """Extent of the camera rig (gsplat simple_trainer: 1.1 x max distance of the camera centres
+    from their mean); 1.0 for a single camera."""
+    c = camera_centres(viewmats.double())
+    s = 1.1 * float((c - c.mean(0)).norm(dim=-1).max())
+    return s if s > 1e-6 else 1.0
+
+
+def view_volume(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> tuple[Tensor, float]:
+    """Centre and radius of the region the cameras look at: the point nearest to all optical
+    axes (least squares) and the radius that the median camera sees at that distance. Falls back
+    to one scene-scale in front of the cameras when the axes are (nearly) parallel."""
+    vm = viewmats.double().cpu()
+    centres = camera_centres(vm)
+    fwd = vm[:, 2, :3]                                    # camera z axis in world coordinates
+    P = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]
+    A = P.sum(0)
+    b = (P @ centres[:, :, None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(A)
+    depth = scene_scale(vm)
+    if len(vm) >= 2 and eig[0] > 1e-3 * eig[-1]:
+        centre = torch.linalg.solve(A, b)
+        dists = (centre - centres).norm(dim=-1)
+        if (((centre - centres) * fwd).sum(-1) <= 0).float().mean() > 0.5:   # mostly behind them
+            centre = (centres + fwd * depth).mean(0)
+    else:
+        centre = (centres + fwd * depth).mean(0)
+    dists = (centre - centres).norm(dim=-1)
+    Kc = Ks.double().cpu()
+    tan_half = torch.minimum(width / (2 * Kc[:, 0, 0]), height / (2 * Kc[:, 1, 1]))
+    radius = float((dists * tan_half).median())
+    return centre.float(), max(radius, 1e-6)
+
+
+def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height: int,
+                       generator: torch.Generator) -> Tensor:
+    """``n`` points uniform in the ball of ``view_volume``, keeping those that at least half of
+    the cameras see (falls back to the ball when too few are)."""
+    centre, radius = view_volume(viewmats, Ks, width, height)
+    m = 4 * n
+    d = torch.randn(m, 3, generator=generator)
+    d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = radius * torch.rand(m, 1, generator=generator) ** (1 / 3)
+    pts = centre + d * r
+    vm, K = viewmats.float().cpu(), Ks.float().cpu()
+    pc = torch.einsum("cij,nj->cni", vm[:, :3, :3], pts) + vm[:, None, :3, 3]
+    z = pc[..., 2].clamp_min(1e-9)
+    u = K[:, None, 0, 0] * pc[..., 0] / z + K[:, None, 0, 2]
+    v = K[:, None, 1, 1] * pc[..., 1] / z + K[:, None, 1, 2]
+    seen = (pc[..., 2] > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    keep = seen.float().mean(0) >= 0.5
+    good = pts[keep]
+    if len(good) >= n:
+        return good[:n]
+    return torch.cat([good, pts[~keep]])[:n]
+
+
+def knn_mean_distance(points: Tensor, k: int = 3, chunk_elems: int = 1 << 24) -> Tensor:
+    """RMS distance of each point to its ``k`` nearest neighbours [P] (simple_trainer's init)."""
+    n = len(points)
+    if n < 2:
+        return torch.ones(n, device=points.device)
+    k = min(k, n - 1)
+    rows = max(1, chunk_elems // n)
+    out = []
+    for s in range(0, n, rows):
+        d2 = torch.cdist(points[s:s + rows], points).square()
+        out.append(torch.topk(d2, k + 1, largest=False).values[:, 1:].mean(-1))
+    return torch.cat(out).sqrt()
+
+
+def init_params(points: Tensor, rgb: Tensor, settings: TrainSettings, scale_floor: float,
+                generator: torch.Generator) -> dict[str, torch.nn.Parameter]:
+    """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
+    base colours ``rgb`` [N,3] in 0..1."""
+    n = len(points)
+    mcmc = settings.strategy == "mcmc"
+    init_opa = settings.init_opacity if settings.init_opacity is not None else (0.5 if mcmc else 0.1)
+    init_scale = settings.init_scale if settings.init_scale is not None else (0.1 if mcmc else 1.0)
+    dist = knn_mean_distance(points).clamp_min(scale_floor)
+    scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
+    quats = torch.rand(n, 4, generator=generator).to(points.device)
+    opac = torch.full((n,), float(logit(np.float32(init_opa))), device=points.device)
+    sh0 = torch.from_numpy(rgb_to_sh0(rgb.cpu().numpy())).to(points.device)[:, None, :]
+    shN = torch.zeros(n, REST_COUNT[settings.sh_degree], 3, device=points.device)
+    tensors = {"means": points, "scales": scales, "quats": quats, "opacities": opac, "sh0": sh0, "shN": shN}
+    return {k: torch.nn.Parameter(v.float().contiguous()) for k, v in tensors.items()}
+
+
+def make_optimizers(params: dict[str, torch.nn.Parameter], settings: TrainSettings,
+                    extent: float) -> dict[str, torch.optim.Optimizer]:
+    lrs = {"means": settings.lr_means * extent, "scales": settings.lr_scales, "quats": settings.lr_quats,
+           "opacities": settings.lr_opacities, "sh0": settings.lr_sh0, "shN": settings.lr_shN}
+    return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15) for k in params}
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def _composite(rgba_u8: Tensor, bg: Tensor) -> Tensor:
+    """u8[...,H,W,4] straight-alpha images -> float RGB over background ``bg`` [...,3]."""
+    x = rgba_u8.float() / 255.0
+    a = x[..., 3:]
+    return x[..., :3] * a + bg[..., None, None, :] * (1.0 - a)
+
+
+def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
+            sh_degree: int, bg: Tensor, backend: str):
+    means, quats, scales, opac = activated(params)
+    return rasterize(means, quats, scales, opac, sh_coeffs(params), viewmats, Ks, width, height,
+                     sh_degree=sh_degree, backgrounds=bg, packed=False, backend=backend)
+
+
+@torch.no_grad()
+def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
+             sh_degree: int, backend: str) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over white vs the images over white."""
+    if not ids:
+        return {}
+    H, W = images.shape[1:3]
+    white = torch.ones(1, 3, device=images.device)
+    ps, ss = [], []
+    for i in ids:
+        img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
+        img = img.clamp(0, 1)
+        gt = _composite(images[i:i + 1], white)
+        ps.append(psnr(img, gt))
+        ss.append(float(ssim(img, gt)))
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+
+
+def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Optional[np.ndarray] = None,
+          colors: Optional[np.ndarray] = None, settings: Optional[TrainSettings] = None,
+          ctx: Optional[JobContext] = None) -> JobResult:
+    """Train Gaussians on the posed images (see the module docstring for conventions).
+
+    Returns a JobResult: ``splats``; ``metrics`` {eval_psnr, eval_ssim (when views are held out),
+    train_psnr, loss, num_gaussians, steps_per_s}; ``meta`` {cancelled, steps_done, settings,
+    scene_scale, holdout, backend, device, elapsed_s}. Stops early, with ``meta["cancelled"]``,
+    as soon as ``ctx.should_stop()`` is true.
+    """
+    settings = settings or TrainSettings()
+    settings.validate()
+    ctx = ctx or _NullContext()
+    device = torch.device(ctx.device)
+    images_np = validate_inputs(images, viewmats, Ks, points, colors)
+    backend = resolve_backend(device, settings.backend)
+    sched = settings.schedule()
+    t_start = time.perf_counter()
+
+    torch.manual_seed(settings.seed)     # the strategies draw from the global generator
+    gen = torch.Generator().manual_seed(settings.seed)
+
+    C, H, W = images_np.shape[:3]
+    images_t = torch.from_numpy(np.ascontiguousarray(images_np)).to(device)
+    vm = torch.as_tensor(np.asarray(viewmats), dtype=torch.float32).to(device)
+    Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32).to(device)
+    k = settings.holdout_every
+    holdout = [i for i in range(C) if k > 1 and C > 1 and i % k == 0]
+    train_ids = [i for i in range(C) if i not in holdout]
+    extent = scene_scale(vm)
+
+    if points is not None:
+        pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+        rgb = (torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255.0 if colors is not None
+               else torch.rand(len(pts), 3, generator=gen))
+        if len(pts) > settings.max_gaussians:
+            sel = torch.randperm(len(pts), generator=gen)[:settings.max_gaussians]
+            pts, rgb = pts[sel], rgb[sel]
+    else:
+        n0 = min(settings.init_points, settings.max_gaussians)
+        pts = random_init_points(n0, vm, Kt, W, H, gen)
+        rgb = torch.rand(len(pts), 3, generator=gen)
+    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen)
+    optimizers = make_optimizers(params, settings, extent)
+    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
+
+    if settings.strategy == "default":
+        strategy: Any = CappedDefaultStrategy(
+            cap_max=settings.max_gaussians, refine_start_iter=sched["refine_start"],
+            refine_stop_iter=sched["refine_stop"], refine_every=sched["refine_every"],
+            grow_grad2d=settings.grow_grad2d, reset_every=max(3000, settings.steps + 1))
+        state = strategy.initialize_state(scene_scale=extent)
+    else:
+        strategy = MCMCStrategy(cap_max=settings.max_gaussians, refine_start_iter=sched["refine_start"],
+                                refine_stop_iter=sched["refine_stop"], refine_every=sched["refine_every"])
+        state = strategy.initialize_state()
+    strategy.check_sanity(params, optimizers)
+
+    # the per-step random choices, drawn up front from the seeded generator
+    epochs = math.ceil(settings.steps / max(1, len(train_ids)))
+    order = torch.cat([torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=gen)]
+                       for _ in range(epochs)])[:settings.steps].tolist()
+    if settings.random_background:
+        backgrounds = torch.rand(settings.steps, 1, 3, generator=gen).to(device)
+    else:
+        backgrounds = torch.zeros(settings.steps, 1, 3, device=device)
+
+    total = settings.steps
+    cancelled = False
+    step = 0
+    loss_v = float("nan")
+    last_psnr = float("nan")
+    t_report = t_window = time.perf_counter()
+    steps_window = 0
+    sps = 0.0
+    for step in range(total):
+        if ctx.should_stop():
+            cancelled = True
+            break
+        cam = order[step]
+        sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
+        bg = backgrounds[step]
+        target = _composite(images_t[cam:cam + 1], bg)
+        render, alpha, info = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, sh_deg, bg, backend)
+        if settings.strategy == "default":
+            strategy.step_pre_backward(params, optimizers, state, step, info)
+        loss = photometric_loss(render, target, settings.ssim_lambda)
+        if settings.strategy == "mcmc":
+            loss = loss + settings.mcmc_opacity_reg * torch.sigmoid(params["opacities"]).mean()
+            loss = loss + settings.mcmc_scale_reg * torch.exp(params["scales"]).mean()
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        means_sched.step()
+        if settings.strategy == "default":
+            strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
+        else:
+            strategy.step_post_backward(params, optimizers, state, step, info,
+                                        lr=means_sched.get_last_lr()[0])
+
+        steps_window += 1
+        now = time.perf_counter()
+        done = step + 1
+        want_preview = settings.preview_every > 0 and done % settings.preview_every == 0 and done < total
+        if now - t_report >= settings.report_interval_s or done == total or want_preview:
+            loss_v = float(loss.detach())
+            last_psnr = psnr(render.clamp(0, 1), target)
+            sps = steps_window / max(now - t_window, 1e-9)
+            t_window, steps_window = now, 0
+            t_report = now
+            metrics = {"loss": loss_v, "psnr": last_psnr, "num_gaussians": float(len(params["means"])),
+                       "steps_per_s": sps, "eta_s": (total - done) / max(sps, 1e-9)}
+            ctx.report(done, total, metrics, tensors_to_splats(params) if want_preview else None)
+    steps_done = step + (0 if cancelled else 1)
+
+    final_deg = min(max(steps_done - 1, 0) // sched["sh_degree_interval"], settings.sh_degree)
+    metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
+                                 "steps_per_s": sps}
+    if not cancelled:
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
+        if ev:
+            metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend)
+        metrics["train_psnr"] = tr["psnr"]
+    splats = tensors_to_splats(params)
+    meta = {
+        "cancelled": cancelled,
+        "steps_done": steps_done,
+        "settings": dataclasses.asdict(settings),
+        "schedule": sched,
+        "scene_scale": extent,
+        "holdout": holdout,
+        "backend": backend,
+        "device": str(device),
+        "elapsed_s": time.perf_counter() - t_start,
+        "image_size": [W, H],
+    }
+    return JobResult(splats=splats, metrics=metrics, meta=meta)
+
+
+def run_train_job(params: dict, payload: dict, ctx: JobContext) -> JobResult:
+    """The ``train`` job kind (docs/INTERFACES.md): params -> TrainSettings, payload arrays
+    {images, viewmats, Ks, points?, colors?}."""
+    settings = TrainSettings.from_params(dict(params or {}))
+    missing = [k for k in ("images", "viewmats", "Ks") if k not in payload or payload[k] is None]
+    if missing:
+        raise JobError("bad_input", f"train payload is missing {missing}")
+    return train(payload["images"], payload["viewmats"], payload["Ks"], payload.get("points"),
+                 payload.get("colors"), settings, ctx)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+class _CliContext:
+    """Prints progress lines to stderr; Ctrl-C asks the trainer to stop and keep what it has."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.job_dir = Path(".")
+        self.stop = False
+
+    def report(self, step, total, metrics, preview=None) -> None:
+        print(f"step {step}/{total}  loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f} dB  "
+              f"gaussians {int(metrics['num_gaussians'])}  {metrics['steps_per_s']:.1f} steps/s  "
+              f"eta {metrics['eta_s']:.0f} s", file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def cli(argv: list[str]) -> int:
+    """``python -m backend train DATA --out scene.ply [options]``; returns the exit status."""
+    d = TrainSettings()
+    p = argparse.ArgumentParser(prog="python -m backend train",
+                                description="Train Gaussian splats from a transforms.json or COLMAP dataset.")
+    p.add_argument("data", help="dataset folder (transforms.json, or COLMAP sparse/0 / sparse / model files)")
+    p.add_argument("--out", required=True, help="output splat file (.ply, .compressed.ply, .splat, .spz)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
+    p.add_argument("--sh-degree", type=int, choices=(0, 1, 2, 3), default=d.sh_degree)
+    p.add_argument("--max-gaussians", type=int, default=d.max_gaussians)
+    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
+    p.add_argument("--init-points", type=int, default=d.init_points,
+                   help="random initial Gaussians when the dataset has no points")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--images", default=None, help="COLMAP image folder (default: DATA/images)")
+    args = p.parse_args(argv)
+
+    from backend.datasets import DatasetError, load_dataset
+    from shared.formats import write_splats
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset(args.data, images_dir=args.images)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
+          f"{'' if data.points is None else f', {len(data.points)} initial points'}; training on {device}",
+          file=sys.stderr)
+    settings = TrainSettings(steps=args.steps, strategy=args.strategy, sh_degree=args.sh_degree,
+                             max_gaussians=args.max_gaussians, holdout_every=args.holdout_every,
+                             init_points=args.init_points, seed=args.seed, preview_every=0)
+    ctx = _CliContext(device)
+    import signal
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if ctx.stop:
+            raise KeyboardInterrupt
+        ctx.stop = True
+        print("interrupted: stopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
+
+    try:
+        signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:       # not the main thread
+        previous = None
+    try:
+        result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
+    except JobError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    write_splats(args.out, result.splats)
+    m = result.metrics
+    summary = ", ".join(f"{k} {m[k]:.3f}" for k in ("eval_psnr", "eval_ssim", "train_psnr") if k in m)
+    print(f"wrote {len(result.splats)} Gaussians to {args.out} ({result.meta['steps_done']} steps, "
+          f"{result.meta['elapsed_s']:.1f} s{', cancelled' if result.meta['cancelled'] else ''}); {summary}",
+          file=sys.stderr)
+    return 0
