@@ -10,7 +10,8 @@ The job (``run_generate_job``, job kind "generate") and the command line (``pyth
 2. **Distil**: each step renders a batch of random views (``camera_sampling``) over random solid
    backgrounds with ``backend.render.rasterize``, encodes them with the guidance model, and applies the
    SDS gradient (``backend.sds``) with Adam on all splat parameters; gsplat's ``DefaultStrategy``
-   densifies and prunes in the middle of the run, as the trainer does.
+   densifies and prunes in the middle of the run (``backend.strategies.CappedDefaultStrategy``, as the
+   trainer uses it, capped at ``max_gaussians``).
 3. **Result**: the splats, centred at the origin, scaled back to the size of the init mesh (``"mesh"``) or
    with bounding radius 1 m (other inits). The add-on places the object (at the 3D cursor).
 
@@ -42,6 +43,8 @@ from backend.models import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
+from backend.strategies import CappedDefaultStrategy
+from backend.trainer import knn_mean_distance, make_optimizers
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import Splats, logit
 
@@ -280,19 +283,11 @@ def shap_e_surface_points(pipe: Any, prompt: str, seed: int, steps: int, guidanc
 
 def points_to_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int = 0,
                      opacity: float = 0.1) -> Splats:
-    """Isotropic Gaussians at ``points`` (scale = mean distance to the 3 nearest neighbours, as 3DGS
+    """Isotropic Gaussians at ``points`` (scale = RMS distance to the 3 nearest neighbours, as 3DGS
     initialises), identity rotation, opacity ``opacity``, DC colour ``colors`` (0..1), zero higher SH."""
     pts = torch.as_tensor(points, dtype=torch.float32)
     n = pts.shape[0]
-    k = min(3, n - 1)
-    if k >= 1:
-        dists = []
-        for i in range(0, n, 2048):
-            d = torch.cdist(pts[i:i + 2048], pts)
-            dists.append(d.topk(k + 1, largest=False).values[:, 1:].mean(dim=1))
-        scale = torch.cat(dists).clamp_min(1e-4).numpy()
-    else:
-        scale = np.full(n, 0.05, np.float32)
+    scale = knn_mean_distance(pts).clamp_min(1e-4).numpy() if n > 1 else np.full(n, 0.05, np.float32)
     quats = np.zeros((n, 4), np.float32)
     quats[:, 0] = 1.0
     return Splats(means=np.asarray(points, np.float32), quats=quats,
@@ -361,11 +356,10 @@ class _NullContext:
         return False
 
 
-def _make_strategy(settings: GenerateSettings):
-    from gsplat.strategy import DefaultStrategy
+def _make_strategy(settings: GenerateSettings) -> CappedDefaultStrategy:
     steps = settings.steps
-    return DefaultStrategy(
-        prune_opa=0.005, grow_grad2d=float("inf"), grow_scale3d=0.01, prune_scale3d=0.1,
+    return CappedDefaultStrategy(
+        cap_max=settings.max_gaussians, prune_opa=0.005, grow_grad2d=float("inf"), grow_scale3d=0.01, prune_scale3d=0.1,
         refine_start_iter=max(1, steps // 8), refine_stop_iter=max(2, (steps * 3) // 4),
         refine_every=max(2, steps // 24), reset_every=steps + 1, refine_scale2d_stop_iter=0,
         absgrad=False, verbose=False)
@@ -386,11 +380,7 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
 
     tensors = splats_to_tensors(splats, device)
     params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in tensors.items()})
-    lrs = {"means": settings.lr_means * CANONICAL_RADIUS, "scales": settings.lr_scales,
-           "quats": settings.lr_quats, "opacities": settings.lr_opacities, "sh0": settings.lr_sh0,
-           "shN": settings.lr_shN}
-    optimizers = {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15)
-                  for k in params}
+    optimizers = make_optimizers(params, settings, extent=CANONICAL_RADIUS)   # the trainer's Adam set-up
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.02 ** (1.0 / settings.steps))
 
     densify = settings.densify and settings.steps >= 40
@@ -432,8 +422,6 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
                         strategy.grow_grad2d = float(torch.quantile(avg.float().cpu(), settings.densify_grad_quantile))
                         calibrated = True
                 strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-                if len(params["means"]) >= settings.max_gaussians:
-                    strategy.refine_stop_iter = min(strategy.refine_stop_iter, step)
         loss_value = float(loss.detach())
         loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
         done = step + 1
