@@ -311,6 +311,7 @@ class SPLATBRIDGE_PT_generate(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "SplatBridge"
+    bl_order = 1          # after the tab's connection / rig / train panels (order 0)
 
     def draw(self, context):
         layout = self.layout
