@@ -14,7 +14,9 @@ Cameras: the shared OpenCV convention (``viewmats`` world-to-camera, ``Ks`` pinh
 through ``shared.cameras.camera_from_blender``.
 
 Initial points: area-weighted samples on the evaluated (modifier-applied) surfaces of the target
-meshes, in world space, each with an sRGB u8 colour taken from its material, unlit:
+meshes, in world space. By default each is coloured from the captured views once they are all
+rendered (the pixel under its projection in a camera that sees it, checked by ray cast: lit, as
+the renders show it), falling back to its material's colour, unlit, which is read as follows:
 
 * Principled BSDF (or Diffuse / Emission) reached from the active Material Output:
   - Base Color not linked: its default value;
@@ -228,6 +230,13 @@ def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tup
     Returns (points f32[P,3], colors u8[P,3] sRGB), P = ``count`` unless there is no surface
     (then P = 0). See the module docstring for the colour sources.
     """
+    points, colors, _ = sample_surface_with_normals(context, objects, count, seed)
+    return points, colors
+
+
+def sample_surface_with_normals(context, objects: Sequence, count: int, seed: int = 0
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_surface` plus the unit world-space face normal at each point (f32[P,3])."""
     if count < 0:
         raise ValueError(f"point count must be >= 0, got {count}")
     depsgraph = context.evaluated_depsgraph_get()
@@ -279,7 +288,7 @@ def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tup
         areas.append(area)
         tri_col_fn.append((tv, tl, np.clip(tmat, 0, len(sources) - 1), sources, attr_data, uv))
     if not tris_w or count == 0 or float(sum(a.sum() for a in areas)) <= 0:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32)
 
     rng = np.random.default_rng(seed)
     all_area = np.concatenate(areas)
@@ -290,6 +299,7 @@ def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tup
     r1, r2 = np.sqrt(rng.random(count)), rng.random(count)
     bary = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=1)
     points = np.empty((count, 3))
+    normals = np.empty((count, 3))
     colors = np.empty((count, 3))
     for oi in range(len(areas)):
         sel = np.nonzero(obj_of[pick] == oi)[0]
@@ -297,7 +307,10 @@ def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tup
             continue
         t = local[pick[sel]]
         b = bary[sel]
-        points[sel] = np.einsum("nk,nkc->nc", b, tris_w[oi][t])
+        tri = tris_w[oi][t]
+        points[sel] = np.einsum("nk,nkc->nc", b, tri)
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normals[sel] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
         tv, tl, tmat, sources, attr_data, uv = tri_col_fn[oi]
         for mi, (kind, val) in enumerate(sources):
             ms = np.nonzero(tmat[t] == mi)[0]
@@ -319,7 +332,47 @@ def sample_surface(context, objects: Sequence, count: int, seed: int = 0) -> tup
             else:
                 lin = val if kind == "const" else DEFAULT_GREY
                 colors[dst] = linear_to_srgb(np.asarray(lin, dtype=np.float64))[None, :]
-    return points.astype(np.float32), to_u8(colors)
+    return points.astype(np.float32), to_u8(colors), normals.astype(np.float32)
+
+
+def colors_from_views(context, points: np.ndarray, normals: np.ndarray, images: np.ndarray,
+                      cameras: Sequence[Camera], colors: np.ndarray, tries: int = 4) -> np.ndarray:
+    """Colour each surface point as the captured renders show it (lit), like SfM points.
+
+    For each point the ``tries`` cameras facing its surface most squarely are tested in turn with
+    a ray cast from the camera (occlusion); the first that sees it gives the pixel colour under
+    its projection (alpha > 0.5). Points no camera sees keep ``colors``. Returns u8[P,3].
+    """
+    from mathutils import Vector
+    out = np.array(colors, dtype=np.uint8, copy=True)
+    if len(points) == 0:
+        return out
+    scene = context.scene
+    depsgraph = context.evaluated_depsgraph_get()
+    centres = np.stack([c.position for c in cameras])                      # [C,3]
+    to_cam = centres[None, :, :] - points[:, None, :].astype(np.float64)  # [P,C,3]
+    dist = np.linalg.norm(to_cam, axis=2)
+    # Either side of the face may be the visible one (open meshes): use |cos|.
+    facing = np.abs(np.einsum("pcx,px->pc", to_cam, normals)) / np.maximum(dist, 1e-12)
+    order = np.argsort(-facing, axis=1)[:, :tries]
+    h, w = images.shape[1:3]
+    for p in range(len(points)):
+        for ci in order[p]:
+            cam = cameras[ci]
+            uv, z = cam.project(points[p:p + 1])
+            if z[0] <= 0:
+                continue
+            i, j = int(np.floor(uv[0, 0])), int(np.floor(uv[0, 1]))
+            if not (0 <= i < w and 0 <= j < h) or images[ci, j, i, 3] < 128:
+                continue
+            d = dist[p, ci]
+            direction = Vector(-to_cam[p, ci] / d)
+            hit, loc, *_ = scene.ray_cast(depsgraph, Vector(centres[ci]), direction, distance=d * 1.001)
+            if hit and (np.linalg.norm(np.array(loc) - points[p]) > 1e-3 * d + 1e-5):
+                continue                                                   # something in front
+            out[p] = images[ci, j, i, :3]
+            break
+    return out
 
 
 # --------------------------------------------------------------------------- the job
@@ -363,6 +416,10 @@ def target_objects(context, rig) -> list:
 class CaptureJob:
     """Renders a rig's cameras one at a time (``step``) or all at once (``run_all``).
 
+    ``point_colors``: "RENDER" colours the surface samples from the captured views once they are
+    all rendered (:func:`colors_from_views`: lit, as the images show them); "MATERIAL" keeps the
+    unlit material colours.
+
     ``step()`` renders the next view and returns True once every view is done; ``progress``,
     ``eta_s`` and ``status_text()`` feed a progress bar. ``cancel()`` stops and cleans up.
     The temporary folder for the PNGs is removed at the end.
@@ -370,9 +427,12 @@ class CaptureJob:
 
     def __init__(self, context, rig, *, engine: str | None = None, samples: int | None = None,
                  num_points: int = 20000, targets: Sequence | None = None, seed: int = 0,
-                 standard_view: bool = True, resolution: tuple[int, int] | None = None):
+                 standard_view: bool = True, resolution: tuple[int, int] | None = None,
+                 point_colors: str = "RENDER"):
         if not is_rig(rig):
             raise ValueError(f"{getattr(rig, 'name', rig)!r} is not a SplatBridge camera rig")
+        if point_colors not in ("RENDER", "MATERIAL"):
+            raise ValueError(f"point_colors must be 'RENDER' or 'MATERIAL', got {point_colors!r}")
         self.scene = context.scene
         self.cameras = rig_cameras(rig)
         if not self.cameras:
@@ -382,7 +442,8 @@ class CaptureJob:
         # Cameras first: a bad camera fails before any render time is spent.
         self.camera_list = [blender_camera(self.scene, c, self.width, self.height) for c in self.cameras]
         objs = list(targets) if targets is not None else target_objects(context, rig)
-        self.points, self.colors = sample_surface(context, objs, num_points, seed)
+        self.points, self.colors, self.normals = sample_surface_with_normals(context, objs, num_points, seed)
+        self.point_colors = point_colors
         self.images = np.zeros((len(self.cameras), self.height, self.width, 4), np.uint8)
         self.done = 0
         self.cancelled = False
@@ -431,6 +492,9 @@ class CaptureJob:
         self.done += 1
         if self.finished:
             self._cleanup()
+            if self.point_colors == "RENDER":
+                self.colors = colors_from_views(bpy.context, self.points, self.normals,
+                                                self.images, self.camera_list, self.colors)
         return self.finished
 
     def cancel(self) -> None:

@@ -113,6 +113,10 @@ def test_capture_alpha_colour_and_cameras(mods, artifacts):
         # Straight alpha, Standard view: the emission colour exactly (sRGB), not darkened at all.
         assert np.abs(img[..., :3][inside].astype(int) - srgb).max() <= 2
 
+    # Surface samples coloured from the views: the emission colour as rendered.
+    assert res.points.shape == (500, 3) and res.colors.shape == (500, 3)
+    assert np.abs(res.colors.astype(int) - srgb).max() <= 2
+
     # The same view rendered directly by Blender (Render Result saved, read back with PIL).
     scene.camera = rig.rig_cameras(rg)[1]
     scene.render.resolution_x = scene.render.resolution_y = 32
@@ -144,6 +148,8 @@ def test_capture_job_steps_progress_and_cancel(mods):
     assert not os.path.exists(tmp)
     with pytest.raises(RuntimeError, match="cancelled"):
         job.step()
+    with pytest.raises(ValueError, match="point_colors must be 'RENDER' or 'MATERIAL'"):
+        capture.CaptureJob(bpy.context, rg, point_colors="VERTEX")
     with pytest.raises(ValueError, match="is not a SplatBridge camera rig"):
         capture.CaptureJob(bpy.context, cube)
     # No target meshes: the payload has no points.

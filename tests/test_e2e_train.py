@@ -1,0 +1,264 @@
+"""End to end, real processes: a Blender scene -> camera rig -> Cycles capture -> ZeroMQ ->
+``python -m backend serve`` (a subprocess, CPU, temporary job store) -> training -> a splat object
+in the scene, drawn by the viewport's offscreen draw and compared with a Cycles render from a
+camera that training never saw. A second test cancels a job after a simulated Blender restart
+(a new client, resuming from the job ids saved in the scene) and gets the partial splats.
+
+CPU budget: the scene is a two-coloured lit sphere, 24 views at 32x32, 400 steps, at most 1000
+Gaussians (the backend trains with the pure-torch reference rasterizer on the CPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = 32
+VIEWS = 24
+STEPS = 400
+POINTS = 500
+MAX_GAUSSIANS = 1000
+HALF_COLOURS = [(0.8, 0.3, 0.05), (0.05, 0.25, 0.8)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def backend_address(tmp_path_factory):
+    """A real backend server process on a free loopback port with a temporary job store."""
+    port = _free_port()
+    store = tmp_path_factory.mktemp("jobstore")
+    log_path = store.parent / "backend.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--bind",
+                                 f"tcp://127.0.0.1:{port}", "--store", str(store), "--device", "cpu",
+                                 "--preview-interval", "0.2"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"--- backend log ({log_path}) ---\n" + log_path.read_text()[-3000:])
+
+
+@pytest.fixture
+def addon(addon_dir, bpy_empty):
+    """The add-on modules this pipeline uses, registered in a fresh scene."""
+    from splatbridge import connection, ops_train, rig, splat_object
+    mods = [rig, splat_object, connection, ops_train]
+    for m in mods:
+        m.register()
+    yield rig, connection, ops_train, splat_object
+    connection.disconnect()
+    for m in reversed(mods):
+        m.unregister()
+
+
+def _scene(bpy, rig, views: int, res: int):
+    """A lit sphere, orange above and blue below the equator (a flipped or mirrored camera
+    convention shows as swapped colours), sun + grey world; a rig around it."""
+    scene = bpy.context.scene
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=32, ring_count=16, radius=0.6)
+    ball = bpy.context.active_object
+    bpy.ops.object.shade_smooth()
+    for i, c in enumerate(HALF_COLOURS):
+        m = bpy.data.materials.new(f"half{i}")
+        m.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*c, 1.0)
+        ball.data.materials.append(m)
+    for poly in ball.data.polygons:
+        poly.material_index = 0 if poly.center.z > 0 else 1
+    scene.world = bpy.data.worlds.new("grey")
+    scene.world.color = (0.4, 0.4, 0.4)
+    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
+    sun.data.energy = 2.0
+    sun.rotation_euler = (0.6, 0.2, 0.8)
+    scene.collection.objects.link(sun)
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 16
+    scene.cycles.device = "CPU"
+    for o in scene.objects:
+        o.select_set(False)
+    ball.select_set(True)
+    bpy.context.view_layer.objects.active = ball
+    bpy.ops.splatbridge.add_camera_rig(layout_kind="FIBONACCI", count=views, resolution=(res, res),
+                                       margin=1.05)
+    return ball, rig.find_rig(bpy.context)
+
+
+def _connect(connection, bpy, address):
+    connection.connect(bpy.context, address)
+    assert connection.wait_for(lambda: connection.STATE.server_info is not None, 90.0), \
+        f"no hello from the backend at {address}: {connection.STATE.last_error}"
+    info = connection.STATE.server_info
+    assert "train" in info["job_kinds"]
+    assert connection.status_summary()[1] == "LINKED"
+
+
+def _offscreen(bpy, obj, cam) -> np.ndarray:
+    """The viewport's splat draw of ``obj`` for shared camera ``cam``: RGBA float, premultiplied
+    over transparent black, row 0 at the top."""
+    import gpu
+    from splatbridge.viewport import draw, matrices
+    w, h = cam.width, cam.height
+    drawer = draw.SplatDrawer(threaded_sort=False)
+    off = gpu.types.GPUOffScreen(w, h, format="RGBA32F")
+    try:
+        with off.bind():
+            fb = gpu.state.active_framebuffer_get()
+            fb.clear(color=(0.0, 0.0, 0.0, 0.0), depth=1.0)
+            drawer.draw_object(obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam),
+                               (w, h), sync_sort=True)
+            buf = fb.read_color(0, 0, w, h, 4, 0, "FLOAT")
+    finally:
+        off.free()
+    buf.dimensions = w * h * 4
+    return np.array(buf, dtype=np.float32).reshape(h, w, 4)[::-1]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _save_side_by_side(path: Path, *images: np.ndarray, scale: int = 6) -> None:
+    from PIL import Image
+    row = np.concatenate([np.clip(im, 0, 1) for im in images], axis=1)
+    big = np.repeat(np.repeat(row, scale, axis=0), scale, axis=1)
+    Image.fromarray((big * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def test_scene_to_splats_over_zeromq(addon, gpu_ready, backend_address, artifacts):
+    rig, connection, ops_train, splat_object = addon
+    import bpy
+    from splatbridge import capture
+    t0 = time.monotonic()
+    ball, rg = _scene(bpy, rig, VIEWS, RES)
+    s = bpy.context.scene.splatbridge_train
+    s.steps, s.sh_degree, s.num_points, s.max_gaussians = STEPS, 0, POINTS, MAX_GAUSSIANS
+    s.holdout_every, s.preview_every, s.strategy, s.engine = 0, 100, "default", "CYCLES"
+    _connect(connection, bpy, backend_address)
+    t_hello = time.monotonic()
+
+    # The Train operator's execute path (no window): capture every view, then submit.
+    assert bpy.ops.splatbridge.train() == {"FINISHED"}
+    t_submit = time.monotonic()
+    rec = bpy.context.scene.splatbridge_jobs[-1]
+    job_id, target = rec.job_id, rec.target
+    assert rec.kind == "train" and not rec.handled
+
+    seen = {"preview_before_end": False, "max_step": 0}
+
+    def finished() -> bool:
+        r = connection.find_record(bpy.context.scene, job_id)
+        if not r.handled:
+            seen["max_step"] = max(seen["max_step"], r.step)
+            if r.target in bpy.data.objects:
+                seen["preview_before_end"] = True
+        return r.handled
+
+    assert connection.wait_for(finished, 400.0), "training did not finish within 400 s"
+    t_done = time.monotonic()
+    rec = connection.find_record(bpy.context.scene, job_id)
+    assert rec.state == "done", rec.message
+    assert rec.step == STEPS and rec.total == STEPS
+    assert seen["preview_before_end"], "no live preview object appeared while training"
+    obj = bpy.data.objects[rec.target]
+    assert rec.target == target and splat_object.is_splat_object(obj)
+    splats = splat_object.read_splats_from_object(obj)
+    assert 100 <= len(splats) <= MAX_GAUSSIANS
+
+    # Held out: a camera between the rig's directions, never used in training.
+    centre = np.array(rg.matrix_world.translation)
+    radius = float(np.linalg.norm(np.array(rig.rig_cameras(rg)[0].matrix_world.translation) - centre))
+    az, el = math.radians(37.0), math.radians(24.0)
+    pos = centre + radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+    dirs = np.array([np.array(c.matrix_world.translation) - centre for c in rig.rig_cameras(rg)])
+    nearest = min(math.degrees(math.acos(np.clip(d @ (pos - centre) / radius ** 2, -1, 1))) for d in dirs)
+    assert nearest > 5.0                      # genuinely a new view
+    from mathutils import Matrix
+    cam = bpy.data.objects.new("heldout", bpy.data.cameras.new("heldout"))
+    cam.data.lens = rig.rig_cameras(rg)[0].data.lens
+    cam.matrix_world = Matrix(rig.look_at_matrix(pos, centre).tolist())
+    bpy.context.scene.collection.objects.link(cam)
+    bpy.context.view_layer.update()
+    ref = capture.render_view(bpy.context.scene, cam, RES, RES, str(artifacts / "e2e_heldout_cycles_raw.png"))
+    ref = ref.astype(np.float32) / 255.0
+    ref_pm = ref[..., :3] * ref[..., 3:]                 # over black, like the offscreen draw
+    shared_cam = capture.blender_camera(bpy.context.scene, cam, RES, RES)
+    img = _offscreen(bpy, obj, shared_cam)
+    psnr = _psnr(img[..., :3], ref_pm)
+    mask_ref, mask_img = ref[..., 3] > 0.5, img[..., 3] > 0.5
+    iou = (mask_ref & mask_img).sum() / max((mask_ref | mask_img).sum(), 1)
+    _save_side_by_side(artifacts / "e2e_heldout_cycles_vs_splats.png", ref_pm, img[..., :3])
+    print(f"e2e: hello {t_hello - t0:.1f} s, capture+submit {t_submit - t_hello:.1f} s, "
+          f"training {t_done - t_submit:.1f} s ({STEPS} steps, {len(splats)} Gaussians), "
+          f"held-out PSNR {psnr:.2f} dB, mask IoU {iou:.3f}, result metrics {rec.message}")
+    assert iou > 0.85
+    assert psnr >= 22.0
+
+
+def test_cancel_after_restart_gives_partial_splats(addon, backend_address):
+    """Submit, 'restart Blender' (drop the client; the job ids live on in the scene), reconnect:
+    the add-on follows the job through status requests, cancels it, fetches the partial result
+    from the job store and makes a usable splat object."""
+    rig, connection, ops_train, splat_object = addon
+    import bpy
+    from splatbridge import capture
+    ball, rg = _scene(bpy, rig, 8, 16)
+    s = bpy.context.scene.splatbridge_train
+    s.steps, s.sh_degree, s.num_points, s.max_gaussians = 100000, 0, 300, 600
+    s.holdout_every, s.preview_every, s.engine, s.samples = 0, 5, "CYCLES", 4
+    _connect(connection, bpy, backend_address)
+    job = ops_train.start_capture(bpy.context)
+    result = job.run_all()
+    rec = ops_train.submit_capture(bpy.context, result, name="Partial")
+    job_id = rec.job_id
+    scene = bpy.context.scene
+    assert connection.wait_for(lambda: connection.find_record(scene, job_id).step >= 10
+                               and "Partial" in bpy.data.objects, 120.0)
+
+    first_client = connection.STATE.client
+    connection.disconnect()                                   # Blender "crashes"...
+    step_before = connection.find_record(scene, job_id).step
+    connection.connect(bpy.context, backend_address)          # ...and comes back: a new client
+    assert connection.STATE.client is not first_client
+    assert connection.wait_for(lambda: connection.find_record(scene, job_id).step > step_before + 5,
+                               60.0), "no status updates for the running job after reconnecting"
+    assert connection.find_record(scene, job_id).state == "running"
+
+    ops_train.cancel_train(bpy.context, job_id)
+    assert connection.wait_for(lambda: connection.find_record(scene, job_id).handled, 60.0)
+    rec = connection.find_record(scene, job_id)
+    assert rec.state == "cancelled" and rec.message.startswith("cancelled"), (rec.state, rec.message)
+    obj = bpy.data.objects[rec.target]
+    assert obj.get("sb_job_id") == job_id
+    splats = splat_object.read_splats_from_object(obj)
+    assert 0 < len(splats) <= 600
+    # Usable: the partial splats sit on the object (their centres project into its masks).
+    from splatbridge.shared.cameras import cameras_from_arrays
+    inside = []
+    for cam, im in zip(cameras_from_arrays(result.viewmats, result.Ks, 16, 16), result.images):
+        uv, z = cam.project(splats.means)
+        ij = np.clip(np.floor(uv).astype(int), 0, 15)
+        inside.append(im[ij[:, 1], ij[:, 0], 3] > 0)
+    assert np.mean(inside) > 0.8
