@@ -98,7 +98,9 @@ class ServerProcess:
     count = 0
 
     def __init__(self, store: Path, port: int | None = None, bind: str | None = None,
-                 extra: list[str] | None = None, plugins: list[str] = PLUGINS):
+                 extra: list[str] | None = None, plugins: list[str] = PLUGINS,
+                 env: dict[str, str] | None = None):
+        self.extra_env = env or {}
         self.store = Path(store)
         self.port = port or free_port()
         self.bind = bind or f"tcp://127.0.0.1:{self.port}"
@@ -115,6 +117,7 @@ class ServerProcess:
     def start(self, wait: bool = True, **client_kw) -> "ServerProcess":
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]),
                    OMP_NUM_THREADS="1")
+        env.update(self.extra_env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
