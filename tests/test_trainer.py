@@ -1,0 +1,259 @@
+"""The trainer on the CPU (reference rasterizer): it learns a known scene, cancels cleanly, is
+reproducible, and its MCMC / default strategies respect the Gaussian cap."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.job_api import JobError
+from backend.render import rasterize
+from backend.strategies import CappedDefaultStrategy, relocation_torch
+from backend.trainer import TrainSettings, cli, run_train_job, train, view_volume
+from shared.cameras import look_at
+from shared.splats import Splats
+
+torch.set_num_threads(1)   # OpenMP with 2 threads on a busy 2-core box is ~10x slower than 1
+
+
+def torus_cloud(n: int, seed: int = 0):
+    """A known Gaussian cloud: a torus (radius 0.6, tube 0.25) with smooth colours."""
+    g = np.random.default_rng(seed)
+    u, v = g.uniform(0, 2 * np.pi, n), g.uniform(0, 2 * np.pi, n)
+    means = np.stack([(0.6 + 0.25 * np.cos(v)) * np.cos(u), (0.6 + 0.25 * np.cos(v)) * np.sin(u),
+                      0.25 * np.sin(v)], 1)
+    colors = 0.5 + 0.45 * np.stack([np.cos(u), np.sin(u + 1), np.cos(v)], 1)
+    scales = 0.06 * g.uniform(0.7, 1.3, (n, 3))
+    quats = g.normal(size=(n, 4))
+    return means.astype(np.float32), quats, scales, np.full(n, 0.9), colors
+
+
+def sphere_rig(C: int, W: int, dist: float = 3.0):
+    """C cameras on a Fibonacci sphere band looking at the origin (shared.cameras.look_at)."""
+    vms = []
+    for i in range(C):
+        z = 0.9 - 1.6 * (i + 0.5) / C
+        phi = i * math.pi * (3 - math.sqrt(5))
+        r = math.sqrt(1 - z * z)
+        vms.append(look_at(dist * np.array([r * math.cos(phi), r * math.sin(phi), z]), np.zeros(3)))
+    f = W / (2 * math.tan(math.radians(22)))
+    K = np.array([[f, 0, W / 2], [0, f, W / 2], [0, 0, 1]])
+    return np.stack(vms).astype(np.float32), np.stack([K] * C).astype(np.float32)
+
+
+def render_dataset(cloud, viewmats, Ks, W):
+    """Ground truth RGBA u8 images of the cloud, rendered by the reference rasterizer itself."""
+    t = [torch.tensor(a, dtype=torch.float32) for a in cloud]
+    with torch.no_grad():
+        img, alpha, _ = rasterize(*t, torch.tensor(viewmats), torch.tensor(Ks), W, W)
+    rgb = (img / alpha.clamp_min(1e-6)).clamp(0, 1)               # straight (not premultiplied) colour
+    return (torch.cat([rgb, alpha], -1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None):
+        self.device = "cpu"
+        self.job_dir = Path(".")
+        self.reports: list[tuple[int, int, dict, object]] = []
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def report(self, step, total, metrics, preview=None):
+        self.reports.append((step, total, dict(metrics), preview))
+
+    def should_stop(self):
+        self.calls += 1
+        return self.stop_after is not None and self.calls > self.stop_after
+
+
+@pytest.fixture(scope="module")
+def torus_data():
+    cloud = torus_cloud(800)
+    viewmats, Ks = sphere_rig(24, 64)
+    images = render_dataset(cloud, viewmats, Ks, 64)
+    rng = np.random.default_rng(1)
+    points = (cloud[0] + rng.normal(0, 0.03, cloud[0].shape)).astype(np.float32)   # "mesh samples"
+    colors = (cloud[4] * 255).astype(np.uint8)
+    return images, viewmats, Ks, points, colors
+
+
+@pytest.mark.slow
+def test_trains_known_scene_to_28db(torus_data, artifacts):
+    images, viewmats, Ks, points, colors = torus_data
+    ctx = Recorder()
+    settings = TrainSettings(steps=150, sh_degree=1, preview_every=50, report_interval_s=0.0)
+    res = train(images, viewmats, Ks, points, colors, settings, ctx)
+    assert res.metrics["eval_psnr"] >= 28.0, res.metrics
+    assert res.metrics["eval_ssim"] >= 0.85, res.metrics
+    assert res.meta["holdout"] == [0, 8, 16] and not res.meta["cancelled"]
+    assert isinstance(res.splats, Splats) and res.splats.sh_degree == 1
+    steps = [r[0] for r in ctx.reports]
+    assert steps == sorted(steps) and steps[-1] == 150 and all(r[1] == 150 for r in ctx.reports)
+    assert set(ctx.reports[-1][2]) >= {"loss", "psnr", "num_gaussians", "steps_per_s", "eta_s"}
+    previews = [r[0] for r in ctx.reports if r[3] is not None]
+    assert previews == [50, 100] and all(isinstance(r[3], Splats) for r in ctx.reports if r[3] is not None)
+    # a held-out view next to its ground truth, for a person to look at
+    from PIL import Image
+    from backend.params import activated, sh_coeffs, splats_to_tensors
+    p = splats_to_tensors(res.splats)
+    with torch.no_grad():
+        img, _, _ = rasterize(*activated(p), sh_coeffs(p), torch.tensor(viewmats[:1]), torch.tensor(Ks[:1]),
+                              64, 64, sh_degree=1, backgrounds=torch.ones(1, 3))
+    gt = images[0, ..., :3] / 255.0 * (images[0, ..., 3:] / 255.0) + (1 - images[0, ..., 3:] / 255.0)
+    side = np.concatenate([gt, img[0].clamp(0, 1).numpy()], axis=1)
+    Image.fromarray((side * 255).astype(np.uint8)).resize((256, 128), Image.NEAREST).save(
+        artifacts / "trainer_holdout_gt_vs_render.png")
+
+
+def small_problem():
+    cloud = torus_cloud(150, seed=3)
+    viewmats, Ks = sphere_rig(8, 32)
+    return render_dataset(cloud, viewmats, Ks, 32), viewmats, Ks
+
+
+def test_cancel_midway_returns_valid_splats():
+    images, viewmats, Ks = small_problem()
+    ctx = Recorder(stop_after=6)
+    res = train(images, viewmats, Ks, settings=TrainSettings(steps=100, init_points=300, sh_degree=0), ctx=ctx)
+    assert res.meta["cancelled"] is True
+    assert res.meta["steps_done"] == 6
+    assert len(res.splats) == 300 and np.isfinite(res.splats.means).all()
+    assert "eval_psnr" not in res.metrics
+
+
+def test_same_seed_reproduces_and_other_seed_differs():
+    images, viewmats, Ks = small_problem()
+    runs = [train(images, viewmats, Ks, settings=TrainSettings(steps=12, init_points=200, sh_degree=1, seed=s,
+                                                                 refine_start=4, refine_every=4))
+            for s in (5, 5, 6)]
+    a, b, c = (r.splats for r in runs)
+    assert len(a) == len(b)
+    assert a.allclose(b, atol=0.0)
+    assert not (len(a) == len(c) and a.allclose(c, atol=1e-6))
+
+
+def test_random_init_fills_the_view_volume():
+    viewmats, Ks = sphere_rig(12, 32, dist=5.0)
+    viewmats[:, :3, 3] += viewmats[:, :3, :3] @ np.array([-1.0, 2.0, 0.5], np.float32)   # rig around (1,-2,-0.5)
+    centre, radius = view_volume(torch.tensor(viewmats), torch.tensor(Ks), 32, 32)
+    np.testing.assert_allclose(centre.numpy(), [1.0, -2.0, -0.5], atol=1e-4)
+    assert radius == pytest.approx(5.0 * 16 / Ks[0, 0, 0], rel=1e-4)
+
+
+def test_relocation_fallback_matches_the_cuda_kernel_formula():
+    binoms = torch.tensor([[math.comb(n, k) for k in range(51)] for n in range(51)], dtype=torch.float32)
+    opac = torch.tensor([0.3, 0.9, 0.5, 0.05])
+    scales = torch.rand(4, 3) + 0.1
+    ratios = torch.tensor([1, 2, 5, 3])
+    new_o, new_s = relocation_torch(opac, scales, ratios, binoms)
+    for i in range(4):       # the kernel's loops, literally
+        n, o = int(ratios[i]), float(opac[i])
+        no = 1 - (1 - o) ** (1 / n)
+        denom = sum(math.comb(j - 1, k) * (-1) ** k / math.sqrt(k + 1) * no ** (k + 1)
+                    for j in range(1, n + 1) for k in range(j))
+        assert new_o[i].item() == pytest.approx(no, rel=1e-5)
+        np.testing.assert_allclose(new_s[i].numpy(), (o / denom) * scales[i].numpy(), rtol=1e-5)
+    # one copy is the identity
+    assert new_o[0].item() == pytest.approx(0.3) and torch.allclose(new_s[0], scales[0])
+
+
+def test_mcmc_runs_on_cpu_and_respects_the_cap():
+    images, viewmats, Ks = small_problem()
+    cap = 260
+    ctx = Recorder()
+    res = train(images, viewmats, Ks, settings=TrainSettings(
+        steps=45, strategy="mcmc", max_gaussians=cap, init_points=200, sh_degree=0,
+        refine_start=5, refine_every=5, refine_stop=40, report_interval_s=0.0), ctx=ctx)
+    counts = [int(r[2]["num_gaussians"]) for r in ctx.reports]
+    assert max(counts) == cap and min(counts) == 200            # grew 5 % per refine, up to the cap
+    assert len(res.splats) == cap and np.isfinite(res.splats.scales).all()
+
+
+def test_default_strategy_respects_the_cap():
+    images, viewmats, Ks = small_problem()
+    res = train(images, viewmats, Ks, settings=TrainSettings(
+        steps=30, max_gaussians=230, init_points=200, sh_degree=0, refine_start=2, refine_every=5,
+        refine_stop=30, grow_grad2d=1e-7))
+    assert len(res.splats) <= 230 and res.metrics["num_gaussians"] == len(res.splats)
+    assert len(res.splats) > 200 - 50        # it did refine (grow, then prune at most a little)
+
+
+def test_capped_default_strategy_keeps_most_opaque():
+    params = {k: torch.nn.Parameter(v) for k, v in {
+        "means": torch.zeros(10, 3), "scales": torch.full((10, 3), -5.0), "quats": torch.ones(10, 4),
+        "opacities": torch.linspace(-2, 2, 10)}.items()}
+    opts = {k: torch.optim.Adam([p]) for k, p in params.items()}
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
+    for o in opts.values():
+        o.step()
+    strat = CappedDefaultStrategy(cap_max=12)
+    state = strat.initialize_state(scene_scale=1.0)
+    state["grad2d"] = torch.ones(10)
+    state["count"] = torch.ones(10)
+    strat._grow_gs(params, opts, state, step=600)        # all 10 are due to duplicate -> 20, capped to 12
+    assert len(params["means"]) == 12
+    kept = sorted(params["opacities"].tolist())
+    assert kept == pytest.approx(sorted(torch.linspace(-2, 2, 10)[4:].tolist() * 2))
+
+
+def test_bad_job_input_is_a_job_error():
+    images, viewmats, Ks = small_problem()
+    ctx = Recorder()
+    with pytest.raises(JobError) as e:
+        run_train_job({"steps": 5}, {"images": images, "viewmats": viewmats[:3], "Ks": Ks}, ctx)
+    assert e.value.code == "bad_input" and "viewmats must be [8,4,4]" in e.value.message
+    with pytest.raises(JobError) as e:
+        run_train_job({"stepz": 5}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
+    assert e.value.code == "bad_params" and "stepz" in e.value.message
+    with pytest.raises(JobError, match="strategy must be one of"):
+        run_train_job({"strategy": "magic"}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
+    with pytest.raises(JobError, match="images must be uint8"):
+        run_train_job({}, {"images": images.astype(np.float32), "viewmats": viewmats, "Ks": Ks}, ctx)
+    with pytest.raises(JobError, match="missing"):
+        run_train_job({}, {"images": images}, ctx)
+
+
+def test_job_and_cli_paths(tmp_path, capsys):
+    images, viewmats, Ks = small_problem()
+    res = run_train_job({"steps": 3, "sh_degree": 0, "init_points": 50, "holdout_every": 4, "seed": 1.0},
+                        {"images": images, "viewmats": viewmats, "Ks": Ks}, Recorder())
+    assert res.meta["steps_done"] == 3 and res.meta["holdout"] == [0, 4] and "eval_psnr" in res.metrics
+
+    # a transforms.json dataset on disk -> python -m backend train DATA --out scene.ply
+    from PIL import Image
+    from shared.cameras import BLENDER_TO_OPENCV
+    from shared.formats import read_splats
+    frames = []
+    for i in range(len(images)):
+        Image.fromarray(images[i]).save(tmp_path / f"v{i}.png")
+        c2w = np.linalg.inv(np.linalg.inv(BLENDER_TO_OPENCV) @ viewmats[i].astype(np.float64))
+        frames.append({"file_path": f"v{i}", "transform_matrix": c2w.tolist()})
+    meta = {"fl_x": float(Ks[0, 0, 0]), "fl_y": float(Ks[0, 1, 1]), "cx": 16.0, "cy": 16.0, "frames": frames}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    out = tmp_path / "scene.ply"
+    assert cli([str(tmp_path), "--out", str(out), "--steps", "4", "--sh-degree", "1",
+                "--init-points", "64", "--device", "cpu"]) == 0
+    splats = read_splats(out)
+    assert len(splats) == 64 and splats.sh_degree == 1
+    err = capsys.readouterr().err
+    assert "8 views of 32x32 px" in err and "step 4/4" in err and "wrote 64 Gaussians" in err
+    assert cli([str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["default", "mcmc"])
+def test_trains_on_cuda_with_gsplat(torus_data, strategy):
+    images, viewmats, Ks, points, colors = torus_data
+    ctx = Recorder()
+    ctx.device = "cuda"
+    res = train(images, viewmats, Ks, points, colors,
+                TrainSettings(steps=300, sh_degree=1, strategy=strategy, max_gaussians=3000), ctx)
+    assert res.meta["backend"] == "gsplat"
+    assert res.metrics["eval_psnr"] >= 28.0, res.metrics
+    assert len(res.splats) <= 3000
