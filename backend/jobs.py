@@ -129,7 +129,7 @@ def _record_entry(rec: dict) -> dict:
     return e
 
 
-def _finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics as plain Python values (numpy scalars and 0-d arrays unwrapped)."""
     out = {}
     for k, v in (metrics or {}).items():
@@ -201,7 +201,7 @@ class RunnerContext:
                         self._last_step)
             return
         fields: dict[str, Any] = {"step": step, "total": max(total, step),
-                                  "metrics": _finite_metrics(metrics)}
+                                  "metrics": _plain_metrics(metrics)}
         if want_preview:
             fields["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
             self._last_preview = now
@@ -443,7 +443,7 @@ class JobRunner:
             if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
                 raise TypeError(f"the {job.kind} job returned {type(result).__name__}, "
                                 "not a JobResult with Splats")
-            metrics = _finite_metrics(result.metrics)
+            metrics = _plain_metrics(result.metrics)
             meta = dict(result.meta or {})
             cancelled = job.stop.is_set() or bool(meta.get("cancelled"))
             meta["cancelled"] = cancelled

@@ -99,14 +99,14 @@ class ServerProcess:
 
     def __init__(self, store: Path, port: int | None = None, bind: str | None = None,
                  extra: list[str] | None = None, plugins: list[str] = PLUGINS,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, device: str = "cpu"):
         self.extra_env = env or {}
         self.store = Path(store)
         self.port = port or free_port()
         self.bind = bind or f"tcp://127.0.0.1:{self.port}"
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "backend", "serve", "--bind", self.bind,
-                     "--store", str(self.store), "--device", "cpu"]
+                     "--store", str(self.store), "--device", device]
         for p in plugins:
             self.args += ["--job-kind", p]
         self.args += extra or []
@@ -578,6 +578,26 @@ def test_missing_curve_key_file_is_a_clear_error(tmp_path):
                            "--curve-allow", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "nope.key_secret does not exist" in proc.stderr
+
+
+def test_device_cuda_without_a_gpu_refuses_to_start(tmp_path):
+    from conftest import cuda_available
+    if cuda_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, "-m", "backend", "serve", "--bind",
+                           f"tcp://127.0.0.1:{free_port()}", "--store", str(tmp_path / "s"),
+                           "--device", "cuda"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "torch sees no CUDA GPU" in proc.stderr
+
+
+def test_out_of_memory_is_recognised_in_both_forms():
+    import torch
+    from backend.jobs import is_out_of_memory
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("The size of tensor a (3) must match"))
+    assert not is_out_of_memory(ValueError("out of memory"))
 
 
 def test_cli_lists_commands_and_rejects_unknown():

@@ -178,3 +178,27 @@ def _save_comparison(artifacts, scene, result) -> None:
     grid = (np.concatenate([top, bottom], 0) * 255 + 0.5).astype(np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(
         artifacts / "server_training_heldout.png")
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda_over_the_socket(tmp_path, train_payload):
+    srv = ServerProcess(tmp_path / "store", plugins=[], device="cuda").start()
+    try:
+        with srv.client() as c:
+            c.send_hello()
+            assert c.wait_for(lambda: c.server_info is not None, 10)
+            info = c.server_info
+            assert info["device"] == "cuda" and info["cuda"] is True
+            assert info["gpu_name"] and info["gpu_memory_bytes"] > 0
+            t0 = time.monotonic()
+            jid = c.submit("train", _params(TRAIN_STEPS), train_payload)
+            job = run_until(c, jid, TRAIN_TIME_MAX_S)
+            print(f"\ncuda train over socket: {time.monotonic() - t0:.1f} s, "
+                  f"held-out PSNR {job.result_metrics.get('eval_psnr')}")
+            assert job.state == "done", job.error
+            assert job.result_metrics["eval_psnr"] >= PSNR_MIN_DB
+            c.send_hello()             # by now the gsplat probe has finished
+            assert c.wait_for(lambda: c.pending == 0, 10)
+            assert c.server_info["gsplat_cuda"] is True
+    finally:
+        srv.stop()
