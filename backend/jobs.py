@@ -269,7 +269,7 @@ class JobRunner:
                 raise SubmitError("duplicate_job", f"job id {job_id} is already in use; "
                                   "make a new id for a new job")
         try:
-            self.store.create(job_id, kind, params, payload)
+            self.store.create(job_id, kind, params)
         except StoreError as exc:
             raise SubmitError(exc.code, exc.message) from None
         job = Job(job_id, kind, params, payload, identity)
@@ -427,6 +427,10 @@ class JobRunner:
         payload = {k: np.array(v) if isinstance(v, np.ndarray) else v
                    for k, v in (job.payload or {}).items()}
         job.payload = None
+        try:
+            self.store.save_inputs(job.job_id, payload)
+        except OSError as exc:      # a full disk must not lose the job itself
+            log.warning("job %s: inputs not saved: %s", job.job_id, exc)
         try:
             func = self.kinds[job.kind]
         except Exception as exc:

@@ -3,7 +3,8 @@
 Layout of ``<root>/<job_id>/``::
 
     job.json            kind, params, state, step/total, timestamps (Unix seconds), metrics, error
-    inputs/<key>.npy    the submit payload's arrays (top-level keys of ``payload``)
+    inputs/<key>.npy    the submit payload's arrays (top-level keys of ``payload``), written by
+                        the worker when the job starts (not on the socket thread)
     inputs/values.json  the payload's non-array values (plain JSON)
     result/<key>.npy    the result splats, one lossless .npy per ``Splats.to_arrays()`` field
     result/metrics.json the result's metrics
@@ -110,8 +111,8 @@ class JobStore:
         return (self.job_dir(job_id) / "job.json").is_file()
 
     # -- records ------------------------------------------------------------------------------
-    def create(self, job_id: str, kind: str, params: dict, payload: dict) -> dict:
-        """Make the job's folder, save its inputs and a ``queued`` record; returns the record.
+    def create(self, job_id: str, kind: str, params: dict) -> dict:
+        """Make the job's folder with a ``queued`` record; returns the record.
         Raises ``StoreError('duplicate_job', ...)`` when the id is taken."""
         d = self.job_dir(job_id)
         try:
@@ -119,15 +120,6 @@ class JobStore:
         except FileExistsError:
             raise StoreError("duplicate_job", f"job id {job_id} is already in use; "
                              "make a new id for a new job") from None
-        inputs = d / "inputs"
-        inputs.mkdir()
-        values = {}
-        for key, value in payload.items():
-            if isinstance(value, np.ndarray) and _JOB_ID_RE.match(key):
-                _save_npy(inputs / f"{key}.npy", value)
-            else:
-                values[key] = value
-        _write_json(inputs / "values.json", values)
         now = time.time()
         record = {"job_id": job_id, "kind": kind, "params": params, "state": "queued",
                   "step": 0, "total": 0, "created": now, "started": None, "finished": None,
@@ -135,6 +127,18 @@ class JobStore:
         with self._lock:
             _write_json(d / "job.json", record)
         return _jsonable(record)
+
+    def save_inputs(self, job_id: str, payload: dict) -> None:
+        """Save the payload: top-level arrays as ``inputs/<key>.npy``, the rest as JSON."""
+        inputs = self.job_dir(job_id) / "inputs"
+        inputs.mkdir(exist_ok=True)
+        values = {}
+        for key, value in payload.items():
+            if isinstance(value, np.ndarray) and _JOB_ID_RE.match(key):
+                _save_npy(inputs / f"{key}.npy", value)
+            else:
+                values[key] = value
+        _write_json(inputs / "values.json", values)
 
     def read(self, job_id: str) -> dict:
         path = self.job_dir(job_id) / "job.json"
@@ -180,7 +184,7 @@ class JobStore:
 
     # -- inputs -------------------------------------------------------------------------------
     def load_inputs(self, job_id: str) -> dict:
-        """The payload as saved by ``create`` (arrays loaded from .npy)."""
+        """The payload as saved by ``save_inputs`` (arrays loaded from .npy)."""
         inputs = self.job_dir(job_id) / "inputs"
         payload: dict[str, Any] = json.loads((inputs / "values.json").read_text())
         for p in inputs.glob("*.npy"):
