@@ -262,3 +262,25 @@ def test_cancel_after_restart_gives_partial_splats(addon, backend_address):
         ij = np.clip(np.floor(uv).astype(int), 0, 15)
         inside.append(im[ij[:, 1], ij[:, 0], 3] > 0)
     assert np.mean(inside) > 0.8
+
+
+def test_lost_backend_is_shown_and_device_text(addon, monkeypatch):
+    """No server at the address: the request times out and the indicator says so."""
+    rig, connection, ops_train, splat_object = addon
+    import bpy
+    monkeypatch.setattr(connection, "REQUEST_TIMEOUT_S", 0.3)
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    connection.connect(bpy.context, address)
+    assert connection.status_summary() == (f"Connecting to {address}...", "SORTTIME")
+    assert connection.wait_for(lambda: connection.STATE.lost, 5.0)
+    text, icon = connection.status_summary()
+    assert (text, icon) == (f"Backend not responding at {address}", "ERROR")
+    assert "backend not responding: no reply to hello" in connection.STATE.last_error
+    with pytest.raises(RuntimeError, match="not connected"):
+        connection.disconnect()
+        connection.cancel_job("abc")
+    assert connection.status_summary() == ("Not connected", "UNLINKED")
+    assert connection.device_text({"cuda": True, "gpu_name": "NVIDIA H100", "gsplat_cuda": True,
+                                   "gpu_memory_bytes": 80 * 2**30}) == \
+        "Connected: CUDA NVIDIA H100, 80 GiB; gsplat CUDA"
+    assert connection.device_text({"cuda": False, "device": "cpu"}).startswith("Connected: CPU only")
