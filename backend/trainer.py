@@ -51,7 +51,7 @@ class TrainSettings:
     preview_every: int = 500           # steps between preview splats (0: none)
     init_points: int = 50_000          # random initialisation size (when no points are given)
     init_opacity: Optional[float] = None   # default 0.1 ("default"), 0.5 ("mcmc")
-    init_scale: Optional[float] = None     # times the mean neighbour distance: 1.0 / 0.1 (mcmc)
+    init_scale: float = 1.0            # initial size: times the RMS distance to 3 nearest points
     ssim_lambda: float = 0.2
     random_background: bool = True
     lr_means: float = 1.6e-4           # times scene_scale, decayed to 1 % over the run
@@ -279,7 +279,9 @@ def init_params(points: Tensor, rgb: Tensor, settings: TrainSettings, scale_floo
     n = len(points)
     mcmc = settings.strategy == "mcmc"
     init_opa = settings.init_opacity if settings.init_opacity is not None else (0.5 if mcmc else 0.1)
-    init_scale = settings.init_scale if settings.init_scale is not None else (0.1 if mcmc else 1.0)
+    # (gsplat's MCMC preset uses 0.1, meant for dense SfM points and 30k steps; with sparse mesh
+    # samples and short runs it leaves holes: 22 dB instead of 38 dB on the test torus)
+    init_scale = settings.init_scale
     dist = knn_mean_distance(points).clamp_min(scale_floor)
     scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
     quats = torch.rand(n, 4, generator=generator).to(points.device)

@@ -81,7 +81,6 @@ def torus_data():
     return images, viewmats, Ks, points, colors
 
 
-@pytest.mark.slow
 def test_trains_known_scene_to_28db(torus_data, artifacts):
     images, viewmats, Ks, points, colors = torus_data
     ctx = Recorder()
@@ -257,3 +256,25 @@ def test_trains_on_cuda_with_gsplat(torus_data, strategy):
     assert res.meta["backend"] == "gsplat"
     assert res.metrics["eval_psnr"] >= 28.0, res.metrics
     assert len(res.splats) <= 3000
+
+
+def test_ssim_matches_direct_windowed_formula():
+    from backend.losses import ssim
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 14, 13, 2, generator=g, dtype=torch.float64)
+    b = (a + 0.2 * torch.rand(1, 14, 13, 2, generator=g, dtype=torch.float64)).clamp(0, 1)
+    x = np.arange(11) - 5.0
+    w = np.exp(-x * x / (2 * 1.5 ** 2))
+    w = np.outer(w, w) / w.sum() ** 2
+    vals = []
+    for ch in range(2):
+        A, B = a[0, ..., ch].numpy(), b[0, ..., ch].numpy()
+        for i in range(14 - 10):
+            for j in range(13 - 10):
+                pa, pb = A[i:i + 11, j:j + 11], B[i:i + 11, j:j + 11]
+                ma, mb = (w * pa).sum(), (w * pb).sum()
+                va, vb = (w * pa * pa).sum() - ma ** 2, (w * pb * pb).sum() - mb ** 2
+                cov = (w * pa * pb).sum() - ma * mb
+                vals.append((2 * ma * mb + 1e-4) * (2 * cov + 9e-4) / ((ma ** 2 + mb ** 2 + 1e-4) * (va + vb + 9e-4)))
+    assert ssim(a, b).item() == pytest.approx(np.mean(vals), rel=1e-10)
+    assert ssim(a, a).item() == pytest.approx(1.0)
