@@ -521,6 +521,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--images", default=None, help="COLMAP image folder (default: DATA/images)")
+    p.add_argument("--downscale", type=int, default=1, help="load images at 1/N size (intrinsics follow)")
     args = p.parse_args(argv)
 
     from backend.datasets import DatasetError, load_dataset
@@ -532,7 +533,7 @@ def cli(argv: list[str]) -> int:
         print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
         return 2
     try:
-        data = load_dataset(args.data, images_dir=args.images)
+        data = load_dataset(args.data, images_dir=args.images, downscale=args.downscale)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
