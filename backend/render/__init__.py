@@ -4,7 +4,7 @@ conventions); the trainer and the generator call only this."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,48 +36,25 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
 
 
 def rasterize(
-    means: Tensor,
-    quats: Tensor,
-    scales: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    viewmats: Tensor,
-    Ks: Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
-    render_mode: str = "RGB",
-    rasterize_mode: str = "classic",
-    packed: bool = False,
-    absgrad: bool = False,
-    backend: str = "auto",
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    viewmats: Tensor, Ks: Tensor, width: int, height: int, *, backend: str = "auto", **options: Any,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render C views of N Gaussians: ``(render_colors [C,H,W,D], render_alphas [C,H,W,1], info)``.
 
     Same arguments and meaning as ``gsplat.rasterization`` (activated scales and opacities,
-    OpenCV world-to-camera ``viewmats``, pixel-unit ``Ks``). ``backend``: "auto" (gsplat when the
-    tensors are on CUDA, else the reference), "gsplat" or "reference". ``info["backend"]`` names
-    the one used.
+    OpenCV world-to-camera ``viewmats``, pixel-unit ``Ks``); ``options`` are its keyword
+    arguments (``near_plane``, ``far_plane``, ``eps2d``, ``sh_degree``, ``backgrounds``,
+    ``render_mode``, ``rasterize_mode``, ``packed``, ``absgrad``), passed as given to either
+    backend; their defaults agree, except ``packed``, which is False here (gsplat's is True, the
+    reference has no packed mode). ``backend``: "auto" (gsplat when the tensors are on CUDA, else the
+    reference), "gsplat" or "reference". ``info["backend"]`` names the one used.
     """
-    which = resolve_backend(means.device, backend)
-    if which == "gsplat":
-        from gsplat import rasterization
-        colors_, alphas, info = rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
-            backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
-            packed=packed, absgrad=absgrad)
-        info["backend"] = "gsplat"
-        return colors_, alphas, info
-    return rasterize_reference(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
-        backgrounds=backgrounds, render_mode=render_mode, rasterize_mode=rasterize_mode,
-        packed=packed, absgrad=absgrad)
-
-
-__all__ = ["rasterize", "rasterize_reference", "resolve_backend", "gsplat_cuda_available", "BACKENDS"]
+    options.setdefault("packed", False)
+    if resolve_backend(means.device, backend) == "reference":
+        return rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                   **options)
+    from gsplat import rasterization
+    colors_, alphas, info = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width,
+                                          height, **options)
+    info["backend"] = "gsplat"
+    return colors_, alphas, info
