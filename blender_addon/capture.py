@@ -41,7 +41,8 @@ import numpy as np
 
 import bpy
 
-from .rig import is_rig, rig_cameras, rig_resolution, rig_targets
+from .rig import (GEOMETRY_TYPES, evaluated_mesh, is_rig, mesh_world_vertices, rig_cameras,
+                  rig_resolution, rig_targets)
 from .shared.cameras import BlenderCameraParams, Camera, camera_from_blender, stack_cameras
 
 ENGINES_CYCLES = "CYCLES"
@@ -242,19 +243,14 @@ def sample_surface_with_normals(context, objects: Sequence, count: int, seed: in
     depsgraph = context.evaluated_depsgraph_get()
     tris_w, tri_col_fn, areas = [], [], []
     for obj in objects:
-        if obj.type not in {"MESH", "CURVE", "SURFACE", "META", "FONT"}:
+        if obj.type not in GEOMETRY_TYPES:
             continue
-        ev = obj.evaluated_get(depsgraph)
-        mesh = ev.to_mesh()
-        try:
+        with evaluated_mesh(obj, depsgraph) as (ev, mesh):
             mesh.calc_loop_triangles()
-            nt, nv = len(mesh.loop_triangles), len(mesh.vertices)
+            nt = len(mesh.loop_triangles)
             if nt == 0:
                 continue
-            co = np.empty(nv * 3, np.float32)
-            mesh.vertices.foreach_get("co", co)
-            m = np.array(ev.matrix_world, dtype=np.float64)
-            co = co.reshape(-1, 3).astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+            co = mesh_world_vertices(ev, mesh)
             tv = np.empty(nt * 3, np.int32)
             mesh.loop_triangles.foreach_get("vertices", tv)
             tl = np.empty(nt * 3, np.int32)
@@ -282,8 +278,6 @@ def sample_surface_with_normals(context, objects: Sequence, count: int, seed: in
                 uvb = np.empty(len(mesh.loops) * 2, np.float32)
                 mesh.uv_layers.active.uv.foreach_get("vector", uvb)
                 uv = uvb.reshape(-1, 2).astype(np.float64)
-        finally:
-            ev.to_mesh_clear()
         tris_w.append(tri)
         areas.append(area)
         tri_col_fn.append((tv, tl, np.clip(tmat, 0, len(sources) - 1), sources, attr_data, uv))

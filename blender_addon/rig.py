@@ -15,9 +15,10 @@ Units: metres, lens in millimetres, angles in degrees in the UI and radians insi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -123,6 +124,31 @@ def max_angular_gap(directions: np.ndarray, probes: int = 4000) -> float:
 
 # --------------------------------------------------------------------------- Blender side
 
+GEOMETRY_TYPES = frozenset({"MESH", "CURVE", "SURFACE", "META", "FONT"})   # object types with a mesh
+
+
+@contextlib.contextmanager
+def evaluated_mesh(obj, depsgraph) -> Iterator[tuple]:
+    """``(evaluated object, its temporary mesh)`` of ``obj`` with modifiers applied; the mesh is
+    freed when the ``with`` block ends."""
+    ev = obj.evaluated_get(depsgraph)
+    mesh = ev.to_mesh()
+    try:
+        yield ev, mesh
+    finally:
+        ev.to_mesh_clear()
+
+
+def mesh_world_vertices(ev, mesh) -> np.ndarray:
+    """The vertices of ``mesh`` (of evaluated object ``ev``) in world space, float64[V,3]."""
+    n = len(mesh.vertices)
+    co = np.empty(n * 3, dtype=np.float32)
+    if n:
+        mesh.vertices.foreach_get("co", co)
+    m = np.array(ev.matrix_world, dtype=np.float64)
+    return co.reshape(-1, 3).astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+
+
 def world_vertices(context, objects: Iterable) -> np.ndarray:
     """World-space vertices (float64[V,3]) of the evaluated geometry of ``objects``.
 
@@ -131,19 +157,9 @@ def world_vertices(context, objects: Iterable) -> np.ndarray:
     depsgraph = context.evaluated_depsgraph_get()
     parts = []
     for obj in objects:
-        if obj.type not in {"MESH", "CURVE", "SURFACE", "META", "FONT"}:
-            continue
-        ev = obj.evaluated_get(depsgraph)
-        mesh = ev.to_mesh()
-        try:
-            n = len(mesh.vertices)
-            co = np.empty(n * 3, dtype=np.float32)
-            if n:
-                mesh.vertices.foreach_get("co", co)
-        finally:
-            ev.to_mesh_clear()
-        m = np.array(ev.matrix_world, dtype=np.float64)
-        parts.append(co.reshape(-1, 3).astype(np.float64) @ m[:3, :3].T + m[:3, 3])
+        if obj.type in GEOMETRY_TYPES:
+            with evaluated_mesh(obj, depsgraph) as (ev, mesh):
+                parts.append(mesh_world_vertices(ev, mesh))
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 3))
 
 
