@@ -23,12 +23,8 @@ import time
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import connection
-
-try:  # H5b's splat object module; absent in a partial build
-    from . import splat_object
-except ImportError:  # pragma: no cover
-    splat_object = None
+from . import connection, job_objects
+from .job_objects import status_text, unique_object_name
 
 KIND = "generate"
 INIT_ITEMS = [
@@ -39,7 +35,6 @@ INIT_ITEMS = [
 NAME_MAX = 48
 
 _placement: dict[str, tuple[float, float, float]] = {}   # job id -> 3D cursor location at submit
-_preview_applied: dict[str, int] = {}                     # job id -> id() of the last preview applied
 
 
 class SplatBridgeGenerateSettings(bpy.types.PropertyGroup):
@@ -95,16 +90,6 @@ def name_from_prompt(prompt: str) -> str:
     return words or "Generated"
 
 
-def unique_object_name(base: str) -> str:
-    """``base`` if no object has it, else ``base.001``, ``base.002``..."""
-    if base not in bpy.data.objects:
-        return base
-    i = 1
-    while f"{base}.{i:03d}" in bpy.data.objects:
-        i += 1
-    return f"{base}.{i:03d}"
-
-
 def selected_meshes(context) -> list:
     return [o for o in getattr(context, "selected_objects", []) or [] if o.type == "MESH"]
 
@@ -145,74 +130,38 @@ def submit_generate(context, settings=None, params: dict | None = None, name: st
 
 def cancel_generate(context, job_id: str) -> None:
     """Ask the backend to stop; the partial result arrives as a ``cancelled`` result."""
-    connection.cancel_job(job_id)
-    rec = connection.find_record(context.scene, job_id)
-    if rec is not None:
-        rec.message = "cancelling..."
+    job_objects.cancel(context, job_id)
 
 
-def _put_splats(context, rec, splats):
-    """Create (at the remembered 3D cursor location) or update the record's splat object."""
-    if splat_object is None:
-        raise RuntimeError("the splat object module is missing from this build")
-    obj = bpy.data.objects.get(rec.target)
-    if obj is not None and splat_object.is_splat_object(obj):
-        splat_object.update_splat_object(obj, splats)
-        return obj
-    obj = splat_object.create_splat_object(context, unique_object_name(rec.target), splats)
-    obj.location = _placement.get(rec.job_id, tuple(context.scene.cursor.location))
-    rec.target = obj.name
-    return obj
+def _location(context, rec) -> tuple[float, float, float]:
+    """Where a new object for the job goes: the 3D cursor's location at submit."""
+    return _placement.get(rec.job_id, tuple(context.scene.cursor.location))
 
 
 def apply_generate_update(context, rec, job) -> None:
     """Handler for progress: a new preview replaces the object's contents (live preview)."""
-    if job.preview is not None and _preview_applied.get(rec.job_id) != id(job.preview):
-        _preview_applied[rec.job_id] = id(job.preview)
-        _put_splats(context, rec, job.preview_splats())
+    job_objects.apply_preview(context, rec, job, _location(context, rec))
 
 
 def apply_generate_finished(context, rec, job) -> None:
     """Handler for the end: the final (or partial, if cancelled) splats, or the error."""
-    _preview_applied.pop(rec.job_id, None)
-    if job.result is not None:
-        obj = _put_splats(context, rec, job.result_splats())
-        obj["sb_job_id"] = rec.job_id
+    obj = job_objects.apply_result(context, rec, job, _location(context, rec))
+    if obj is not None:
         meta = job.meta or {}
         if "seed" in meta:
             obj["sb_seed"] = int(meta["seed"])
         prompt = (meta.get("settings") or {}).get("prompt")
         if prompt:
             obj["sb_prompt"] = str(prompt)
-        rec.message = "cancelled: partial result" if job.state == "cancelled" else "done"
         _placement.pop(rec.job_id, None)
-    elif job.error is not None:
-        rec.message = f"{job.error[0]}: {job.error[1]}"
-
-
-def status_text(rec) -> str:
-    """'Generate a teapot: step 300/1200, 12k Gaussians, 1m 20s left'."""
-    parts = [f"step {rec.step}/{rec.total}" if rec.total else rec.state]
-    if rec.num_gaussians:
-        n = rec.num_gaussians
-        parts.append(f"{n / 1000:.0f}k Gaussians" if n >= 1000 else f"{n:.0f} Gaussians")
-    eta = rec.eta_s
-    if eta == eta and rec.total and rec.step < rec.total:      # not NaN
-        s = max(0, int(round(eta)))
-        parts.append((f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s") + " left")
-    return f"{rec.label}: " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- operators
 
-class SPLATBRIDGE_OT_generate(bpy.types.Operator):
+class SPLATBRIDGE_OT_generate(job_objects.JobModal, bpy.types.Operator):
     """Generate a Gaussian-splat object from the prompt on the backend (Esc cancels)"""
     bl_idname = "splatbridge.generate"
     bl_label = "Generate"
-
-    _timer = None
-    _job_id: str = ""
-    _cancel_at: float = 0.0
 
     @classmethod
     def poll(cls, context):
@@ -238,21 +187,7 @@ class SPLATBRIDGE_OT_generate(bpy.types.Operator):
         if rec is None:
             return {"CANCELLED"}
         self._job_id, self._cancel_at = rec.job_id, 0.0
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.progress_begin(0, 1000)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def _finish(self, context, result: set) -> set:
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        wm.progress_end()
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-        return result
+        return self._begin(context, 0.1)
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
@@ -267,26 +202,11 @@ class SPLATBRIDGE_OT_generate(bpy.types.Operator):
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         try:
-            connection.poll_once(context)
-            rec = connection.find_record(context.scene, self._job_id)
-            if rec is None:
-                return self._finish(context, {"CANCELLED"})
-            if rec.total:
-                context.window_manager.progress_update(int(1000 * rec.step / rec.total))
-            tail = " (cancelling...)" if self._cancel_at else " (Esc to cancel)"
-            context.workspace.status_text_set(status_text(rec) + tail)
-            if rec.handled:
-                level = {"ERROR"} if rec.state == "failed" else {"INFO"}
-                self.report(level, f"{rec.label}: {rec.message or rec.state}")
-                return self._finish(context, {"FINISHED"})
-            if self._cancel_at and time.monotonic() - self._cancel_at > 60.0:
-                self.report({"WARNING"}, "The backend did not confirm the cancel within a minute; "
-                                         "the job stays in the job list")
-                return self._finish(context, {"CANCELLED"})
+            result = self._follow_job(context)
         except Exception as exc:
             self.report({"ERROR"}, f"Generate: {exc}")
             return self._finish(context, {"CANCELLED"})
-        return {"RUNNING_MODAL"}
+        return result or {"RUNNING_MODAL"}
 
 
 class SPLATBRIDGE_OT_cancel_generate(bpy.types.Operator):

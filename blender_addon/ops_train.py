@@ -23,20 +23,15 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from . import connection
+from . import connection, job_objects
 from .capture import CaptureJob, CaptureResult
+from .job_objects import status_text, unique_object_name  # noqa: F401 (status_text: ui_panel, demo)
 from .rig import find_rig
-
-try:  # H5b's splat object module; absent in a partial build
-    from . import splat_object
-except ImportError:  # pragma: no cover
-    splat_object = None
 
 KIND = "train"
 
 # Capture progress of the running Train operator (for the panel; not saved).
 CAPTURE_PROGRESS = {"active": False, "done": 0, "total": 0, "eta_s": math.nan, "rig": ""}
-_preview_applied: dict[str, int] = {}     # job id -> id() of the last preview map applied
 
 
 def _eevee_id() -> str:
@@ -91,16 +86,6 @@ def train_params(settings) -> dict:
             "preview_every": int(settings.preview_every)}
 
 
-def unique_object_name(base: str) -> str:
-    """``base`` if no object has it, else ``base.001``, ``base.002``..."""
-    if base not in bpy.data.objects:
-        return base
-    i = 1
-    while f"{base}.{i:03d}" in bpy.data.objects:
-        i += 1
-    return f"{base}.{i:03d}"
-
-
 # --------------------------------------------------------------------------- stages
 
 def start_capture(context, rig=None, settings=None) -> CaptureJob:
@@ -147,75 +132,31 @@ def submit_dataset(context, path: str, settings=None, name: str = "", params: di
 
 def cancel_train(context, job_id: str) -> None:
     """Ask the backend to stop the job; its partial result arrives as a ``cancelled`` result."""
-    connection.cancel_job(job_id)
-    rec = connection.find_record(context.scene, job_id)
-    if rec is not None:
-        rec.message = "cancelling..."
-
-
-def _put_splats(context, rec, splats):
-    """Create or update the record's splat object with ``splats`` (world space)."""
-    if splat_object is None:
-        raise RuntimeError("the splat object module is missing from this build")
-    obj = bpy.data.objects.get(rec.target)
-    if obj is not None and splat_object.is_splat_object(obj):
-        splat_object.update_splat_object(obj, splats)
-    else:
-        obj = splat_object.create_splat_object(context, unique_object_name(rec.target), splats)
-        rec.target = obj.name
-    return obj
+    job_objects.cancel(context, job_id)
 
 
 def apply_train_update(context, rec, job) -> None:
     """Handler for progress: a new preview replaces the splat object's contents."""
-    if job.preview is not None and _preview_applied.get(rec.job_id) != id(job.preview):
-        _preview_applied[rec.job_id] = id(job.preview)
-        _put_splats(context, rec, job.preview_splats())
+    job_objects.apply_preview(context, rec, job)
 
 
 def apply_train_finished(context, rec, job) -> None:
     """Handler for the end: the final (or partial, if cancelled) splats, or the error."""
-    _preview_applied.pop(rec.job_id, None)
-    if job.result is not None:
-        obj = _put_splats(context, rec, job.result_splats())
+    if job_objects.apply_result(context, rec, job) is not None:
         m = job.result_metrics or {}
-        rec.message = ("cancelled: partial result" if job.state == "cancelled" else "done") + \
-            (f", eval PSNR {m['eval_psnr']:.2f} dB" if "eval_psnr" in m else "")
-        obj["sb_job_id"] = rec.job_id
-    elif job.error is not None:
-        rec.message = f"{job.error[0]}: {job.error[1]}"
-
-
-def status_text(rec) -> str:
-    """'Train Splats: step 1200/3000, PSNR 27.1 dB, 154k Gaussians, 1m 20s left'."""
-    parts = [f"step {rec.step}/{rec.total}" if rec.total else rec.state]
-    if not math.isnan(rec.psnr):
-        parts.append(f"PSNR {rec.psnr:.1f} dB")
-    if rec.num_gaussians:
-        parts.append(f"{rec.num_gaussians / 1000:.0f}k Gaussians" if rec.num_gaussians >= 1000
-                     else f"{rec.num_gaussians:.0f} Gaussians")
-    if not math.isnan(rec.eta_s) and rec.total and rec.step < rec.total:
-        parts.append(f"{format_duration(rec.eta_s)} left")
-    return f"{rec.label}: " + ", ".join(parts)
-
-
-def format_duration(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+        if "eval_psnr" in m:
+            rec.message += f", eval PSNR {m['eval_psnr']:.2f} dB"
 
 
 # --------------------------------------------------------------------------- operators
 
-class SPLATBRIDGE_OT_train(bpy.types.Operator):
+class SPLATBRIDGE_OT_train(job_objects.JobModal, bpy.types.Operator):
     """Capture the camera rig and train Gaussian splats on the backend (Esc cancels)"""
     bl_idname = "splatbridge.train"
     bl_label = "Train Splats"
 
-    _timer = None
     _capture: CaptureJob | None = None
-    _job_id: str = ""
     _phase: str = ""
-    _cancel_at: float = 0.0
 
     @classmethod
     def poll(cls, context):
@@ -250,25 +191,14 @@ class SPLATBRIDGE_OT_train(bpy.types.Operator):
     def invoke(self, context, event):
         if not self._prepare(context):
             return {"CANCELLED"}
-        wm = context.window_manager
         self._phase = "capture"
-        self._timer = wm.event_timer_add(0.02, window=context.window)
-        wm.progress_begin(0, 1000)
         CAPTURE_PROGRESS.update(active=True, done=0, total=self._capture.total, eta_s=math.nan,
                                 rig=find_rig(context).name)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
+        return self._begin(context, 0.02)
 
     def _finish(self, context, result: set) -> set:
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        wm.progress_end()
         CAPTURE_PROGRESS["active"] = False
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-        return result
+        return super()._finish(context, result)
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
@@ -282,40 +212,24 @@ class SPLATBRIDGE_OT_train(bpy.types.Operator):
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        wm = context.window_manager
         try:
             if self._phase == "capture":
                 done = self._capture.step()
                 CAPTURE_PROGRESS.update(done=self._capture.done, eta_s=self._capture.eta_s)
-                wm.progress_update(int(1000 * self._capture.progress))
+                context.window_manager.progress_update(int(1000 * self._capture.progress))
                 context.workspace.status_text_set(self._capture.status_text())
                 if done:
                     rec = submit_capture(context, self._capture.result(), name=self._name(context))
                     self._job_id, self._phase = rec.job_id, "train"
                     CAPTURE_PROGRESS["active"] = False
                 return {"RUNNING_MODAL"}
-            connection.poll_once(context)
-            rec = connection.find_record(context.scene, self._job_id)
-            if rec is None:
-                return self._finish(context, {"CANCELLED"})
-            if rec.total:
-                wm.progress_update(int(1000 * rec.step / rec.total))
-            tail = " (cancelling...)" if self._phase == "cancelling" else " (Esc to cancel)"
-            context.workspace.status_text_set(status_text(rec) + tail)
-            if rec.handled:
-                level = {"ERROR"} if rec.state == "failed" else {"INFO"}
-                self.report(level, f"{rec.label}: {rec.message or rec.state}")
-                return self._finish(context, {"FINISHED"})
-            if self._phase == "cancelling" and time.monotonic() - self._cancel_at > 60.0:
-                self.report({"WARNING"}, "The backend did not confirm the cancel within a minute; "
-                                         "the job stays in the job list")
-                return self._finish(context, {"CANCELLED"})
+            result = self._follow_job(context)     # _cancel_at is set exactly in phase "cancelling"
         except Exception as exc:
             if self._capture is not None and not self._capture.finished:
                 self._capture.cancel()
             self.report({"ERROR"}, f"Train Splats: {exc}")
             return self._finish(context, {"CANCELLED"})
-        return {"RUNNING_MODAL"}
+        return result or {"RUNNING_MODAL"}
 
 
 class SPLATBRIDGE_OT_train_dataset(bpy.types.Operator):

@@ -1,0 +1,154 @@
+"""Tracked job -> splat object: the plumbing the Train and Generate operators share.
+
+A job's record (``connection.track_job``) names its target object. Progress previews and the end
+result go into that object: created on first use (under a free name), updated in place after.
+``JobModal`` is the modal-operator half: a timer, the progress bar and the status-bar text while one
+tracked job runs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import bpy
+
+from . import connection
+
+try:  # H5b's splat object module; absent in a partial build
+    from . import splat_object
+except ImportError:  # pragma: no cover
+    splat_object = None
+
+CANCEL_CONFIRM_S = 60.0        # after this, a cancel the backend never confirmed ends the operator
+
+_preview_applied: dict[str, int] = {}   # job id -> id() of the last preview map applied
+
+
+def unique_object_name(base: str) -> str:
+    """``base`` if no object has it, else ``base.001``, ``base.002``..."""
+    if base not in bpy.data.objects:
+        return base
+    i = 1
+    while f"{base}.{i:03d}" in bpy.data.objects:
+        i += 1
+    return f"{base}.{i:03d}"
+
+
+def cancel(context, job_id: str) -> None:
+    """Ask the backend to stop the job; its partial result arrives as a ``cancelled`` result."""
+    connection.cancel_job(job_id)
+    rec = connection.find_record(context.scene, job_id)
+    if rec is not None:
+        rec.message = "cancelling..."
+
+
+def put_splats(context, rec, splats, location: Sequence[float] | None = None):
+    """Create or update the record's splat object with ``splats`` (object space).
+
+    A new object gets a free name based on ``rec.target`` (stored back in the record) and, when
+    given, ``location`` (world space, metres); an existing one keeps its name and placement."""
+    if splat_object is None:
+        raise RuntimeError("the splat object module is missing from this build")
+    obj = bpy.data.objects.get(rec.target)
+    if obj is not None and splat_object.is_splat_object(obj):
+        splat_object.update_splat_object(obj, splats)
+        return obj
+    obj = splat_object.create_splat_object(context, unique_object_name(rec.target), splats)
+    if location is not None:
+        obj.location = location
+    rec.target = obj.name
+    return obj
+
+
+def apply_preview(context, rec, job, location: Sequence[float] | None = None) -> None:
+    """Progress handler body: a new preview replaces the object's contents (live preview)."""
+    if job.preview is not None and _preview_applied.get(rec.job_id) != id(job.preview):
+        _preview_applied[rec.job_id] = id(job.preview)
+        put_splats(context, rec, job.preview_splats(), location)
+
+
+def apply_result(context, rec, job, location: Sequence[float] | None = None):
+    """End handler body: the final (or partial, if cancelled) splats into the object, or the error.
+
+    Returns the object (tagged ``sb_job_id``; ``rec.message`` "done" or "cancelled: partial
+    result"), or None when the job ended without splats (``rec.message`` names the error)."""
+    _preview_applied.pop(rec.job_id, None)
+    if job.result is not None:
+        obj = put_splats(context, rec, job.result_splats(), location)
+        obj["sb_job_id"] = rec.job_id
+        rec.message = "cancelled: partial result" if job.state == "cancelled" else "done"
+        return obj
+    if job.error is not None:
+        rec.message = f"{job.error[0]}: {job.error[1]}"
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """'1m 20s' or '45s' (rounded to whole seconds, never negative)."""
+    s = max(0, int(round(seconds)))
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def status_text(rec) -> str:
+    """'Train Splats: step 1200/3000, PSNR 27.1 dB, 154k Gaussians, 1m 20s left' (PSNR only when
+    the job reports it)."""
+    parts = [f"step {rec.step}/{rec.total}" if rec.total else rec.state]
+    if not math.isnan(rec.psnr):
+        parts.append(f"PSNR {rec.psnr:.1f} dB")
+    if rec.num_gaussians:
+        parts.append(f"{rec.num_gaussians / 1000:.0f}k Gaussians" if rec.num_gaussians >= 1000
+                     else f"{rec.num_gaussians:.0f} Gaussians")
+    if not math.isnan(rec.eta_s) and rec.total and rec.step < rec.total:
+        parts.append(f"{format_duration(rec.eta_s)} left")
+    return f"{rec.label}: " + ", ".join(parts)
+
+
+class JobModal:
+    """Mixin for a modal operator that follows one tracked job (``self._job_id``).
+
+    ``_begin`` adds the timer and the progress bar; ``_follow_job`` is one TIMER step;
+    ``_finish`` removes what ``_begin`` added. ``_cancel_at`` (``time.monotonic()``, 0: not
+    cancelling) is set by the operator when it asks the backend to cancel."""
+
+    _timer = None
+    _job_id: str = ""
+    _cancel_at: float = 0.0
+
+    def _begin(self, context, interval_s: float) -> set:
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(interval_s, window=context.window)
+        wm.progress_begin(0, 1000)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _finish(self, context, result: set) -> set:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        return result
+
+    def _follow_job(self, context) -> set | None:
+        """Poll, show progress; the operator's result once the job is handled (or gone, or the
+        cancel went unconfirmed for ``CANCEL_CONFIRM_S``), else None."""
+        connection.poll_once(context)
+        rec = connection.find_record(context.scene, self._job_id)
+        if rec is None:
+            return self._finish(context, {"CANCELLED"})
+        if rec.total:
+            context.window_manager.progress_update(int(1000 * rec.step / rec.total))
+        tail = " (cancelling...)" if self._cancel_at else " (Esc to cancel)"
+        context.workspace.status_text_set(status_text(rec) + tail)
+        if rec.handled:
+            level = {"ERROR"} if rec.state == "failed" else {"INFO"}
+            self.report(level, f"{rec.label}: {rec.message or rec.state}")
+            return self._finish(context, {"FINISHED"})
+        if self._cancel_at and time.monotonic() - self._cancel_at > CANCEL_CONFIRM_S:
+            self.report({"WARNING"}, "The backend did not confirm the cancel within a minute; "
+                                     "the job stays in the job list")
+            return self._finish(context, {"CANCELLED"})
+        return None
