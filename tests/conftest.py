@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# One OpenMP thread for torch in the tests and in every backend subprocess they start (children
+# inherit the environment): on a 2-core box the test process, a server and Blender compete, and
+# torch with 2 threads there runs ~10x slower than with 1. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

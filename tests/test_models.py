@@ -16,7 +16,6 @@ from backend.models import cuda_oom_guard, load_pipeline, prefetch_command
 from tiny_models import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
-torch.set_num_threads(2)
 
 
 def test_load_tiny_sd_round_trip_and_cache():

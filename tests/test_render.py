@@ -11,7 +11,6 @@ import torch
 from backend.render import rasterize, resolve_backend
 from backend.render.reference import ALPHA_THRESHOLD, project_gaussians, rasterize_reference
 
-torch.set_num_threads(1)   # OpenMP with 2 threads on a busy 2-core box is ~10x slower than 1
 
 
 def pinhole(f: float, cx: float, cy: float, dtype=torch.float32) -> torch.Tensor:

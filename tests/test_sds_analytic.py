@@ -29,7 +29,6 @@ from backend.params import splats_to_tensors
 from backend.sds import Guidance
 from shared.splats import Splats
 
-torch.set_num_threads(2)
 RES = 20
 
 

@@ -17,7 +17,6 @@ from backend.trainer import TrainSettings, cli, run_train_job, train, view_volum
 from shared.cameras import look_at
 from shared.splats import Splats
 
-torch.set_num_threads(1)   # OpenMP with 2 threads on a busy 2-core box is ~10x slower than 1
 
 
 def torus_cloud(n: int, seed: int = 0):
