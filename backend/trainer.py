@@ -477,12 +477,37 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
 def run_train_job(params: dict, payload: dict, ctx: JobContext) -> JobResult:
     """The ``train`` job kind (docs/INTERFACES.md): params -> TrainSettings, payload arrays
     {images, viewmats, Ks, points?, colors?}."""
-    settings = TrainSettings.from_params(dict(params or {}))
+    params = dict(params or {})
+    dataset_path = params.pop("dataset_path", None)
+    images_dir = params.pop("images_dir", None)
+    downscale = params.pop("downscale", 1)
+    settings = TrainSettings.from_params(params)
+    if dataset_path is not None:
+        return train_from_dataset(dataset_path, settings, ctx, images_dir=images_dir, downscale=downscale)
     missing = [k for k in ("images", "viewmats", "Ks") if k not in payload or payload[k] is None]
     if missing:
         raise JobError("bad_input", f"train payload is missing {missing}")
     return train(payload["images"], payload["viewmats"], payload["Ks"], payload.get("points"),
                  payload.get("colors"), settings, ctx)
+
+
+def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
+                       images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
+    """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
+    add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
+    from backend.datasets import DatasetError, load_dataset
+
+    if not isinstance(path, str) or not path:
+        raise JobError("bad_params", f"dataset_path must be a folder path, got {path!r}")
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise JobError("bad_params", f"downscale must be an integer >= 1, got {downscale!r}")
+    try:
+        data = load_dataset(path, images_dir=images_dir, downscale=downscale)
+    except DatasetError as exc:
+        raise JobError("bad_dataset", str(exc)) from None
+    result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
+    result.meta["dataset_path"] = path
+    return result
 
 
 # -- command line ----------------------------------------------------------------------------------

@@ -243,6 +243,17 @@ def test_job_and_cli_paths(tmp_path, capsys):
     assert cli([str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
+    # the same folder as a job ("Train from Dataset Folder": the backend reads the disk)
+    res = run_train_job({"dataset_path": str(tmp_path), "steps": 3, "init_points": 40, "holdout_every": 4},
+                        {}, Recorder())
+    assert len(res.splats) == 40 and res.meta["dataset_path"] == str(tmp_path)
+    assert res.meta["image_size"] == [32, 32] and res.meta["holdout"] == [0, 4]
+    with pytest.raises(JobError) as e:
+        run_train_job({"dataset_path": str(tmp_path / "nope")}, {}, Recorder())
+    assert e.value.code == "bad_dataset" and "nope: no such file or folder" in e.value.message
+    with pytest.raises(JobError, match="downscale must be an integer >= 1"):
+        run_train_job({"dataset_path": str(tmp_path), "downscale": 0}, {}, Recorder())
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("strategy", ["default", "mcmc"])
