@@ -139,8 +139,7 @@ def draw_splats(bpy, obj, cam) -> np.ndarray:
     """The add-on's viewport drawing of ``obj`` for shared camera ``cam`` (offscreen); RGBA float,
     premultiplied over transparent black. Initialises Blender's GPU module with a tiny EEVEE render
     first (background mode needs that)."""
-    import gpu
-    from splatbridge.viewport import draw, matrices
+    from splatbridge.viewport.offscreen import draw_camera_view
     scene = bpy.context.scene
     saved = (scene.render.engine, scene.camera, scene.render.resolution_x, scene.render.resolution_y)
     scene.render.engine = "BLENDER_EEVEE_NEXT" if "BLENDER_EEVEE_NEXT" in \
@@ -155,20 +154,7 @@ def draw_splats(bpy, obj, cam) -> np.ndarray:
     for o in hidden:
         o.hide_render = False
     scene.render.engine, scene.camera, scene.render.resolution_x, scene.render.resolution_y = saved
-    w, h = cam.width, cam.height
-    off = gpu.types.GPUOffScreen(w, h, format="RGBA32F")
-    try:
-        with off.bind():
-            fb = gpu.state.active_framebuffer_get()
-            fb.clear(color=(0.0, 0.0, 0.0, 0.0), depth=1.0)
-            draw.SplatDrawer(threaded_sort=False).draw_object(
-                obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), (w, h),
-                sync_sort=True)
-            buf = fb.read_color(0, 0, w, h, 4, 0, "FLOAT")
-    finally:
-        off.free()
-    buf.dimensions = w * h * 4
-    return np.array(buf, dtype=np.float32).reshape(h, w, 4)[::-1]
+    return draw_camera_view(obj, cam)
 
 
 def main(argv: list[str] | None = None) -> int:

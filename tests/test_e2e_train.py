@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import psnr as _psnr
+
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,32 +116,6 @@ def _connect(connection, bpy, address):
     assert connection.status_summary()[1] == "LINKED"
 
 
-def _offscreen(bpy, obj, cam) -> np.ndarray:
-    """The viewport's splat draw of ``obj`` for shared camera ``cam``: RGBA float, premultiplied
-    over transparent black, row 0 at the top."""
-    import gpu
-    from splatbridge.viewport import draw, matrices
-    w, h = cam.width, cam.height
-    drawer = draw.SplatDrawer(threaded_sort=False)
-    off = gpu.types.GPUOffScreen(w, h, format="RGBA32F")
-    try:
-        with off.bind():
-            fb = gpu.state.active_framebuffer_get()
-            fb.clear(color=(0.0, 0.0, 0.0, 0.0), depth=1.0)
-            drawer.draw_object(obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam),
-                               (w, h), sync_sort=True)
-            buf = fb.read_color(0, 0, w, h, 4, 0, "FLOAT")
-    finally:
-        off.free()
-    buf.dimensions = w * h * 4
-    return np.array(buf, dtype=np.float32).reshape(h, w, 4)[::-1]
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
 def _save_side_by_side(path: Path, *images: np.ndarray, scale: int = 6) -> None:
     from PIL import Image
     row = np.concatenate([np.clip(im, 0, 1) for im in images], axis=1)
@@ -151,6 +127,7 @@ def test_scene_to_splats_over_zeromq(addon, gpu_ready, backend_address, artifact
     rig, connection, ops_train, splat_object = addon
     import bpy
     from splatbridge import capture
+    from splatbridge.viewport.offscreen import draw_camera_view
     t0 = time.monotonic()
     ball, rg = _scene(bpy, rig, VIEWS, RES)
     s = bpy.context.scene.splatbridge_train
@@ -205,7 +182,7 @@ def test_scene_to_splats_over_zeromq(addon, gpu_ready, backend_address, artifact
     ref = ref.astype(np.float32) / 255.0
     ref_pm = ref[..., :3] * ref[..., 3:]                 # over black, like the offscreen draw
     shared_cam = capture.blender_camera(bpy.context.scene, cam, RES, RES)
-    img = _offscreen(bpy, obj, shared_cam)
+    img = draw_camera_view(obj, shared_cam)
     psnr = _psnr(img[..., :3], ref_pm)
     mask_ref, mask_img = ref[..., 3] > 0.5, img[..., 3] > 0.5
     iou = (mask_ref & mask_img).sum() / max((mask_ref | mask_img).sum(), 1)

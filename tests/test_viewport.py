@@ -15,6 +15,8 @@ from shared.cameras import Camera, look_at
 from shared.sh import SH_C0
 from shared.splats import Splats
 
+from helpers import psnr as _psnr
+
 W, H = 160, 120
 
 
@@ -53,26 +55,9 @@ def _reference(splats: Splats, camera: Camera, sh_degree: int) -> tuple[np.ndarr
     return rgb[0].numpy(), alpha[0, ..., 0].numpy()
 
 
-def _offscreen_draw(draw_fn, width: int = W, height: int = H) -> np.ndarray:
-    """Run ``draw_fn()`` into a cleared float offscreen; RGBA [H,W,4], row 0 at the top."""
-    import gpu
-
-    off = gpu.types.GPUOffScreen(width, height, format="RGBA32F")
-    try:
-        with off.bind():
-            fb = gpu.state.active_framebuffer_get()
-            fb.clear(color=(0.0, 0.0, 0.0, 0.0), depth=1.0)
-            draw_fn()
-            buf = fb.read_color(0, 0, width, height, 4, 0, "FLOAT")
-    finally:
-        off.free()
-    buf.dimensions = width * height * 4
-    return np.array(buf, dtype=np.float32).reshape(height, width, 4)[::-1]
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+def _offscreen_draw(draw_fn) -> np.ndarray:
+    """Run ``draw_fn()`` into a cleared W x H float offscreen; RGBA [H,W,4], row 0 at the top."""
+    return importlib.import_module("splatbridge.viewport.offscreen").read_offscreen(draw_fn, W, H)
 
 
 def _save(artifacts, name: str, rgb: np.ndarray) -> None:
