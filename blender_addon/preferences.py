@@ -170,13 +170,4 @@ def connection_summary() -> tuple[str, str]:
 
 
 classes = (SplatBridgePreferences,)
-
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

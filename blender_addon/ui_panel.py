@@ -145,13 +145,4 @@ class SPLATBRIDGE_PT_jobs(_Base, bpy.types.Panel):
 
 
 CLASSES = (SPLATBRIDGE_PT_connection, SPLATBRIDGE_PT_rig, SPLATBRIDGE_PT_train, SPLATBRIDGE_PT_jobs)
-
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)
