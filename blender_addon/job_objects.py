@@ -152,3 +152,15 @@ class JobModal:
                                      "the job stays in the job list")
             return self._finish(context, {"CANCELLED"})
         return None
+
+
+class CancelJob:
+    """Mixin for an operator with a ``job_id`` property: ``execute`` cancels that job."""
+
+    def execute(self, context):
+        try:
+            cancel(context, self.job_id)
+        except Exception as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}

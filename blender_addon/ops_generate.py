@@ -209,20 +209,12 @@ class SPLATBRIDGE_OT_generate(job_objects.JobModal, bpy.types.Operator):
         return result or {"RUNNING_MODAL"}
 
 
-class SPLATBRIDGE_OT_cancel_generate(bpy.types.Operator):
+class SPLATBRIDGE_OT_cancel_generate(job_objects.CancelJob, bpy.types.Operator):
     """Stop a generation job; it keeps what it has made so far"""
     bl_idname = "splatbridge.cancel_generate"
     bl_label = "Cancel Generation"
 
     job_id: StringProperty()
-
-    def execute(self, context):
-        try:
-            cancel_generate(context, self.job_id)
-        except Exception as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        return {"FINISHED"}
 
 
 class SPLATBRIDGE_PT_generate(bpy.types.Panel):

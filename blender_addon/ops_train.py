@@ -257,20 +257,12 @@ class SPLATBRIDGE_OT_train_dataset(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SPLATBRIDGE_OT_cancel_job(bpy.types.Operator):
+class SPLATBRIDGE_OT_cancel_job(job_objects.CancelJob, bpy.types.Operator):
     """Stop a running job; a training job keeps what it has learnt so far"""
     bl_idname = "splatbridge.cancel_job"
     bl_label = "Cancel Job"
 
     job_id: StringProperty()
-
-    def execute(self, context):
-        try:
-            cancel_train(context, self.job_id)
-        except Exception as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        return {"FINISHED"}
 
 
 CLASSES = (SplatBridgeTrainSettings, SPLATBRIDGE_OT_train, SPLATBRIDGE_OT_train_dataset,
