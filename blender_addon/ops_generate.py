@@ -21,7 +21,7 @@ import re
 import time
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import connection, job_objects
 from .job_objects import status_text, unique_object_name
@@ -260,15 +260,6 @@ CLASSES = (SplatBridgeGenerateSettings, SPLATBRIDGE_OT_generate, SPLATBRIDGE_OT_
            SPLATBRIDGE_PT_generate)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-    bpy.types.Scene.splatbridge_generate = PointerProperty(type=SplatBridgeGenerateSettings)
-    connection.register_job_handler(KIND, apply_generate_update, apply_generate_finished)
-
-
-def unregister() -> None:
-    connection.unregister_job_handler(KIND)
-    del bpy.types.Scene.splatbridge_generate
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = job_objects.job_kind_registration(
+    KIND, CLASSES, "splatbridge_generate", SplatBridgeGenerateSettings,
+    apply_generate_update, apply_generate_finished)

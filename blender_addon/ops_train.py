@@ -20,8 +20,7 @@ import math
 import time
 
 import bpy
-from bpy.props import (BoolProperty, EnumProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import connection, job_objects
 from .capture import CaptureJob, CaptureResult
@@ -269,15 +268,5 @@ CLASSES = (SplatBridgeTrainSettings, SPLATBRIDGE_OT_train, SPLATBRIDGE_OT_train_
            SPLATBRIDGE_OT_cancel_job)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-    bpy.types.Scene.splatbridge_train = PointerProperty(type=SplatBridgeTrainSettings)
-    connection.register_job_handler(KIND, apply_train_update, apply_train_finished)
-
-
-def unregister() -> None:
-    connection.unregister_job_handler(KIND)
-    del bpy.types.Scene.splatbridge_train
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = job_objects.job_kind_registration(
+    KIND, CLASSES, "splatbridge_train", SplatBridgeTrainSettings, apply_train_update, apply_train_finished)
