@@ -41,6 +41,7 @@ from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
 from backend.job_api import JobContext, JobError, JobResult
 from backend.models import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, load_pipeline
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.progress import StepRate
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
 from backend.strategies import CappedDefaultStrategy
@@ -391,6 +392,7 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
     calibrated = False
 
     t0 = time.perf_counter()
+    meter = StepRate(settings.steps)
     last_preview = -1e9
     loss_value = float("nan")
     step = 0
@@ -425,10 +427,8 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
         loss_value = float(loss.detach())
         loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
         done = step + 1
-        elapsed = time.perf_counter() - t0
-        rate = done / max(elapsed, 1e-9)
-        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), "steps_per_s": rate,
-                   "eta_s": (settings.steps - done) / max(rate, 1e-9), "t": float(t.float().mean())}
+        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
+                   "t": float(t.float().mean())}
         want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
                        (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
         preview = None

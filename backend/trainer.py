@@ -31,6 +31,7 @@ from backend.job_api import JobContext, JobError, JobResult
 from backend.losses import photometric_loss, psnr, ssim
 from backend.params import activated, sh_coeffs, tensors_to_splats
 from backend.render import rasterize, resolve_backend
+from backend.progress import StepRate
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
@@ -405,9 +406,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     step = 0
     loss_v = float("nan")
     last_psnr = float("nan")
-    t_report = t_window = time.perf_counter()
-    steps_window = 0
-    sps = 0.0
+    t_report = time.perf_counter()
+    meter = StepRate(total)
+    timing = meter.update(0)
     for step in range(total):
         if ctx.should_stop():
             cancelled = True
@@ -434,24 +435,22 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
             strategy.step_post_backward(params, optimizers, state, step, info,
                                         lr=means_sched.get_last_lr()[0])
 
-        steps_window += 1
         now = time.perf_counter()
         done = step + 1
+        timing = meter.update(done)
         want_preview = settings.preview_every > 0 and done % settings.preview_every == 0 and done < total
         if now - t_report >= settings.report_interval_s or done == total or want_preview:
             loss_v = float(loss.detach())
             last_psnr = psnr(render.clamp(0, 1), target)
-            sps = steps_window / max(now - t_window, 1e-9)
-            t_window, steps_window = now, 0
             t_report = now
             metrics = {"loss": loss_v, "psnr": last_psnr, "num_gaussians": float(len(params["means"])),
-                       "steps_per_s": sps, "eta_s": (total - done) / max(sps, 1e-9)}
+                       **timing}
             ctx.report(done, total, metrics, tensors_to_splats(params) if want_preview else None)
     steps_done = step + (0 if cancelled else 1)
 
     final_deg = min(max(steps_done - 1, 0) // sched["sh_degree_interval"], settings.sh_degree)
     metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
-                                 "steps_per_s": sps}
+                                 "steps_per_s": timing["steps_per_s"]}
     if not cancelled:
         ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
         if ev:

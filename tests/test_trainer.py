@@ -288,3 +288,17 @@ def test_ssim_matches_direct_windowed_formula():
                 vals.append((2 * ma * mb + 1e-4) * (2 * cov + 9e-4) / ((ma ** 2 + mb ** 2 + 1e-4) * (va + vb + 9e-4)))
     assert ssim(a, b).item() == pytest.approx(np.mean(vals), rel=1e-10)
     assert ssim(a, a).item() == pytest.approx(1.0)
+
+
+def test_step_rate_smooths_a_stall_and_gives_the_eta():
+    from backend.progress import StepRate
+    now = [0.0]
+    meter = StepRate(100, smoothing=0.25, window_s=0.5, clock=lambda: now[0])
+    now[0] = 1.0
+    assert meter.update(10) == {"steps_per_s": 10.0, "eta_s": 9.0}
+    now[0] = 1.2                      # inside the window: the rate holds
+    assert meter.update(12)["steps_per_s"] == 10.0
+    now[0] = 6.0                      # one stalled window of 0.5 steps/s
+    timing = meter.update(14)
+    assert timing["steps_per_s"] == pytest.approx(0.75 * 10 + 0.25 * (4 / 5.0))
+    assert timing["eta_s"] == pytest.approx(86 / timing["steps_per_s"])
