@@ -403,8 +403,15 @@ class JobRunner:
                 self._running = job
             try:
                 self._run(job)
-            except Exception:    # the runner itself must survive anything a job does
+            except Exception as exc:    # the runner itself must survive anything a job does
                 log.error("job %s: runner error\n%s", job.job_id, traceback.format_exc())
+                if job.state == "running":      # never leave a job (and its client) hanging
+                    try:
+                        self._fail(job, "job_failed", f"the server failed running the {job.kind} "
+                                   f"job: {type(exc).__name__}: {exc}")
+                    except Exception:
+                        log.error("job %s: could not report the failure\n%s", job.job_id,
+                                  traceback.format_exc())
             finally:
                 with self._cond:
                     self._running = None
@@ -478,10 +485,14 @@ class JobRunner:
                 free_memory()
             self._fail(job, *failure)
             return
-        self.store.save_result(job.job_id, result.splats, metrics, meta)
         job.state = "cancelled" if cancelled else "done"
-        self.store.update(job.job_id, state=job.state, finished=time.time(), metrics=metrics,
-                          step=job.step, total=job.total)
+        try:
+            self.store.save_result(job.job_id, result.splats, metrics, meta)
+            self.store.update(job.job_id, state=job.state, finished=time.time(), metrics=metrics,
+                              step=job.step, total=job.total)
+        except OSError as exc:      # e.g. a full disk: the client still gets its splats
+            log.error("job %s: result not saved in the store (fetch will not find it): %s",
+                      job.job_id, exc)
         log.info("job %s %s in %.1f s (%d splats)", job.job_id, job.state,
                  time.monotonic() - t0, len(result.splats))
         if job.identity is not None:
