@@ -393,3 +393,26 @@ def test_register_settings_panel_and_handlers(addon_dir, bpy_empty):
     assert draw.depsgraph_update not in bpy.app.handlers.depsgraph_update_post
     assert not hasattr(bpy.types.Object, "splatbridge_display")
     assert settings.display_settings(obj) == settings.DisplaySettings()
+
+
+@pytest.mark.blender
+def test_geometry_hook_survives_opening_another_file(addon_dir, bpy_empty):
+    """Blender drops non-persistent handlers when a file is opened: the depsgraph hook that makes
+    edit-mode moves re-upload must survive File > Open (else moved splats draw where they were)."""
+    bpy = bpy_empty
+    so = importlib.import_module("splatbridge.splat_object")
+    viewport = importlib.import_module("splatbridge.viewport")
+    draw = _vp(addon_dir, "draw")
+    viewport.register()
+    try:
+        bpy.ops.wm.read_homefile(use_empty=True)                     # as File > New / Open does
+        assert draw.depsgraph_update in bpy.app.handlers.depsgraph_update_post
+        obj = so.create_splat_object(bpy.context, "S", Splats.random(20, sh_degree=0, seed=1))
+        bpy.context.view_layer.update()
+        before = draw._fingerprint(obj)
+        obj.data.vertices[0].co.x += 1.0                             # same count, same revision
+        obj.data.update()
+        bpy.context.view_layer.update()
+        assert draw._fingerprint(obj) != before
+    finally:
+        viewport.unregister()

@@ -258,6 +258,12 @@ def redraw_timer() -> float:
     return 0.03
 
 
+def _persistent(fn):
+    """``bpy.app.handlers.persistent`` (kept when a file is opened); identity without bpy."""
+    return bpy.app.handlers.persistent(fn) if bpy is not None else fn
+
+
+@_persistent
 def depsgraph_update(scene, depsgraph) -> None:
     """Bump the geometry epoch of splat meshes whose geometry changed (edit mode, scripts)."""
     for update in depsgraph.updates:
