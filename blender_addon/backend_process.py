@@ -310,7 +310,8 @@ def _log_timer() -> float | None:
 
 def _ensure_log_timer() -> None:
     if not bpy.app.timers.is_registered(_log_timer):
-        bpy.app.timers.register(_log_timer, first_interval=_LOG_SYNC_INTERVAL_S)
+        # persistent: the child outlives File > Open, so must the copy of its log
+        bpy.app.timers.register(_log_timer, first_interval=_LOG_SYNC_INTERVAL_S, persistent=True)
 
 
 def _autostart() -> None:
@@ -385,7 +386,8 @@ def register() -> None:
     prefs = get_prefs()
     if prefs is not None and prefs.start_local_backend:
         # Deferred: preferences and windows are not fully there while add-ons register.
-        bpy.app.timers.register(_autostart, first_interval=0.5)
+        # persistent: a .blend opened from the command line loads before the timer fires
+        bpy.app.timers.register(_autostart, first_interval=0.5, persistent=True)
 
 
 def unregister() -> None:

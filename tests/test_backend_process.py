@@ -119,3 +119,15 @@ def test_ensure_local_backend_follows_the_toggle(bp, addon_dir):
     assert proc.spec.python == sys.executable and proc.spec.port == settings.port
     assert bp.ensure_local_backend(settings) is proc
     bp.stop_backend()
+
+
+def test_log_timer_survives_opening_another_file(bp, bpy_empty):
+    """Blender drops non-persistent timers when a file is opened; the backend keeps running, so its
+    log must keep reaching the text datablock after File > Open."""
+    bp._ensure_log_timer()
+    try:
+        bpy_empty.ops.wm.read_homefile(use_empty=True)
+        assert bpy_empty.app.timers.is_registered(bp._log_timer)
+    finally:
+        if bpy_empty.app.timers.is_registered(bp._log_timer):
+            bpy_empty.app.timers.unregister(bp._log_timer)
