@@ -485,14 +485,15 @@ class JobRunner:
                 free_memory()
             self._fail(job, *failure)
             return
-        job.state = "cancelled" if cancelled else "done"
+        state = "cancelled" if cancelled else "done"
         try:
             self.store.save_result(job.job_id, result.splats, metrics, meta)
-            self.store.update(job.job_id, state=job.state, finished=time.time(), metrics=metrics,
+            self.store.update(job.job_id, state=state, finished=time.time(), metrics=metrics,
                               step=job.step, total=job.total)
         except OSError as exc:      # e.g. a full disk: the client still gets its splats
             log.error("job %s: result not saved in the store (fetch will not find it): %s",
                       job.job_id, exc)
+        job.state = state           # only now: a fetch after "done" must find the stored result
         log.info("job %s %s in %.1f s (%d splats)", job.job_id, job.state,
                  time.monotonic() - t0, len(result.splats))
         if job.identity is not None:
