@@ -102,6 +102,27 @@ class TrainSettings:
             raise bad(f"init_points must be a positive integer, got {self.init_points!r}")
         if self.backend not in ("auto", "gsplat", "reference"):
             raise bad(f"backend must be auto, gsplat or reference, got {self.backend!r}")
+        # Floats reach torch as they are: a NaN learning rate or a zero init_scale (log 0) would
+        # only surface as "contains NaN" in the result after the whole run.
+        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN",
+                     "mcmc_opacity_reg", "mcmc_scale_reg", "report_interval_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise bad(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("init_scale", "grow_grad2d"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise bad(f"{name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.ssim_lambda, (int, float)) and 0 <= self.ssim_lambda <= 1):
+            raise bad(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda!r}")
+        if self.init_opacity is not None and not (
+                isinstance(self.init_opacity, (int, float)) and 0 < self.init_opacity < 1):
+            raise bad(f"init_opacity must be in (0, 1), got {self.init_opacity!r}")
+        for name, lo in (("sh_degree_interval", 1), ("refine_every", 1), ("refine_start", 0),
+                         ("refine_stop", 0)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < lo):
+                raise bad(f"{name} must be an integer >= {lo} (or null for the default), got {v!r}")
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainSettings":

@@ -214,6 +214,15 @@ def test_bad_job_input_is_a_job_error():
         run_train_job({}, {"images": images.astype(np.float32), "viewmats": viewmats, "Ks": Ks}, ctx)
     with pytest.raises(JobError, match="missing"):
         run_train_job({}, {"images": images}, ctx)
+    payload = {"images": images, "viewmats": viewmats, "Ks": Ks}
+    for params, words in (({"init_scale": 0.0}, "init_scale must be a finite number > 0"),
+                          ({"lr_means": float("nan")}, "lr_means must be a finite number >= 0"),
+                          ({"ssim_lambda": 1.5}, "ssim_lambda must be in [0, 1]"),
+                          ({"init_opacity": 1.0}, "init_opacity must be in (0, 1)"),
+                          ({"sh_degree_interval": -1}, "sh_degree_interval must be an integer >= 1")):
+        with pytest.raises(JobError) as e:
+            run_train_job(dict(params, steps=2), payload, ctx)
+        assert e.value.code == "bad_params" and words in e.value.message, (params, e.value.message)
 
 
 def test_job_and_cli_paths(tmp_path, capsys):
