@@ -206,21 +206,21 @@ def sphere_init(n: int, rng: np.random.Generator, radius: float = 0.6) -> tuple[
 def mesh_init(payload: dict) -> tuple[np.ndarray, np.ndarray]:
     """Validated payload ``points`` f32[P,3] and ``colors`` u8[P,3] -> (points, colours 0..1)."""
     if "points" not in payload:
-        raise JobError("bad_payload", "init 'mesh' needs payload 'points' f32[P,3] (surface samples of the mesh)")
+        raise JobError("bad_input", "init 'mesh' needs payload 'points' f32[P,3] (surface samples of the mesh)")
     points = np.asarray(payload["points"])
     if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
-        raise JobError("bad_payload", f"payload 'points' must be [P,3] with P >= 1, got shape {points.shape}")
+        raise JobError("bad_input", f"payload 'points' must be [P,3] with P >= 1, got shape {points.shape}")
     if not np.issubdtype(points.dtype, np.floating) or not np.all(np.isfinite(points)):
-        raise JobError("bad_payload", "payload 'points' must be finite floats")
+        raise JobError("bad_input", "payload 'points' must be finite floats")
     colors = payload.get("colors")
     if colors is None:
         colors = np.full((len(points), 3), 128, np.uint8)
     colors = np.asarray(colors)
     if colors.shape != points.shape:
-        raise JobError("bad_payload", f"payload 'colors' must be u8[P,3] matching points {points.shape}, "
+        raise JobError("bad_input", f"payload 'colors' must be u8[P,3] matching points {points.shape}, "
                                       f"got shape {colors.shape}")
     if colors.dtype != np.uint8:
-        raise JobError("bad_payload", f"payload 'colors' must be u8, got {colors.dtype}")
+        raise JobError("bad_input", f"payload 'colors' must be u8, got {colors.dtype}")
     return points.astype(np.float32), colors.astype(np.float32) / 255.0
 
 
@@ -475,7 +475,7 @@ def run_generate_job(params: dict, payload: dict, ctx: JobContext,
     device = torch.device(ctx.device)
     payload = payload or {}
     if settings.init != "mesh" and payload.get("points") is not None:
-        raise JobError("bad_payload", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
+        raise JobError("bad_input", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
     t0 = time.perf_counter()
     init_splats, radius, centre = make_init(settings, payload, device)
     t_init = time.perf_counter() - t0

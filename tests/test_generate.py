@@ -114,7 +114,7 @@ def test_cancel_returns_partial_result(server, models):
     ({"steps": 0}, "bad_params", "steps"),
     ({"prompt": "  "}, "bad_params", "prompt"),
     ({"colour": 1}, "bad_params", "colour"),
-    ({"init": "mesh"}, "bad_payload", "points"),
+    ({"init": "mesh"}, "bad_input", "points"),
     ({"guidance_model": "/nonexistent/sd"}, "model_missing", "/nonexistent/sd"),
     ({"guidance_model": "stabilityai/stable-diffusion-2-1-base"}, "model_missing",
      "python -m backend prefetch stabilityai/stable-diffusion-2-1-base"),
