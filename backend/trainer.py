@@ -33,6 +33,7 @@ from backend.params import activated, sh_coeffs, tensors_to_splats
 from backend.render import rasterize, resolve_backend
 from backend.progress import StepRate
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
+from shared.cameras import CameraError, cameras_from_arrays
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
 
@@ -193,13 +194,10 @@ def validate_inputs(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
         raise bad(f"viewmats must be [{C},4,4] (one per image), got {viewmats.shape}")
     if Ks.shape != (C, 3, 3):
         raise bad(f"Ks must be [{C},3,3] (one per image), got {Ks.shape}")
-    for name, a in (("viewmats", viewmats), ("Ks", Ks)):
-        if not np.isfinite(a).all():
-            i = int(np.argwhere(~np.isfinite(a.reshape(C, -1)))[0][0])
-            raise bad(f"{name}[{i}] has NaN or Inf entries")
-    if (Ks[:, 0, 0] <= 0).any() or (Ks[:, 1, 1] <= 0).any():
-        i = int(np.argmax((Ks[:, 0, 0] <= 0) | (Ks[:, 1, 1] <= 0)))
-        raise bad(f"Ks[{i}] has a non-positive focal length")
+    try:        # the shared camera rules: finite, rigid OpenCV pose, positive focal lengths
+        cameras_from_arrays(viewmats, Ks, W, H)
+    except CameraError as exc:
+        raise bad(f"viewmats/Ks: {exc}") from None
     if points is not None:
         points = np.asarray(points)
         if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:

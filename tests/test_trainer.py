@@ -215,6 +215,17 @@ def test_bad_job_input_is_a_job_error():
     with pytest.raises(JobError, match="missing"):
         run_train_job({}, {"images": images}, ctx)
     payload = {"images": images, "viewmats": viewmats, "Ks": Ks}
+    c2w = viewmats.copy()
+    c2w[2] = np.linalg.inv(viewmats[2])        # a camera-to-world matrix sent by mistake
+    c2w[2, :3, :3] *= 2.0                      # ... with a scale in it: not a rigid pose
+    with pytest.raises(JobError) as e:
+        run_train_job({"steps": 2}, dict(payload, viewmats=c2w), ctx)
+    assert e.value.code == "bad_input" and "camera 2: world_to_camera's rotation is not a proper " \
+        "rotation" in e.value.message, e.value.message
+    bad_K = Ks.copy()
+    bad_K[5, 1, 1] = 0.0
+    with pytest.raises(JobError, match="camera 5: focal length fy=0.0"):
+        run_train_job({"steps": 2}, dict(payload, Ks=bad_K), ctx)
     for params, words in (({"init_scale": 0.0}, "init_scale must be a finite number > 0"),
                           ({"lr_means": float("nan")}, "lr_means must be a finite number >= 0"),
                           ({"ssim_lambda": 1.5}, "ssim_lambda must be in [0, 1]"),
