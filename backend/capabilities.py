@@ -86,12 +86,8 @@ class Capabilities:
                 self._scanning = False
 
     def _probe_gsplat(self) -> None:
-        try:
-            from gsplat.cuda._backend import _C
-            self.gsplat_cuda = _C is not None
-        except Exception as exc:  # a missing toolchain, a failed build: report, keep serving
-            log.warning("gsplat CUDA extension unavailable: %s", exc)
-            self.gsplat_cuda = False
+        from backend.render import gsplat_cuda_available    # the rasterizer's own test (cached)
+        self.gsplat_cuda = gsplat_cuda_available()
         log.info("gsplat CUDA extension: %s", "available" if self.gsplat_cuda else "missing")
 
     @staticmethod

@@ -4,12 +4,15 @@ conventions); the trainer and the generator call only this."""
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .reference import rasterize_reference
+
+log = logging.getLogger("splatbridge.render")
 
 BACKENDS = ("auto", "gsplat", "reference")
 
@@ -21,7 +24,8 @@ def gsplat_cuda_available() -> bool:
         return False
     try:
         from gsplat.cuda._backend import _C
-    except Exception:
+    except Exception as exc:   # a missing toolchain, a failed build: say why, render on the reference
+        log.warning("gsplat CUDA extension unavailable: %s", exc)
         return False
     return _C is not None
 
