@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
-from backend.job_api import JobContext, JobError, JobResult
+from backend.job_api import JobContext, JobError, JobResult, NullContext
 from backend.models import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, load_pipeline
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.progress import StepRate
@@ -343,20 +343,6 @@ def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatc
     return sds_loss(latents, grad), info
 
 
-class _NullContext:
-    """A JobContext that reports nothing and never stops (for direct calls)."""
-
-    def __init__(self, device: str = "cpu"):
-        self.device = device
-        self.job_dir = Path(tempfile.gettempdir())
-
-    def report(self, step, total, metrics, preview=None) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
 def _make_strategy(settings: GenerateSettings) -> CappedDefaultStrategy:
     steps = settings.steps
     return CappedDefaultStrategy(
@@ -372,7 +358,7 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
     """Optimise ``splats`` (canonical frame) by SDS against ``guidance``. Returns the splats and run info
     (steps done, cancelled, timings). The same ``settings`` (seed included) give the same result bit for bit
     on the CPU; on CUDA, gsplat's backward accumulates with atomics, so reruns agree only closely."""
-    ctx = ctx or _NullContext(str(device))
+    ctx = ctx or NullContext(str(device))
     device = torch.device(device)
     torch.manual_seed(settings.seed)
     view_gen = torch.Generator().manual_seed(settings.seed)

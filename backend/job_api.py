@@ -13,6 +13,7 @@ Errors are raised as ``JobError`` (a user-facing message) or any exception
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -40,6 +41,21 @@ class JobContext(Protocol):
 
     def should_stop(self) -> bool:
         """True once a cancel arrived: return the current result promptly."""
+
+
+class NullContext:
+    """A ``JobContext`` for direct library calls: reports nothing, never stops."""
+
+    def __init__(self, device: str = "cpu", job_dir: Path | None = None):
+        self.device = device
+        self.job_dir = job_dir if job_dir is not None else Path(tempfile.gettempdir())
+
+    def report(self, step: int, total: int, metrics: dict[str, float],
+               preview: Splats | None = None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
 
 
 @dataclass

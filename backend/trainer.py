@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.job_api import JobContext, JobError, JobResult
+from backend.job_api import JobContext, JobError, JobResult, NullContext
 from backend.losses import photometric_loss, psnr, ssim
 from backend.params import activated, sh_coeffs, tensors_to_splats
 from backend.render import rasterize, resolve_backend
@@ -157,20 +157,6 @@ class TrainSettings:
         return settings
 
 
-class _NullContext:
-    """JobContext for library use: no reports, never stops."""
-
-    def __init__(self, device: str = "cpu", job_dir: Path | None = None):
-        self.device = device
-        self.job_dir = job_dir or Path(".")
-
-    def report(self, step, total, metrics, preview=None) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
 # -- inputs ------------------------------------------------------------------------------------
 
 def validate_inputs(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
@@ -243,7 +229,6 @@ def view_volume(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> tuple[
     depth = scene_scale(vm)
     if len(vm) >= 2 and eig[0] > 1e-3 * eig[-1]:
         centre = torch.linalg.solve(A, b)
-        dists = (centre - centres).norm(dim=-1)
         if (((centre - centres) * fwd).sum(-1) <= 0).float().mean() > 0.5:   # mostly behind them
             centre = (centres + fwd * depth).mean(0)
     else:
@@ -365,7 +350,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     """
     settings = settings or TrainSettings()
     settings.validate()
-    ctx = ctx or _NullContext()
+    ctx = ctx or NullContext()
     device = torch.device(ctx.device)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
     backend = resolve_backend(device, settings.backend)
