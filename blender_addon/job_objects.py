@@ -133,6 +133,24 @@ class JobModal:
             context.workspace.status_text_set(None)
         return result
 
+    def cancel(self, context) -> None:
+        """Blender ends the modal itself (a file is opened, the window closes): remove what
+        ``_begin`` added. The job goes on and stays tracked in the scene."""
+        self._finish(context, {"CANCELLED"})
+
+    def _request_cancel(self, context, label: str) -> set | None:
+        """Esc while following the job: ask the backend once to stop it. None while waiting for
+        the confirmation; the operator's result when the request itself failed (reported)."""
+        if self._cancel_at:
+            return None
+        try:
+            cancel(context, self._job_id)
+        except Exception as exc:
+            self.report({"ERROR"}, f"{label}: {exc}")
+            return self._finish(context, {"CANCELLED"})
+        self._cancel_at = time.monotonic()
+        return None
+
     def _follow_job(self, context) -> set | None:
         """Poll, show progress; the operator's result once the job is handled (or gone, or the
         cancel went unconfirmed for ``CANCEL_CONFIRM_S``), else None."""

@@ -18,7 +18,6 @@ setting the object's location.
 from __future__ import annotations
 
 import re
-import time
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
@@ -191,14 +190,7 @@ class SPLATBRIDGE_OT_generate(job_objects.JobModal, bpy.types.Operator):
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
-            if not self._cancel_at:
-                try:
-                    cancel_generate(context, self._job_id)
-                except Exception as exc:
-                    self.report({"ERROR"}, f"Generate: {exc}")
-                    return self._finish(context, {"CANCELLED"})
-                self._cancel_at = time.monotonic()
-            return {"RUNNING_MODAL"}
+            return self._request_cancel(context, "Generate") or {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         try:

@@ -17,7 +17,6 @@ Settings live in ``scene.splatbridge_train``.
 from __future__ import annotations
 
 import math
-import time
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
@@ -182,6 +181,7 @@ class SPLATBRIDGE_OT_train(job_objects.JobModal, bpy.types.Operator):
             result = self._capture.run_all()
             rec = submit_capture(context, result, name=self._name(context))
         except Exception as exc:
+            self._end_capture()             # a failed render: its temporary folder goes too
             self.report({"ERROR"}, f"Train Splats: {exc}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Submitted training job {rec.job_id} ({len(result.images)} views)")
@@ -196,18 +196,26 @@ class SPLATBRIDGE_OT_train(job_objects.JobModal, bpy.types.Operator):
         return self._begin(context, 0.02)
 
     def _finish(self, context, result: set) -> set:
+        """Every way out (done, Esc, an error, Blender cancelling the modal) ends a capture still
+        in progress (its temporary folder goes) and the panel's capture progress."""
+        self._end_capture()
         CAPTURE_PROGRESS["active"] = False
-        return super()._finish(context, result)
+        return job_objects.JobModal._finish(self, context, result)
+
+    def _end_capture(self) -> None:
+        if self._capture is not None and not self._capture.finished and not self._capture.cancelled:
+            self._capture.cancel()
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
             if self._phase == "capture":
-                self._capture.cancel()
                 self.report({"WARNING"}, "Capture cancelled")
                 return self._finish(context, {"CANCELLED"})
             if self._phase == "train":
-                cancel_train(context, self._job_id)
-                self._phase, self._cancel_at = "cancelling", time.monotonic()
+                ended = self._request_cancel(context, "Train Splats")
+                if ended is not None:
+                    return ended
+                self._phase = "cancelling"
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
@@ -224,8 +232,6 @@ class SPLATBRIDGE_OT_train(job_objects.JobModal, bpy.types.Operator):
                 return {"RUNNING_MODAL"}
             result = self._follow_job(context)     # _cancel_at is set exactly in phase "cancelling"
         except Exception as exc:
-            if self._capture is not None and not self._capture.finished:
-                self._capture.cancel()
             self.report({"ERROR"}, f"Train Splats: {exc}")
             return self._finish(context, {"CANCELLED"})
         return result or {"RUNNING_MODAL"}

@@ -308,3 +308,41 @@ def test_lost_backend_is_shown_and_device_text(addon, monkeypatch):
                                    "gpu_memory_bytes": 80 * 2**30}) == \
         "Connected: CUDA NVIDIA H100, 80 GiB; gsplat CUDA"
     assert connection.device_text({"cuda": False, "device": "cpu"}).startswith("Connected: CPU only")
+
+
+def test_train_operator_leaves_nothing_behind_when_ended_early(addon):
+    """Blender calls an operator's ``cancel`` when it ends a modal itself (File > Open, window
+    closed): the capture's temporary folder and the panel's capture progress must go. Esc while
+    training with the connection gone is a one-line report that ends the operator. Headless bpy
+    runs no modal operators, so the operator's methods run on a plain stand-in object."""
+    rig, connection, ops_train, _ = addon
+    import bpy
+    from splatbridge import job_objects
+    bpy.ops.mesh.primitive_cube_add()
+    bpy.ops.splatbridge.add_camera_rig(count=3, resolution=(8, 8))
+
+    class Probe(job_objects.JobModal):
+        _finish = ops_train.SPLATBRIDGE_OT_train._finish
+        _end_capture = ops_train.SPLATBRIDGE_OT_train._end_capture
+        _capture = None
+
+        def __init__(self):
+            self.reports = []
+
+        def report(self, level, message):
+            self.reports.append((level, message))
+
+    op = Probe()
+    op._capture = ops_train.start_capture(bpy.context)
+    tmp = op._capture._tmp
+    ops_train.CAPTURE_PROGRESS.update(active=True)
+    assert os.path.isdir(tmp)
+    op.cancel(bpy.context)
+    assert op._capture.cancelled and not os.path.exists(tmp)
+    assert not ops_train.CAPTURE_PROGRESS["active"]
+
+    connection.disconnect()
+    op = Probe()
+    op._job_id = "0123abcd"
+    assert op._request_cancel(bpy.context, "Train Splats") == {"CANCELLED"}
+    assert op.reports == [({"ERROR"}, "Train Splats: not connected to a backend")]
