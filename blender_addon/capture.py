@@ -348,23 +348,31 @@ def colors_from_views(context, points: np.ndarray, normals: np.ndarray, images: 
     dist = np.linalg.norm(to_cam, axis=2)
     # Either side of the face may be the visible one (open meshes): use |cos|.
     facing = np.abs(np.einsum("pcx,px->pc", to_cam, normals)) / np.maximum(dist, 1e-12)
-    order = np.argsort(-facing, axis=1)[:, :tries]
+    order = np.argsort(-facing, axis=1)[:, :tries]                        # [P,T] camera indices
     h, w = images.shape[1:3]
-    for p in range(len(points)):
-        for ci in order[p]:
-            cam = cameras[ci]
-            uv, z = cam.project(points[p:p + 1])
-            if z[0] <= 0:
-                continue
-            i, j = int(np.floor(uv[0, 0])), int(np.floor(uv[0, 1]))
-            if not (0 <= i < w and 0 <= j < h) or images[ci, j, i, 3] < 128:
-                continue
+    # Pixel of each point in each of its candidate cameras, one projection call per camera (this
+    # runs inside one modal timer step: a per-point numpy call froze the UI for seconds).
+    uv = np.full(order.shape + (2,), np.nan)
+    z = np.zeros(order.shape)
+    for c, cam in enumerate(cameras):
+        pp, tt = np.nonzero(order == c)
+        if len(pp):
+            uv[pp, tt], z[pp, tt] = cam.project(points[pp])
+    ok = (z > 0) & np.isfinite(uv).all(axis=2)
+    with np.errstate(invalid="ignore"):
+        ij = np.where(ok[..., None], np.floor(uv), -1).astype(np.int64)
+    i, j = ij[..., 0], ij[..., 1]
+    ok &= (i >= 0) & (i < w) & (j >= 0) & (j < h)
+    ok &= images[order, np.where(ok, j, 0), np.where(ok, i, 0), 3] >= 128
+    for p in np.flatnonzero(ok.any(axis=1)):
+        for t in np.flatnonzero(ok[p]):
+            ci = order[p, t]
             d = dist[p, ci]
             direction = Vector(-to_cam[p, ci] / d)
             hit, loc, *_ = scene.ray_cast(depsgraph, Vector(centres[ci]), direction, distance=d * 1.001)
             if hit and (np.linalg.norm(np.array(loc) - points[p]) > 1e-3 * d + 1e-5):
                 continue                                                   # something in front
-            out[p] = images[ci, j, i, :3]
+            out[p] = images[ci, j[p, t], i[p, t], :3]
             break
     return out
 
