@@ -342,8 +342,10 @@ class JobRunner:
         if not self.store.has_result(job_id):
             if rec["state"] in ("queued", "running"):
                 return make_error("not_finished", f"job {job_id} is {rec['state']}", job_id)
+            why = ("it was cancelled before it started" if rec.get("started") is None else
+                   "the server could not save it; see the server log")
             return make_error("no_result", f"job {job_id} is {rec['state']} and has no result "
-                              "(it was cancelled before it started)", job_id)
+                              f"({why})", job_id)
         res = self.store.load_result(job_id)
         return Message("result", job_id, {"splats": res.splats.to_arrays(),
                                           "metrics": res.metrics, "meta": res.meta})
@@ -488,11 +490,14 @@ class JobRunner:
         state = "cancelled" if cancelled else "done"
         try:
             self.store.save_result(job.job_id, result.splats, metrics, meta)
-            self.store.update(job.job_id, state=state, finished=time.time(), metrics=metrics,
-                              step=job.step, total=job.total)
         except OSError as exc:      # e.g. a full disk: the client still gets its splats
             log.error("job %s: result not saved in the store (fetch will not find it): %s",
                       job.job_id, exc)
+        try:
+            self.store.update(job.job_id, state=state, finished=time.time(), metrics=metrics,
+                              step=job.step, total=job.total)
+        except OSError as exc:
+            log.error("job %s: its record in the store was not updated: %s", job.job_id, exc)
         job.state = state           # only now: a fetch after "done" must find the stored result
         log.info("job %s %s in %.1f s (%d splats)", job.job_id, job.state,
                  time.monotonic() - t0, len(result.splats))

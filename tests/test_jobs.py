@@ -49,6 +49,9 @@ def test_result_reaches_the_client_when_the_store_cannot_save_it(runner, monkeyp
     assert msg.type == "result", msg
     assert np.array_equal(msg.fields["splats"]["means"], Splats.random(5, seed=1).means)
     assert runner.status("j1")[0]["state"] == "done"
+    again = runner.fetch("j1")
+    assert again.type == "error" and again.fields["code"] == "no_result"
+    assert "could not save it" in again.fields["message"], again.fields["message"]
 
 
 def test_a_store_failure_at_job_start_fails_the_job_with_a_message(runner, monkeypatch):
