@@ -6,7 +6,8 @@ drive the same code:
 1. ``submit_generate(context)`` builds the ``generate`` job (docs/INTERFACES.md) from
    ``scene.splatbridge_generate``; with init "Selected Mesh" it sends area-weighted surface samples of
    the selected meshes (``capture.sample_surface``) as ``points``/``colors``. The 3D cursor's location
-   at submit time is remembered: the preview and the final object are placed there.
+   at submit time is kept in the job record (saved with the .blend): the preview and the final object
+   are placed there, also after a restart of Blender.
 2. ``connection.poll_once`` hands progress to ``apply_generate_update`` (live preview object) and the
    end to ``apply_generate_finished`` (final object, named after the prompt; a cancelled job still
    yields its partial splats).
@@ -32,8 +33,6 @@ INIT_ITEMS = [
     ("sphere", "Sphere", "Start from a grey ball of Gaussians"),
 ]
 NAME_MAX = 48
-
-_placement: dict[str, tuple[float, float, float]] = {}   # job id -> 3D cursor location at submit
 
 
 class SplatBridgeGenerateSettings(bpy.types.PropertyGroup):
@@ -123,8 +122,10 @@ def submit_generate(context, settings=None, params: dict | None = None, name: st
     client = connection.get_client(context)
     target = unique_object_name(name or name_from_prompt(p["prompt"]))
     job_id = client.submit(KIND, p, payload)
-    _placement[job_id] = tuple(context.scene.cursor.location)
-    return connection.track_job(context.scene, job_id, KIND, target, label=f"Generate {target}")
+    rec = connection.track_job(context.scene, job_id, KIND, target, label=f"Generate {target}")
+    # in the record, not in memory: a result fetched after a restart of Blender goes there too
+    rec.place_at, rec.use_place_at = context.scene.cursor.location, True
+    return rec
 
 
 def cancel_generate(context, job_id: str) -> None:
@@ -134,7 +135,7 @@ def cancel_generate(context, job_id: str) -> None:
 
 def _location(context, rec) -> tuple[float, float, float]:
     """Where a new object for the job goes: the 3D cursor's location at submit."""
-    return _placement.get(rec.job_id, tuple(context.scene.cursor.location))
+    return tuple(rec.place_at if rec.use_place_at else context.scene.cursor.location)
 
 
 def apply_generate_update(context, rec, job) -> None:
@@ -152,7 +153,6 @@ def apply_generate_finished(context, rec, job) -> None:
         prompt = (meta.get("settings") or {}).get("prompt")
         if prompt:
             obj["sb_prompt"] = str(prompt)
-        _placement.pop(rec.job_id, None)
 
 
 # --------------------------------------------------------------------------- operators

@@ -89,3 +89,43 @@ def test_name_from_prompt(addon):
     assert name("  a ceramic   teapot ") == "a ceramic teapot"
     assert name("") == "Generated"
     assert len(name("word " * 40)) <= 48
+
+
+_RESTARTED_BLENDER = """
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+import bpy
+mods = [importlib.import_module(f"splatbridge.{n}") for n in ("splat_object", "connection", "ops_generate")]
+for m in mods:
+    m.register()
+bpy.ops.wm.open_mainfile(filepath=sys.argv[2])
+rec = bpy.context.scene.splatbridge_jobs[-1]
+print("PLACE", *mods[2]._location(bpy.context, rec))
+mods[1].disconnect()
+"""
+
+
+def test_placement_survives_a_restart_of_blender(addon, bpy_empty, addon_dir, tmp_path):
+    """Submit at the cursor, move the cursor, save, quit; a new Blender that opens the file (and
+    would then fetch the finished job) still places the result where the cursor was at submit."""
+    import socket
+    import subprocess
+    import sys
+    bpy = bpy_empty
+    conn, gen = addon["connection"], addon["ops_generate"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn.connect(bpy.context, f"tcp://127.0.0.1:{port}")      # nobody listens: the submit just queues
+    bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
+    s = bpy.context.scene.splatbridge_generate
+    s.prompt, s.init = "a teapot", "sphere"
+    gen.submit_generate(bpy.context)
+    bpy.context.scene.cursor.location = (-5.0, 0.0, 0.0)
+    path = tmp_path / "job.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    proc = subprocess.run([sys.executable, "-c", _RESTARTED_BLENDER, str(addon_dir.parent), str(path)],
+                          capture_output=True, text=True, timeout=120)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PLACE")]
+    assert line, proc.stdout + proc.stderr
+    assert [float(v) for v in line[0].split()[1:]] == pytest.approx([1.0, 2.0, 3.0])
