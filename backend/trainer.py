@@ -38,6 +38,7 @@ from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
 
 STRATEGIES = ("default", "mcmc")
+MAX_STEPS = 1_000_000      # gsplat's long runs are 30k
 
 
 @dataclass
@@ -87,8 +88,9 @@ class TrainSettings:
     def validate(self) -> None:
         def bad(msg: str) -> JobError:
             return JobError("bad_params", msg)
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise bad(f"steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            # capped: the per-step choices are drawn before the first step, where no cancel is seen
+            raise bad(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
         if self.strategy not in STRATEGIES:
             raise bad(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.sh_degree not in REST_COUNT:

@@ -230,9 +230,10 @@ def test_bad_job_input_is_a_job_error():
                           ({"lr_means": float("nan")}, "lr_means must be a finite number >= 0"),
                           ({"ssim_lambda": 1.5}, "ssim_lambda must be in [0, 1]"),
                           ({"init_opacity": 1.0}, "init_opacity must be in (0, 1)"),
-                          ({"sh_degree_interval": -1}, "sh_degree_interval must be an integer >= 1")):
+                          ({"sh_degree_interval": -1}, "sh_degree_interval must be an integer >= 1"),
+                          ({"steps": 10**12}, "steps must be an integer in [1, 1000000]")):
         with pytest.raises(JobError) as e:
-            run_train_job(dict(params, steps=2), payload, ctx)
+            run_train_job({"steps": 2, **params}, payload, ctx)
         assert e.value.code == "bad_params" and words in e.value.message, (params, e.value.message)
 
 
