@@ -506,6 +506,8 @@ def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
         raise JobError("bad_params", f"dataset_path must be a folder path, got {path!r}")
     if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
         raise JobError("bad_params", f"downscale must be an integer >= 1, got {downscale!r}")
+    if images_dir is not None and (not isinstance(images_dir, str) or not images_dir):
+        raise JobError("bad_params", f"images_dir must be a folder path, got {images_dir!r}")
     try:
         data = load_dataset(path, images_dir=images_dir, downscale=downscale)
     except DatasetError as exc:

@@ -272,6 +272,9 @@ def test_job_and_cli_paths(tmp_path, capsys):
     with pytest.raises(JobError) as e:
         run_train_job({"dataset_path": str(tmp_path / "nope")}, {}, Recorder())
     assert e.value.code == "bad_dataset" and "nope: no such file or folder" in e.value.message
+    with pytest.raises(JobError) as e:
+        run_train_job({"dataset_path": str(tmp_path), "images_dir": 5}, {}, Recorder())
+    assert e.value.code == "bad_params" and "images_dir must be a folder path, got 5" in e.value.message
     with pytest.raises(JobError, match="downscale must be an integer >= 1"):
         run_train_job({"dataset_path": str(tmp_path), "downscale": 0}, {}, Recorder())
 
