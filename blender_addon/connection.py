@@ -225,13 +225,18 @@ def poll_once(context=None) -> list:
             STATE._seen[rec.job_id] = key
             _sync_record(rec, job)
             on_update, on_finished = _HANDLERS.get(rec.kind, (None, None))
-            if on_update is not None:
-                on_update(context, rec, job)
-            if job.finished and (job.result is not None
-                                 or (job.state == "failed" and job.error is not None)):
-                rec.handled = True
-                if on_finished is not None:
-                    on_finished(context, rec, job)
+            try:
+                if on_update is not None:
+                    on_update(context, rec, job)
+                if job.finished and (job.result is not None
+                                     or (job.state == "failed" and job.error is not None)):
+                    if on_finished is not None:
+                        on_finished(context, rec, job)
+                    rec.handled = True      # only once applied: a result is never dropped
+            except Exception as exc:
+                # e.g. the target object is in edit mode: say why and try again on the next poll
+                STATE._seen.pop(rec.job_id, None)
+                rec.message = f"cannot apply yet: {exc}"
     if msgs:
         _tag_redraw(context)
     return msgs

@@ -129,3 +129,32 @@ def test_placement_survives_a_restart_of_blender(addon, bpy_empty, addon_dir, tm
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PLACE")]
     assert line, proc.stdout + proc.stderr
     assert [float(v) for v in line[0].split()[1:]] == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_result_waits_while_its_object_is_in_edit_mode(addon, bpy_empty):
+    """A result that cannot be applied yet (its preview object is in edit mode) is neither lost
+    nor an exception out of the poll step: the record says why, and the next poll after leaving
+    edit mode applies it. The client is real; the finished job is put in its job table as a
+    ``result`` reply would (no backend listens on the port)."""
+    import socket
+    from shared.client import JobState
+    from shared.splats import Splats
+    bpy = bpy_empty
+    conn, so = addon["connection"], addon["splat_object"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = conn.connect(bpy.context, f"tcp://127.0.0.1:{port}")
+    obj = so.create_splat_object(bpy.context, "teapot", Splats.random(10, seed=1))
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    rec = conn.track_job(bpy.context.scene, "job1", "generate", target="teapot")
+    client.jobs["job1"] = JobState("job1", kind="generate", state="done",
+                                   result=Splats.random(50, seed=2).to_arrays())
+    conn.poll_once(bpy.context)
+    assert not rec.handled and "edit mode" in rec.message
+    assert len(obj.data.vertices) == 10
+    bpy.ops.object.mode_set(mode="OBJECT")
+    conn.poll_once(bpy.context)
+    assert rec.handled and rec.message == "done"
+    assert len(obj.data.vertices) == 50 and obj["sb_job_id"] == "job1"
