@@ -428,8 +428,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
             strategy.step_pre_backward(params, optimizers, state, step, info)
         loss = photometric_loss(render, target, settings.ssim_lambda)
         if settings.strategy == "mcmc":
-            loss = loss + settings.mcmc_opacity_reg * torch.sigmoid(params["opacities"]).mean()
-            loss = loss + settings.mcmc_scale_reg * torch.exp(params["scales"]).mean()
+            _, _, scales_m, opacities_01 = activated(params)
+            loss = loss + settings.mcmc_opacity_reg * opacities_01.mean()
+            loss = loss + settings.mcmc_scale_reg * scales_m.mean()
         loss.backward()
         for opt in optimizers.values():
             opt.step()
