@@ -18,6 +18,7 @@ from bpy.props import BoolProperty, CollectionProperty, EnumProperty, StringProp
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from .shared.formats import EXTENSIONS, SplatFormatError, read_splats, write_splats
+from .splat_object import create_splat_object, is_splat_object, read_splats_from_object
 
 FILTER_GLOB = "*.ply;*.splat;*.spz"
 DROP_EXTENSIONS = ".ply;.splat;.spz"
@@ -32,11 +33,6 @@ FORMAT_ITEMS: tuple[tuple[str, str, str, str], ...] = (
     ("spz", ".spz", "Niantic .spz: gzip-compressed, quantised, keeps SH up to degree 3", ".spz"),
 )
 FORMAT_EXTENSION = {item[0]: item[3] for item in FORMAT_ITEMS}
-
-
-def _splat_object_api():
-    from . import splat_object
-    return splat_object
 
 
 def object_name_for(path: str | os.PathLike) -> str:
@@ -59,14 +55,6 @@ def describe_read_error(path: str | os.PathLike, exc: BaseException) -> str:
     return f"Cannot import splats: {name}: unexpected {type(exc).__name__}: {text}"
 
 
-def is_splat_object(obj: bpy.types.Object | None) -> bool:
-    if obj is None:
-        return False
-    api = _splat_object_api()
-    check = getattr(api, "is_splat_object", None)
-    return bool(check(obj)) if check is not None else True
-
-
 def import_files(context: bpy.types.Context, paths: list[str]) -> list[tuple[bpy.types.Object, int]]:
     """Read every file, then create one splat object per file: [(object, number of splats)].
     Raises ``ImportFailed`` with a user message on the first unreadable file, before anything
@@ -77,8 +65,8 @@ def import_files(context: bpy.types.Context, paths: list[str]) -> list[tuple[bpy
             loaded.append((path, read_splats(path)))
         except Exception as exc:  # any reader failure is the file's problem, reported in one line
             raise ImportFailed(describe_read_error(path, exc)) from exc
-    create = _splat_object_api().create_splat_object
-    return [(create(context, object_name_for(path), splats), len(splats.means)) for path, splats in loaded]
+    return [(create_splat_object(context, object_name_for(path), splats), len(splats.means))
+            for path, splats in loaded]
 
 
 class ImportFailed(Exception):
@@ -181,7 +169,7 @@ class EXPORT_SCENE_OT_splatbridge_splats(bpy.types.Operator, ExportHelper):
             self.report({"ERROR"}, "Cannot export splats: no file path given")
             return {"CANCELLED"}
         try:
-            splats = _splat_object_api().read_splats_from_object(obj, apply_transform=self.apply_transform)
+            splats = read_splats_from_object(obj, apply_transform=self.apply_transform)
         except Exception as exc:
             self.report({"ERROR"}, f"Cannot export splats: object '{obj.name}': {exc}")
             return {"CANCELLED"}
