@@ -32,6 +32,8 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 from shared.cameras import BLENDER_TO_OPENCV
+from shared.formats._common import (SplatFormatError, column, read_ply_elements,
+                                     read_ply_header)
 from shared.rotations import quat_to_matrix
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".exr")
@@ -183,48 +185,27 @@ def load_transforms(path: str | Path, downscale: int = 1) -> Dataset:
 
 
 def _read_point_ply(path: Path) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """x/y/z (+ red/green/blue) of a binary little-endian or ASCII point PLY (nerfstudio's
-    ``ply_file_path``); returns (None, None) when the file is missing."""
+    """x/y/z (+ uchar red/green/blue) of the vertex element of a point PLY (nerfstudio's
+    ``ply_file_path``), read with the shared PLY reader; (None, None) when the file is missing."""
     if not path.is_file():
         warnings.warn(f"{path}: ply_file_path not found; starting from random points", stacklevel=3)
         return None, None
-    data = path.read_bytes()
-    end = data.find(b"end_header")
-    if end < 0:
-        raise DatasetError(f"{path}: not a PLY file (no end_header)")
-    header = data[:end].decode("ascii", "replace").splitlines()
-    body_start = data.index(b"\n", end) + 1
-    fmt = next((l.split()[1] for l in header if l.startswith("format")), "")
-    count, props, in_vertex = 0, [], False
-    types = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1",
-             "char": "i1", "int8": "i1", "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-             "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4"}
-    for line in header:
-        parts = line.split()
-        if parts[:1] == ["element"]:
-            in_vertex = parts[1] == "vertex"
-            if in_vertex:
-                count = int(parts[2])
-        elif parts[:1] == ["property"] and in_vertex:
-            if parts[1] == "list":
-                raise DatasetError(f"{path}: list properties in the vertex element are not supported")
-            props.append((parts[2], types[parts[1]]))
-    if fmt == "ascii":
-        rows = np.array([l.split() for l in data[body_start:].decode().split("\n")[:count]], dtype=np.float64)
-        arr = {name: rows[:, i] for i, (name, _) in enumerate(props)}
-    elif fmt == "binary_little_endian":
-        dt = np.dtype([(n, "<" + t) for n, t in props])
-        rec = np.frombuffer(data, dtype=dt, count=count, offset=body_start)
-        arr = {n: rec[n] for n, _ in props}
-    else:
-        raise DatasetError(f"{path}: PLY format {fmt!r} is not supported")
     try:
-        pts = np.stack([arr["x"], arr["y"], arr["z"]], 1).astype(np.float32)
-    except KeyError:
-        raise DatasetError(f"{path}: vertex element has no x/y/z") from None
-    cols = None
-    if all(k in arr for k in ("red", "green", "blue")):
-        cols = np.stack([arr["red"], arr["green"], arr["blue"]], 1).astype(np.uint8)
+        header = read_ply_header(path)
+        vertex = header.element("vertex")
+        if vertex is None:
+            raise DatasetError(f"{path}: the point PLY has no vertex element")
+        data = read_ply_elements(path, header, {"vertex"})["vertex"]
+        pts = np.stack([column(path, header, vertex, data, a) for a in "xyz"], 1).astype(np.float32)
+        cols = None
+        rgb = [vertex.find(c) for c in ("red", "green", "blue")]
+        if all(p is not None and p.code == "u1" for p in rgb):
+            cols = np.stack([column(path, header, vertex, data, p.name, ("u1",)) for p in rgb], 1)
+        elif any(p is not None for p in rgb):
+            warnings.warn(f"{path}: point colours are not uchar red/green/blue; starting from "
+                          "random colours", stacklevel=3)
+    except SplatFormatError as exc:
+        raise DatasetError(str(exc)) from None
     return pts, cols
 
 

@@ -242,3 +242,31 @@ def test_colmap_camera_models_and_errors(tmp_path):
     (tmp_path / "trunc" / "images.bin").write_bytes(data[:40])
     with pytest.raises(DatasetError, match=r"images.bin: file ends early"):
         load_colmap(tmp_path / "trunc", tmp_path / "images")
+
+
+def test_transforms_json_initial_points_from_a_point_ply(tmp_path):
+    write_png(tmp_path / "r_0.png", 8, 6, 0)
+    meta = {"camera_angle_x": 0.7, "ply_file_path": "points.ply",
+            "frames": [{"file_path": "r_0", "transform_matrix": BLENDER_C2W}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    pts = np.array([[0.5, 0.0, 0.25], [-1.0, 2.0, 3.0], [1e-3, -5.0, 7.5]], np.float32)
+    cols = np.array([[255, 0, 10], [1, 2, 3], [200, 100, 50]], np.uint8)
+    rec = np.empty(3, [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"),
+                       ("nz", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for i, a in enumerate("xyz"):
+        rec[a] = pts[:, i]
+    rec["nx"] = rec["ny"] = rec["nz"] = 0.0
+    for i, c in enumerate(("red", "green", "blue")):
+        rec[c] = cols[:, i]
+    header = ("ply\nformat binary_little_endian 1.0\nelement vertex 3\n"
+              + "".join(f"property float {a}\n" for a in ("x", "y", "z", "nx", "ny", "nz"))
+              + "".join(f"property uchar {c}\n" for c in ("red", "green", "blue")) + "end_header\n")
+    ply = tmp_path / "points.ply"
+    ply.write_bytes(header.encode() + rec.tobytes())
+    ds = load_dataset(tmp_path)
+    np.testing.assert_array_equal(ds.points, pts)
+    np.testing.assert_array_equal(ds.colors, cols)
+    # a truncated file is a DatasetError naming the file, not a numpy error
+    ply.write_bytes(header.encode() + rec.tobytes()[:-5])
+    with pytest.raises(DatasetError, match=r"points\.ply: element 'vertex': truncated"):
+        load_dataset(tmp_path)
