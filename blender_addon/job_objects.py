@@ -176,6 +176,13 @@ class JobModal:
 class CancelJob:
     """Mixin for an operator with a ``job_id`` property: ``execute`` cancels that job."""
 
+    @classmethod
+    def poll(cls, context) -> bool:
+        if connection.STATE.client is None:
+            cls.poll_message_set("Not connected to a backend")
+            return False
+        return True
+
     def execute(self, context):
         try:
             cancel(context, self.job_id)

@@ -158,3 +158,18 @@ def test_result_waits_while_its_object_is_in_edit_mode(addon, bpy_empty):
     conn.poll_once(bpy.context)
     assert rec.handled and rec.message == "done"
     assert len(obj.data.vertices) == 50 and obj["sb_job_id"] == "job1"
+
+
+def test_cancel_buttons_grey_out_without_a_connection(addon, bpy_empty):
+    """With no client the panels' cancel buttons are disabled (poll), not an error on click."""
+    import socket
+    bpy = bpy_empty
+    conn = addon["connection"]
+    assert not bpy.ops.splatbridge.cancel_generate.poll()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn.connect(bpy.context, f"tcp://127.0.0.1:{port}")
+    assert bpy.ops.splatbridge.cancel_generate.poll()
+    conn.disconnect()
+    assert not bpy.ops.splatbridge.cancel_generate.poll()
