@@ -128,7 +128,7 @@ class GenerateSettings:
                         value = default
                     if not isinstance(value, str):
                         raise TypeError("expected a string")
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:    # OverflowError: int(inf)
                 raise JobError("bad_params", f"generate parameter {key}={value!r}: {exc}") from None
             setattr(out, key, value)
         out.validate()

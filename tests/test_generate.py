@@ -112,6 +112,7 @@ def test_cancel_returns_partial_result(server, models):
 @pytest.mark.parametrize("bad, code, words", [
     ({"init": "cube"}, "bad_params", "init"),
     ({"steps": 0}, "bad_params", "steps"),
+    ({"steps": float("inf")}, "bad_params", "steps=inf"),
     ({"prompt": "  "}, "bad_params", "prompt"),
     ({"colour": 1}, "bad_params", "colour"),
     ({"init": "mesh"}, "bad_input", "points"),
