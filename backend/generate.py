@@ -151,6 +151,9 @@ class GenerateSettings:
             raise bad("guidance scales must be >= 0")
         if not 0.0 < self.densify_grad_quantile < 1.0:
             raise bad("densify_grad_quantile must be in (0, 1)")
+        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name}={getattr(self, name)} must be >= 0")
         try:
             self.timestep_schedule().validate()
             self.camera_ranges().validate()

@@ -113,6 +113,7 @@ def test_cancel_returns_partial_result(server, models):
     ({"init": "cube"}, "bad_params", "init"),
     ({"steps": 0}, "bad_params", "steps"),
     ({"steps": float("inf")}, "bad_params", "steps=inf"),
+    ({"lr_means": -0.1}, "bad_params", "lr_means=-0.1 must be >= 0"),
     ({"prompt": "  "}, "bad_params", "prompt"),
     ({"colour": 1}, "bad_params", "colour"),
     ({"init": "mesh"}, "bad_input", "points"),
