@@ -17,7 +17,8 @@ the arrays are read-only views of the frames). No pickle, no base64.
 Everything is validated on both ends, and sizes are checked from the declared shapes before any
 array is touched: a bad message raises a ``ProtocolError`` whose ``code`` is the short tag that goes
 into an ``error`` reply. The receiver should also set ``zmq.MAXMSGSIZE`` to
-``limits.max_total_bytes`` so that zmq itself refuses oversize messages before buffering them.
+``limits.max_array_bytes`` so that zmq itself refuses oversize frames before buffering them
+(zmq applies the option to each frame of a multipart message, not to their sum).
 """
 from __future__ import annotations
 
