@@ -62,7 +62,9 @@ class NullContext:
 class JobResult:
     splats: Splats
     metrics: dict[str, float] = field(default_factory=dict)   # e.g. eval_psnr, eval_ssim
-    meta: dict[str, Any] = field(default_factory=dict)        # settings, seed, cancelled flag ...
+    # settings, seed, ...; "cancelled": whether the job stopped early (when absent, the runner
+    # assumes it did if a cancel arrived while it ran)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 JobFunction = Callable[[dict, dict, JobContext], JobResult]

@@ -458,7 +458,8 @@ class JobRunner:
                                 "not a JobResult with Splats")
             metrics = _plain_metrics(result.metrics)
             meta = dict(result.meta or {})
-            cancelled = job.stop.is_set() or bool(meta.get("cancelled"))
+            # the job knows best: a cancel that arrives after its last step cancelled nothing
+            cancelled = bool(meta["cancelled"]) if "cancelled" in meta else job.stop.is_set()
             meta["cancelled"] = cancelled
             meta.setdefault("seconds", round(time.monotonic() - t0, 3))
             frames = encode(Message("result", job.job_id, {

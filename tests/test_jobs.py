@@ -6,6 +6,7 @@ decoded messages that the server would route to the submitting client.
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import pytest
@@ -23,12 +24,21 @@ def ok_job(params: dict, payload: dict, ctx) -> JobResult:
     return JobResult(splats=Splats.random(5, seed=1), metrics={"loss": 0.5})
 
 
+def late_cancel_job(params: dict, payload: dict, ctx) -> JobResult:
+    """Finishes all its steps, then a cancel arrives before it returns."""
+    ctx.report(3, 3, {"loss": 0.1})
+    while not ctx.should_stop():
+        time.sleep(0.01)
+    return JobResult(splats=Splats.random(5, seed=1), meta={"cancelled": False, "steps_done": 3})
+
+
 @pytest.fixture
 def runner(tmp_path):
     inbox: queue.Queue = queue.Queue()
     store = JobStore(tmp_path / "jobs")
     r = JobRunner(store, "cpu", lambda ident, frames: inbox.put((ident, decode(frames))),
-                  kinds=LazyJobKinds({"ok": f"{__name__}:ok_job"}))
+                  kinds=LazyJobKinds({"ok": f"{__name__}:ok_job",
+                                      "late": f"{__name__}:late_cancel_job"}))
     r.inbox = inbox
     yield r
     r.shutdown(timeout_s=10)
@@ -72,3 +82,12 @@ def test_a_store_failure_at_job_start_fails_the_job_with_a_message(runner, monke
     monkeypatch.setattr(runner.store, "update", real_update)
     runner.submit("j3", "ok", {}, {}, CLIENT)
     assert _next_message(runner).type == "result"
+
+
+def test_a_cancel_after_the_last_step_leaves_the_job_done(runner):
+    runner.submit("j4", "late", {}, {}, CLIENT)
+    assert _next_message(runner).type == "progress"
+    runner.cancel("j4", CLIENT)
+    msg = _next_message(runner)
+    assert msg.type == "result" and msg.fields["meta"]["cancelled"] is False
+    assert runner.status("j4")[0]["state"] == "done"
