@@ -233,6 +233,7 @@ def poll_once(context=None) -> list:
                     if on_finished is not None:
                         on_finished(context, rec, job)
                     rec.handled = True      # only once applied: a result is never dropped
+                    _push_undo(context, f"SplatBridge: {rec.label}")
             except Exception as exc:
                 # e.g. the target object is in edit mode: say why and try again on the next poll
                 STATE._seen.pop(rec.job_id, None)
@@ -240,6 +241,19 @@ def poll_once(context=None) -> list:
     if msgs:
         _tag_redraw(context)
     return msgs
+
+
+def _push_undo(context, message: str) -> None:
+    """Make what a finished job changed its own undo step. The change comes from a timer, outside
+    any operator, so it is in no step: undoing the user's next action would take it away too.
+    A timer's context has no window, which ``ed.undo_push`` needs: the first one is lent."""
+    wm = getattr(context, "window_manager", None)
+    window = getattr(context, "window", None) or (wm.windows[0] if wm is not None and wm.windows else None)
+    if window is None:
+        return
+    with context.temp_override(window=window, screen=window.screen):
+        if bpy.ops.ed.undo_push.poll():
+            bpy.ops.ed.undo_push(message=message)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, context=None,

@@ -173,3 +173,31 @@ def test_cancel_buttons_grey_out_without_a_connection(addon, bpy_empty):
     assert bpy.ops.splatbridge.cancel_generate.poll()
     conn.disconnect()
     assert not bpy.ops.splatbridge.cancel_generate.poll()
+
+
+def test_applied_result_survives_undo_of_the_next_action(addon, bpy_empty):
+    """A result arrives from a timer, outside any operator, so it is in no undo step unless the
+    add-on pushes one: undoing the user's next action would then also take the result away."""
+    import socket
+    from shared.client import JobState
+    from shared.splats import Splats
+    bpy = bpy_empty
+    conn = addon["connection"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = conn.connect(bpy.context, f"tcp://127.0.0.1:{port}")
+    conn.track_job(bpy.context.scene, "job2", "generate", target="teapot")
+    bpy.ops.ed.undo_push(message="submitted")                  # the user's last undo step
+    client.jobs["job2"] = JobState("job2", kind="generate", state="done",
+                                   result=Splats.random(30, seed=2).to_arrays())
+    with bpy.context.temp_override(window=None):               # as in a bpy.app.timers callback
+        assert bpy.context.window is None
+        conn.poll_once(bpy.context)
+    assert "teapot" in bpy.data.objects
+    bpy.ops.mesh.primitive_cube_add()                          # the user's next action
+    bpy.ops.ed.undo_push(message="Add Cube")                   # (the UI pushes this one itself)
+    bpy.ops.ed.undo()
+    assert "Cube" not in bpy.data.objects
+    assert "teapot" in bpy.data.objects and len(bpy.data.objects["teapot"].data.vertices) == 30
+    assert bpy.context.scene.splatbridge_jobs[-1].handled
