@@ -30,7 +30,7 @@ from torch import Tensor
 from backend.job_api import JobContext, JobError, JobResult, NullContext
 from backend.losses import photometric_loss, psnr, ssim
 from backend.params import activated, sh_coeffs, tensors_to_splats
-from backend.render import rasterize, resolve_backend
+from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.progress import StepRate
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.cameras import CameraError, cameras_from_arrays
@@ -356,6 +356,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     device = torch.device(ctx.device)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
     backend = resolve_backend(device, settings.backend)
+    if backend == "gsplat" and not (device.type == "cuda" and gsplat_cuda_available()):
+        raise JobError("bad_params", f"backend 'gsplat' needs a CUDA GPU with gsplat's CUDA "
+                       f"extension; this job runs on {device.type} without it (use 'auto')")
     sched = settings.schedule()
     t_start = time.perf_counter()
 

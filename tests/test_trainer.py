@@ -215,6 +215,10 @@ def test_bad_job_input_is_a_job_error():
     with pytest.raises(JobError, match="missing"):
         run_train_job({}, {"images": images}, ctx)
     payload = {"images": images, "viewmats": viewmats, "Ks": Ks}
+    if not torch.cuda.is_available():
+        with pytest.raises(JobError) as e:
+            run_train_job({"steps": 2, "backend": "gsplat"}, payload, ctx)
+        assert e.value.code == "bad_params" and "backend 'gsplat' needs a CUDA GPU" in e.value.message
     c2w = viewmats.copy()
     c2w[2] = np.linalg.inv(viewmats[2])        # a camera-to-world matrix sent by mistake
     c2w[2, :3, :3] *= 2.0                      # ... with a scale in it: not a rigid pose
