@@ -135,6 +135,8 @@ def track_job(scene, job_id: str, kind: str, target: str = "", label: str = ""):
     rec.job_id, rec.kind, rec.target, rec.label = job_id, kind, target, label or kind
     rec.state = "submitted"
     rec.submitted_at = time.time()
+    # its own undo step: else undoing the user's next action would forget the job (and its result)
+    _push_undo(bpy.context, f"SplatBridge: submit {rec.label}")
     return rec
 
 

@@ -201,3 +201,17 @@ def test_applied_result_survives_undo_of_the_next_action(addon, bpy_empty):
     assert "Cube" not in bpy.data.objects
     assert "teapot" in bpy.data.objects and len(bpy.data.objects["teapot"].data.vertices) == 30
     assert bpy.context.scene.splatbridge_jobs[-1].handled
+
+
+def test_tracked_job_survives_undo_of_the_next_action(addon, bpy_empty):
+    """Submitting (from a modal step, no undo flag) records the job in the scene; undoing the
+    user's next action must not take the record away, or the result would never be applied."""
+    bpy = bpy_empty
+    conn = addon["connection"]
+    bpy.ops.ed.undo_push(message="before")
+    conn.track_job(bpy.context.scene, "job3", "generate", target="teapot")
+    bpy.ops.mesh.primitive_cube_add()
+    bpy.ops.ed.undo_push(message="Add Cube")                   # (the UI pushes this one itself)
+    bpy.ops.ed.undo()
+    assert "Cube" not in bpy.data.objects
+    assert [r.job_id for r in bpy.context.scene.splatbridge_jobs] == ["job3"]
