@@ -416,3 +416,24 @@ def test_geometry_hook_survives_opening_another_file(addon_dir, bpy_empty):
         assert draw._fingerprint(obj) != before
     finally:
         viewport.unregister()
+
+
+@pytest.mark.blender
+def test_deleted_object_gives_gpu_memory_back_when_another_takes_its_place(addon, gpu_ready):
+    """The viewport frees cached data of objects no longer drawn, by identity: deleting one splat
+    object and adding another (same count of visible objects) still frees the first one's."""
+    so, draw, matrices, settings = addon
+    bpy = gpu_ready
+    camera = _camera()
+    view, proj = matrices.gl_view_matrix(camera), matrices.gl_projection_matrix(camera)
+    drawer = draw.SplatDrawer(threaded_sort=False)
+    a = so.create_splat_object(bpy.context, "A", _scene_splats(60, seed=1))
+    b = so.create_splat_object(bpy.context, "B", _scene_splats(40, seed=2))
+    _offscreen_draw(lambda: drawer.draw_objects([a, b], view, proj, (W, H)))
+    assert not drawer.release_unseen([a, b])
+    a_keys = (a.session_uid, a.data.session_uid)
+    bpy.data.objects.remove(a)
+    c = so.create_splat_object(bpy.context, "C", _scene_splats(20, seed=3))
+    assert drawer.release_unseen([b, c])
+    assert a_keys[0] not in {k[0] for k in drawer.objects} and a_keys[1] not in drawer.meshes
+    assert set(drawer.meshes) == {b.data.session_uid}

@@ -197,6 +197,16 @@ class SplatDrawer:
         self.objects = {k: v for k, v in self.objects.items() if k[0] in obj_keys}
         self.meshes = {k: v for k, v in self.meshes.items() if k in mesh_keys}
 
+    def release_unseen(self, alive_objects) -> bool:
+        """``prune`` when anything cached belongs to an object not in ``alive_objects`` (hidden,
+        deleted, or from a file that was closed); True when it did. Cheap when nothing changed."""
+        obj_keys = {o.session_uid for o in alive_objects}
+        mesh_keys = {o.data.session_uid for o in alive_objects}
+        if all(k[0] in obj_keys for k in self.objects) and all(k in mesh_keys for k in self.meshes):
+            return False
+        self.prune(alive_objects)
+        return True
+
     def clear(self) -> None:
         self.objects.clear()
         self.meshes.clear()
@@ -224,9 +234,9 @@ def draw_viewport() -> None:
         return
     try:
         objects = visible_splat_objects(context)
-        # hidden or deleted objects give their GPU memory back (showing one again re-uploads it)
-        if len(DRAWER.meshes) > len(objects) or len({k[0] for k in DRAWER.objects}) > len(objects):
-            DRAWER.prune(objects)
+        # hidden or deleted objects give their GPU memory back (showing one again re-uploads it);
+        # by identity, not count: one deleted and another added in its place frees the first
+        DRAWER.release_unseen(objects)
         if objects:
             DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height),
                                 view_key=rv3d.as_pointer())
