@@ -14,12 +14,7 @@ from typing import Callable, Sequence
 import bpy
 from bpy.props import PointerProperty
 
-from . import connection
-
-try:  # H5b's splat object module; absent in a partial build
-    from . import splat_object
-except ImportError:  # pragma: no cover
-    splat_object = None
+from . import connection, splat_object
 
 CANCEL_CONFIRM_S = 60.0        # after this, a cancel the backend never confirmed ends the operator
 
@@ -49,8 +44,6 @@ def put_splats(context, rec, splats, location: Sequence[float] | None = None):
 
     A new object gets a free name based on ``rec.target`` (stored back in the record) and, when
     given, ``location`` (world space, metres); an existing one keeps its name and placement."""
-    if splat_object is None:
-        raise RuntimeError("the splat object module is missing from this build")
     obj = bpy.data.objects.get(rec.target)
     if obj is not None and splat_object.is_splat_object(obj):
         splat_object.update_splat_object(obj, splats)
