@@ -98,6 +98,9 @@ def status_text(rec) -> str:
     return f"{rec.label}: " + ", ".join(parts)
 
 
+FOLLOW_INTERVAL_S = 0.1        # modal timer while following a job on the backend
+
+
 class JobModal:
     """Mixin for a modal operator that follows one tracked job (``self._job_id``).
 
@@ -115,6 +118,13 @@ class JobModal:
         wm.progress_begin(0, 1000)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
+
+    def _set_interval(self, context, interval_s: float) -> None:
+        """Re-add the modal's timer at a new interval (seconds)."""
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+        self._timer = wm.event_timer_add(interval_s, window=context.window)
 
     def _finish(self, context, result: set) -> set:
         wm = context.window_manager

@@ -186,7 +186,7 @@ class SPLATBRIDGE_OT_generate(job_objects.JobModal, bpy.types.Operator):
         if rec is None:
             return {"CANCELLED"}
         self._job_id, self._cancel_at = rec.job_id, 0.0
-        return self._begin(context, 0.1)
+        return self._begin(context, job_objects.FOLLOW_INTERVAL_S)
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":

@@ -229,6 +229,8 @@ class SPLATBRIDGE_OT_train(job_objects.JobModal, bpy.types.Operator):
                     rec = submit_capture(context, self._capture.result(), name=self._name(context))
                     self._job_id, self._phase = rec.job_id, "train"
                     CAPTURE_PROGRESS["active"] = False
+                    # 50 Hz suits back-to-back renders; following a job for hours it is only load
+                    self._set_interval(context, job_objects.FOLLOW_INTERVAL_S)
                 return {"RUNNING_MODAL"}
             result = self._follow_job(context)     # _cancel_at is set exactly in phase "cancelling"
         except Exception as exc:

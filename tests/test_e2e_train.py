@@ -346,3 +346,17 @@ def test_train_operator_leaves_nothing_behind_when_ended_early(addon):
     op._job_id = "0123abcd"
     assert op._request_cancel(bpy.context, "Train Splats") == {"CANCELLED"}
     assert op.reports == [({"ERROR"}, "Train Splats: not connected to a backend")]
+
+
+def test_modal_timer_interval_changes_in_place(addon):
+    """The Train modal renders at 50 Hz, then follows the job at FOLLOW_INTERVAL_S: the timer is
+    replaced (never two), and ``_finish`` removes it."""
+    import bpy
+    from splatbridge import job_objects
+
+    op = job_objects.JobModal()
+    op._set_interval(bpy.context, 0.02)
+    first = op._timer
+    op._set_interval(bpy.context, job_objects.FOLLOW_INTERVAL_S)
+    assert op._timer is not first and op._timer.time_step == pytest.approx(0.1)
+    assert op._finish(bpy.context, {"FINISHED"}) == {"FINISHED"} and op._timer is None
