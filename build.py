@@ -463,6 +463,20 @@ def _addon_files() -> list[tuple[Path, str]]:
     return files + walk(SHARED_SRC, "shared/")
 
 
+def assemble_addon(dest: Path) -> Path:
+    """Lay the add-on out as the extension installs it, without wheels: ``dest/splatbridge``
+    holding blender_addon/ and the vendored ``shared/`` (for tests and the demo, which put
+    ``dest`` on sys.path and import ``splatbridge``). Returns the package folder."""
+    target = Path(dest) / ADDON_ID
+    if target.exists():
+        shutil.rmtree(target)
+    for src, name in _addon_files() + [(ADDON_SRC / "blender_manifest.toml", "blender_manifest.toml")]:
+        out = target / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out)
+    return target
+
+
 def build_addon(dist: Path = DIST, cache: Path | None = None, offline: bool = False) -> Path:
     """Write and validate dist/splatbridge-<version>.zip. Returns its path."""
     text, manifest = read_source_manifest()

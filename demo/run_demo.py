@@ -56,11 +56,10 @@ def quiet_stdout():
 
 
 def assemble_addon(dest: Path) -> None:
-    """The add-on as the extension lays it out: blender_addon/ as ``splatbridge`` + shared/."""
-    target = dest / "splatbridge"
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "blender_addon", target, ignore=ignore)
-    shutil.copytree(ROOT / "shared", target / "shared", ignore=ignore)
+    """The add-on as the extension lays it out (build.py's layout), importable as ``splatbridge``."""
+    sys.path.insert(0, str(ROOT))
+    from build import assemble_addon as lay_out
+    lay_out(dest)
     sys.path.insert(0, str(dest))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -79,20 +78,11 @@ def gpu_ready(bpy_empty):
     return bpy
 
 
-def assemble_addon(dest: Path) -> Path:
-    """Copy blender_addon/ and shared/ into dest/splatbridge (the layout of the built extension)."""
-    target = dest / "splatbridge"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(ROOT / "blender_addon", target, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "shared", target / "shared", ignore=shutil.ignore_patterns("__pycache__"))
-    return target
-
-
 @pytest.fixture(scope="session")
 def addon_dir(tmp_path_factory) -> Path:
     """The add-on assembled as `splatbridge` in a temp folder that is on sys.path."""
     base = tmp_path_factory.mktemp("addon")
+    from build import assemble_addon        # build.py at the repo root: the one add-on layout
     assemble_addon(base)
     sys.path.insert(0, str(base))
     return base / "splatbridge"
