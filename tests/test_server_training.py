@@ -8,7 +8,6 @@ client and from a restarted server.
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
@@ -16,12 +15,7 @@ import pytest
 
 from test_server import ServerProcess, drain_until, run_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("backend.trainer") is None
-                       or importlib.util.find_spec("test_trainer") is None,
-                       reason="backend/trainer.py or tests/test_trainer.py (H3) is not there"),
-]
+pytestmark = pytest.mark.slow
 
 VIEWS, SIZE = 24, 64
 TRAIN_STEPS = 150
