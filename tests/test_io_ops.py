@@ -154,6 +154,8 @@ def test_export_refuses_a_non_splat_object(io_ops, bpy_empty, tmp_path):
 def test_export_extension_follows_format(io_ops, bpy_empty):
     check = io_ops.EXPORT_SCENE_OT_splatbridge_splats.check
 
+    # A stand-in for the operator: Blender calls check() only from the file browser, which
+    # headless bpy cannot open, so the method runs on a plain object with the two properties.
     class Fake:
         filepath = "/tmp/scene.ply"
         format = "compressed_ply"
