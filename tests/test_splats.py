@@ -124,7 +124,8 @@ def test_bounds():
     s = Splats.from_activated(means=[[0, 0, 0], [1, 2, 3]], quats=[[1, 0, 0, 0]] * 2,
                               scales=[[0.1] * 3, [0.5, 0.2, 0.1]], alphas=[0.5] * 2, colors=[[0.5] * 3] * 2)
     lo, hi = s.bounds()
-    np.testing.assert_allclose(lo, [0, 0, 0]) and np.testing.assert_allclose(hi, [1, 2, 3])
+    np.testing.assert_allclose(lo, [0, 0, 0])
+    np.testing.assert_allclose(hi, [1, 2, 3])
     lo, hi = s.bounds(sigmas=3)
     np.testing.assert_allclose(lo, [-0.5, -0.3, -0.3], atol=1e-6)
     np.testing.assert_allclose(hi, [2.5, 3.5, 4.5], atol=1e-6)
