@@ -159,6 +159,8 @@ def test_setup_is_a_no_op_when_the_stamp_matches(tmp_path, monkeypatch):
 
 
 def test_setup_installs_requirements_with_a_local_cpu_torch(tmp_path, monkeypatch):
+    # pip is not run: a real install of requirements.txt (CPU torch alone is ~200 MB) takes
+    # minutes on 2 cores and needs the network; the test checks the commands setup() would run.
     venv = _fake_venv(tmp_path, monkeypatch)
     (venv / build.STAMP_NAME).write_text("stale\n")
     wheels = tmp_path / "wheels"
