@@ -557,7 +557,7 @@ def test_dispatch_by_extension_and_errors(tmp_path: Path) -> None:
     (tmp_path / "not.ply").write_bytes(b"PK\x03\x04 zip data")
     with pytest.raises(SplatFormatError, match=r"not\.ply: header: not a PLY file"):
         read_splats(tmp_path / "not.ply")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"missing\.spz: no such file"):
         read_splats(tmp_path / "missing.spz")
 
 

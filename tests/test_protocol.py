@@ -351,7 +351,11 @@ def test_huge_declared_shape_fails_fast_without_allocating():
         tracemalloc.stop()
     assert peak < 2**20, f"decoding a refused message allocated {peak} bytes"
     assert e.value.code == "too_large"
-    with pytest.raises(SizeLimitExceeded):   # product overflows int64: still caught
+    # The byte count overflows int64: still caught, and reported exactly (2**189), not wrapped.
+    with pytest.raises(SizeLimitExceeded,
+                       match=r"fields\.splats\.means: declared shape \(4611686018427387904, "
+                             rf"4611686018427387904, 4611686018427387904\) f8 is {2**189} bytes, "
+                             r"over the 2147483648-byte limit"):
         decode(raw_result(nd("f8", [2**62, 2**62, 2**62], 0), b"\0" * 12))
 
 

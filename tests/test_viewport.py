@@ -371,7 +371,7 @@ def test_register_settings_panel_and_handlers(addon_dir, bpy_empty):
         obj.splatbridge_display.scale = 0.5
         obj.splatbridge_display.point_mode = True
         assert settings.display_settings(obj) == settings.DisplaySettings(sh_degree=1, scale=0.5, point_mode=True)
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="sh_degree expected an int type, not str"):
             obj.splatbridge_display.sh_degree = "three"
         obj.splatbridge_display.sh_degree = 7                       # clamped to the property's range
         assert obj.splatbridge_display.sh_degree == 3
