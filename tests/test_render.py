@@ -233,8 +233,16 @@ def test_render_png(artifacts):
     from PIL import Image
     scene = random_scene(400, 5, C=1, W=128, H=96)
     scene[-1] = torch.tensor([[[140.0, 0, 64], [0, 140.0, 48], [0, 0, 1]]])
-    img, _, _ = rasterize(*scene, 128, 96, backgrounds=torch.ones(1, 3))
+    img, alpha, _ = rasterize(*scene, 128, 96, backgrounds=torch.ones(1, 3))
     Image.fromarray((img[0].clamp(0, 1).numpy() * 255).astype(np.uint8)).save(artifacts / "render_reference.png")
+    # The saved picture is the black-background render composited over white, and the cloud
+    # covers most of the frame but not all of it (the uncovered pixels are pure white).
+    img_black, alpha_black, _ = rasterize(*scene, 128, 96)
+    torch.testing.assert_close(alpha, alpha_black, atol=0, rtol=0)
+    torch.testing.assert_close(img, img_black + (1 - alpha), atol=1e-6, rtol=0)
+    uncovered = alpha[0, ..., 0] == 0
+    assert 0 < uncovered.float().mean() < 0.2 and (alpha[0, ..., 0] > 0.5).float().mean() > 0.5
+    assert (img[0][uncovered] == 1.0).all()
 
 
 @pytest.mark.gpu
