@@ -215,7 +215,7 @@ def test_bad_job_input_is_a_job_error():
         run_train_job({"strategy": "magic"}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
     with pytest.raises(JobError, match="images must be uint8"):
         run_train_job({}, {"images": images.astype(np.float32), "viewmats": viewmats, "Ks": Ks}, ctx)
-    with pytest.raises(JobError, match="missing"):
+    with pytest.raises(JobError, match=r"train payload is missing \['viewmats', 'Ks'\]"):
         run_train_job({}, {"images": images}, ctx)
     payload = {"images": images, "viewmats": viewmats, "Ks": Ks}
     if not torch.cuda.is_available():
