@@ -146,7 +146,7 @@ def test_capture_job_steps_progress_and_cancel(mods):
     tmp = job._tmp
     job.cancel()
     assert not os.path.exists(tmp)
-    with pytest.raises(RuntimeError, match="cancelled"):
+    with pytest.raises(RuntimeError, match="capture was cancelled"):
         job.step()
     with pytest.raises(ValueError, match="point_colors must be 'RENDER' or 'MATERIAL'"):
         capture.CaptureJob(bpy.context, rg, point_colors="VERTEX")

@@ -142,7 +142,7 @@ def test_client_is_pure_python_and_vendorable(tmp_path):
 def test_send_on_a_closed_client_says_so():
     c = BackendClient(f"tcp://127.0.0.1:{free_port()}")
     c.close()
-    with pytest.raises(RuntimeError, match="reconnect"):
+    with pytest.raises(RuntimeError, match=r"the client is closed; call reconnect\(\)"):
         c.send_hello()
     assert c.poll() == []
     c.reconnect()

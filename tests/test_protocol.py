@@ -324,7 +324,7 @@ def test_encode_rejects_disallowed_dtypes():
 
 
 def test_encode_rejects_reserved_key_and_unsendable_values():
-    with pytest.raises(BadField, match="reserved"):
+    with pytest.raises(BadField, match="fields.meta: the key '__nd__' is reserved for arrays"):
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"__nd__": 1}}))
     with pytest.raises(BadField, match="fields.meta.f: value of type builtin_function_or_method"):
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"f": print}}))
@@ -361,10 +361,10 @@ def test_huge_declared_shape_fails_fast_without_allocating():
 
 def test_array_limit():
     lim = Limits(max_array_bytes=100)
-    with pytest.raises(SizeLimitExceeded, match="101 bytes"):
+    with pytest.raises(SizeLimitExceeded, match=r"fields\.splats\.means: declared shape \(101,\) u1 is 101 bytes, over the 100-byte limit"):
         decode(raw_result(nd("u1", [101], 0), b"\0" * 101), lim)
     decode(raw_result(nd("u1", [100], 0), b"\0" * 100), lim)   # exactly at the limit: fine
-    with pytest.raises(SizeLimitExceeded, match="fields.meta.a"):
+    with pytest.raises(SizeLimitExceeded, match=r"fields\.meta\.a: array of 101 bytes exceeds the 100-byte limit"):
         encode(Message("result", JOB, {"splats": splat_map(1), "meta": {"a": np.zeros(101, "u1")}}),
                lim)
 
