@@ -210,7 +210,7 @@ def test_bad_job_input_is_a_job_error():
     assert e.value.code == "bad_input" and "viewmats must be [8,4,4]" in e.value.message
     with pytest.raises(JobError) as e:
         run_train_job({"stepz": 5}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
-    assert e.value.code == "bad_params" and "stepz" in e.value.message
+    assert e.value.code == "bad_params" and "unknown train parameter(s) ['stepz']" in e.value.message
     with pytest.raises(JobError, match="strategy must be one of"):
         run_train_job({"strategy": "magic"}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
     with pytest.raises(JobError, match="images must be uint8"):
