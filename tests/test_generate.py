@@ -110,13 +110,13 @@ def test_cancel_returns_partial_result(server, models):
 
 
 @pytest.mark.parametrize("bad, code, words", [
-    ({"init": "cube"}, "bad_params", "init"),
-    ({"steps": 0}, "bad_params", "steps"),
+    ({"init": "cube"}, "bad_params", "init must be one of ('shap-e', 'mesh', 'sphere'), got 'cube'"),
+    ({"steps": 0}, "bad_params", "steps=0 is out of range [1, 100000]"),
     ({"steps": float("inf")}, "bad_params", "steps=inf"),
     ({"lr_means": -0.1}, "bad_params", "lr_means=-0.1 must be >= 0"),
-    ({"prompt": "  "}, "bad_params", "prompt"),
-    ({"colour": 1}, "bad_params", "colour"),
-    ({"init": "mesh"}, "bad_input", "points"),
+    ({"prompt": "  "}, "bad_params", "prompt is empty"),
+    ({"colour": 1}, "bad_params", "unknown generate parameter 'colour'"),
+    ({"init": "mesh"}, "bad_input", "init 'mesh' needs payload 'points'"),
     ({"guidance_model": "/nonexistent/sd"}, "model_missing", "/nonexistent/sd"),
     ({"guidance_model": "stabilityai/stable-diffusion-2-1-base"}, "model_missing",
      "python -m backend prefetch stabilityai/stable-diffusion-2-1-base"),
