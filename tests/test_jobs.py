@@ -1,7 +1,10 @@
 """The job runner in-process (no sockets): what a client gets when the store fails under a job.
 
 The job kinds here are plain functions of this module; the ``send`` callback collects the
-decoded messages that the server would route to the submitting client.
+decoded messages that the server would route to the submitting client. The store failures are
+injected by replacing one ``JobStore`` method with one that raises the OSError a full disk or a
+failing drive gives: a real full disk is not practical in a test, and a read-only folder does
+not stop the root user the CI runs as.
 """
 from __future__ import annotations
 
