@@ -4,7 +4,7 @@ The job kinds here are plain functions of this module; the ``send`` callback col
 decoded messages that the server would route to the submitting client. The store failures are
 injected by replacing one ``JobStore`` method with one that raises the OSError a full disk or a
 failing drive gives: a real full disk is not practical in a test, and a read-only folder does
-not stop the root user the CI runs as.
+not stop a root user (these tests run as root on the build machine).
 """
 from __future__ import annotations
 
