@@ -189,6 +189,10 @@ def test_setup_installs_requirements_with_a_local_cpu_torch(tmp_path, monkeypatc
     assert (venv / build.STAMP_NAME).read_text().strip() == build.requirements_hash()
 
 
+# In the test/demo command tests below, setup() (which creates or updates the venv: minutes of
+# pip) is replaced by the interpreter running these tests, which has everything installed.
+
+
 def _pytest_args(tmp_path: Path, test_file: str, body: str) -> list[str]:
     """Arguments for a pytest run of one small file, isolated from the repo's config and conftest."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
