@@ -56,7 +56,9 @@ def test_sphere_job_progress_preview_and_result(server, models):
         out = job.result_splats()
         assert isinstance(out, Splats) and len(out) == 96 and out.sh_degree == 0
         # Sphere init: canonical ball of radius 0.6 in a radius-1 frame, centred at the origin.
-        assert np.abs(out.means).max() < 1.0 and np.abs(out.means.mean(axis=0)).max() < 0.2
+        # (4 steps move the means by ~0.005: measured max |mean| 0.602)
+        assert np.linalg.norm(out.means, axis=1).max() < 0.62
+        assert np.abs(out.means.mean(axis=0)).max() < 0.2
         meta = job.meta
         assert meta["seed"] == 7 and meta["settings"]["guidance_scale"] == 100.0
         assert meta["settings"]["steps"] == 4 and meta["settings"]["init"] == "sphere"
@@ -79,11 +81,13 @@ def test_mesh_init_keeps_size_and_colours(server, models):
         out = job.result_splats()
         assert len(out) == 96
         lo, hi = out.bounds()
-        assert np.allclose(hi - lo, 2.0, atol=0.15), (lo, hi)     # the mesh's size is kept ...
-        assert np.allclose((lo + hi) / 2, 0.0, atol=0.1)             # ... centred at the origin
+        # 3 steps move the means by ~0.005 and the colours by ~0.001 (measured): the margins
+        # below are a few times that, not a fraction of the cube.
+        assert np.allclose(hi - lo, 2.0, atol=0.03), (lo, hi)     # the mesh's size is kept ...
+        assert np.allclose((lo + hi) / 2, 0.0, atol=0.02), (lo, hi)  # ... centred at the origin
         assert np.allclose(job.meta["init_centre"], [5.0, 0.0, 1.0], atol=1e-5)
         rgb = out.base_colors().mean(axis=0)
-        assert np.allclose(rgb, np.array([200, 30, 30]) / 255, atol=0.05), rgb
+        assert np.allclose(rgb, np.array([200, 30, 30]) / 255, atol=0.01), rgb
 
 
 def test_shap_e_init(server, models):
@@ -95,7 +99,7 @@ def test_shap_e_init(server, models):
         assert len(out) == 96 and out.sh_degree == 1
         # Shap-E's object, normalised to a bounding radius of 1 m.
         radius = np.linalg.norm(out.means - (out.means.min(0) + out.means.max(0)) / 2, axis=1).max()
-        assert 0.8 < radius < 1.2, radius
+        assert radius == pytest.approx(1.0, abs=0.05), radius    # 2 steps: measured 1.014
 
 
 def test_cancel_returns_partial_result(server, models):
