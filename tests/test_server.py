@@ -221,7 +221,9 @@ def test_hello_reports_capabilities(server):
     assert f["device"] == "cpu" and f["cuda"] is False and f["gsplat_cuda"] is False
     assert f["gpu_name"] is None
     assert {"sleep", "fail", "oom", "crash"} <= set(f["job_kinds"])
-    assert isinstance(f["models"], (dict, list))
+    # empty until the background scan is done, then one {"id", "present", ...} per model
+    assert isinstance(f["models"], list)
+    assert all({"id", "present"} <= set(m) for m in f["models"]), f["models"]
 
 
 def test_hello_lists_models_once_scanned(server):
