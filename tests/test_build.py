@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -106,15 +105,13 @@ def test_validation_catches_a_missing_wheel(built_addon, tmp_path):
     assert any(f"listed wheel ./{dropped} is not in the zip" in p for p in problems), problems
 
 
-def test_rebuild_is_offline_and_fast(built_addon, tmp_path):
-    """The wheel cache makes a second build need no pip and no network."""
-    start = time.monotonic()
+def test_rebuild_is_offline(built_addon, tmp_path):
+    """The wheel cache makes a second build need no pip and no network (--offline fails rather
+    than download)."""
     proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "addon", "--offline", "--dist", str(tmp_path),
                            "--wheel-cache", str(ROOT / "dist" / "wheel-cache")], capture_output=True, text=True)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "downloading" not in proc.stdout
-    assert elapsed < 30, f"offline rebuild took {elapsed:.1f} s"
     assert _manifest(tmp_path / built_addon.name)["wheels"] == _manifest(built_addon)["wheels"]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -574,12 +573,8 @@ def million() -> Splats:
 def test_one_million_degree3(tmp_path: Path, million: Splats, fmt: str) -> None:
     path = tmp_path / f"big.{'spz' if fmt == 'spz' else 'splat' if fmt == 'splat' else 'ply'}"
     options = {"compresslevel": 1} if fmt == "spz" else {}  # level 6 (default) is ~4x slower to write
-    t0 = time.perf_counter()
-    write_splats(path, million, format=fmt, **options)
-    t1 = time.perf_counter()
+    write_splats(path, million, format=fmt, **options)         # speed: bench/io.py, not here
     r = read_splats(path)
-    t2 = time.perf_counter()
-    print(f"\n{fmt}: 1M splats SH3 write {t1 - t0:.2f} s, read {t2 - t1:.2f} s, {path.stat().st_size / 1e6:.1f} MB")
     assert len(r) == len(million)
     if fmt == "ply":
         assert_all_equal(r, million)
@@ -589,8 +584,6 @@ def test_one_million_degree3(tmp_path: Path, million: Splats, fmt: str) -> None:
         check_splat_bounds(million, r)
     else:  # the SH check rotates both sets into RUB: a 100k sample keeps it quick
         check_spz_bounds(million.subset(slice(0, 100_000)), r.subset(slice(0, 100_000)), 3)
-    # generous: this runs on 2 shared cores in CI; on a free core each is a few seconds at most
-    assert t2 - t0 < 60
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
