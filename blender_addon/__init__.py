@@ -9,7 +9,6 @@ timers, draw handlers, sockets, child processes).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import traceback
 from types import ModuleType
@@ -31,8 +30,6 @@ MODULES: tuple[str, ...] = (
 
 # module name -> message of the last import/register/unregister failure (shown in preferences).
 ERRORS: dict[str, str] = {}
-# Names in MODULES whose file does not exist in this build (not an error: parts land over time).
-MISSING: list[str] = []
 # Survives importlib.reload of this package (F3 "Reload Scripts"): what is registered stays known,
 # and a reload also reloads the submodules on their next register.
 _registered: list[ModuleType] = globals().get("_registered", [])
@@ -47,9 +44,6 @@ def _report(name: str, stage: str) -> None:
 
 def _load(name: str) -> ModuleType | None:
     full = f"{__name__}.{name}"
-    if importlib.util.find_spec(full) is None:
-        MISSING.append(name)
-        return None
     try:
         if _reload_submodules and full in sys.modules:
             return importlib.reload(sys.modules[full])
@@ -65,7 +59,6 @@ def register() -> None:
     if _registered:  # registered twice without unregister: undo first so nothing is doubled
         unregister()
     ERRORS.clear()
-    MISSING.clear()
     for name in MODULES:
         module = _load(name)
         if module is None:

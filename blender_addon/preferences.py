@@ -114,14 +114,12 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         box.prop(self, "curve_server_key")
         box.prop(self, "curve_client_key")
 
-        from . import ERRORS, MISSING
+        from . import ERRORS
         if ERRORS:
             box = layout.box()
             box.label(text="Parts that failed to load:", icon="ERROR")
             for name, message in ERRORS.items():
                 box.label(text=f"{name}: {message}")
-        if MISSING:
-            layout.label(text="Not in this build: " + ", ".join(MISSING), icon="INFO")
 
 
 def get_prefs(context: bpy.types.Context | None = None) -> SplatBridgePreferences | None:
