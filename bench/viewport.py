@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--draw", action="store_true", help="also time one offscreen frame")
     args = ap.parse_args()
 
-    from tests.conftest import assemble_addon
+    from build import assemble_addon          # the extension's layout (build.py at the repo root)
     base = Path(tempfile.mkdtemp(prefix="sb_bench_"))
     assemble_addon(base)
     sys.path.insert(0, str(base))
@@ -66,6 +66,7 @@ def main() -> None:
     from splatbridge.shared.splats import Splats
     from splatbridge.viewport import draw, sort
     from splatbridge.viewport.gpu_data import OrderTexture, SplatTextures, pack_splats
+    from splatbridge.viewport.offscreen import ensure_gpu_module
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     n, degree, repeat = args.n, args.degree, args.repeat
@@ -131,13 +132,7 @@ def main() -> None:
     print(f"  of which argsort (u16, stable)    {1e3 * t_arg:8.1f} ms  / {1e3 * c_arg:7.1f} ms CPU")
 
     # 3. GPU upload ------------------------------------------------------------------------------
-    scene = bpy.context.scene
-    scene.render.engine = "BLENDER_WORKBENCH"
-    scene.render.resolution_x = scene.render.resolution_y = 4
-    cam = bpy.data.objects.new("gpu_init", bpy.data.cameras.new("gpu_init"))
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    bpy.ops.render.render(write_still=False)
+    ensure_gpu_module()
     print(f"\nGPU: {gpu.platform.renderer_get()} ({gpu.platform.backend_type_get()})")
     t_pack, c_pack, packed = timed(lambda: pack_splats(local), repeat)
     textures = None

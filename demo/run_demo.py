@@ -136,23 +136,10 @@ def contact_sheet(images: np.ndarray, cols: int = 8, scale: int = 2) -> np.ndarr
 
 def draw_splats(bpy, obj, cam) -> np.ndarray:
     """The add-on's viewport drawing of ``obj`` for shared camera ``cam`` (offscreen); RGBA float,
-    premultiplied over transparent black. Initialises Blender's GPU module with a tiny EEVEE render
-    first (background mode needs that)."""
-    from splatbridge.viewport.offscreen import draw_camera_view
-    scene = bpy.context.scene
-    saved = (scene.render.engine, scene.camera, scene.render.resolution_x, scene.render.resolution_y)
-    scene.render.engine = "BLENDER_EEVEE_NEXT" if "BLENDER_EEVEE_NEXT" in \
-        bpy.types.RenderSettings.bl_rna.properties["engine"].enum_items.keys() else "BLENDER_EEVEE"
-    scene.camera = bpy.data.objects["heldout"]
-    scene.render.resolution_x = scene.render.resolution_y = 4
-    hidden = [o for o in scene.objects if not o.hide_render and o.type != "CAMERA"]
-    for o in hidden:                      # nothing to compile shaders for: a quick render
-        o.hide_render = True
+    premultiplied over transparent black."""
+    from splatbridge.viewport.offscreen import draw_camera_view, ensure_gpu_module
     with quiet_stdout():
-        bpy.ops.render.render()
-    for o in hidden:
-        o.hide_render = False
-    scene.render.engine, scene.camera, scene.render.resolution_x, scene.render.resolution_y = saved
+        ensure_gpu_module()
     return draw_camera_view(obj, cam)
 
 

@@ -51,31 +51,13 @@ def bpy_empty():
     return bpy
 
 
-_GPU_READY = False
-
-
 @pytest.fixture
-def gpu_ready(bpy_empty):
-    """Initialise Blender's GPU module in background mode with one tiny (Workbench) render.
-
-    Until this has happened, `gpu` shader/batch calls raise "not available in background mode".
-    """
-    global _GPU_READY
-    bpy = bpy_empty
-    if not _GPU_READY:
-        scene = bpy.context.scene
-        scene.render.engine = "BLENDER_WORKBENCH"   # any GPU render initialises the module; Workbench is fastest
-        scene.render.resolution_x = scene.render.resolution_y = 4
-        cam_data = bpy.data.cameras.new("gpu_init_cam")
-        cam = bpy.data.objects.new("gpu_init_cam", cam_data)
-        scene.collection.objects.link(cam)
-        scene.camera = cam
-        scene.render.filepath = str(ARTIFACTS / "_gpu_init.png")
-        ARTIFACTS.mkdir(exist_ok=True)
-        bpy.ops.render.render(write_still=False)
-        bpy.data.objects.remove(cam)
-        _GPU_READY = True
-    return bpy
+def gpu_ready(bpy_empty, addon_dir):
+    """Blender's GPU module usable in background mode (the add-on's ``ensure_gpu_module``: one
+    tiny render); returns the bpy module."""
+    from splatbridge.viewport.offscreen import ensure_gpu_module
+    ensure_gpu_module()
+    return bpy_empty
 
 
 @pytest.fixture(scope="session")
