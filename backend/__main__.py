@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from typing import Callable
@@ -46,6 +47,12 @@ def serve_main(argv: list[str]) -> int:
                    help="register an extra job kind (a plug-in job function)")
     p.add_argument("--preview-interval", type=float, default=1.0, metavar="SECONDS",
                    help="send at most one preview per this many seconds per job")
+    p.add_argument("--keep-days", type=float, default=30.0, metavar="DAYS",
+                   help="free the inputs and result of jobs finished more than DAYS ago (0: never; "
+                        "default 30)")
+    p.add_argument("--max-store-gb", type=float, default=20.0, metavar="GIB",
+                   help="while the job store is larger, free the oldest finished jobs first (0: no "
+                        "limit; default 20). The newest finished job is always kept")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -65,8 +72,13 @@ def serve_main(argv: list[str]) -> int:
             if not sep or not name:
                 raise ValueError(f"--job-kind {spec!r} must look like NAME=package.module:function")
             JOB_KINDS.register(name, target)
+        from backend.store import Retention
+        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
+        retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
-                        preview_interval_s=args.preview_interval)
+                        preview_interval_s=args.preview_interval, retention=retention)
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)

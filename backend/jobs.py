@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from backend.job_api import JobError, JobFunction, JobResult
-from backend.store import JobStore, StoreError
+from backend.store import JobStore, Retention, StoreError
 from shared.protocol import Message, ProtocolError, encode, make_error
 from shared.splats import Splats
 
@@ -230,13 +230,22 @@ class SubmitError(Exception):
         self.message = message
 
 
+def _pruned_message(job_id: str, rec: dict) -> str:
+    pruned = rec.get("pruned") or {}
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(pruned.get("time") or 0))
+    return (f"job {job_id} is {rec.get('state')}, but its result was removed from the job store on "
+            f"{when} ({pruned.get('reason', 'retention')}); run the job again, or start the server "
+            f"with larger --keep-days / --max-store-gb")
+
+
 class JobRunner:
     """FIFO queue + one worker thread (one job per GPU at a time) + the job store."""
 
     def __init__(self, store: JobStore, device: str, send: Send,
                  kinds: LazyJobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
-                 recent_jobs: int = 50):
+                 recent_jobs: int = 50, retention: Retention | None = Retention()):
         self.store = store
+        self.retention = retention
         self.device = device
         self.kinds = kinds
         self._send = send
@@ -251,6 +260,7 @@ class JobRunner:
         if interrupted:
             log.warning("marked %d job(s) interrupted by the last shutdown: %s",
                         len(interrupted), ", ".join(interrupted))
+        self._prune()
         self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._thread.start()
 
@@ -342,13 +352,36 @@ class JobRunner:
         if not self.store.has_result(job_id):
             if rec["state"] in ("queued", "running"):
                 return make_error("not_finished", f"job {job_id} is {rec['state']}", job_id)
+            if rec.get("pruned"):
+                return make_error("no_result", _pruned_message(job_id, rec), job_id)
             why = ("it was cancelled before it started" if rec.get("started") is None else
                    "the server could not save it; see the server log")
             return make_error("no_result", f"job {job_id} is {rec['state']} and has no result "
                               f"({why})", job_id)
-        res = self.store.load_result(job_id)
+        try:
+            res = self.store.load_result(job_id)
+        except (StoreError, OSError):
+            rec = self.store.read(job_id)
+            if not rec.get("pruned"):       # not the retention racing this read: a real fault
+                raise
+            return make_error("no_result", _pruned_message(job_id, rec), job_id)
         return Message("result", job_id, {"splats": res.splats.to_arrays(),
                                           "metrics": res.metrics, "meta": res.meta})
+
+    def _prune(self) -> None:
+        """Apply the store's retention; never lets a store problem stop the runner."""
+        if self.retention is None:
+            return
+        with self._cond:
+            keep = {j.job_id for j in self._jobs.values() if j.state in ("queued", "running")}
+        try:
+            pruned = self.store.prune(self.retention, keep)
+        except Exception:
+            log.error("job store retention failed:\n%s", traceback.format_exc())
+            return
+        if pruned:
+            log.info("job store retention freed %d job(s): %s", len(pruned),
+                     "; ".join(f"{job_id} ({why})" for job_id, why in pruned))
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop taking jobs, drop the queue (marked interrupted), stop the running job and wait
@@ -418,6 +451,7 @@ class JobRunner:
                 with self._cond:
                     self._running = None
                     job.payload = None
+            self._prune()
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         job.state = "failed"

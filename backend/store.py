@@ -11,7 +11,13 @@ Layout of ``<root>/<job_id>/``::
     result/meta.json    the result's meta
 
 Writes go to a temporary file first and are moved into place (``os.replace``), so a crash leaves
-either the old or the new file, never half of one. The store is used from the socket thread and
+either the old or the new file, never half of one.
+
+Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back their ``inputs/`` and
+``result/`` once they are older than ``max_age_days`` or while the store is over ``max_bytes``
+(oldest first). Their ``job.json`` stays, marked ``pruned`` with the reason, so a later fetch says
+why the result is gone instead of "unknown job". Queued and running jobs and the most recently
+finished one (whose client may not have it yet) are never pruned. The store is used from the socket thread and
 the worker thread; one lock serialises the ``job.json`` read-modify-write.
 """
 from __future__ import annotations
@@ -35,6 +41,32 @@ from shared.splats import Splats
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("done", "cancelled", "failed")
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # same rule as shared.protocol
+
+
+@dataclass(frozen=True)
+class Retention:
+    """When finished jobs' data leaves the store; 0 turns a rule off."""
+
+    max_age_days: float = 30.0      # days since the job finished
+    max_bytes: int = 20 * 2 ** 30   # the whole store folder
+
+    def __post_init__(self) -> None:
+        for name in ("max_age_days", "max_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"retention {name} must be a number >= 0 (0 = no limit), got {value!r}")
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 if it is gone)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:         # removed meanwhile
+                pass
+    return total
 
 
 class StoreError(Exception):
@@ -181,6 +213,54 @@ class JobStore:
                                               "submit it again"})
                 ids.append(rec["job_id"])
         return ids
+
+    # -- retention ----------------------------------------------------------------------------
+    def prune(self, retention: Retention, keep: frozenset[str] | set[str] = frozenset(),
+              now: float | None = None) -> list[tuple[str, str]]:
+        """Apply ``retention`` (see the module docstring); ``keep``: ids never to prune (the runner's
+        live jobs). Returns ``[(job_id, reason)]`` in the order pruned."""
+        now = time.time() if now is None else now
+        finished = [r for r in self.list_records()
+                    if r.get("state") in FINISHED_STATES and not r.get("pruned")
+                    and r.get("job_id") not in keep and isinstance(r.get("finished"), (int, float))]
+        finished.sort(key=lambda r: r["finished"])
+        candidates = finished[:-1]          # the newest finished job stays
+        pruned: list[tuple[str, str]] = []
+        if retention.max_age_days > 0:
+            limit = now - retention.max_age_days * 86400.0
+            for rec in [r for r in candidates if r["finished"] < limit]:
+                reason = f"finished more than {retention.max_age_days:g} days ago"
+                self._prune_one(rec["job_id"], reason, now)
+                pruned.append((rec["job_id"], reason))
+                candidates.remove(rec)
+        if retention.max_bytes > 0:
+            total = folder_bytes(self.root)
+            for rec in candidates:
+                if total <= retention.max_bytes:
+                    break
+                freed = self._prune_one(rec["job_id"], f"the job store was over its "
+                                        f"{retention.max_bytes / 2 ** 30:g} GiB limit", now)
+                total -= freed
+                pruned.append((rec["job_id"], "store over its size limit"))
+        return pruned
+
+    def _prune_one(self, job_id: str, reason: str, now: float) -> int:
+        """Delete the job's inputs and result (renamed away first, so a concurrent reader sees
+        either all of the result or none); returns the bytes freed."""
+        d = self.job_dir(job_id)
+        self.update(job_id, pruned={"time": now, "reason": reason})   # first: a fetch that then
+        freed = 0                                                       # misses the files says why
+        for name in ("result", "inputs", ".result.tmp"):
+            part = d / name
+            if not part.exists():
+                continue
+            doomed = d / f".pruned-{name.strip('.')}"
+            if doomed.exists():
+                shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(part, doomed)
+            freed += folder_bytes(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        return freed
 
     # -- inputs -------------------------------------------------------------------------------
     def load_inputs(self, job_id: str) -> dict:

@@ -212,12 +212,18 @@ def start_backend(python: str, source_dir: Path, port: int, job_store: str = "",
     return proc
 
 
+def retention_args(prefs) -> tuple[str, ...]:
+    """The serve options for the preferences' job store retention (days, GiB; 0 = no limit)."""
+    return ("--keep-days", f"{max(0.0, float(prefs.job_store_keep_days)):g}",
+            "--max-store-gb", f"{max(0.0, float(prefs.job_store_max_gb)):g}")
+
+
 def start_from_prefs(prefs) -> BackendProcess:
     """Start the local backend as the preferences (or DefaultSettings) describe."""
     source = check_backend_source(prefs.backend_source)
     python = resolve_python(prefs.python_executable, source)
     job_store = bpy.path.abspath(prefs.job_store) if prefs.job_store else ""
-    return start_backend(python, source, prefs.port, job_store)
+    return start_backend(python, source, prefs.port, job_store, retention_args(prefs))
 
 
 def ensure_local_backend(prefs) -> BackendProcess | None:

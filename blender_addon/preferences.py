@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import bpy
-from bpy.props import BoolProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
 ADDON_PACKAGE = __package__  # "bl_ext.<repo>.splatbridge" when installed as an extension
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -71,6 +71,18 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         subtype="DIR_PATH",
         default="",
     )
+    job_store_keep_days: FloatProperty(
+        name="Keep Finished Jobs (days)",
+        description="The local backend frees the inputs and result of jobs finished longer ago than this "
+                    "(results already in your .blend are not affected). 0: keep forever",
+        default=30.0, min=0.0, soft_max=365.0,
+    )
+    job_store_max_gb: FloatProperty(
+        name="Job Store Limit (GiB)",
+        description="While the job store is larger, the local backend frees the oldest finished jobs "
+                    "first; the newest finished job is always kept. 0: no limit",
+        default=20.0, min=0.0, soft_max=1000.0,
+    )
     curve_server_key: StringProperty(
         name="Server Public Key",
         description="CurveZMQ: the backend's public key certificate (server.key), needed for a "
@@ -102,6 +114,9 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         col.prop(self, "backend_source")
         col.prop(self, "port")
         col.prop(self, "job_store")
+        row = col.row(align=True)
+        row.prop(self, "job_store_keep_days")
+        row.prop(self, "job_store_max_gb")
         from . import backend_process
         row = box.row()
         row.label(text=backend_process.status_text())
@@ -139,6 +154,8 @@ class DefaultSettings:
     backend_source: str = ""
     port: int = DEFAULT_PORT
     job_store: str = ""
+    job_store_keep_days: float = 30.0
+    job_store_max_gb: float = 20.0
     curve_server_key: str = ""
     curve_client_key: str = ""
 

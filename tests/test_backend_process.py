@@ -113,11 +113,21 @@ def test_ensure_local_backend_follows_the_toggle(bp, addon_dir):
     assert bp.ensure_local_backend(DefaultSettings(start_local_backend=False)) is None
     assert not bp.is_running()
     settings = DefaultSettings(start_local_backend=True, backend_source=str(ROOT),
-                               python_executable=sys.executable, port=_free_port())
+                               python_executable=sys.executable, port=_free_port(),
+                               job_store_keep_days=7.5, job_store_max_gb=0.0)
     proc = bp.ensure_local_backend(settings)
     assert proc is not None and bp.is_running()
     assert proc.spec.python == sys.executable and proc.spec.port == settings.port
+    command = proc.spec.command()
+    assert command[-4:] == ["--keep-days", "7.5", "--max-store-gb", "0"], command
     assert bp.ensure_local_backend(settings) is proc
+    client = BackendClient(proc.spec.address, timeout_s=120)
+    try:                                # the server took the retention options and serves
+        client.send_hello()
+        assert client.wait_for(lambda: client.server_info is not None, timeout=120), \
+            "no hello from the backend:\n" + "\n".join(bp.read_log())
+    finally:
+        client.close()
     bp.stop_backend()
 
 
