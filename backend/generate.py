@@ -39,7 +39,8 @@ from torch import Tensor
 
 from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext
-from backend.models import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, load_pipeline
+from backend.models import (DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, cudnn_autotune,
+                            load_pipeline)
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.progress import StepRate
 from backend.render import rasterize
@@ -394,7 +395,7 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
         views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
         t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
         pre = (lambda info: strategy.step_pre_backward(params, optimizers, state, step, info)) if densify else None
-        with cuda_oom_guard(f"step {step} of score distillation"):
+        with cuda_oom_guard(f"step {step} of score distillation"), cudnn_autotune(device):
             loss, info = sds_objective(params, guidance, views, t, noise_gen, settings.guidance_scale,
                                        settings.sh_degree, pre)
             loss.backward()

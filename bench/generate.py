@@ -350,6 +350,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SDS batch {batch} @ {a.resolution}px, {a.num_points} Gaussians: {r['s_per_step'] * 1000:.1f} ms/step "
               f"(mean {r['s_per_step_mean'] * 1000:.1f}), 1200 steps ~ {r['projected_1200_s']:.1f} s, "
               f"peak {r['peak_gib']:.2f} GiB  [{parts}]", flush=True)
+    if device.type == "cuda" and a.batch_size:
+        # The same first configuration without cuDNN autotuning (the job's default is on), same run.
+        import contextlib
+        import backend.generate as generate_module
+        tuned = generate_module.cudnn_autotune
+        generate_module.cudnn_autotune = lambda device: contextlib.nullcontext()
+        try:
+            batch = a.batch_size[0]
+            base = bench_sds(guidance, device, a.resolution, batch, a.num_points, a.steps, a.warmup)
+        finally:
+            generate_module.cudnn_autotune = tuned
+        ratio = base["s_per_step"] / results["sds"][0]["s_per_step"]
+        results["no_autotune"] = {**base, "speedup_from_autotune": ratio}
+        print(f"SDS batch {batch} without cuDNN autotuning: {base['s_per_step'] * 1000:.1f} ms/step; autotuning "
+              f"is {ratio:.2f}x as fast", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

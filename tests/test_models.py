@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backend.job_api import JobError
-from backend.models import cuda_oom_guard, load_pipeline, prefetch_command
+from backend.models import cuda_oom_guard, cudnn_autotune, load_pipeline, prefetch_command
 from tiny_models import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +101,22 @@ def test_offline_missing_model_names_model_and_command(tmp_path):
     assert present == {"stabilityai/stable-diffusion-2-1-base": False, "openai/shap-e": True,
                        "timbrooks/instruct-pix2pix": False}
     assert out["prefetch_rc"] == 2 and "HF_HUB_OFFLINE" in proc.stderr
+
+
+def test_cudnn_autotune_is_scoped_to_cuda_blocks():
+    """Score distillation turns cuDNN autotuning on for its steps only (setting the flag needs no GPU)."""
+    import torch
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_autotune("cpu"):
+            assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(torch.device("cuda")):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(KeyError):
+            with cudnn_autotune("cuda"):
+                raise KeyError("a step failed")
+        assert torch.backends.cudnn.benchmark is False     # restored on errors too
+    finally:
+        torch.backends.cudnn.benchmark = before
