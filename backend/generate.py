@@ -302,8 +302,10 @@ def points_to_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int = 0,
                   shN=np.zeros((n, REST_COUNT[sh_degree], 3), np.float32))
 
 
-def make_init(settings: GenerateSettings, payload: dict, device: torch.device) -> tuple[Splats, float, np.ndarray]:
-    """-> (canonical splats, output radius in metres, centre of the input in world space)."""
+def make_init(settings: GenerateSettings, payload: dict, device: torch.device,
+              stage: Callable[[str], None] = lambda text: None) -> tuple[Splats, float, np.ndarray]:
+    """-> (canonical splats, output radius in metres, centre of the input in world space). ``stage(text)`` is
+    told what the slow parts are doing (loading and sampling the prior)."""
     rng = np.random.default_rng(settings.seed)
     centre, radius = np.zeros(3), 1.0
     if settings.init == "sphere":
@@ -313,7 +315,9 @@ def make_init(settings: GenerateSettings, payload: dict, device: torch.device) -
         pts, centre, radius = normalise_points(pts)
         pts, cols = resample_points(pts, cols, settings.num_points, rng)
     else:
+        stage(f"loading the Shap-E prior ({settings.prior_model})")
         pipe = load_pipeline(settings.prior_model, "shap-e", device, low_memory=settings.low_memory)
+        stage(f"sampling the Shap-E prior ({settings.prior_steps} steps)")
         with cuda_oom_guard("sampling the Shap-E prior"):
             pts, cols = shap_e_surface_points(pipe, settings.prompt, settings.seed, settings.prior_steps,
                                               settings.prior_guidance_scale, settings.prior_grid_size, device)
@@ -466,14 +470,18 @@ def run_generate_job(params: dict, payload: dict, ctx: JobContext,
     payload = payload or {}
     if settings.init != "mesh" and payload.get("points") is not None:
         raise JobError("bad_input", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
+    def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
+        ctx.report(0, 0, {"stage": text})
+
     t0 = time.perf_counter()
-    init_splats, radius, centre = make_init(settings, payload, device)
+    init_splats, radius, centre = make_init(settings, payload, device, stage)
     t_init = time.perf_counter() - t0
     if ctx.should_stop():
         splats = init_splats.transform(output_transform(radius))
         return JobResult(splats, {"seconds": t_init}, _meta(settings, device, radius, centre,
                                                            {"steps_done": 0, "cancelled": True}))
     if guidance is None:
+        stage(f"loading the guidance model ({settings.guidance_model})")
         guidance = make_guidance(settings, device)
     to_out = output_transform(radius)
     splats, info = distill(init_splats, guidance, settings, ctx, device,
@@ -505,7 +513,9 @@ class _CliContext:
 
     def report(self, step: int, total: int, metrics: dict, preview: Splats | None = None) -> None:
         now = time.monotonic()
-        if now - self._last >= 2.0 or step >= total:
+        if "stage" in metrics:
+            print(f"{metrics['stage']} ...", file=sys.stderr, flush=True)
+        elif now - self._last >= 2.0 or step >= total:
             self._last = now
             print(f"step {step}/{total}  loss {metrics.get('loss', float('nan')):.4g}  "
                   f"gaussians {int(metrics.get('num_gaussians', 0))}  {metrics.get('steps_per_s', 0):.2f} it/s  "

@@ -37,7 +37,9 @@ class JobContext(Protocol):
     def report(self, step: int, total: int, metrics: dict[str, float],
                preview: Splats | None = None) -> None:
         """Stream a ``progress`` message. ``metrics`` keys used by the UI: loss, psnr,
-        num_gaussians, steps_per_s, eta_s. ``preview`` is sent when given (rate-limit it)."""
+        num_gaussians, steps_per_s, eta_s, and ``stage`` (a string: what the job is doing before its
+        steps start, e.g. loading a model; report it as step 0 of 0). ``preview`` is sent when given
+        (rate-limit it)."""
 
     def should_stop(self) -> bool:
         """True once a cancel arrived: return the current result promptly."""

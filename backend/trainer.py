@@ -512,6 +512,7 @@ def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
         raise JobError("bad_params", f"downscale must be an integer >= 1, got {downscale!r}")
     if images_dir is not None and (not isinstance(images_dir, str) or not images_dir):
         raise JobError("bad_params", f"images_dir must be a folder path, got {images_dir!r}")
+    ctx.report(0, 0, {"stage": f"reading the dataset {path}"})     # big datasets take a while
     try:
         data = load_dataset(path, images_dir=images_dir, downscale=downscale)
     except DatasetError as exc:
@@ -532,6 +533,9 @@ class _CliContext:
         self.stop = False
 
     def report(self, step, total, metrics, preview=None) -> None:
+        if "stage" in metrics:
+            print(f"{metrics['stage']} ...", file=sys.stderr, flush=True)
+            return
         print(f"step {step}/{total}  loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f} dB  "
               f"gaussians {int(metrics['num_gaussians'])}  {metrics['steps_per_s']:.1f} steps/s  "
               f"eta {metrics['eta_s']:.0f} s", file=sys.stderr, flush=True)

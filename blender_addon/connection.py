@@ -155,8 +155,9 @@ def _sync_record(rec, job: JobState) -> None:
     m = job.metrics or {}
     for key in ("psnr", "loss", "num_gaussians", "eta_s", "steps_per_s"):
         v = m.get(key)
-        if v is not None:
+        if isinstance(v, (int, float)):
             setattr(rec, key, float(v))
+    rec.stage = str(m.get("stage") or "")      # each progress message says it again, or clears it
     if job.error is not None and job.error[0] not in ("not_finished",):
         rec.message = f"{job.error[0]}: {job.error[1]}"
 
@@ -363,6 +364,8 @@ class SplatBridgeJobRecord(bpy.types.PropertyGroup):
     num_gaussians: FloatProperty(name="Gaussians", default=0.0)
     eta_s: FloatProperty(name="ETA", default=float("nan"))
     steps_per_s: FloatProperty(name="Steps/s", default=float("nan"))
+    stage: StringProperty(name="Stage", description="What the job is doing before its steps start "
+                          "(e.g. loading a model)")
     message: StringProperty(name="Message")
     submitted_at: FloatProperty(name="Submitted At")
 

@@ -86,7 +86,10 @@ def format_duration(seconds: float) -> str:
 
 def status_text(rec) -> str:
     """'Train Splats: step 1200/3000, PSNR 27.1 dB, 154k Gaussians, 1m 20s left' (PSNR only when
-    the job reports it)."""
+    the job reports it); before the steps start, what the job says it is doing ('Generate Teapot:
+    loading the guidance model (...)')."""
+    if rec.stage and not rec.total:
+        return f"{rec.label}: {rec.stage}"
     parts = [f"step {rec.step}/{rec.total}" if rec.total else rec.state]
     if not math.isnan(rec.psnr):
         parts.append(f"PSNR {rec.psnr:.1f} dB")

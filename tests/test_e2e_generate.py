@@ -216,3 +216,20 @@ def test_tracked_job_survives_undo_of_the_next_action(addon, bpy_empty):
     bpy.ops.ed.undo()
     assert "Cube" not in bpy.data.objects
     assert [r.job_id for r in bpy.context.scene.splatbridge_jobs] == ["job3"]
+
+
+def test_status_bar_shows_the_stage_until_the_steps_start(addon, bpy_empty):
+    """Loading a diffusion model takes from seconds to minutes; the status bar says so instead of
+    "running". The stage comes with step 0 of 0; the first counted step replaces it."""
+    from shared.client import JobState
+    from splatbridge.job_objects import status_text
+    conn = addon["connection"]
+    rec = conn.track_job(bpy_empty.context.scene, "job1", "generate", "Teapot", label="Generate Teapot")
+    job = JobState("job1", "generate", state="running",
+                   metrics={"stage": "loading the guidance model (stabilityai/stable-diffusion-2-1-base)"})
+    conn._sync_record(rec, job)
+    assert status_text(rec) == "Generate Teapot: loading the guidance model (stabilityai/stable-diffusion-2-1-base)"
+    job.step, job.total, job.metrics = 3, 1200, {"loss": 0.5, "num_gaussians": 4096.0, "eta_s": 90.0}
+    conn._sync_record(rec, job)
+    assert rec.stage == ""
+    assert status_text(rec) == "Generate Teapot: step 3/1200, 4k Gaussians, 1m 30s left"

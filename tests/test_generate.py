@@ -45,6 +45,10 @@ def test_sphere_job_progress_preview_and_result(server, models):
         msgs = drain_until(c, lambda: c.jobs[job_id].finished, 180)
         job = c.jobs[job_id]
         assert job.state == "done", (job.error, server.log()[-3000:])
+        stages = [m.fields for m in msgs if m.type == "progress" and "stage" in m.fields["metrics"]]
+        assert [(f["step"], f["total"], f["metrics"]["stage"]) for f in stages] == \
+            [(0, 0, f"loading the guidance model ({models['sd']})")]       # sphere: no prior to load
+        msgs = [m for m in msgs if m.type != "progress" or "stage" not in m.fields["metrics"]]
         steps = [m.fields["step"] for m in msgs if m.type == "progress"]
         assert steps == sorted(steps) and steps[-1] == 4 and all(1 <= s <= 4 for s in steps)
         previews = [m for m in msgs if m.type == "progress" and "preview" in m.fields]
@@ -95,6 +99,9 @@ def test_shap_e_init(server, models):
         job_id = c.submit("generate", params(models, init="shap-e", steps=2, sh_degree=1))
         job = run_until(c, job_id, 240)
         assert job.state == "done", job.error
+        assert [m["stage"] for _, _, m in job.progress if "stage" in m] == [
+            f"loading the Shap-E prior ({models['shap-e']})", "sampling the Shap-E prior (2 steps)",
+            f"loading the guidance model ({models['sd']})"]
         out = job.result_splats()
         assert len(out) == 96 and out.sh_degree == 1
         # Shap-E's object, normalised to a bounding radius of 1 m.

@@ -272,9 +272,12 @@ def test_job_and_cli_paths(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
     # the same folder as a job ("Train from Dataset Folder": the backend reads the disk)
+    recorder = Recorder()
     res = run_train_job({"dataset_path": str(tmp_path), "steps": 3, "init_points": 40, "holdout_every": 4},
-                        {}, Recorder())
+                        {}, recorder)
     assert len(res.splats) == 40 and res.meta["dataset_path"] == str(tmp_path)
+    assert recorder.reports[0][:3] == (0, 0, {"stage": f"reading the dataset {tmp_path}"})
+    assert all("stage" not in r[2] and r[0] >= 1 for r in recorder.reports[1:])
     assert res.meta["image_size"] == [32, 32] and res.meta["holdout"] == [0, 4]
     with pytest.raises(JobError) as e:
         run_train_job({"dataset_path": str(tmp_path / "nope")}, {}, Recorder())
