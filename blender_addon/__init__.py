@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "io_ops",
     "ops_train",
     "ops_generate",
+    "final_render",
     "ui_panel",
     "ui_display",
 )

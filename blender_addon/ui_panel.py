@@ -144,5 +144,16 @@ class SPLATBRIDGE_PT_jobs(_Base, bpy.types.Panel):
         layout.operator("splatbridge.clear_jobs", icon="TRASH")
 
 
-CLASSES = (SPLATBRIDGE_PT_connection, SPLATBRIDGE_PT_rig, SPLATBRIDGE_PT_train, SPLATBRIDGE_PT_jobs)
+class SPLATBRIDGE_PT_render(_Base, bpy.types.Panel):
+    bl_idname = "SPLATBRIDGE_PT_render"
+    bl_label = "Render"
+
+    def draw(self, context):
+        col = self.layout.column(align=True)
+        col.operator("splatbridge.render_image", icon="RENDER_STILL")
+        col.operator("splatbridge.render_animation", icon="RENDER_ANIMATION")
+
+
+CLASSES = (SPLATBRIDGE_PT_connection, SPLATBRIDGE_PT_rig, SPLATBRIDGE_PT_train, SPLATBRIDGE_PT_jobs,
+           SPLATBRIDGE_PT_render)
 register, unregister = bpy.utils.register_classes_factory(CLASSES)
