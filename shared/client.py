@@ -107,6 +107,12 @@ class BackendClient:
     key; ``public_key``/``secret_key`` are this client's pair (z85 strings/bytes or certificate
     files; a ``.key_secret`` certificate gives both). A refused client simply gets no replies:
     its requests time out as ``backend_not_responding``.
+
+    Sends copy each frame into ZeroMQ. A zero-copy send makes pyzmq start a garbage-collector thread
+    that releases the sent buffers later, and inside Blender that thread crashes the process
+    (segfault) when it runs while ``bpy.ops.ed.undo_push`` does, which the add-on calls after every
+    result (reproduced with bpy 5.0.1 and pyzmq 27.3; tests/test_client_in_blender.py). The copy
+    costs about 0.1 s per 256 MB of images, once per submit. Receives stay zero-copy (no thread).
     """
 
     def __init__(self, address: str, timeout_s: float = 10.0, heartbeat_s: float | None = None,
@@ -178,7 +184,7 @@ class BackendClient:
         frames = encode(msg, self.limits)
         # A DEALER queues while the server is away; NOBLOCK so a full queue raises, not waits.
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=True)   # see the class docstring
         except zmq.Again:
             raise RuntimeError("the send queue to the backend is full: it is not reading "
                                "(is it running?)") from None
