@@ -29,7 +29,6 @@ the renders show it), falling back to its material's colour, unlit, which is rea
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 
 import bpy
 
+from .modal_progress import CountedWork
 from .rig import (GEOMETRY_TYPES, evaluated_mesh, is_rig, mesh_world_vertices, rig_cameras,
                   rig_resolution, rig_targets)
 from .shared.cameras import BlenderCameraParams, Camera, camera_from_blender, stack_cameras
@@ -415,7 +415,7 @@ def target_objects(context, rig) -> list:
     return objs
 
 
-class CaptureJob:
+class CaptureJob(CountedWork):
     """Renders a rig's cameras one at a time (``step``) or all at once (``run_all``).
 
     ``point_colors``: "RENDER" colours the surface samples from the captured views once they are
@@ -457,25 +457,9 @@ class CaptureJob:
     def total(self) -> int:
         return len(self.cameras)
 
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
-
-    @property
-    def progress(self) -> float:
-        return self.done / self.total
-
-    @property
-    def eta_s(self) -> float:
-        """Estimated seconds left (NaN before the first view)."""
-        if self.done == 0:
-            return math.nan
-        return self._render_s / self.done * (self.total - self.done)
-
     def status_text(self) -> str:
-        eta = self.eta_s
-        eta_txt = "" if math.isnan(eta) else f", about {eta:.0f} s left"
-        return f"SplatBridge: capturing view {min(self.done + 1, self.total)}/{self.total}{eta_txt} (Esc to cancel)"
+        return (f"SplatBridge: capturing view {min(self.done + 1, self.total)}/{self.total}{self.eta_suffix()} "
+                f"(Esc to cancel)")
 
     def step(self) -> bool:
         """Render the next view; True when all views are captured."""

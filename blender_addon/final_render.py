@@ -46,7 +46,6 @@ Headless bpy has no event loop, so the animation is a plain object (:class:`Anim
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import struct
@@ -60,6 +59,7 @@ import bpy
 from bpy.props import BoolProperty
 
 from .capture import _Settings, blender_camera
+from .modal_progress import CountedWork, ModalProgress
 from .shared.cameras import Camera
 from .splat_object import is_splat_object
 from .viewport import matrices
@@ -539,7 +539,7 @@ def render_still(scene, view_layer, write_path: str | None = None) -> StillResul
     return result
 
 
-class AnimationJob:
+class AnimationJob(CountedWork):
     """Renders frames ``frame_start..frame_end`` (every ``frame_step``) with splats, one per
     ``step()``, each written to ``scene.render.frame_path(frame=f)``. ``cancel()`` stops; frames
     written so far stay. The scene's current frame is put back at the end."""
@@ -565,25 +565,10 @@ class AnimationJob:
     def total(self) -> int:
         return len(self.frames)
 
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
-
-    @property
-    def progress(self) -> float:
-        return self.done / self.total
-
-    @property
-    def eta_s(self) -> float:
-        """Estimated seconds left (NaN before the first frame)."""
-        return math.nan if self.done == 0 else self._render_s / self.done * (self.total - self.done)
-
     def status_text(self) -> str:
-        eta = self.eta_s
         frame = self.frames[min(self.done, self.total - 1)]
-        tail = "" if math.isnan(eta) else f", about {eta:.0f} s left"
         return (f"SplatBridge: rendering frame {frame} ({min(self.done + 1, self.total)}/{self.total})"
-                f"{tail} (Esc to cancel)")
+                f"{self.eta_suffix()} (Esc to cancel)")
 
     def step(self) -> bool:
         """Render and write the next frame; True when every frame is done."""
@@ -653,14 +638,13 @@ class SPLATBRIDGE_OT_render_image(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SPLATBRIDGE_OT_render_animation(bpy.types.Operator):
+class SPLATBRIDGE_OT_render_animation(ModalProgress, bpy.types.Operator):
     """Render the frame range with splats, frame by frame, to the scene's output path (Esc stops;
     frames written so far stay)"""
     bl_idname = "splatbridge.render_animation"
     bl_label = "Render Animation with Splats"
 
     _job: AnimationJob | None = None
-    _timer = None
 
     def _start(self, context) -> bool:
         try:
@@ -693,22 +677,8 @@ class SPLATBRIDGE_OT_render_animation(bpy.types.Operator):
     def invoke(self, context, event):
         if not self._start(context):
             return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.02, window=context.window)
-        wm.progress_begin(0, 1000)
-        wm.modal_handler_add(self)
         context.workspace.status_text_set(self._job.status_text())
-        return {"RUNNING_MODAL"}
-
-    def _finish(self, context, result: set) -> set:
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        wm.progress_end()
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-        return result
+        return self._begin(context, 0.02)
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":

@@ -15,6 +15,7 @@ import bpy
 from bpy.props import PointerProperty
 
 from . import connection, splat_object
+from .modal_progress import ModalProgress
 
 CANCEL_CONFIRM_S = 60.0        # after this, a cancel the backend never confirmed ends the operator
 
@@ -104,40 +105,15 @@ def status_text(rec) -> str:
 FOLLOW_INTERVAL_S = 0.1        # modal timer while following a job on the backend
 
 
-class JobModal:
+class JobModal(ModalProgress):
     """Mixin for a modal operator that follows one tracked job (``self._job_id``).
 
     ``_begin`` adds the timer and the progress bar; ``_follow_job`` is one TIMER step;
     ``_finish`` removes what ``_begin`` added. ``_cancel_at`` (``time.monotonic()``, 0: not
     cancelling) is set by the operator when it asks the backend to cancel."""
 
-    _timer = None
     _job_id: str = ""
     _cancel_at: float = 0.0
-
-    def _begin(self, context, interval_s: float) -> set:
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(interval_s, window=context.window)
-        wm.progress_begin(0, 1000)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def _set_interval(self, context, interval_s: float) -> None:
-        """Re-add the modal's timer at a new interval (seconds)."""
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-        self._timer = wm.event_timer_add(interval_s, window=context.window)
-
-    def _finish(self, context, result: set) -> set:
-        wm = context.window_manager
-        if self._timer is not None:
-            wm.event_timer_remove(self._timer)
-            self._timer = None
-        wm.progress_end()
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-        return result
 
     def cancel(self, context) -> None:
         """Blender ends the modal itself (a file is opened, the window closes): remove what

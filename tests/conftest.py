@@ -85,3 +85,10 @@ def built_addon(tmp_path_factory) -> Path:
     zips = list(out.glob("splatbridge-*.zip"))
     assert len(zips) == 1, f"expected one zip in {out}, found {zips}"
     return zips[0]
+
+
+@pytest.fixture
+def so(addon_dir):
+    """The add-on's splat_object module (imported from the assembled add-on)."""
+    import importlib
+    return importlib.import_module("splatbridge.splat_object")

@@ -20,7 +20,7 @@ import pytest
 from shared.cameras import BlenderCameraParams, Camera, camera_from_blender
 from shared.splats import Splats
 
-from helpers import psnr
+from helpers import psnr, registered
 
 pytestmark = pytest.mark.blender
 
@@ -32,15 +32,8 @@ CAM_Y = -6.0
 @pytest.fixture
 def fr(addon_dir, gpu_ready):
     """The add-on's final_render module, registered (operators) for the test."""
-    mod = importlib.import_module("splatbridge.final_render")
-    mod.register()
-    yield mod
-    mod.unregister()
-
-
-@pytest.fixture
-def so(addon_dir):
-    return importlib.import_module("splatbridge.splat_object")
+    with registered("final_render") as mod:
+        yield mod
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """File > Import / Export operators of the add-on (headless bpy), for every format in shared.formats."""
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 
 from shared.formats import read_splats, write_splats
 from shared.splats import Splats
+
+from helpers import registered
 
 pytestmark = pytest.mark.blender
 
@@ -21,15 +22,8 @@ DEGREE = {"ply": 3, "compressed_ply": 3, "splat": 0, "spz": 3}
 @pytest.fixture
 def io_ops(addon_dir, bpy_empty):
     """The add-on's io_ops module, registered for the test and unregistered after it."""
-    mod = importlib.import_module("splatbridge.io_ops")
-    mod.register()
-    yield mod
-    mod.unregister()
-
-
-@pytest.fixture
-def so(addon_dir):
-    return importlib.import_module("splatbridge.splat_object")
+    with registered("io_ops") as mod:
+        yield mod
 
 
 def _translation(x: float, y: float, z: float) -> np.ndarray:
