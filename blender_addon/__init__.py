@@ -25,6 +25,7 @@ MODULES: tuple[str, ...] = (
     "ops_train",
     "ops_generate",
     "final_render",
+    "native_render",
     "ui_panel",
     "ui_display",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from .native_render import draw_toggle as draw_native_render_toggle
 from .splat_object import is_splat_object, mesh_sh_degree
 from .viewport.draw import DRAWER
 from .viewport.settings import PROP_NAME
@@ -44,6 +45,7 @@ class SPLATBRIDGE_PT_display(bpy.types.Panel):
         sub.prop(settings, "point_size")
         if count > POINT_MODE_HINT and not settings.point_mode:
             col.label(text="Large set: point mode draws faster", icon="INFO")
+        draw_native_render_toggle(layout, obj)
         mib = DRAWER.gpu_bytes() / 2**20
         if mib:
             layout.label(text=f"GPU memory (all splat objects): {mib:,.0f} MiB")
