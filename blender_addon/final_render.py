@@ -280,7 +280,9 @@ def render_scene(scene, view_layer, workdir: str) -> SceneRender:
     """Render ``scene`` from its camera with its own engine and settings (F12); return the
     display-referred Combined image and the planar depth of ``view_layer``'s Z pass.
 
-    Every setting changed (the view layer's Z pass, the output image format used for the
+    Only ``view_layer`` is rendered (the other layers' "Use for Rendering" is off meanwhile), so
+    the Combined image and the Z pass come from the same layer. Every setting changed (the view
+    layers' Use for Rendering and this one's Z pass, the output image format used for the
     temporary files in ``workdir``) is put back, also when the render fails."""
     view_layer.update()        # object matrices (camera, splat objects) evaluated for this frame
     cam_obj, camera = scene_camera(scene)
@@ -291,6 +293,10 @@ def render_scene(scene, view_layer, workdir: str) -> SceneRender:
     s = _Settings()
     try:
         s.set(view_layer, "use_pass_z", True)
+        # only this view layer: the Combined saved below is the first rendered layer's, and the
+        # depth is this layer's Z
+        for layer in scene.view_layers:
+            s.set(layer, "use", layer == view_layer)
         bpy.ops.render.render(write_still=False, scene=scene.name)
         result = bpy.data.images.get("Render Result")
         if result is None:

@@ -429,3 +429,29 @@ def test_no_splats_gives_the_plain_render_with_a_warning(fr, so, gpu_ready):
     # a splat object hidden from renders counts as none
     so.create_splat_object(bpy.context, "Hidden", Splats.random(50, seed=3)).hide_render = True
     assert fr.render_still(scene, bpy.context.view_layer).warnings == [fr.NO_SPLATS_WARNING]
+
+
+def test_view_layer_combined_and_depth_come_from_that_layer(fr, so, gpu_ready):
+    """Two view layers, the second without the Front plane, rendered with the second: the scene
+    image must be that layer's (no plane) like its depth, not the first layer's Combined with the
+    second's Z (the splats were drawn over the plane). Layer flags are put back."""
+    bpy = gpu_ready
+    scene = bpy.context.scene
+    _scene(bpy, so)
+    first = scene.view_layers[0]
+    second = scene.view_layers.new("Second")
+    hidden = bpy.data.collections.new("Hidden")
+    scene.collection.children.link(hidden)
+    plane = bpy.data.objects["Front"]
+    scene.collection.objects.unlink(plane)
+    hidden.objects.link(plane)
+    second.layer_collection.children["Hidden"].exclude = True
+    with_plane = fr.render_still(scene, first)
+    front = with_plane.scene.depth < FRONT_DEPTH + 0.5
+    assert front.sum() >= 150
+    res = fr.render_still(scene, second)
+    assert (res.scene.depth[front] > FRONT_DEPTH + 0.5).all()
+    # the plane is gone from the scene image too: its pixels changed colour
+    diff = np.abs(res.scene.rgba[..., :3] - with_plane.scene.rgba[..., :3])[front].max(axis=-1)
+    assert (diff > 0.1).mean() > 0.9
+    assert [(l.use, l.use_pass_z) for l in scene.view_layers] == [(True, False), (True, False)]
