@@ -203,6 +203,21 @@ def composite_over(splats: np.ndarray, scene: np.ndarray) -> np.ndarray:
     return splats + (1.0 - splats[..., 3:]) * scene_pm
 
 
+def region_mask(scene, height: int, width: int) -> np.ndarray:
+    """f32[H,W] (row 0 at the top): 1 inside the scene's Render Region, 0 outside; all ones
+    without a region. Blender's pixel bounds: ``int(border * size)`` per edge, y from the bottom
+    (measured against Workbench renders in bpy 5.0.1)."""
+    r = scene.render
+    mask = np.ones((height, width), np.float32)
+    if not r.use_border:
+        return mask
+    x0, x1 = int(r.border_min_x * width), int(r.border_max_x * width)
+    y0, y1 = int(r.border_min_y * height), int(r.border_max_y * height)
+    mask[:] = 0.0
+    mask[height - y1:height - y0, x0:x1] = 1.0
+    return mask
+
+
 def unpremultiply(rgba: np.ndarray) -> np.ndarray:
     """Straight-alpha copy of a premultiplied RGBA image (colour 0 where alpha is 0)."""
     rgba = np.asarray(rgba, dtype=np.float32)
@@ -534,6 +549,7 @@ def render_still(scene, view_layer, write_path: str | None = None) -> StillResul
     warnings = []
     if objects:
         splats = draw_splats(objects, base.camera, base.depth, base.near, base.far)
+        splats *= region_mask(scene, *splats.shape[:2])[..., None]   # Blender leaves the rest empty
     else:
         splats = np.zeros_like(base.rgba)
         warnings.append(NO_SPLATS_WARNING)

@@ -455,3 +455,20 @@ def test_view_layer_combined_and_depth_come_from_that_layer(fr, so, gpu_ready):
     diff = np.abs(res.scene.rgba[..., :3] - with_plane.scene.rgba[..., :3])[front].max(axis=-1)
     assert (diff > 0.1).mean() > 0.9
     assert [(l.use, l.use_pass_z) for l in scene.view_layers] == [(True, False), (True, False)]
+
+
+def test_render_region_without_crop_keeps_splats_inside(fr, so, gpu_ready):
+    """Render Region (no crop): Blender renders only the region and leaves the rest empty; the
+    splats must stay inside it too (they were drawn over the whole frame)."""
+    bpy = gpu_ready
+    scene = bpy.context.scene
+    _scene(bpy, so)
+    full = fr.render_still(scene, bpy.context.view_layer)
+    r = scene.render
+    r.use_border, r.use_crop_to_border = True, False
+    r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = 0.13, 0.61, 0.21, 0.93
+    res = fr.render_still(scene, bpy.context.view_layer)
+    inside = res.scene.rgba[..., 3] > 0                       # what Blender rendered (opaque film)
+    assert 0.2 < inside.mean() < 0.6 and full.splats[..., 3][~inside].max() > 0.5
+    assert res.splats[~inside].max() == 0.0 and res.rgba[~inside].max() == 0.0
+    np.testing.assert_array_equal(res.splats[inside], full.splats[inside])
