@@ -371,6 +371,26 @@ def render_splat_objects(scene, view_layer) -> list:
     return list(seen.values())
 
 
+def _viewport_disabled(view_layer, objects) -> list:
+    """``objects`` and the collections holding them (in ``view_layer``) that are disabled in
+    viewports (``hide_viewport``): the view layer's depsgraph does not evaluate those objects."""
+    names = {o.name for o in objects}
+    owners = [o for o in objects if o.hide_viewport]
+
+    def walk(layer_collection) -> None:
+        coll = layer_collection.collection
+        if layer_collection.exclude or coll.hide_render:
+            return
+        if coll.hide_viewport and any(o.name in names for o in coll.all_objects):
+            owners.append(coll)
+        for child in layer_collection.children:
+            walk(child)
+
+    for child in view_layer.layer_collection.children:
+        walk(child)
+    return owners
+
+
 _DEPTH_FILL_VERT = """
 void main() { gl_Position = vec4(pos, 0.0, 1.0); }
 """
@@ -540,19 +560,25 @@ def render_still(scene, view_layer, write_path: str | None = None) -> StillResul
     if write_path is not None and is_video_output(scene):
         raise FinalRenderError("the output format is a movie: choose an image format in Output "
                                "Properties to write renders with splats")
-    workdir = tempfile.mkdtemp(prefix="splatbridge_render_")
-    try:
-        base = render_scene(scene, view_layer, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     objects = render_splat_objects(scene, view_layer)
-    warnings = []
-    if objects:
-        splats = draw_splats(objects, base.camera, base.depth, base.near, base.far)
-        splats *= region_mask(scene, *splats.shape[:2])[..., None]   # Blender leaves the rest empty
-    else:
-        splats = np.zeros_like(base.rgba)
-        warnings.append(NO_SPLATS_WARNING)
+    workdir = tempfile.mkdtemp(prefix="splatbridge_render_")
+    s = _Settings()
+    try:
+        # objects (or collections) disabled in viewports are not evaluated by the view layer's
+        # depsgraph: their matrix_world would be stale. Enabled while their transforms are read.
+        for owner in _viewport_disabled(view_layer, objects):
+            s.set(owner, "hide_viewport", False)
+        base = render_scene(scene, view_layer, workdir)      # updates the view layer
+        warnings = []
+        if objects:
+            splats = draw_splats(objects, base.camera, base.depth, base.near, base.far)
+            splats *= region_mask(scene, *splats.shape[:2])[..., None]   # Blender leaves the rest empty
+        else:
+            splats = np.zeros_like(base.rgba)
+            warnings.append(NO_SPLATS_WARNING)
+    finally:
+        s.restore()
+        shutil.rmtree(workdir, ignore_errors=True)
     rgba = composite_over(splats, base.rgba)
     result = StillResult(rgba, base, splats, [o.name for o in objects], warnings=warnings)
     result.image = store_result_image(rgba)

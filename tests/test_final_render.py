@@ -472,3 +472,31 @@ def test_render_region_without_crop_keeps_splats_inside(fr, so, gpu_ready):
     assert 0.2 < inside.mean() < 0.6 and full.splats[..., 3][~inside].max() > 0.5
     assert res.splats[~inside].max() == 0.0 and res.rgba[~inside].max() == 0.0
     np.testing.assert_array_equal(res.splats[inside], full.splats[inside])
+
+
+@pytest.mark.parametrize("disabled", ["object", "collection"])
+def test_splats_disabled_in_viewports_render_where_they_are(fr, so, gpu_ready, disabled):
+    """A splat object (or its collection) disabled in viewports but not in renders is not
+    evaluated by the view layer's depsgraph: its matrix_world stayed where it was before the frame
+    change, so the splats were drawn in the wrong place. Its flag is put back."""
+    bpy = gpu_ready
+    scene = bpy.context.scene
+    _scene(bpy, so)
+    near = bpy.data.objects["Near"]
+    coll = bpy.data.collections.new("NearColl")
+    scene.collection.children.link(coll)
+    scene.collection.objects.unlink(near)
+    coll.objects.link(near)
+    for frame, x in ((1, -0.5), (3, 0.5)):
+        near.location.x = x
+        near.keyframe_insert("location", index=0, frame=frame)
+    scene.frame_set(1)
+    expected = fr.render_still(scene, bpy.context.view_layer).splats
+    scene.frame_set(3)
+    owner = near if disabled == "object" else coll
+    owner.hide_viewport = True
+    scene.frame_set(1)
+    res = fr.render_still(scene, bpy.context.view_layer)
+    assert sorted(res.objects) == ["Far", "Near"]
+    np.testing.assert_allclose(res.splats, expected, atol=1e-6)
+    assert owner.hide_viewport
