@@ -17,7 +17,8 @@ Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back the
 ``result/`` once they are older than ``max_age_days`` or while the store is over ``max_bytes``
 (oldest first). Their ``job.json`` stays, marked ``pruned`` with the reason, so a later fetch says
 why the result is gone instead of "unknown job". Queued and running jobs and the most recently
-finished one (whose client may not have it yet) are never pruned. The store is used from the socket thread and
+finished one with data (whose client may not have it yet) are never pruned; jobs with nothing on
+disk (cancelled while queued) are left unmarked. The store is used from the socket thread and
 the worker thread; one lock serialises the ``job.json`` read-modify-write.
 """
 from __future__ import annotations
@@ -222,7 +223,8 @@ class JobStore:
         now = time.time() if now is None else now
         finished = [r for r in self.list_records()
                     if r.get("state") in FINISHED_STATES and not r.get("pruned")
-                    and r.get("job_id") not in keep and isinstance(r.get("finished"), (int, float))]
+                    and r.get("job_id") not in keep and isinstance(r.get("finished"), (int, float))
+                    and self._has_data(r["job_id"])]     # nothing to free: not marked pruned
         finished.sort(key=lambda r: r["finished"])
         candidates = finished[:-1]          # the newest finished job stays
         pruned: list[tuple[str, str]] = []
@@ -243,6 +245,11 @@ class JobStore:
                 total -= freed
                 pruned.append((rec["job_id"], "store over its size limit"))
         return pruned
+
+    def _has_data(self, job_id: str) -> bool:
+        """True when the job has inputs or a result (finished or half-written) on disk."""
+        d = self.job_dir(job_id)
+        return any((d / name).exists() for name in ("result", "inputs", ".result.tmp"))
 
     def _prune_one(self, job_id: str, reason: str, now: float) -> int:
         """Delete the job's inputs and result (renamed away first, so a concurrent reader sees

@@ -151,3 +151,24 @@ def test_serve_refuses_a_negative_limit(tmp_path):
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 2
     assert "--keep-days must be a number >= 0" in proc.stderr
+
+
+def test_a_job_that_never_had_data_is_not_marked_pruned(tmp_path):
+    """A job cancelled while queued has no inputs and no result: retention has nothing to free,
+    so a fetch must still say it was cancelled before it started, not that its result was
+    removed from the store."""
+    store = JobStore(tmp_path / "jobs")
+    now = time.time()
+    store.create("q", "train", {})
+    store.update("q", state="cancelled", finished=now - 40 * DAY,
+                 error={"code": "cancelled", "message": "cancelled before it started"})
+    finished_job(store, "new", 0)
+    store.update("new", finished=now)
+    assert store.prune(Retention(max_age_days=30, max_bytes=1), now=now) == []
+    assert "pruned" not in store.read("q")
+    r = _runner(tmp_path, None)
+    try:
+        msg = r.fetch("q")
+        assert msg.type == "error" and "cancelled before it started" in msg.fields["message"], msg
+    finally:
+        r.shutdown(timeout_s=10)
