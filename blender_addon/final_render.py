@@ -5,8 +5,9 @@ module renders them deliberately, per still or per animation frame:
 
 1. **Scene**: ``bpy.ops.render.render`` with the scene's own engine and settings (Cycles, EEVEE or
    Workbench; compositing and the sequencer as the user set them). Two things are read back from
-   the Render Result, each through a temporary file (headless Blender has no readable Render
-   Result pixels):
+   the Render Result (the splat objects drawn in step 2 have their ``native_render`` modifier
+   off meanwhile, so they are not in it twice), each through a temporary file (headless Blender
+   has no readable Render Result pixels):
 
    * the *Combined* image **display-referred**, i.e. with the scene's view transform, look,
      exposure and gamma applied, exactly as F12 shows it (an output colour-management override,
@@ -61,6 +62,7 @@ from bpy.props import BoolProperty
 from .capture import _Settings, blender_camera
 from .modal_progress import CountedWork, ModalProgress
 from .shared.cameras import Camera
+from .native_render import MODIFIER_NAME as NATIVE_MODIFIER
 from .splat_object import is_splat_object
 from .viewport import matrices
 from .viewport.draw import SplatDrawer
@@ -568,6 +570,11 @@ def render_still(scene, view_layer, write_path: str | None = None) -> StillResul
         # depsgraph: their matrix_world would be stale. Enabled while their transforms are read.
         for owner in _viewport_disabled(view_layer, objects):
             s.set(owner, "hide_viewport", False)
+        # splats drawn here exactly are not also rendered as native-render spheres
+        for obj in objects:
+            mod = obj.modifiers.get(NATIVE_MODIFIER)
+            if mod is not None and mod.show_render:
+                s.set(mod, "show_render", False)
         base = render_scene(scene, view_layer, workdir)      # updates the view layer
         warnings = []
         if objects:

@@ -500,3 +500,18 @@ def test_splats_disabled_in_viewports_render_where_they_are(fr, so, gpu_ready, d
     assert sorted(res.objects) == ["Far", "Near"]
     np.testing.assert_allclose(res.splats, expected, atol=1e-6)
     assert owner.hide_viewport
+
+
+def test_native_render_instances_are_left_out_of_the_scene_render(fr, so, gpu_ready):
+    """A splat object with Native Render (F12) on: its Geometry Nodes spheres must not be in the
+    scene image or its Z pass (they hid the exact splats drawn over it); the modifier is put back."""
+    bpy = gpu_ready
+    scene = bpy.context.scene
+    _scene(bpy, so)
+    nr = importlib.import_module("splatbridge.native_render")
+    plain = fr.render_still(scene, bpy.context.view_layer)
+    mod = nr.ensure_native_render(bpy.data.objects["Near"], True)
+    res = fr.render_still(scene, bpy.context.view_layer)
+    np.testing.assert_array_equal(res.scene.depth, plain.scene.depth)
+    np.testing.assert_allclose(res.rgba, plain.rgba, atol=1e-6)
+    assert mod.show_render and not mod.show_viewport
