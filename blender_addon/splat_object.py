@@ -90,8 +90,10 @@ def _write_mesh(mesh, splats: Splats) -> None:
     if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
         mesh.clear_geometry()
         mesh.vertices.add(n)
-    # the "position" attribute takes a raw copy; vertices.foreach_set("co") is ~100x slower
-    mesh.attributes["position"].data.foreach_set("vector", splats.means.reshape(-1))
+    # the "position" attribute takes a raw copy; vertices.foreach_set("co") is ~100x slower.
+    # Blender has no "position" attribute on a mesh without vertices (an empty result).
+    if n:
+        mesh.attributes["position"].data.foreach_set("vector", splats.means.reshape(-1))
     fields = {ATTR_ROTATION: splats.quats, ATTR_LOG_SCALE: splats.scales,
               ATTR_OPACITY: splats.opacities, ATTR_SH0: splats.sh0}
     for name, (data_type, prop, _) in _VALUE_ATTRS.items():
@@ -189,7 +191,8 @@ def read_splats_from_object(obj, apply_transform: bool = True) -> Splats:
         obj.update_from_editmode()
     mesh = obj.data
     n = len(mesh.vertices)
-    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, obj.name)
+    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, obj.name) if n \
+        else np.zeros((0, 3), np.float32)           # no vertices: Blender drops "position"
     values = {name: _get_attribute(mesh, name, t, prop, w, n, obj.name)
               for name, (t, prop, w) in _VALUE_ATTRS.items()}
     degree = mesh_sh_degree(mesh)

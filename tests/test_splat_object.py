@@ -139,3 +139,17 @@ def test_update_in_place(so, bpy_empty):
     same_count = Splats.random(37, sh_degree=1, seed=10)
     so.update_splat_object(obj, same_count)
     assert so.read_splats_from_object(obj).allclose(same_count, atol=0)
+
+
+def test_empty_splats_round_trip_and_update(so, bpy_empty):
+    """A job can return no splats (every Gaussian pruned); Blender drops the 'position' attribute of a
+    mesh without vertices, which used to raise KeyError on create and on read."""
+    bpy = bpy_empty
+    obj = so.create_splat_object(bpy.context, "empty", Splats.random(0, sh_degree=1))
+    back = so.read_splats_from_object(obj)
+    assert len(back) == 0 and back.sh_degree == 1
+    filled = Splats.random(12, sh_degree=1, seed=3)
+    so.update_splat_object(obj, filled)
+    assert so.read_splats_from_object(obj).allclose(filled, atol=0)
+    so.update_splat_object(obj, Splats.random(0, sh_degree=1))
+    assert len(so.read_splats_from_object(obj)) == 0
