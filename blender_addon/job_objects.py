@@ -155,6 +155,63 @@ class JobModal(ModalProgress):
         return None
 
 
+class SubmitJobModal(JobModal):
+    """Mixin for an operator that submits one backend job and follows it: subclasses set
+    ``job_label`` ("Generate") and implement ``_submit_job(context)`` (returns the job's record; raises
+    with a message the user can act on). ``execute`` (no window: headless Blender, scripts) submits and
+    returns; ``invoke`` follows the job with the progress bar and the status bar; Esc cancels it."""
+
+    job_label = "Job"
+
+    def _submit_job(self, context):
+        raise NotImplementedError
+
+    def _submit(self, context):
+        try:
+            return self._submit_job(context)
+        except Exception as exc:
+            self.report({"ERROR"}, f"{self.job_label}: {exc}")
+            return None
+
+    def execute(self, context):
+        """Headless path: submit and return (the result arrives through ``connection.poll_once``)."""
+        rec = self._submit(context)
+        if rec is None:
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Submitted {rec.kind} job {rec.job_id} ({rec.target})")
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        rec = self._submit(context)
+        if rec is None:
+            return {"CANCELLED"}
+        self._job_id, self._cancel_at = rec.job_id, 0.0
+        return self._begin(context, FOLLOW_INTERVAL_S)
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            return self._request_cancel(context, self.job_label) or {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            result = self._follow_job(context)
+        except Exception as exc:
+            self.report({"ERROR"}, f"{self.job_label}: {exc}")
+            return self._finish(context, {"CANCELLED"})
+        return result or {"RUNNING_MODAL"}
+
+
+def draw_job_rows(layout, scene, kind: str, cancel_idname: str) -> None:
+    """One row per unfinished job of ``kind``: its status text and a cancel button."""
+    for rec in connection.active_records(scene):
+        if rec.kind != kind:
+            continue
+        row = layout.row(align=True)
+        row.label(text=status_text(rec), icon="TIME")
+        op = row.operator(cancel_idname, text="", icon="CANCEL")
+        op.job_id = rec.job_id
+
+
 class CancelJob:
     """Mixin for an operator with a ``job_id`` property: ``execute`` cancels that job."""
 

@@ -24,7 +24,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import connection, job_objects
-from .job_objects import status_text, unique_object_name
+from .job_objects import unique_object_name
 
 KIND = "generate"
 INIT_ITEMS = [
@@ -157,48 +157,18 @@ def apply_generate_finished(context, rec, job) -> None:
 
 # --------------------------------------------------------------------------- operators
 
-class SPLATBRIDGE_OT_generate(job_objects.JobModal, bpy.types.Operator):
+class SPLATBRIDGE_OT_generate(job_objects.SubmitJobModal, bpy.types.Operator):
     """Generate a Gaussian-splat object from the prompt on the backend (Esc cancels)"""
     bl_idname = "splatbridge.generate"
     bl_label = "Generate"
+    job_label = "Generate"
 
     @classmethod
     def poll(cls, context):
         return bool(get_settings(context).prompt.strip())
 
-    def _submit(self, context):
-        try:
-            return submit_generate(context)
-        except Exception as exc:
-            self.report({"ERROR"}, f"Generate: {exc}")
-            return None
-
-    def execute(self, context):
-        """Headless path: submit and return (the result arrives through ``connection.poll_once``)."""
-        rec = self._submit(context)
-        if rec is None:
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Submitted generation job {rec.job_id} ({rec.target})")
-        return {"FINISHED"}
-
-    def invoke(self, context, event):
-        rec = self._submit(context)
-        if rec is None:
-            return {"CANCELLED"}
-        self._job_id, self._cancel_at = rec.job_id, 0.0
-        return self._begin(context, job_objects.FOLLOW_INTERVAL_S)
-
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            return self._request_cancel(context, "Generate") or {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        try:
-            result = self._follow_job(context)
-        except Exception as exc:
-            self.report({"ERROR"}, f"Generate: {exc}")
-            return self._finish(context, {"CANCELLED"})
-        return result or {"RUNNING_MODAL"}
+    def _submit_job(self, context):
+        return submit_generate(context)
 
 
 class SPLATBRIDGE_OT_cancel_generate(job_objects.CancelJob, bpy.types.Operator):
@@ -239,13 +209,7 @@ class SPLATBRIDGE_PT_generate(bpy.types.Panel):
                          "low_memory", "guidance_model", "prior_model"):
                 box.prop(s, name)
         layout.operator(SPLATBRIDGE_OT_generate.bl_idname, icon="SHADERFX")
-        for rec in connection.active_records(context.scene):
-            if rec.kind != KIND:
-                continue
-            row = layout.row(align=True)
-            row.label(text=status_text(rec), icon="TIME")
-            op = row.operator(SPLATBRIDGE_OT_cancel_generate.bl_idname, text="", icon="CANCEL")
-            op.job_id = rec.job_id
+        job_objects.draw_job_rows(layout, context.scene, KIND, SPLATBRIDGE_OT_cancel_generate.bl_idname)
 
 
 CLASSES = (SplatBridgeGenerateSettings, SPLATBRIDGE_OT_generate, SPLATBRIDGE_OT_cancel_generate,
