@@ -5,6 +5,7 @@
                             [--job-kind NAME=package.module:function ...]
     python -m backend train ...      (backend.trainer.cli)
     python -m backend generate ...   (backend.generate.cli)
+    python -m backend edit ...       (backend.edit.cli)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
@@ -21,7 +22,7 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,train,generate,prefetch,keys} [options]  (-h for help)"
+USAGE = "usage: python -m backend {serve,train,generate,edit,prefetch,keys} [options]  (-h for help)"
 
 
 def _setup_logging() -> None:
@@ -118,6 +119,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "serve": serve_main,
     "train": _lazy("backend.trainer", "cli"),
     "generate": _lazy("backend.generate", "cli"),
+    "edit": _lazy("backend.edit", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
 }

@@ -90,6 +90,7 @@ class LazyJobKinds(Mapping):
 JOB_KINDS = LazyJobKinds({
     "train": "backend.trainer:run_train_job",
     "generate": "backend.generate:run_generate_job",
+    "edit": "backend.edit:run_edit_job",
 })
 
 

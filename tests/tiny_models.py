@@ -133,3 +133,43 @@ def tiny_models() -> dict[str, Path]:
         _BUILT["sd"] = build_tiny_sd(base)
         _BUILT["shap-e"] = build_tiny_shap_e(base)
     return dict(_BUILT)
+
+
+def build_tiny_ip2p(folder: Path, seed: int = 0) -> Path:
+    """A tiny StableDiffusionInstructPix2PixPipeline: the tiny SD parts, but the UNet takes 8 input channels
+    (4 noisy latents + 4 latents of the image to edit), and InstructPix2Pix's Euler-ancestral schedule
+    (SD's scaled_linear betas). Native image size 16 px, latents 4x8x8."""
+    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4, norm_num_groups=4, use_linear_projection=True)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=16)
+    text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN))
+    scheduler = EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                                beta_schedule="scaled_linear", steps_offset=1)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(folder), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder / "tiny-ip2p"))
+    return folder / "tiny-ip2p"
+
+
+def tiny_ip2p() -> Path:
+    """Build the tiny InstructPix2Pix pipeline once per process (in a temporary folder) -> its folder."""
+    if "ip2p" not in _BUILT_EDIT:
+        import tempfile
+        _BUILT_EDIT["ip2p"] = build_tiny_ip2p(Path(tempfile.mkdtemp(prefix="splatbridge-tiny-ip2p-")))
+    return _BUILT_EDIT["ip2p"]
+
+
+_BUILT_EDIT: dict[str, Path] = {}

@@ -1,0 +1,532 @@
+"""Text-instructed editing of Gaussian splats (Instruct-NeRF2NeRF's Iterative Dataset Update on splats,
+as GaussianEditor does it).
+
+The job (``run_edit_job``, job kind "edit") and the command line (``python -m backend edit``):
+
+1. **Views**: ``num_views`` fixed cameras evenly spread around the splats' bounding sphere (centre = the
+   mean of the means, radius = the 95th percentile of their distances to it), at the distance that frames
+   that sphere for the vertical field of view ``fovy`` (plus a margin), azimuths evenly over
+   ``azimuth_range``, elevations spread over ``elevation_range`` by a golden-ratio sequence
+   (``backend.camera_sampling.fixed_views``, moved onto the centre). Backgrounds are a fixed solid
+   colour (``background``): the edited images are whole pictures, background included.
+2. **Dataset**: the input splats rendered from the views (the *originals*); the dataset starts as a copy.
+   Before the steps, ``initial_edits`` views are edited (-1: all of them; 0: pure Instruct-NeRF2NeRF).
+3. **Fine-tune** all splat parameters from the input (Adam with the trainer's ``make_optimizers``,
+   L1 + 0.2 D-SSIM from ``backend.losses``), one random dataset view per step; every ``edit_every`` steps
+   the next dataset view (round robin) is replaced by the editor's edit of the *current* render of that
+   view, conditioned on its original render (Iterative Dataset Update).
+4. **Result**: the splats in world space (they never leave it: only the cameras are placed around them).
+
+``ImageEditor.edit(current, original, generator)`` is the 2D edit; ``InstructPix2PixEditor`` is
+Instruct-NeRF2NeRF's: the current render is encoded with the VAE, noised to a random timestep
+t ~ U[t_min, t_max] x 1000, and denoised with DDIM by the InstructPix2Pix UNet conditioned on the
+original render's latents and the instruction, with three-way classifier-free guidance
+``eps = eps_uncond + s_img (eps_img - eps_uncond) + s_txt (eps_full - eps_img)``.
+Everything that determines the result (seed and all settings) is in ``JobResult.meta``.
+"""
+from __future__ import annotations
+
+import abc
+import argparse
+import json
+import math
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backend.camera_sampling import ViewBatch, fixed_views
+from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.losses import photometric_loss
+from backend.models import DEFAULT_EDIT_MODEL, cuda_oom_guard, load_pipeline
+from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.progress import StepRate
+from backend.render import rasterize
+from backend.trainer import make_optimizers
+from shared.splats import SplatError, Splats
+
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+@dataclass
+class EditSettings:
+    """All settings of an edit (the ``params`` of an "edit" job). Units: pixels, degrees, steps."""
+
+    prompt: str = ""                    # the instruction, e.g. "make it look like bronze"
+    seed: int = 0
+    steps: int = 1500                   # fine-tuning steps
+    num_views: int = 24                 # dataset views
+    resolution: int = 512               # render and edit size (square), pixels
+    edit_every: int = 10                # re-edit one dataset view every this many steps
+    initial_edits: int = -1             # views edited before the steps start (-1: all, 0: none)
+    text_guidance: float = 7.5
+    image_guidance: float = 1.5
+    diffusion_steps: int = 20           # DDIM steps over the full schedule (fewer run: only those <= t)
+    t_min: float = 0.02                 # noise level of the current render, fraction of the schedule
+    t_max: float = 0.98
+    edit_model: str = DEFAULT_EDIT_MODEL
+    low_memory: bool = False            # attention slicing + model CPU offload (small GPUs)
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    fovy: float = 50.0                  # vertical field of view, degrees
+    frame_margin: float = 1.1           # camera distance = margin x the distance that just frames the sphere
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    preview_every: int = 0              # steps between previews; 0 = about one per second
+    lr_means: float = 1.6e-5            # x bounding radius; decays x0.1 over the run
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 1e-2
+    lr_sh0: float = 5e-3
+    lr_shN: float = 2.5e-4
+
+    _RANGES = ("elevation_range", "azimuth_range")
+    _TRIPLES = ("background",)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "EditSettings":
+        """Validate the job's params; raises ``JobError("bad_params")`` naming the first bad field."""
+        if not isinstance(params, dict):
+            raise JobError("bad_params", "params must be a map")
+        known = {f.name for f in fields(cls)}
+        out = cls()
+        for key, value in params.items():
+            if key not in known:
+                raise JobError("bad_params", f"unknown edit parameter {key!r}; known: {sorted(known)}")
+            default = getattr(out, key)
+            try:
+                if key in cls._RANGES or key in cls._TRIPLES:
+                    vals = tuple(float(v) for v in value)
+                    if len(vals) != len(default) or not all(math.isfinite(v) for v in vals):
+                        raise ValueError(f"expected {len(default)} finite numbers")
+                    value = vals
+                elif isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise TypeError("expected true or false")
+                elif isinstance(default, int):
+                    if isinstance(value, bool) or int(value) != value:
+                        raise TypeError("expected a whole number")
+                    value = int(value)
+                elif isinstance(default, float):
+                    if isinstance(value, bool):
+                        raise TypeError("expected a number")
+                    value = float(value)
+                    if not math.isfinite(value):
+                        raise ValueError("not finite")
+                elif isinstance(default, str):
+                    if value is None:
+                        value = default
+                    if not isinstance(value, str):
+                        raise TypeError("expected a string")
+            except (TypeError, ValueError, OverflowError) as exc:    # OverflowError: int(inf)
+                raise JobError("bad_params", f"edit parameter {key}={value!r}: {exc}") from None
+            setattr(out, key, value)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        def bad(msg: str) -> JobError:
+            return JobError("bad_params", msg)
+        if not self.prompt.strip():
+            raise bad("prompt is empty: say how to change the splats, e.g. 'make it look like bronze'")
+        for name, lo, hi in (("steps", 0, 100_000), ("num_views", 1, 1000), ("resolution", 8, 2048),
+                             ("edit_every", 1, 100_000), ("initial_edits", -1, self.num_views),
+                             ("diffusion_steps", 1, 1000), ("preview_every", 0, 100_000)):
+            if not lo <= getattr(self, name) <= hi:
+                raise bad(f"{name}={getattr(self, name)} is out of range [{lo}, {hi}]")
+        if self.text_guidance < 0 or self.image_guidance < 0:
+            raise bad("text_guidance and image_guidance must be >= 0")
+        if not 0.0 <= self.t_min <= self.t_max <= 1.0:
+            raise bad(f"t_min={self.t_min}, t_max={self.t_max}: need 0 <= t_min <= t_max <= 1")
+        el, az = self.elevation_range, self.azimuth_range
+        if not -89.0 <= el[0] <= el[1] <= 89.0:
+            raise bad(f"elevation_range={list(el)} must be increasing and within [-89, 89]")
+        if not (-360.0 <= az[0] <= az[1] <= 360.0):
+            raise bad(f"azimuth_range={list(az)} must be increasing and within [-360, 360]")
+        if not 1.0 <= self.fovy <= 170.0:
+            raise bad(f"fovy={self.fovy} is out of range [1, 170]")
+        if self.frame_margin < 1.0:
+            raise bad(f"frame_margin={self.frame_margin} must be >= 1")
+        if not all(0.0 <= c <= 1.0 for c in self.background):
+            raise bad(f"background={list(self.background)} must be RGB in 0..1")
+        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name}={getattr(self, name)} must be >= 0")
+
+    def to_meta(self) -> dict[str, Any]:
+        """All settings as plain values (msgpack/JSON-ready), enough to reproduce the run."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cameras
+# ----------------------------------------------------------------------------------------------
+
+def bounding_sphere(splats: Splats, quantile: float = 0.95) -> tuple[np.ndarray, float]:
+    """(centre f64[3], radius in metres): the mean of the means and the ``quantile`` of the distances to
+    it (a few stray splats do not push the cameras away). Radius floor 1e-3."""
+    means = splats.means.astype(np.float64)
+    centre = means.mean(axis=0)
+    radius = float(np.quantile(np.linalg.norm(means - centre, axis=1), quantile))
+    return centre, max(radius, 1e-3)
+
+
+def framing_distance(radius: float, fovy_deg: float, margin: float = 1.1) -> float:
+    """Camera distance at which a sphere of ``radius`` fills the vertical field of view, times ``margin``."""
+    return margin * radius / math.sin(math.radians(fovy_deg) / 2.0)
+
+
+def orbit_views(centre: np.ndarray, radius: float, elevations_deg: list[float], azimuths_deg: list[float],
+                fovy_deg: float, resolution: int, margin: float = 1.1,
+                background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                device: torch.device | str = "cpu") -> ViewBatch:
+    """``fixed_views`` around the origin at the framing distance, moved onto ``centre`` (world space):
+    a world-to-camera matrix of a camera around the origin, times a translation by -centre."""
+    views = fixed_views(list(elevations_deg), list(azimuths_deg), framing_distance(radius, fovy_deg, margin),
+                        fovy_deg, resolution, resolution, device, background)
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[:3, 3] = -torch.as_tensor(np.asarray(centre, np.float64))
+    views.viewmats = (views.viewmats.double() @ shift.to(views.viewmats.device)).float()
+    return views
+
+
+def dataset_angles(settings: EditSettings) -> tuple[list[float], list[float]]:
+    """(elevations, azimuths) in degrees of the ``num_views`` dataset views: azimuths evenly spread (a full
+    turn does not repeat its end), elevations spread over the range by the golden-ratio sequence."""
+    n = settings.num_views
+    (el0, el1), (az0, az1) = settings.elevation_range, settings.azimuth_range
+    full_turn = az1 - az0 >= 360.0 - 1e-9
+    az = [az0 + (az1 - az0) * (i / n if full_turn else (i + 0.5) / n) for i in range(n)]
+    el = [el0 + (el1 - el0) * ((0.5 + i * GOLDEN) % 1.0) for i in range(n)]
+    return el, az
+
+
+def render(params: dict[str, Tensor], views: ViewBatch, index: list[int] | slice,
+           sh_degree: int) -> Tensor:
+    """Render the views ``index`` of ``views``: f32[B,3,H,W] in 0..1 over the views' backgrounds."""
+    means, quats, scales, opacities = activated(params)
+    colors, _, _ = rasterize(means, quats, scales, opacities, sh_coeffs(params), views.viewmats[index],
+                             views.Ks[index], views.width, views.height, sh_degree=sh_degree,
+                             backgrounds=views.backgrounds[index])
+    return colors.permute(0, 3, 1, 2).clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2D editors
+# ----------------------------------------------------------------------------------------------
+
+class ImageEditor(abc.ABC):
+    """Edits renders: the 2D half of Iterative Dataset Update."""
+
+    @abc.abstractmethod
+    def edit(self, current: Tensor, original: Tensor, generator: torch.Generator) -> Tensor:
+        """``current``: the splats' render now, ``original``: the unedited render of the same view, both
+        f32[B,3,H,W] in 0..1 -> the edited images f32[B,3,H,W] in 0..1 (same device). ``generator`` (a CPU
+        generator) draws all randomness, so the same generator state gives the same edit."""
+
+
+class InstructPix2PixEditor(ImageEditor):
+    """Instruct-NeRF2NeRF's edit with an InstructPix2Pix pipeline (see the module docstring).
+
+    Uses the pipeline's ``vae``, ``unet``, ``tokenizer``/``text_encoder`` (via its ``_encode_prompt``) and a
+    DDIM scheduler made from its scheduler's config (deterministic given the initial noise, as
+    Instruct-NeRF2NeRF uses). Images are resized to a multiple of the VAE's scale factor if needed.
+    """
+
+    def __init__(self, pipe: Any, prompt: str, text_guidance: float = 7.5, image_guidance: float = 1.5,
+                 diffusion_steps: int = 20, t_min: float = 0.02, t_max: float = 0.98):
+        from diffusers import DDIMScheduler
+
+        if getattr(pipe.unet.config, "in_channels", None) != 8:
+            raise ValueError(f"the UNet takes {pipe.unet.config.in_channels} input channels, not the 8 of "
+                             f"InstructPix2Pix (4 noisy latents + 4 image latents)")
+        self.pipe = pipe
+        self.device = pipe._execution_device
+        self.dtype = pipe.unet.dtype
+        self.text_guidance, self.image_guidance = float(text_guidance), float(image_guidance)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.scheduler.set_timesteps(int(diffusion_steps))
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.scale = float(pipe.vae.config.scaling_factor)
+        self.factor = int(getattr(pipe, "vae_scale_factor", 8))
+        with torch.no_grad():
+            # [text, empty, empty]: the three branches' text conditions (full, image-only, unconditional)
+            self.embeds = pipe._encode_prompt(prompt, self.device, 1, True).to(self.dtype)
+
+    @torch.no_grad()
+    def edit(self, current: Tensor, original: Tensor, generator: torch.Generator) -> Tensor:
+        if current.shape != original.shape or current.dim() != 4 or current.shape[1] != 3:
+            raise ValueError(f"current and original must both be [B,3,H,W], got {tuple(current.shape)} "
+                             f"and {tuple(original.shape)}")
+        b, _, h, w = current.shape
+        out_device = current.device
+        hh, ww = (max(self.factor, round(s / self.factor) * self.factor) for s in (h, w))
+
+        def prep(x: Tensor) -> Tensor:
+            x = x.to(self.device, torch.float32)
+            if (hh, ww) != (h, w):
+                x = torch.nn.functional.interpolate(x, (hh, ww), mode="bilinear", align_corners=False)
+            return (x * 2.0 - 1.0).to(self.dtype)
+
+        vae, unet = self.pipe.vae, self.pipe.unet
+        latents = vae.encode(prep(current)).latent_dist.mean * self.scale          # what to edit
+        image_latents = vae.encode(prep(original)).latent_dist.mode()            # the condition (unscaled)
+        cond = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        embeds = self.embeds.repeat_interleave(b, dim=0)                          # [3B, L, D]
+
+        u = torch.rand((), generator=generator, dtype=torch.float64).item()
+        t_start = int(round((self.t_min + (self.t_max - self.t_min) * u) * (self.num_train_timesteps - 1)))
+        timesteps = [int(t) for t in self.scheduler.timesteps if int(t) <= t_start] or \
+            [int(self.scheduler.timesteps[-1])]
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        latents = self.scheduler.add_noise(latents, noise, torch.tensor([timesteps[0]], device=self.device))
+        for t in timesteps:
+            x = torch.cat([torch.cat([latents] * 3), cond], dim=1)
+            eps_full, eps_img, eps_uncond = unet(x, t, encoder_hidden_states=embeds).sample.chunk(3)
+            eps = eps_uncond + self.image_guidance * (eps_img - eps_uncond) \
+                + self.text_guidance * (eps_full - eps_img)
+            latents = self.scheduler.step(eps, t, latents, eta=0.0).prev_sample
+        images = vae.decode(latents / self.scale).sample.float()
+        images = ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+        if (hh, ww) != (h, w):
+            images = torch.nn.functional.interpolate(images, (h, w), mode="bilinear", align_corners=False)
+        return images.to(out_device)
+
+
+def make_editor(settings: EditSettings, device: torch.device) -> InstructPix2PixEditor:
+    """Load ``settings.edit_model`` (the shared loader: fp16 on CUDA) and wrap it."""
+    pipe = load_pipeline(settings.edit_model, "instruct-pix2pix", device, low_memory=settings.low_memory)
+    try:
+        return InstructPix2PixEditor(pipe, settings.prompt, settings.text_guidance, settings.image_guidance,
+                                     settings.diffusion_steps, settings.t_min, settings.t_max)
+    except ValueError as exc:
+        raise JobError("bad_model", f"{settings.edit_model}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Iterative Dataset Update
+# ----------------------------------------------------------------------------------------------
+
+def edit_views(settings: EditSettings, splats: Splats, device: torch.device | str = "cpu") -> ViewBatch:
+    """The dataset cameras of ``settings`` around ``splats``."""
+    centre, radius = bounding_sphere(splats)
+    el, az = dataset_angles(settings)
+    return orbit_views(centre, radius, el, az, settings.fovy, settings.resolution, settings.frame_margin,
+                       settings.background, device)
+
+
+def edit_splats(splats: Splats, editor: ImageEditor, settings: EditSettings, ctx: JobContext | None = None,
+                device: torch.device | str = "cpu",
+                stage: Callable[[str], None] = lambda text: None) -> tuple[Splats, dict[str, Any]]:
+    """Fine-tune ``splats`` (world space) toward ``editor``'s edits of their renders (module docstring).
+    Returns the splats and run info (steps done, edits made, cancelled, timings). The same settings (seed
+    included) and editor give the same splats bit for bit on the CPU."""
+    ctx = ctx or NullContext(str(device))
+    device = torch.device(device)
+    if len(splats) == 0:
+        raise JobError("bad_input", "payload 'splats' is empty: nothing to edit")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)           # views per step
+    edit_gen = torch.Generator().manual_seed(settings.seed + 1)  # the editor's randomness
+    sh_degree = splats.sh_degree
+    _, radius = bounding_sphere(splats)
+    views = edit_views(settings, splats, device)
+    n = len(views)
+
+    params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in splats_to_tensors(splats, device).items()})
+    with torch.no_grad():
+        originals = torch.cat([render(params, views, [i], sh_degree) for i in range(n)])
+    dataset = originals.clone()
+    edits = 0
+    next_view = 0
+
+    def edit_next() -> None:
+        nonlocal edits, next_view
+        i = next_view
+        with torch.no_grad():
+            current = render(params, views, [i], sh_degree)
+        with cuda_oom_guard(f"editing view {i}"):
+            edited = editor.edit(current, originals[i:i + 1], edit_gen)
+        dataset[i:i + 1] = edited.to(dataset.device, dataset.dtype).clamp(0.0, 1.0)
+        edits += 1
+        next_view = (next_view + 1) % n
+
+    t0 = time.perf_counter()
+    first = n if settings.initial_edits < 0 else settings.initial_edits
+    cancelled = False
+    if first:
+        stage(f"making the first edits ({first} of {n} views)")
+    for _ in range(first):
+        if ctx.should_stop():
+            cancelled = True
+            break
+        edit_next()
+    t_first = time.perf_counter() - t0
+
+    optimizers = make_optimizers(params, settings, extent=radius)     # the trainer's Adam set-up
+    means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
+                                                         gamma=0.1 ** (1.0 / max(1, settings.steps)))
+    order = torch.randint(0, n, (settings.steps,), generator=gen).tolist()
+    meter = StepRate(settings.steps)
+    last_preview = time.perf_counter()
+    loss_value, loss_ema = float("nan"), None
+    step = 0
+    t1 = time.perf_counter()
+    for step in range(settings.steps):
+        if cancelled or ctx.should_stop():
+            cancelled = True
+            break
+        if step % settings.edit_every == 0 and (step > 0 or first == 0):
+            edit_next()
+        i = order[step]
+        with cuda_oom_guard(f"step {step} of the edit"):
+            image = render(params, views, [i], sh_degree)
+            loss = photometric_loss(image.permute(0, 2, 3, 1), dataset[i:i + 1].permute(0, 2, 3, 1))
+            loss.backward()
+            for opt in optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            means_decay.step()
+        loss_value = float(loss.detach())
+        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
+        done = step + 1
+        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
+                   "edits": float(edits)}
+        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
+                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
+        preview = None
+        if want_preview and done < settings.steps:
+            preview = tensors_to_splats(params)
+            last_preview = time.perf_counter()
+        ctx.report(done, settings.steps, metrics, preview)
+    else:
+        step = settings.steps
+    elapsed = time.perf_counter() - t1
+    info = {"steps_done": step, "edits": edits, "cancelled": cancelled, "seconds": time.perf_counter() - t0,
+            "first_edits_seconds": t_first, "steps_per_s": step / max(elapsed, 1e-9), "final_loss": loss_value,
+            "num_gaussians": len(params["means"]), "radius": radius}
+    return tensors_to_splats(params), info
+
+
+# ----------------------------------------------------------------------------------------------
+# Job and CLI
+# ----------------------------------------------------------------------------------------------
+
+def splats_from_payload(payload: dict) -> Splats:
+    """Payload ``splats`` (a splat map, as shared.protocol) -> validated ``Splats``, or ``bad_input``."""
+    data = (payload or {}).get("splats")
+    if data is None:
+        raise JobError("bad_input", "payload 'splats' is missing: send the splats to edit as a splat map "
+                                    "(means, quats, scales, opacities, sh0, optional shN)")
+    if not isinstance(data, dict):
+        raise JobError("bad_input", "payload 'splats' must be a splat map (means, quats, scales, ...)")
+    try:
+        splats = Splats.from_arrays(data)
+    except SplatError as exc:
+        raise JobError("bad_input", f"payload splats.{exc}") from None
+    if len(splats) == 0:
+        raise JobError("bad_input", "payload 'splats' is empty: nothing to edit")
+    return splats
+
+
+def run_edit_job(params: dict, payload: dict, ctx: JobContext, editor: ImageEditor | None = None) -> JobResult:
+    """Job kind "edit" (see module docstring). ``editor`` overrides the diffusion model (tests)."""
+    settings = EditSettings.from_params(params)
+    splats = splats_from_payload(payload)
+    device = torch.device(ctx.device)
+
+    def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
+        ctx.report(0, 0, {"stage": text})
+
+    t0 = time.perf_counter()
+    if editor is None:
+        stage(f"loading the edit model ({settings.edit_model})")
+        editor = make_editor(settings, device)
+    t_load = time.perf_counter() - t0
+    out, info = edit_splats(splats, editor, settings, ctx, device, stage)
+    metrics = {"seconds": time.perf_counter() - t0, "load_seconds": t_load, "steps_per_s": info["steps_per_s"],
+               "final_loss": info["final_loss"], "num_gaussians": float(info["num_gaussians"]),
+               "edits": float(info["edits"])}
+    return JobResult(out, metrics, _meta(settings, device, info))
+
+
+def _meta(settings: EditSettings, device: torch.device, info: dict) -> dict[str, Any]:
+    import diffusers
+    return {"settings": settings.to_meta(), "seed": settings.seed, "device": str(device),
+            "cancelled": bool(info.get("cancelled", False)), "steps_done": int(info.get("steps_done", 0)),
+            "edits": int(info.get("edits", 0)), "radius_m": float(info.get("radius", 0.0)),
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+            "method": "Instruct-NeRF2NeRF Iterative Dataset Update on Gaussian splats (InstructPix2Pix edits)"}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m backend edit in.ply "make it look like bronze" --out out.ply [options]``. Writes the splats
+    (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
+    from backend.generate import _CliContext
+    from shared.formats import read_splats, write_splats
+
+    d = EditSettings()
+    ap = argparse.ArgumentParser(prog="python -m backend edit",
+                                 description="Edit Gaussian splats with a text instruction (Instruct-NeRF2NeRF).")
+    ap.add_argument("input", help="splat file to edit (.ply, .splat, ...)")
+    ap.add_argument("prompt", help="the instruction, e.g. 'make it look like bronze'")
+    ap.add_argument("--out", required=True, help="output file (.ply, .splat, ...)")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--num-views", type=int, default=d.num_views)
+    ap.add_argument("--resolution", type=int, default=d.resolution)
+    ap.add_argument("--edit-every", type=int, default=d.edit_every)
+    ap.add_argument("--initial-edits", type=int, default=d.initial_edits, help="-1: all views, 0: none")
+    ap.add_argument("--text-guidance", type=float, default=d.text_guidance)
+    ap.add_argument("--image-guidance", type=float, default=d.image_guidance)
+    ap.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps)
+    ap.add_argument("--t-min", type=float, default=d.t_min)
+    ap.add_argument("--t-max", type=float, default=d.t_max)
+    ap.add_argument("--edit-model", default=d.edit_model, help="Hugging Face id or local folder (InstructPix2Pix)")
+    ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    a = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    params = {"prompt": a.prompt, "seed": a.seed, "steps": a.steps, "num_views": a.num_views,
+              "resolution": a.resolution, "edit_every": a.edit_every, "initial_edits": a.initial_edits,
+              "text_guidance": a.text_guidance, "image_guidance": a.image_guidance,
+              "diffusion_steps": a.diffusion_steps, "t_min": a.t_min, "t_max": a.t_max,
+              "edit_model": a.edit_model, "low_memory": a.low_memory}
+    try:
+        try:
+            splats = read_splats(Path(a.input))
+        except (OSError, ValueError) as exc:
+            raise JobError("bad_input", f"cannot read {a.input}: {exc}") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = _CliContext(device, Path(tmp))
+            previous = signal.getsignal(signal.SIGINT)
+
+            def _stop(signum, frame):   # first Ctrl+C: finish early and write what we have
+                print("stopping after this step (Ctrl+C again to abort)", file=sys.stderr, flush=True)
+                ctx.stop = True
+                signal.signal(signal.SIGINT, previous)
+
+            signal.signal(signal.SIGINT, _stop)
+            try:
+                result = run_edit_job(params, {"splats": splats.to_arrays()}, ctx)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    except JobError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return 1
+    out = Path(a.out)
+    write_splats(out, result.splats)
+    meta_path = out.with_suffix(out.suffix + ".json")
+    meta_path.write_text(json.dumps({"metrics": result.metrics, "meta": result.meta}, indent=2, default=str))
+    print(f"wrote {out} ({len(result.splats)} splats) and {meta_path}", file=sys.stderr)
+    return 0
