@@ -28,13 +28,9 @@ from __future__ import annotations
 
 import abc
 import argparse
-import json
 import math
-import signal
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,6 +40,8 @@ from torch import Tensor
 
 from backend.camera_sampling import ViewBatch, fixed_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
+from backend.job_settings import JobSettings, check_non_negative, check_ranges
 from backend.losses import photometric_loss
 from backend.models import DEFAULT_EDIT_MODEL, cuda_oom_guard, load_pipeline
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
@@ -56,8 +54,10 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass
-class EditSettings:
+class EditSettings(JobSettings):
     """All settings of an edit (the ``params`` of an "edit" job). Units: pixels, degrees, steps."""
+
+    JOB_KIND = "edit"
 
     prompt: str = ""                    # the instruction, e.g. "make it look like bronze"
     seed: int = 0
@@ -86,60 +86,14 @@ class EditSettings:
     lr_sh0: float = 5e-3
     lr_shN: float = 2.5e-4
 
-    _RANGES = ("elevation_range", "azimuth_range")
-    _TRIPLES = ("background",)
-
-    @classmethod
-    def from_params(cls, params: dict) -> "EditSettings":
-        """Validate the job's params; raises ``JobError("bad_params")`` naming the first bad field."""
-        if not isinstance(params, dict):
-            raise JobError("bad_params", "params must be a map")
-        known = {f.name for f in fields(cls)}
-        out = cls()
-        for key, value in params.items():
-            if key not in known:
-                raise JobError("bad_params", f"unknown edit parameter {key!r}; known: {sorted(known)}")
-            default = getattr(out, key)
-            try:
-                if key in cls._RANGES or key in cls._TRIPLES:
-                    vals = tuple(float(v) for v in value)
-                    if len(vals) != len(default) or not all(math.isfinite(v) for v in vals):
-                        raise ValueError(f"expected {len(default)} finite numbers")
-                    value = vals
-                elif isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError("expected true or false")
-                elif isinstance(default, int):
-                    if isinstance(value, bool) or int(value) != value:
-                        raise TypeError("expected a whole number")
-                    value = int(value)
-                elif isinstance(default, float):
-                    if isinstance(value, bool):
-                        raise TypeError("expected a number")
-                    value = float(value)
-                    if not math.isfinite(value):
-                        raise ValueError("not finite")
-                elif isinstance(default, str):
-                    if value is None:
-                        value = default
-                    if not isinstance(value, str):
-                        raise TypeError("expected a string")
-            except (TypeError, ValueError, OverflowError) as exc:    # OverflowError: int(inf)
-                raise JobError("bad_params", f"edit parameter {key}={value!r}: {exc}") from None
-            setattr(out, key, value)
-        out.validate()
-        return out
-
     def validate(self) -> None:
         def bad(msg: str) -> JobError:
             return JobError("bad_params", msg)
         if not self.prompt.strip():
             raise bad("prompt is empty: say how to change the splats, e.g. 'make it look like bronze'")
-        for name, lo, hi in (("steps", 0, 100_000), ("num_views", 1, 1000), ("resolution", 8, 2048),
-                             ("edit_every", 1, 100_000), ("initial_edits", -1, self.num_views),
-                             ("diffusion_steps", 1, 1000), ("preview_every", 0, 100_000)):
-            if not lo <= getattr(self, name) <= hi:
-                raise bad(f"{name}={getattr(self, name)} is out of range [{lo}, {hi}]")
+        check_ranges(self, (("steps", 0, 100_000), ("num_views", 1, 1000), ("resolution", 8, 2048),
+                            ("edit_every", 1, 100_000), ("initial_edits", -1, self.num_views),
+                            ("diffusion_steps", 1, 1000), ("preview_every", 0, 100_000)))
         if self.text_guidance < 0 or self.image_guidance < 0:
             raise bad("text_guidance and image_guidance must be >= 0")
         if not 0.0 <= self.t_min <= self.t_max <= 1.0:
@@ -155,13 +109,7 @@ class EditSettings:
             raise bad(f"frame_margin={self.frame_margin} must be >= 1")
         if not all(0.0 <= c <= 1.0 for c in self.background):
             raise bad(f"background={list(self.background)} must be RGB in 0..1")
-        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
-            if getattr(self, name) < 0:
-                raise bad(f"{name}={getattr(self, name)} must be >= 0")
-
-    def to_meta(self) -> dict[str, Any]:
-        """All settings as plain values (msgpack/JSON-ready), enough to reproduce the run."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        check_non_negative(self, ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,8 +417,7 @@ def _meta(settings: EditSettings, device: torch.device, info: dict) -> dict[str,
 def cli(argv: list[str] | None = None) -> int:
     """``python -m backend edit in.ply "make it look like bronze" --out out.ply [options]``. Writes the splats
     (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
-    from backend.generate import _CliContext
-    from shared.formats import read_splats, write_splats
+    from shared.formats import read_splats
 
     d = EditSettings()
     ap = argparse.ArgumentParser(prog="python -m backend edit",
@@ -493,9 +440,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     a = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+    device = cli_device(a.device)
+    if device is None:
         return 2
     params = {"prompt": a.prompt, "seed": a.seed, "steps": a.steps, "num_views": a.num_views,
               "resolution": a.resolution, "edit_every": a.edit_every, "initial_edits": a.initial_edits,
@@ -507,26 +453,8 @@ def cli(argv: list[str] | None = None) -> int:
             splats = read_splats(Path(a.input))
         except (OSError, ValueError) as exc:
             raise JobError("bad_input", f"cannot read {a.input}: {exc}") from None
-        with tempfile.TemporaryDirectory() as tmp:
-            ctx = _CliContext(device, Path(tmp))
-            previous = signal.getsignal(signal.SIGINT)
-
-            def _stop(signum, frame):   # first Ctrl+C: finish early and write what we have
-                print("stopping after this step (Ctrl+C again to abort)", file=sys.stderr, flush=True)
-                ctx.stop = True
-                signal.signal(signal.SIGINT, previous)
-
-            signal.signal(signal.SIGINT, _stop)
-            try:
-                result = run_edit_job(params, {"splats": splats.to_arrays()}, ctx)
-            finally:
-                signal.signal(signal.SIGINT, previous)
+        result = run_job_cli(run_edit_job, params, {"splats": splats.to_arrays()}, device)
     except JobError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return 1
-    out = Path(a.out)
-    write_splats(out, result.splats)
-    meta_path = out.with_suffix(out.suffix + ".json")
-    meta_path.write_text(json.dumps({"metrics": result.metrics, "meta": result.meta}, indent=2, default=str))
-    print(f"wrote {out} ({len(result.splats)} splats) and {meta_path}", file=sys.stderr)
+        return report_job_error(exc)
+    write_cli_result(a.out, result)
     return 0

@@ -23,13 +23,8 @@ Everything that determines the result (seed and all settings) is in ``JobResult.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import signal
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +34,8 @@ from torch import Tensor
 
 from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
+from backend.job_settings import JobSettings, check_non_negative, check_ranges
 from backend.models import (DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, cudnn_autotune,
                             load_pipeline)
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
@@ -55,8 +52,10 @@ CANONICAL_RADIUS = 1.0
 
 
 @dataclass
-class GenerateSettings:
+class GenerateSettings(JobSettings):
     """All settings of a generation (the ``params`` of a "generate" job). Units: pixels, degrees, steps."""
+
+    JOB_KIND = "generate"
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -94,47 +93,6 @@ class GenerateSettings:
     lr_sh0: float = 1e-2
     lr_shN: float = 5e-4
 
-    _RANGES = ("elevation_range", "azimuth_range", "distance_range", "fovy_range")
-
-    @classmethod
-    def from_params(cls, params: dict) -> "GenerateSettings":
-        """Validate the job's params; raises ``JobError("bad_params")`` naming the first bad field."""
-        if not isinstance(params, dict):
-            raise JobError("bad_params", "params must be a map")
-        known = {f.name: f for f in fields(cls)}
-        out = cls()
-        for key, value in params.items():
-            if key not in known:
-                raise JobError("bad_params", f"unknown generate parameter {key!r}; known: {sorted(known)}")
-            default = getattr(out, key)
-            try:
-                if key in cls._RANGES:
-                    lo, hi = (float(v) for v in value)
-                    value = (lo, hi)
-                elif isinstance(default, bool):
-                    if not isinstance(value, bool):
-                        raise TypeError("expected true or false")
-                elif isinstance(default, int):
-                    if isinstance(value, bool) or int(value) != value:
-                        raise TypeError("expected a whole number")
-                    value = int(value)
-                elif isinstance(default, float):
-                    if isinstance(value, bool):
-                        raise TypeError("expected a number")
-                    value = float(value)
-                    if not math.isfinite(value):
-                        raise ValueError("not finite")
-                elif isinstance(default, str):
-                    if value is None:
-                        value = default
-                    if not isinstance(value, str):
-                        raise TypeError("expected a string")
-            except (TypeError, ValueError, OverflowError) as exc:    # OverflowError: int(inf)
-                raise JobError("bad_params", f"generate parameter {key}={value!r}: {exc}") from None
-            setattr(out, key, value)
-        out.validate()
-        return out
-
     def validate(self) -> None:
         def bad(msg: str) -> JobError:
             return JobError("bad_params", msg)
@@ -142,19 +100,15 @@ class GenerateSettings:
             raise bad("prompt is empty: describe the object to generate")
         if self.init not in INIT_MODES:
             raise bad(f"init must be one of {INIT_MODES}, got {self.init!r}")
-        for name, lo, hi in (("steps", 1, 100_000), ("resolution", 8, 2048), ("batch_size", 1, 64),
-                             ("num_points", 1, 2_000_000), ("sh_degree", 0, 3), ("prior_steps", 1, 1000),
-                             ("prior_grid_size", 8, 512), ("max_gaussians", 1, 20_000_000),
-                             ("preview_every", 0, 100_000), ("encode_resolution", 0, 4096)):
-            if not lo <= getattr(self, name) <= hi:
-                raise bad(f"{name}={getattr(self, name)} is out of range [{lo}, {hi}]")
+        check_ranges(self, (("steps", 1, 100_000), ("resolution", 8, 2048), ("batch_size", 1, 64),
+                            ("num_points", 1, 2_000_000), ("sh_degree", 0, 3), ("prior_steps", 1, 1000),
+                            ("prior_grid_size", 8, 512), ("max_gaussians", 1, 20_000_000),
+                            ("preview_every", 0, 100_000), ("encode_resolution", 0, 4096)))
         if self.guidance_scale < 0 or self.prior_guidance_scale < 0:
             raise bad("guidance scales must be >= 0")
         if not 0.0 < self.densify_grad_quantile < 1.0:
             raise bad("densify_grad_quantile must be in (0, 1)")
-        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"):
-            if getattr(self, name) < 0:
-                raise bad(f"{name}={getattr(self, name)} must be >= 0")
+        check_non_negative(self, ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"))
         try:
             self.timestep_schedule().validate()
             self.camera_ranges().validate()
@@ -166,10 +120,6 @@ class GenerateSettings:
 
     def camera_ranges(self) -> CameraRanges:
         return CameraRanges(self.elevation_range, self.azimuth_range, self.distance_range, self.fovy_range)
-
-    def to_meta(self) -> dict[str, Any]:
-        """All settings as plain values (msgpack/JSON-ready), enough to reproduce the run."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,29 +452,6 @@ def _meta(settings: GenerateSettings, device: torch.device, radius: float, centr
             "method": "SDS (DreamFusion) on Gaussian splats; CFG scale as DreamFusion/GaussianDreamer"}
 
 
-class _CliContext:
-    """Prints progress to stderr; Ctrl+C asks the run to stop and keep what it has."""
-
-    def __init__(self, device: str, job_dir: Path):
-        self.device = device
-        self.job_dir = job_dir
-        self.stop = False
-        self._last = 0.0
-
-    def report(self, step: int, total: int, metrics: dict, preview: Splats | None = None) -> None:
-        now = time.monotonic()
-        if "stage" in metrics:
-            print(f"{metrics['stage']} ...", file=sys.stderr, flush=True)
-        elif now - self._last >= 2.0 or step >= total:
-            self._last = now
-            print(f"step {step}/{total}  loss {metrics.get('loss', float('nan')):.4g}  "
-                  f"gaussians {int(metrics.get('num_gaussians', 0))}  {metrics.get('steps_per_s', 0):.2f} it/s  "
-                  f"eta {metrics.get('eta_s', 0):.0f} s", file=sys.stderr, flush=True)
-
-    def should_stop(self) -> bool:
-        return self.stop
-
-
 def _load_init_points(path: str) -> dict[str, np.ndarray]:
     """Payload for init 'mesh' from a .npz (``points``, optional ``colors`` u8) or any splat file."""
     p = Path(path)
@@ -567,9 +494,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     a = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+    device = cli_device(a.device)
+    if device is None:
         return 2
     params = {"prompt": a.prompt, "negative_prompt": a.negative_prompt, "seed": a.seed, "steps": a.steps,
               "guidance_scale": a.guidance_scale, "resolution": a.resolution, "batch_size": a.batch_size,
@@ -583,27 +509,8 @@ def cli(argv: list[str] | None = None) -> int:
             if not a.init_points:
                 raise JobError("bad_params", "--init mesh needs --init-points FILE")
             payload = _load_init_points(a.init_points)
-        with tempfile.TemporaryDirectory() as tmp:
-            ctx = _CliContext(device, Path(tmp))
-            previous = signal.getsignal(signal.SIGINT)
-
-            def _stop(signum, frame):   # first Ctrl+C: finish early and write what we have
-                print("stopping after this step (Ctrl+C again to abort)", file=sys.stderr, flush=True)
-                ctx.stop = True
-                signal.signal(signal.SIGINT, previous)
-
-            signal.signal(signal.SIGINT, _stop)
-            try:
-                result = run_generate_job(params, payload, ctx)
-            finally:
-                signal.signal(signal.SIGINT, previous)
+        result = run_job_cli(run_generate_job, params, payload, device)
     except JobError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return 1
-    from shared.formats import write_splats
-    out = Path(a.out)
-    write_splats(out, result.splats)
-    meta_path = out.with_suffix(out.suffix + ".json")
-    meta_path.write_text(json.dumps({"metrics": result.metrics, "meta": result.meta}, indent=2, default=str))
-    print(f"wrote {out} ({len(result.splats)} splats) and {meta_path}", file=sys.stderr)
+        return report_job_error(exc)
+    write_cli_result(a.out, result)
     return 0

@@ -69,16 +69,12 @@ def _text_config(hidden: int, projection: int | None = None):
     return CLIPTextConfig(**kw)
 
 
-def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """A tiny StableDiffusionPipeline (UNet, VAE with 2x downsampling, CLIP text encoder, DDPM schedule of
-    SD: scaled_linear 0.00085..0.012 over 1000 steps). Native image size 16 px, latents 4x8x8."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
+def _tiny_unet_vae(in_channels: int):
+    """The tiny UNet (``in_channels`` inputs, 4 outputs, 8x8 latents) and VAE (2x downsampling, 16 px)
+    the tiny Stable Diffusion and InstructPix2Pix pipelines share."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4, norm_num_groups=4, use_linear_projection=True)
@@ -86,6 +82,18 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4, sample_size=16)
+    return unet, vae
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """A tiny StableDiffusionPipeline (UNet, VAE with 2x downsampling, CLIP text encoder, DDPM schedule of
+    SD: scaled_linear 0.00085..0.012 over 1000 steps). Native image size 16 px, latents 4x8x8."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet, vae = _tiny_unet_vae(4)
     text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
@@ -139,21 +147,12 @@ def build_tiny_ip2p(folder: Path, seed: int = 0) -> Path:
     """A tiny StableDiffusionInstructPix2PixPipeline: the tiny SD parts, but the UNet takes 8 input channels
     (4 noisy latents + 4 latents of the image to edit), and InstructPix2Pix's Euler-ancestral schedule
     (SD's scaled_linear betas). Native image size 16 px, latents 4x8x8."""
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
     from transformers import CLIPTextModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4, norm_num_groups=4, use_linear_projection=True)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4, sample_size=16)
+    unet, vae = _tiny_unet_vae(8)
     text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN))
     scheduler = EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                                 beta_schedule="scaled_linear", steps_offset=1)
