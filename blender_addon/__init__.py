@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "io_ops",
     "ops_train",
     "ops_generate",
+    "ops_edit",
     "final_render",
     "native_render",
     "ui_panel",
