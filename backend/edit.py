@@ -272,10 +272,15 @@ def edit_views(settings: EditSettings, splats: Splats, device: torch.device | st
 
 def edit_splats(splats: Splats, editor: ImageEditor, settings: EditSettings, ctx: JobContext | None = None,
                 device: torch.device | str = "cpu",
-                stage: Callable[[str], None] = lambda text: None) -> tuple[Splats, dict[str, Any]]:
+                stage: Callable[[str], None] = lambda text: None,
+                mask: np.ndarray | None = None) -> tuple[Splats, dict[str, Any]]:
     """Fine-tune ``splats`` (world space) toward ``editor``'s edits of their renders (module docstring).
     Returns the splats and run info (steps done, edits made, cancelled, timings). The same settings (seed
-    included) and editor give the same splats bit for bit on the CPU."""
+    included) and editor give the same splats bit for bit on the CPU.
+
+    ``mask`` (bool[N]): only these splats change (GaussianEditor's edit region; in Blender, the splats
+    selected in Edit Mode); the others keep every value bit for bit, since their gradients are zeroed
+    and Adam's update of a parameter that never had a gradient is exactly 0."""
     ctx = ctx or NullContext(str(device))
     device = torch.device(device)
     if len(splats) == 0:
@@ -289,6 +294,10 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: EditSettings, ctx
     n = len(views)
 
     params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in splats_to_tensors(splats, device).items()})
+    if mask is not None:
+        keep = torch.as_tensor(np.asarray(mask, dtype=bool), device=device)
+        for p in params.values():
+            p.register_hook(lambda g, keep=keep: g * keep.view(-1, *([1] * (g.ndim - 1))).to(g.dtype))
     with torch.no_grad():
         originals = torch.cat([render(params, views, [i], sh_degree) for i in range(n)])
     dataset = originals.clone()
@@ -384,10 +393,29 @@ def splats_from_payload(payload: dict) -> Splats:
     return splats
 
 
+def mask_from_payload(payload: dict, n: int) -> np.ndarray | None:
+    """Optional payload ``mask`` (bool or u8 [N]: the splats the edit may change) -> bool[N], or
+    ``bad_input`` naming the problem. None when absent."""
+    data = (payload or {}).get("mask")
+    if data is None:
+        return None
+    mask = np.asarray(data)
+    if mask.shape != (n,):
+        raise JobError("bad_input", f"payload 'mask' must be [N] = [{n}] (one flag per splat), got shape "
+                                    f"{mask.shape}")
+    if mask.dtype != np.bool_ and mask.dtype != np.uint8:
+        raise JobError("bad_input", f"payload 'mask' must be bool or u8, got {mask.dtype}")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise JobError("bad_input", "payload 'mask' selects no splats: nothing to edit")
+    return mask
+
+
 def run_edit_job(params: dict, payload: dict, ctx: JobContext, editor: ImageEditor | None = None) -> JobResult:
     """Job kind "edit" (see module docstring). ``editor`` overrides the diffusion model (tests)."""
     settings = EditSettings.from_params(params)
     splats = splats_from_payload(payload)
+    mask = mask_from_payload(payload, len(splats))
     device = torch.device(ctx.device)
 
     def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
@@ -398,7 +426,8 @@ def run_edit_job(params: dict, payload: dict, ctx: JobContext, editor: ImageEdit
         stage(f"loading the edit model ({settings.edit_model})")
         editor = make_editor(settings, device)
     t_load = time.perf_counter() - t0
-    out, info = edit_splats(splats, editor, settings, ctx, device, stage)
+    out, info = edit_splats(splats, editor, settings, ctx, device, stage, mask)
+    info["selected"] = len(splats) if mask is None else int(mask.sum())
     metrics = {"seconds": time.perf_counter() - t0, "load_seconds": t_load, "steps_per_s": info["steps_per_s"],
                "final_loss": info["final_loss"], "num_gaussians": float(info["num_gaussians"]),
                "edits": float(info["edits"])}
@@ -410,6 +439,7 @@ def _meta(settings: EditSettings, device: torch.device, info: dict) -> dict[str,
     return {"settings": settings.to_meta(), "seed": settings.seed, "device": str(device),
             "cancelled": bool(info.get("cancelled", False)), "steps_done": int(info.get("steps_done", 0)),
             "edits": int(info.get("edits", 0)), "radius_m": float(info.get("radius", 0.0)),
+            "selected": int(info.get("selected", 0)),
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
             "method": "Instruct-NeRF2NeRF Iterative Dataset Update on Gaussian splats (InstructPix2Pix edits)"}
 

@@ -45,6 +45,9 @@ class SplatBridgeEditSettings(bpy.types.PropertyGroup):
                                description="Hugging Face id or local folder (empty: timbrooks/instruct-pix2pix)")
     preview_every: IntProperty(name="Preview Every", default=0, min=0,
                                description="Steps between live previews (0: about one per second)")
+    only_selected: BoolProperty(name="Only Selected Splats", default=False,
+                                description="Change only the splats selected in Edit Mode; the others keep "
+                                            "their exact values")
     show_advanced: BoolProperty(name="Advanced", default=False)
 
 
@@ -62,6 +65,15 @@ def edit_params(settings) -> dict:
     if ref:     # a Hugging Face id, or a folder (a "//" path is relative to the .blend)
         p["edit_model"] = bpy.path.abspath(ref) if ref.startswith("//") else ref
     return p
+
+
+def selected_splats(obj) -> np.ndarray:
+    """bool[N]: which splats (vertices) of splat object ``obj`` are selected (Edit Mode's selection)."""
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+    sel = np.zeros(len(obj.data.vertices), dtype=bool)
+    obj.data.vertices.foreach_get("select", sel)
+    return sel
 
 
 def _jobs(scene) -> dict:
@@ -82,8 +94,15 @@ def submit_edit(context, obj=None, settings=None, params: dict | None = None):
     splats = splat_object.read_splats_from_object(obj)            # world space
     if len(splats) == 0:
         raise ValueError(f"{obj.name!r} has no splats to edit")
+    payload = {"splats": splats.to_arrays()}
+    if settings.only_selected:
+        mask = selected_splats(obj)
+        if not mask.any():
+            raise ValueError(f"no splats of {obj.name!r} are selected: select some in Edit Mode, or turn off "
+                             f"Only Selected Splats")
+        payload["mask"] = mask
     client = connection.get_client(context)
-    job_id = client.submit(KIND, p, {"splats": splats.to_arrays()})
+    job_id = client.submit(KIND, p, payload)
     scene = context.scene
     jobs = dict(_jobs(scene))
     jobs[job_id] = {"source": obj.name, "matrix": [float(v) for row in obj.matrix_world for v in row]}
@@ -189,6 +208,7 @@ class SPLATBRIDGE_PT_edit(bpy.types.Panel):
         else:
             layout.label(text=obj.name, icon="POINTCLOUD_DATA")
         layout.prop(s, "prompt", text="")
+        layout.prop(s, "only_selected")
         col = layout.column(align=True)
         col.prop(s, "seed")
         col.prop(s, "steps")

@@ -98,6 +98,22 @@ def test_loop_transfers_a_2d_edit_into_3d(artifacts):
         artifacts / "edit_swap_rb_heldout.png")
 
 
+def test_mask_edits_only_the_selected_splats():
+    """GaussianEditor's edit region / Blender's Edit Mode selection: unselected splats keep every value
+    bit for bit, selected ones take the edit."""
+    splats = blob_object(60)
+    mask = splats.means[:, 0] > 2.0                  # one half of the blob (x of the centre is 2.0)
+    assert 10 < mask.sum() < 50
+    out, info = edit_splats(splats, SwapRedBlue(), settings(steps=60), mask=mask)
+    assert info["steps_done"] == 60
+    for field in ("means", "quats", "scales", "opacities", "sh0"):
+        a, b = getattr(out, field), getattr(splats, field)
+        assert np.array_equal(a[~mask], b[~mask]), field              # untouched, exactly
+        assert not np.allclose(a[mask], b[mask]), field               # edited
+    rgb0, rgb1 = splats.base_colors()[mask], out.base_colors()[mask]
+    assert np.abs(rgb1 - rgb0[:, [2, 1, 0]]).mean() < np.abs(rgb0 - rgb0[:, [2, 1, 0]]).mean()
+
+
 class RecordingContext:
     """A JobContext that records reports and says stop after ``stop_after`` polls."""
     device, job_dir = "cpu", Path(".")
@@ -223,6 +239,12 @@ def test_edit_job_cancel_returns_partial_splats(server, ip2p):
     ({"edit_every": 0}, None, "bad_params", "edit_every=0 is out of range [1, 100000]"),
     ({"t_min": 0.9, "t_max": 0.5}, None, "bad_params", "need 0 <= t_min <= t_max <= 1"),
     ({"colour": 1}, None, "bad_params", "unknown edit parameter 'colour'"),
+    ({}, {"splats": blob_object(10).to_arrays(), "mask": np.ones(9, bool)}, "bad_input",
+     "payload 'mask' must be [N] = [10] (one flag per splat), got shape (9,)"),
+    ({}, {"splats": blob_object(10).to_arrays(), "mask": np.zeros(10, bool)}, "bad_input",
+     "payload 'mask' selects no splats"),
+    ({}, {"splats": blob_object(10).to_arrays(), "mask": np.ones(10, np.float32)}, "bad_input",
+     "payload 'mask' must be bool or u8, got float32"),
     ({"edit_model": "timbrooks/instruct-pix2pix"}, None, "model_missing",
      "python -m backend prefetch timbrooks/instruct-pix2pix"),
 ])
