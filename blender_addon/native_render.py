@@ -66,7 +66,8 @@ MODIFIER_NAME = "SplatBridge Native Render"
 GROUP_NAME = "SplatBridge Splat Instances"
 MATERIAL_NAME = "SplatBridge Splat"
 PROP_VERSION = "splatbridge_native_version"   # custom property on node group and material
-VERSION = 1
+# 2: rebuilds materials that version 1 built in Blender 5.3 with the ray direction unlinked
+VERSION = 2
 
 SCALE_SIGMAS = 3.0          # sphere radius in standard deviations (k)
 ICO_SUBDIVISIONS = 2        # 80 faces per splat
@@ -207,7 +208,9 @@ def _build_material(mat) -> None:
     geom = _node(t, "ShaderNodeNewGeometry", -1000, -400)
     to_obj = _node(t, "ShaderNodeVectorTransform", -800, -400, vector_type="VECTOR",
                    convert_from="WORLD", convert_to="OBJECT")
-    t.links.new(geom.outputs["Incoming"], to_obj.inputs[0])
+    # by name: Blender 5.3 put a hidden "LightIndex" input before "Vector" (index 0 in 5.0), and a
+    # link to inputs[0] there leaves the ray direction unconnected (falloff from a constant vector)
+    t.links.new(geom.outputs["Incoming"], to_obj.inputs["Vector"])
     p = _math(t, "NORMALIZE", coords.outputs["Object"], None, -600, -100, vector=True)
     d = _math(t, "NORMALIZE", to_obj.outputs[0], None, -600, -400, vector=True)
     cos = _math(t, "DOT_PRODUCT", p, d, -400, -250, vector=True)

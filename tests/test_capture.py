@@ -106,7 +106,11 @@ def test_capture_alpha_colour_and_cameras(mods, artifacts):
     srgb = capture.to_u8(capture.linear_to_srgb(np.array(EMIT)))
     for cam, img in zip(cameras_from_arrays(res.viewmats, res.Ks, 32, 32), res.images):
         hit = _ray_mask(bpy, cam, cube)
-        inside, outside = _erode(hit), _erode(~hit)
+        # Two pixels from the silhouette: Cycles' pixel filter (Blackman-Harris, filter_width 1.5)
+        # lets a sample land beyond the 8 neighbours, so with one ring a sliver of the cube can
+        # reach an "outside" pixel depending on the sampling pattern (bpy 5.2+'s default,
+        # AUTOMATIC, samples like BLUE_NOISE, not 5.0's TABULATED_SOBOL, and did exactly that).
+        inside, outside = _erode(_erode(hit)), _erode(_erode(~hit))
         assert inside.sum() > 30 and outside.sum() > 100      # the cube is framed, with background
         assert (img[..., 3][inside] == 255).all()
         assert (img[..., 3][outside] == 0).all()
