@@ -6,6 +6,8 @@
     python3 build.py demo [ARGS]      setup, then the end-to-end demo (demo/run_demo.py), output in demo-output/
     python3 build.py serve [ARGS]     setup, then `python -m backend serve ARGS` in the venv
     python3 build.py addon            dist/splatbridge-<version>.zip: the Blender extension with bundled wheels
+    python3 build.py compat [ARGS]    the add-on's torch-free tests on the newest Blender (bpy from PyPI, Python
+                                      3.13, its own venv .venv-blender-latest); CI runs it after `test`
 
 The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`)
 and wheels of pyzmq and msgpack for every platform Blender ships on (Linux x86_64, Windows amd64,
@@ -234,6 +236,74 @@ def run_serve(serve_args: list[str]) -> int:
                               cwd=ROOT, env=child_env()).returncode
     except KeyboardInterrupt:
         return 130
+
+
+# --------------------------------------------------------------------------------------------
+# compat: the add-on on the newest Blender
+
+COMPAT_REQUIREMENTS = ROOT / "requirements-blender-latest.txt"
+COMPAT_PYTHON = (3, 13)          # Blender 5.1+ (bpy 5.1-5.3 on PyPI ship cp313 wheels only)
+COMPAT_VENV = ROOT / ".venv-blender-latest"
+# Tests of the add-on and of what it imports (shared/, numpy 2 inside Blender 5.1+) that need no torch:
+# the backend (torch) has its own venv and is tested there with bpy 5.0.1.
+COMPAT_TESTS = ("test_addon_install.py", "test_splat_object.py", "test_rig.py", "test_io_ops.py",
+                "test_capture.py", "test_cameras.py", "test_formats.py", "test_splats.py", "test_protocol.py",
+                "test_viewport.py", "test_final_render.py", "test_native_render.py",
+                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py")
+# ... less the tests in them that build a reference image with the torch rasterizer
+COMPAT_DESELECT = ("not matches_reference and not composite_occlusion and not transparent_film "
+                   "and not f12_cycles_render_contains")
+
+
+def find_compat_python() -> str:
+    """A Python 3.13 interpreter: ``python3.13`` on PATH, else one installed by pyenv."""
+    want = "{}.{}".format(*COMPAT_PYTHON)
+    candidates = [shutil.which(f"python{want}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob(f"{want}*/bin/python{want}"))
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            out = subprocess.run([c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out == want:
+            return c
+    raise BuildError(f"`compat` needs Python {want} (the newest Blender's bpy ships only cp{want.replace('.', '')} "
+                     f"wheels) and found none on PATH or under {pyenv}: install Python {want}")
+
+
+def compat_setup() -> Path:
+    """Create .venv-blender-latest with Python 3.13 and install requirements-blender-latest.txt (once)."""
+    python = venv_python(COMPAT_VENV)
+    stamp = COMPAT_VENV / STAMP_NAME
+    want = hashlib.sha256(COMPAT_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return python
+    if not python.exists():
+        base = find_compat_python()
+        log(f"creating {COMPAT_VENV} with {base}")
+        subprocess.run([base, "-m", "venv", str(COMPAT_VENV)], check=True)
+    log(f"installing {COMPAT_REQUIREMENTS.name} into {COMPAT_VENV}")
+    result = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar",
+                             "off", "-r", str(COMPAT_REQUIREMENTS)], cwd=ROOT)
+    if result.returncode != 0:
+        raise BuildError(f"pip install -r {COMPAT_REQUIREMENTS.name} failed (exit {result.returncode})")
+    stamp.write_text(want + "\n")
+    return python
+
+
+def run_compat(pytest_args: list[str]) -> int:
+    python = compat_setup()
+    cmd = [str(python), "-m", "pytest", *[f"tests/{t}" for t in COMPAT_TESTS], "-k", COMPAT_DESELECT, *pytest_args]
+    log("running " + " ".join(cmd[1:]))
+    code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
+    if code == 5:
+        log("pytest collected no tests: treated as a failure")
+        return 1
+    return code
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,13 +677,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("test", help="setup, then pytest (extra arguments go to pytest)", add_help=False)
     sub.add_parser("demo", help="setup, then the end-to-end demo", add_help=False)
     sub.add_parser("serve", help="setup, then `python -m backend serve ...`", add_help=False)
+    sub.add_parser("compat", help="the add-on's tests on the newest Blender (Python 3.13 venv)", add_help=False)
     p_addon = sub.add_parser("addon", help="build dist/splatbridge-<version>.zip")
     p_addon.add_argument("--dist", type=Path, default=DIST, help="output folder (default: dist/)")
     p_addon.add_argument("--wheel-cache", type=Path, default=None, help="default: <dist>/wheel-cache")
     p_addon.add_argument("--offline", action="store_true", help="fail instead of downloading a missing wheel")
     argv = list(sys.argv[1:] if argv is None else argv)
     # test/demo/serve pass everything after the command through untouched (pytest's -k, -x ...).
-    passthrough = {"test": run_tests, "demo": run_demo, "serve": run_serve}
+    passthrough = {"test": run_tests, "demo": run_demo, "serve": run_serve, "compat": run_compat}
     try:
         if argv and argv[0] in passthrough:
             return passthrough[argv[0]](argv[1:])
