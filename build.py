@@ -209,8 +209,8 @@ def child_env() -> dict[str, str]:
 # test, demo, serve
 
 
-def run_tests(pytest_args: list[str]) -> int:
-    python = setup()
+def _pytest(python: Path, pytest_args: list[str]) -> int:
+    """pytest in ``python``'s venv from the repo root; "no tests collected" (exit 5) is a failure."""
     cmd = [str(python), "-m", "pytest", *pytest_args]
     log("running " + " ".join(cmd[1:]))
     code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
@@ -218,6 +218,10 @@ def run_tests(pytest_args: list[str]) -> int:
         log("pytest collected no tests: treated as a failure")
         return 1
     return code
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    return _pytest(setup(), pytest_args)
 
 
 def run_demo(demo_args: list[str]) -> int:
@@ -296,14 +300,7 @@ def compat_setup() -> Path:
 
 
 def run_compat(pytest_args: list[str]) -> int:
-    python = compat_setup()
-    cmd = [str(python), "-m", "pytest", *[f"tests/{t}" for t in COMPAT_TESTS], "-k", COMPAT_DESELECT, *pytest_args]
-    log("running " + " ".join(cmd[1:]))
-    code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
-    if code == 5:
-        log("pytest collected no tests: treated as a failure")
-        return 1
-    return code
+    return _pytest(compat_setup(), [*(f"tests/{t}" for t in COMPAT_TESTS), "-k", COMPAT_DESELECT, *pytest_args])
 
 
 # --------------------------------------------------------------------------------------------

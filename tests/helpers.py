@@ -25,3 +25,31 @@ def registered(name: str) -> Iterator[object]:
         yield mod
     finally:
         mod.unregister()
+
+
+@contextlib.contextmanager
+def registered_addon(names: tuple[str, ...]) -> Iterator[dict[str, object]]:
+    """The add-on's modules ``names`` registered in order while the block runs ({name: module}); the
+    connection (if among them) is closed first on the way out, then each is unregistered in reverse."""
+    mods = [importlib.import_module(f"splatbridge.{name}") for name in names]
+    for m in mods:
+        m.register()
+    try:
+        yield dict(zip(names, mods))
+    finally:
+        if "connection" in names:
+            mods[names.index("connection")].disconnect()
+        for m in reversed(mods):
+            m.unregister()
+
+
+@contextlib.contextmanager
+def model_server(store) -> Iterator[object]:
+    """A real ``python -m backend serve`` for jobs with local (tiny) models: built-in job kinds only,
+    previews every 0.1 s, ``HF_HUB_OFFLINE=1``; it must exit cleanly afterwards."""
+    from test_server import ServerProcess
+    srv = ServerProcess(store, plugins=[], extra=["--preview-interval", "0.1"], env={"HF_HUB_OFFLINE": "1"}).start()
+    try:
+        yield srv
+    finally:
+        assert srv.stop() == 0, srv.log()

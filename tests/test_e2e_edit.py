@@ -8,14 +8,13 @@ the checks are placement, count, non-destructiveness and the recorded prompt and
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
 import pytest
 
 from shared.splats import Splats
-from test_server import ServerProcess
+from helpers import model_server, registered_addon
 from tiny_models import tiny_ip2p
 
 pytestmark = pytest.mark.blender
@@ -25,21 +24,14 @@ MODULES = ("splat_object", "connection", "ops_edit")
 
 @pytest.fixture
 def addon(addon_dir, bpy_empty):
-    mods = [importlib.import_module(f"splatbridge.{name}") for name in MODULES]
-    for m in mods:
-        m.register()
-    yield {name: m for name, m in zip(MODULES, mods)}
-    mods[1].disconnect()
-    for m in reversed(mods):
-        m.unregister()
+    with registered_addon(MODULES) as mods:
+        yield mods
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = ServerProcess(tmp_path / "store", plugins=[], extra=["--preview-interval", "0.1"],
-                        env={"HF_HUB_OFFLINE": "1"}).start()
-    yield srv
-    assert srv.stop() == 0, srv.log()
+    with model_server(tmp_path / "store") as srv:
+        yield srv
 
 
 def _blob(n: int) -> Splats:

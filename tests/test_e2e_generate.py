@@ -9,12 +9,11 @@ name, size and count are not.
 """
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
 
-from test_server import ServerProcess
+from helpers import model_server, registered_addon
 from tiny_models import tiny_models
 
 pytestmark = pytest.mark.blender
@@ -24,21 +23,14 @@ MODULES = ("splat_object", "connection", "ops_generate")
 
 @pytest.fixture
 def addon(addon_dir, bpy_empty):
-    mods = [importlib.import_module(f"splatbridge.{name}") for name in MODULES]
-    for m in mods:
-        m.register()
-    yield {name: m for name, m in zip(MODULES, mods)}
-    mods[1].disconnect()
-    for m in reversed(mods):
-        m.unregister()
+    with registered_addon(MODULES) as mods:
+        yield mods
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = ServerProcess(tmp_path / "store", plugins=[], extra=["--preview-interval", "0.1"],
-                        env={"HF_HUB_OFFLINE": "1"}).start()
-    yield srv
-    assert srv.stop() == 0, srv.log()
+    with model_server(tmp_path / "store") as srv:
+        yield srv
 
 
 def test_generate_from_selected_mesh_appears_at_cursor(addon, server, bpy_empty):
