@@ -93,6 +93,8 @@ def build_scene(bpy):
 
     def material(name, rgb):
         m = bpy.data.materials.new(name)
+        if m.node_tree is None:              # Blender 4.x makes the node tree on request
+            m.use_nodes = True
         m.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*rgb, 1.0)
         m.node_tree.nodes["Principled BSDF"].inputs["Roughness"].default_value = 0.6
         return m

@@ -53,3 +53,12 @@ def model_server(store) -> Iterator[object]:
         yield srv
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def node_material(bpy, name: str):
+    """A new material with its default node tree (Principled BSDF + output) on any Blender: 5.0+ makes
+    one for every material, 4.x only once ``use_nodes`` is set (5.x deprecates that property)."""
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:
+        mat.use_nodes = True
+    return mat

@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+from helpers import node_material
+
 pytestmark = pytest.mark.blender
 
 EMIT = (0.8, 0.2, 0.1)       # linear emission colour of the test cube
@@ -23,7 +25,7 @@ def mods(addon_dir, bpy_empty):
 
 
 def _emission_material(bpy, color):
-    mat = bpy.data.materials.new("emit")
+    mat = node_material(bpy, "emit")
     nt = mat.node_tree
     for n in list(nt.nodes):
         nt.nodes.remove(n)
@@ -36,7 +38,7 @@ def _emission_material(bpy, color):
 
 
 def _principled(bpy, color, name="p"):
-    mat = bpy.data.materials.new(name)
+    mat = node_material(bpy, name)
     mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*color, 1.0)
     return mat
 
@@ -245,7 +247,7 @@ def test_material_colour_source_kinds(mods):
     kind, val = capture.material_color_source(m)
     assert kind == "const" and val == pytest.approx((0.1, 0.2, 0.3))
     # A shader the sampler does not read: the viewport display colour.
-    g = bpy.data.materials.new("glass")
+    g = node_material(bpy, "glass")
     g.diffuse_color = (0.5, 0.4, 0.3, 1.0)
     nt = g.node_tree
     nt.nodes.remove(nt.nodes["Principled BSDF"])

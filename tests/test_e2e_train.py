@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import psnr as _psnr
+from helpers import psnr as _psnr, node_material
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def _scene(bpy, rig, views: int, res: int):
     ball = bpy.context.active_object
     bpy.ops.object.shade_smooth()
     for i, c in enumerate(HALF_COLOURS):
-        m = bpy.data.materials.new(f"half{i}")
+        m = node_material(bpy, f"half{i}")
         m.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*c, 1.0)
         ball.data.materials.append(m)
     for poly in ball.data.polygons:

@@ -353,7 +353,8 @@ def test_render_settings_are_restored(fr, so, gpu_ready, fmt):
     _scene(bpy, so)
     im = scene.render.image_settings
     media, file_format, depth, codec = fmt
-    im.media_type = media
+    if hasattr(im, "media_type"):        # Blender 5.0+: image / multilayer / video, chosen first
+        im.media_type = media
     im.file_format = file_format
     if depth:
         im.color_depth = depth
