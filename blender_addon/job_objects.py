@@ -56,27 +56,41 @@ def put_splats(context, rec, splats, location: Sequence[float] | None = None):
     return obj
 
 
-def apply_preview(context, rec, job, location: Sequence[float] | None = None) -> None:
-    """Progress handler body: a new preview replaces the object's contents (live preview)."""
+def apply_preview(context, rec, job, location: Sequence[float] | None = None,
+                  put: Callable | None = None) -> None:
+    """Progress handler body: a new preview replaces the object's contents (live preview).
+    ``put(splats)`` stores them (default: ``put_splats`` at ``location``)."""
     if job.preview is not None and _preview_applied.get(rec.job_id) != id(job.preview):
         _preview_applied[rec.job_id] = id(job.preview)
-        put_splats(context, rec, job.preview_splats(), location)
+        (put or (lambda splats: put_splats(context, rec, splats, location)))(job.preview_splats())
 
 
-def apply_result(context, rec, job, location: Sequence[float] | None = None):
+def apply_result(context, rec, job, location: Sequence[float] | None = None, put: Callable | None = None):
     """End handler body: the final (or partial, if cancelled) splats into the object, or the error.
+    ``put(splats)`` stores them and returns the object (default: ``put_splats`` at ``location``).
 
     Returns the object (tagged ``sb_job_id``; ``rec.message`` "done" or "cancelled: partial
     result"), or None when the job ended without splats (``rec.message`` names the error)."""
     _preview_applied.pop(rec.job_id, None)
     if job.result is not None:
-        obj = put_splats(context, rec, job.result_splats(), location)
+        obj = (put or (lambda splats: put_splats(context, rec, splats, location)))(job.result_splats())
         obj["sb_job_id"] = rec.job_id
         rec.message = "cancelled: partial result" if job.state == "cancelled" else "done"
         return obj
     if job.error is not None:
         rec.message = f"{job.error[0]}: {job.error[1]}"
     return None
+
+
+def tag_seed_and_prompt(obj, meta: dict | None) -> None:
+    """Keep what reproduces a generated or edited object on it: ``sb_seed`` and ``sb_prompt`` from the
+    result's meta (when present)."""
+    meta = meta or {}
+    if "seed" in meta:
+        obj["sb_seed"] = int(meta["seed"])
+    prompt = (meta.get("settings") or {}).get("prompt")
+    if prompt:
+        obj["sb_prompt"] = str(prompt)
 
 
 def format_duration(seconds: float) -> str:

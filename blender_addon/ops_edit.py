@@ -132,36 +132,21 @@ def _put_world_splats(context, rec, world_splats):
     return obj
 
 
-_preview_applied: dict[str, int] = {}
-
-
 def apply_edit_update(context, rec, job) -> None:
     """Handler for progress: a new preview replaces the edited object's contents (live preview)."""
-    if job.preview is not None and _preview_applied.get(rec.job_id) != id(job.preview):
-        _preview_applied[rec.job_id] = id(job.preview)
-        _put_world_splats(context, rec, job.preview_splats())
+    job_objects.apply_preview(context, rec, job, put=lambda splats: _put_world_splats(context, rec, splats))
 
 
 def apply_edit_finished(context, rec, job) -> None:
     """Handler for the end: the edited (or partial, if cancelled) splats; the source is hidden."""
-    _preview_applied.pop(rec.job_id, None)
     scene = context.scene
-    if job.result is not None:
-        obj = _put_world_splats(context, rec, job.result_splats())
-        obj["sb_job_id"] = rec.job_id
-        meta = job.meta or {}
-        if "seed" in meta:
-            obj["sb_seed"] = int(meta["seed"])
-        prompt = (meta.get("settings") or {}).get("prompt")
-        if prompt:
-            obj["sb_prompt"] = str(prompt)
+    obj = job_objects.apply_result(context, rec, job, put=lambda splats: _put_world_splats(context, rec, splats))
+    if obj is not None:
+        job_objects.tag_seed_and_prompt(obj, job.meta)
         source = bpy.data.objects.get(_source(scene, rec.job_id)[0])
         if source is not None and source is not obj:
             source.hide_set(True)
             source.hide_render = True
-        rec.message = "cancelled: partial result" if job.state == "cancelled" else "done"
-    elif job.error is not None:
-        rec.message = f"{job.error[0]}: {job.error[1]}"
     jobs = dict(_jobs(scene))
     jobs.pop(rec.job_id, None)
     scene[JOBS_PROP] = jobs

@@ -147,12 +147,7 @@ def apply_generate_finished(context, rec, job) -> None:
     """Handler for the end: the final (or partial, if cancelled) splats, or the error."""
     obj = job_objects.apply_result(context, rec, job, _location(context, rec))
     if obj is not None:
-        meta = job.meta or {}
-        if "seed" in meta:
-            obj["sb_seed"] = int(meta["seed"])
-        prompt = (meta.get("settings") or {}).get("prompt")
-        if prompt:
-            obj["sb_prompt"] = str(prompt)
+        job_objects.tag_seed_and_prompt(obj, job.meta)
 
 
 # --------------------------------------------------------------------------- operators
