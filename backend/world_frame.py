@@ -11,8 +11,7 @@ finds the similarity ``new = s * R @ (old - c)`` that
 * centres the points (median in x and y; in z too when no plane was found);
 * scales so that the cameras and 95 % of the points lie within ``size / 2`` of the centre.
 
-Everything is numpy; ``umeyama`` (least-squares similarity between point sets) is here too, for
-aligning solved cameras to known ones.
+Everything is numpy (it runs in ``backend.colmap_solve``'s child process).
 """
 from __future__ import annotations
 
@@ -136,22 +135,3 @@ def world_frame(cam_to_world: np.ndarray, points: np.ndarray, size: float = 4.0,
     m[:3, 3] = -scale * centre_r
     return WorldFrame(m, scale, "plane" if use_plane else "cameras", frac if use_plane else 0.0,
                       {"cameras_up": up.tolist(), "plane_normal": normal.tolist() if use_plane else None})
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (scale s, rotation R, translation t) with ``dst ~ s R src + t``
-    (Umeyama 1991); ``src``, ``dst``: [N,3] corresponding points, N >= 3."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    e = np.eye(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[2, 2] = -1
-    r = u @ e @ vt
-    var_s = (xs ** 2).sum() / len(src)
-    s = float(np.trace(np.diag(d) @ e) / var_s) if var_s > 0 else 1.0
-    t = mu_d - s * r @ mu_s
-    return s, r, t
