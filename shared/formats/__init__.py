@@ -35,7 +35,7 @@ _WRITERS = {"ply": write_ply, "compressed_ply": write_compressed_ply, "splat": w
             "sog": write_sog}
 _READERS = {"ply": read_ply, "splat": read_splat, "spz": read_spz, "sog": read_sog, "ksplat": read_ksplat}
 
-__all__ = ["FORMATS", "READ_FORMATS", "EXTENSIONS", "SplatFormatError", "detect_format", "read_splats",
+__all__ = ["FORMATS", "READ_FORMATS", "EXTENSIONS", "SplatFormatError", "declared_count", "detect_format", "read_splats",
            "set_webp_codec", "write_splats"]
 
 
@@ -88,3 +88,39 @@ def write_splats(path: PathLike, splats: Splats, format: str | None = None, **op
     if not isinstance(splats, Splats):
         raise TypeError(f"write_splats needs a Splats, got {type(splats).__name__}")
     _WRITERS[format](path, splats, **options)
+
+
+def declared_count(path: PathLike) -> int | None:
+    """How many splats a file declares, from its header only (nothing is decoded; cheap for any
+    size), or None when that cannot be told (unknown format, damaged header). For progress display:
+    the real count comes from :func:`read_splats`."""
+    import json
+    import struct
+
+    from ._common import BoundedGunzip
+    from .sog import META_MAX_BYTES, _Source
+    try:
+        fmt = detect_format(path)
+        if fmt in ("ply", "compressed_ply"):
+            vertex = read_ply_header(path).element("vertex")
+            return vertex.count if vertex is not None else None
+        if fmt == "splat":
+            return os.path.getsize(path) // 32
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if fmt == "spz":
+            if head[:2] == b"\x1f\x8b":
+                head = BoundedGunzip(path, head).read(16)
+            return struct.unpack_from("<I", head, 8)[0] if head[:4] == b"NGSP" else None
+        if fmt == "ksplat":
+            return struct.unpack_from("<I", head, 16)[0] if len(head) >= 20 else None
+        if fmt == "sog":
+            src = _Source(path)
+            try:
+                meta = json.loads(src.read("meta.json" if src.zip is not None else src.meta_name, META_MAX_BYTES))
+            finally:
+                src.close()
+            return int(meta["count"] if "count" in meta else meta["means"]["shape"][0])
+    except (SplatFormatError, OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return None
+    return None

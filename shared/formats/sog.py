@@ -23,8 +23,9 @@ Version 1 files (no ``version`` key: per-channel ``mins``/``maxs`` instead of co
 too. Coordinates are stored as they are (splat-transform keeps the PLY's frame), like our PLY.
 
 Our writer (lossless, deterministic): positions and quaternions rounded to nearest (the
-reference truncates); codebooks are 256-entry 1-D k-means (Lloyd, quantile start) over all
-values of the field; the SH palette is exact (one entry per splat) up to 65,536 splats and a
+reference truncates); codebooks are 256-entry 1-D k-means over all values of the field, on
+count ** 0.5-weighted bins as the reference's (Lloyd iterations where it solves the binned
+problem exactly); the SH palette is exact (one entry per splat) up to 65,536 splats and a
 two-level k-means (256 x 256 entries) above that.
 
 Round-trip bounds: position within ``(maxs - mins) / 65535 / 2`` in log_t space per axis (about
@@ -64,7 +65,11 @@ PALETTE_MAX = 65536
 
 
 def set_webp_codec(decode: WebpDecoder | None = None, encode: WebpEncoder | None = None) -> None:
-    """Register the WebP decoder / encoder SOG uses (None keeps the default: Pillow)."""
+    """Register the WebP decoder / encoder SOG uses (None: the default, Pillow).
+
+    An encoder whose attribute ``keeps_transparent_rgb`` is False (libwebp's simple lossless API
+    changes the colour of alpha-0 pixels) makes the writer store opacity bytes of 0 as 1.
+    """
     _codec["decode"] = decode
     _codec["encode"] = encode
 
@@ -342,9 +347,16 @@ def _read_shn(src: _Source, meta: dict, sh_meta: dict, version: int | None, n: i
 
 # -- writer ---------------------------------------------------------------------------------------
 
-def quantize_1d(values: np.ndarray, k: int = 256, iterations: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook float32 [k] ascending, labels uint8 like values): 1-D k-means (Lloyd) started at
-    quantiles. Fewer distinct values than k: each gets its own entry (exact)."""
+def quantize_1d(values: np.ndarray, k: int = 256, iterations: int = 30, alpha: float = 0.5
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook float32 [k] ascending, labels uint8 like values): 1-D k-means of all values.
+
+    As splat-transform's quantize1d: the values go into 1024 bins placed between their quantiles
+    and a uniform split (so sparse tails keep bins), each bin weighted by count ** alpha (so dense
+    regions do not take every entry); Lloyd iterations on the weighted bin centres, started at
+    weighted quantiles. Fewer distinct values than k: each gets its own entry (exact). Labels pick
+    the entry nearest to each value.
+    """
     flat = np.asarray(values, np.float64).reshape(-1)
     if flat.size == 0:
         return np.zeros(k, np.float32), np.zeros(np.shape(values), np.uint8)
@@ -352,18 +364,26 @@ def quantize_1d(values: np.ndarray, k: int = 256, iterations: int = 12) -> tuple
     if len(uniq) <= k:
         code = np.concatenate([uniq, np.full(k - len(uniq), uniq[-1])])
     else:
-        code = np.unique(np.quantile(uniq if len(uniq) < flat.size // 4 else flat, (np.arange(k) + 0.5) / k))
         srt = np.sort(flat)
+        n, lo, hi = len(srt), srt[0], srt[-1]
+        bins = min(1024, n)
+        iqr = srt[int(n * 0.75)] - srt[int(n * 0.25)]
+        beta = max(0.5, min(0.999, 1.0 - iqr / (hi - lo)))
+        pos = beta * (np.arange(n) / n) + (1 - beta) * (srt - lo) / (hi - lo)
+        b = np.minimum(bins - 1, (pos * bins).astype(np.int64))
+        counts = np.bincount(b, minlength=bins)
+        keep = counts > 0
+        centres = (np.bincount(b, weights=srt, minlength=bins)[keep] / counts[keep])
+        weights = counts[keep].astype(np.float64) ** alpha
+        cum = np.cumsum(weights) / weights.sum()
+        code = np.unique(centres[np.minimum(np.searchsorted(cum, (np.arange(k) + 0.5) / k), len(centres) - 1)])
         for _ in range(iterations):
             edges = (code[1:] + code[:-1]) / 2
-            bounds = np.searchsorted(srt, edges)
-            sums = np.add.reduceat(srt, np.concatenate([[0], bounds])) if len(srt) else srt
-            starts = np.concatenate([[0], bounds])
-            counts = np.diff(np.concatenate([starts, [len(srt)]]))
-            sums = np.where(counts > 0, sums, 0.0)
-            new = np.where(counts > 0, sums / np.maximum(counts, 1), code)
-            new = np.unique(new)
-            if len(new) == len(code) and np.allclose(new, code, rtol=0, atol=0):
+            lab = np.searchsorted(edges, centres)
+            w = np.bincount(lab, weights=weights, minlength=len(code))
+            wx = np.bincount(lab, weights=weights * centres, minlength=len(code))
+            new = np.unique(np.where(w > 0, wx / np.maximum(w, 1e-300), code))
+            if len(new) == len(code) and np.array_equal(new, code):
                 break
             code = new
         code = np.concatenate([code, np.full(k - len(code), code[-1])])
@@ -466,6 +486,8 @@ def encode_sog(splats: Splats, sort: bool = True) -> dict[str, bytes]:
     files["scales.webp"] = image(s_lab)
     c_code, c_lab = quantize_1d(s.sh0)
     alpha = np.clip(np.rint(sigmoid(s.opacities).astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if not getattr(encode, "keeps_transparent_rgb", True):
+        alpha = np.maximum(alpha, 1)  # the encoder would drop the colour of alpha-0 pixels
     files["sh0.webp"] = image(np.concatenate([c_lab, alpha[:, None]], axis=1))
 
     meta: dict = {"version": 2, "asset": {"generator": "SplatBridge"}, "count": n,
@@ -492,11 +514,13 @@ def encode_sog(splats: Splats, sort: bool = True) -> dict[str, bytes]:
     return files
 
 
-def write_sog(path: PathLike, splats: Splats, sort: bool = True) -> None:
-    """Write a SOG: a ``.sog`` zip, or (for any other name, typically ``meta.json``) the meta file
-    with the images beside it (existing images of those names are replaced)."""
+def write_sog(path: PathLike, splats: Splats, sort: bool = True, bundle: bool | None = None) -> None:
+    """Write a SOG: a zip (``bundle``; default: when the name ends in ``.sog``), or the meta file
+    (typically ``meta.json``) with the images beside it (existing images of those names are replaced)."""
     files = encode_sog(splats, sort=sort)
-    if Path(path).name.lower().endswith(".sog"):
+    if bundle is None:
+        bundle = Path(path).name.lower().endswith(".sog")
+    if bundle:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
             for name in ["meta.json"] + [f for f in files if f != "meta.json"]:
                 info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
