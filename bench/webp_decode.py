@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+import timeit
 import types
 from pathlib import Path
 
@@ -34,13 +34,9 @@ from splatbridge_bench.webp_codec import decode_webp  # noqa: E402
 
 
 def median(fn, repeat: int) -> float:
+    """Median seconds of one call, after a warm-up call."""
     fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 def main() -> None:
