@@ -489,27 +489,6 @@ def run_reconstruct_job(params: dict, payload: dict, ctx: JobContext) -> JobResu
 
 # -- command line ----------------------------------------------------------------------------------
 
-class _CliContext:
-    def __init__(self, device: str, job_dir: Path):
-        self.device = device
-        self.job_dir = job_dir
-        self.stop = False
-        self._last = ""
-
-    def report(self, step, total, metrics, preview=None) -> None:
-        if "stage" in metrics:
-            text = metrics["stage"] + (f" {step}/{total}" if total else "")
-            if text != self._last:
-                print(text, file=sys.stderr, flush=True)
-                self._last = text
-            return
-        print(f"training step {step}/{total}  loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f} dB",
-              file=sys.stderr, flush=True)
-
-    def should_stop(self) -> bool:
-        return self.stop
-
-
 def cli(argv: list[str]) -> int:
     """``python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
     [--colmap-out DIR] [--frames N] [--steps N] [...]``; returns the exit status."""
@@ -541,32 +520,17 @@ def cli(argv: list[str]) -> int:
     except JobError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    import torch
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    from backend.job_cli import cli_device, report_job_error, run_job_cli
+    device = cli_device(args.device)
+    if device is None:
+        return 2
     tmp = None
     root = Path(args.colmap_out) if args.colmap_out else Path(tmp := tempfile.mkdtemp(prefix="splatbridge-rc-"))
-    ctx = _CliContext(device, root)
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if ctx.stop:
-            raise KeyboardInterrupt
-        ctx.stop = True
-        print("interrupted: stopping (Ctrl-C again to abort)", file=sys.stderr)
-
     try:
-        signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:
-        previous = None
-    try:
-        result = reconstruct(settings, ctx, root)
+        result = run_job_cli(lambda _p, _q, ctx: reconstruct(settings, ctx, root), {}, {}, device)
     except JobError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return report_job_error(exc)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     info = result.meta.get("reconstruct", {})
