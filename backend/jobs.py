@@ -91,6 +91,7 @@ JOB_KINDS = LazyJobKinds({
     "train": "backend.trainer:run_train_job",
     "generate": "backend.generate:run_generate_job",
     "edit": "backend.edit:run_edit_job",
+    "segment": "backend.segment:run_segment_job",
 })
 
 
