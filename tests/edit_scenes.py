@@ -14,12 +14,12 @@ import functools
 import math
 
 import numpy as np
-import torch
 
-from backend.params import activated, splats_to_tensors
-from backend.render import rasterize
 from shared.cameras import look_at
 from shared.splats import Splats
+
+# torch and the backend are imported inside the functions that render, so that the mesh builders
+# serve torch-free tests (build.py compat) too
 
 
 def cube_mesh(lo: float = -1.0, hi: float = 1.0, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +96,9 @@ def orbit_rig(count: int, width: int, dist: float = 3.2, z0: float = 0.9, z1: fl
 def render(splats: Splats, colors: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """(colour [C,H,W,D], alpha [C,H,W]) of ``splats`` with per-splat ``colors`` [N,D] (reference rasterizer)."""
+    import torch
+    from backend.params import activated, splats_to_tensors
+    from backend.render import rasterize
     if len(splats) == 0:
         return (np.zeros((len(viewmats), width, width, colors.shape[1]), np.float32),
                 np.zeros((len(viewmats), width, width), np.float32))
@@ -134,6 +137,7 @@ TRAIN_RES = 64
 @functools.lru_cache(maxsize=1)
 def trained_three_objects() -> tuple[Splats, Splats, np.ndarray]:
     """(trained splats, the ground-truth scene, its object labels): 200 CPU steps on 24 views of 64 px."""
+    import torch
     from backend.trainer import TrainSettings, train
     torch.manual_seed(0)
     truth, objects = three_objects()
