@@ -3,20 +3,16 @@ Update with an InstructPix2Pix editor; backend: ``backend.edit``). The result is
 from __future__ import annotations
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
+from ._common import lr_settings, seed_setting
 
-INT32_MAX = 2 ** 31 - 1
 MAX_VIEWS = 512     # the originals and the dataset are held as float images: 2 x 512 x 3 MiB at 512 px
 DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
-
-
-def _lr(name: str, default: float, what: str) -> Setting:
-    return Setting(name, default, f"Adam learning rate of the {what}", min=0.0, max=1.0, advanced=True)
 
 
 SETTINGS = (
     Setting("prompt", "", "The instruction: what to change, e.g. 'make it look like bronze'",
             label="Instruction"),
-    Setting("seed", 0, "Random seed: the same seed and settings give the same result", min=0, max=INT32_MAX),
+    seed_setting(),
     Setting("steps", 1500, "Fine-tuning steps", min=1, max=100_000, unit="steps"),
     Setting("text_guidance", 7.5, "How strongly the instruction is followed", min=0.0, max=100.0),
     Setting("image_guidance", 1.5, "How closely the edit keeps the original views", min=0.0, max=100.0),
@@ -50,12 +46,7 @@ SETTINGS = (
             max=100.0, advanced=True),
     Setting("background", (1.0, 1.0, 1.0), "Background colour of the views (linear RGB)", min=0.0, max=1.0,
             advanced=True),
-    _lr("lr_means", 1.6e-5, "positions (times the bounding radius, decayed x0.1 over the run)"),
-    _lr("lr_scales", 5e-3, "log scales"),
-    _lr("lr_quats", 1e-3, "rotations"),
-    _lr("lr_opacities", 1e-2, "opacity logits"),
-    _lr("lr_sh0", 5e-3, "base colours"),
-    _lr("lr_shN", 2.5e-4, "higher SH coefficients"),
+    *lr_settings(1.6e-5, 5e-3, 1e-3, 1e-2, 5e-3, 2.5e-4, "times the bounding radius, decayed x0.1 over the run"),
 )
 
 PAYLOAD = (

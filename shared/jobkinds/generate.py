@@ -8,15 +8,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
+from ._common import lr_settings, seed_setting
 
-INT32_MAX = 2 ** 31 - 1
 INIT_MODES = ("shap-e", "mesh", "sphere")
 DEFAULT_GUIDANCE_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_PRIOR_MODEL = "openai/shap-e"
-
-
-def _lr(name: str, default: float, what: str) -> Setting:
-    return Setting(name, default, f"Adam learning rate of the {what}", min=0.0, max=1.0, advanced=True)
 
 
 SETTINGS = (
@@ -24,7 +20,7 @@ SETTINGS = (
     Setting("negative_prompt", "", "What to steer away from (the unconditional prompt)"),
     Setting("init", "shap-e", "Start from: 'shap-e' (Shap-E's shape for the prompt), 'mesh' (surface samples "
             "of a mesh, payload points), 'sphere' (a grey ball)", choices=INIT_MODES, label="Start From"),
-    Setting("seed", 0, "Random seed: the same seed and settings give the same result", min=0, max=INT32_MAX),
+    seed_setting(),
     Setting("steps", 1200, "Score-distillation steps", min=1, max=100_000, unit="steps"),
     Setting("guidance_scale", 100.0, "Classifier-free guidance scale (score distillation wants ~100)",
             min=0.0, max=1000.0, label="Guidance"),
@@ -71,12 +67,7 @@ SETTINGS = (
             advanced=True),
     Setting("prior_grid_size", 128, "Shap-E signed-distance grid for surface extraction (cells per side)",
             min=8, max=512, advanced=True),
-    _lr("lr_means", 1e-3, "positions (times the bounding radius, decayed x0.02 over the run)"),
-    _lr("lr_scales", 5e-3, "log scales"),
-    _lr("lr_quats", 5e-3, "rotations"),
-    _lr("lr_opacities", 5e-2, "opacity logits"),
-    _lr("lr_sh0", 1e-2, "base colours"),
-    _lr("lr_shN", 5e-4, "higher SH coefficients"),
+    *lr_settings(1e-3, 5e-3, 5e-3, 5e-2, 1e-2, 5e-4, "times the bounding radius, decayed x0.02 over the run"),
 )
 
 PAYLOAD = (

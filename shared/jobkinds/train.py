@@ -9,16 +9,12 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
+from ._common import lr_settings, seed_setting
 
 MAX_STEPS = 1_000_000      # gsplat's long runs are 30k
-INT32_MAX = 2 ** 31 - 1    # Blender's IntProperty is a C int
 STRATEGIES = ("default", "mcmc")
 RASTER_BACKENDS = ("auto", "gsplat", "reference")
 ARRAY_ITEMS = ("images", "viewmats", "Ks")
-
-
-def _lr(name: str, default: float, what: str) -> Setting:
-    return Setting(name, default, f"Adam learning rate of the {what}", min=0.0, max=1.0, advanced=True)
 
 
 SETTINGS = (
@@ -30,7 +26,7 @@ SETTINGS = (
     Setting("max_gaussians", 1_000_000, "Cap on the number of Gaussians", min=1, max=20_000_000),
     Setting("holdout_every", 8, "Hold out every n-th view (0, n, 2n, ...) for evaluation; 0 or 1: train "
             "on all", min=0, max=100_000, unit="views"),
-    Setting("seed", 0, "Random seed: the same seed and settings give the same result", min=0, max=INT32_MAX),
+    seed_setting(),
     Setting("preview_every", 500, "Steps between live previews (0: none)", min=0, max=MAX_STEPS, unit="steps"),
     Setting("dataset_path", "", "A transforms.json or COLMAP folder on the backend's disk (empty: the "
             "views come in the payload)", server_path=True, label="Dataset"),
@@ -48,12 +44,8 @@ SETTINGS = (
             advanced=True, label="SSIM Lambda"),
     Setting("random_background", True, "Compose each target over a random background colour (objects "
             "learn transparency)", advanced=True),
-    _lr("lr_means", 1.6e-4, "positions (times the scene scale, decayed to 1 % over the run)"),
-    _lr("lr_scales", 5e-3, "log scales"),
-    _lr("lr_quats", 1e-3, "rotations"),
-    _lr("lr_opacities", 5e-2, "opacity logits"),
-    _lr("lr_sh0", 2.5e-3, "base colours"),
-    _lr("lr_shN", 2.5e-3 / 20, "higher SH coefficients"),
+    *lr_settings(1.6e-4, 5e-3, 1e-3, 5e-2, 2.5e-3, 2.5e-3 / 20,
+                 "times the scene scale, decayed to 1 % over the run"),
     Setting("sh_degree_interval", None, "Steps per added SH band (null: from steps, at most 1000)",
             type="int", optional=True, min=1, max=MAX_STEPS, unit="steps", advanced=True),
     Setting("refine_start", None, "First densification step (null: min(500, steps/4))", type="int",
