@@ -25,18 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
 from backend.params import activated, splats_to_tensors
 from backend.progress import StepRate
 from backend.render import rasterize
-from shared import jobspec
-from shared.jobkinds.segment import SPEC
+from shared.jobspec import Settings
 from shared.selection import fill_labels, splat_sizes
 from shared.splats import SplatError, Splats
-
-
-def _job_error(exc: jobspec.JobError) -> JobError:
-    return JobError(exc.code, exc.message)
 
 
 def label_contributions(splats: Splats, labels: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
@@ -123,12 +118,9 @@ def _inputs(payload: dict) -> tuple[Splats, np.ndarray, np.ndarray, np.ndarray]:
     return splats, labels, viewmats, Ks
 
 
-def run_segment_job(params: dict, payload: dict, ctx: JobContext) -> JobResult:
+def run_segment_job(params: Settings | dict, payload: dict, ctx: JobContext) -> JobResult:
     """Job kind ``segment`` (see the module docstring and ``shared/jobkinds/segment.py``)."""
-    try:
-        settings = SPEC.validate(params, payload)
-    except jobspec.JobError as exc:
-        raise _job_error(exc) from None
+    settings = checked_settings("segment", params, payload)
     splats, labels, viewmats, Ks = _inputs(payload)
     t0 = time.perf_counter()
     ctx.report(0, 0, {"stage": f"labelling {len(splats)} splats from {labels.shape[0]} views"})

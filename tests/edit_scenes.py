@@ -138,7 +138,8 @@ TRAIN_RES = 64
 def trained_three_objects() -> tuple[Splats, Splats, np.ndarray]:
     """(trained splats, the ground-truth scene, its object labels): 200 CPU steps on 24 views of 64 px."""
     import torch
-    from backend.trainer import TrainSettings, train
+    from backend.trainer import train
+    from shared.jobkinds.train import SPEC as TRAIN
     torch.manual_seed(0)
     truth, objects = three_objects()
     viewmats, Ks = orbit_rig(24, TRAIN_RES)
@@ -146,5 +147,5 @@ def trained_three_objects() -> tuple[Splats, Splats, np.ndarray]:
     rng = np.random.default_rng(1)
     points = (truth.means + rng.normal(0, 0.03, truth.means.shape)).astype(np.float32)
     res = train(images, viewmats, Ks, points, (truth.base_colors() * 255).astype(np.uint8),
-                TrainSettings(steps=200, sh_degree=0, holdout_every=0, report_interval_s=0.0, preview_every=0))
+                TRAIN.make(steps=200, sh_degree=0, holdout_every=0, report_interval_s=0.0, preview_every=0))
     return res.splats, truth, objects
