@@ -63,9 +63,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.job_api import JobContext, JobError, JobResult
+from backend.job_api import JobContext, JobError, JobResult, checked_settings
 from backend.video_frames import VIDEO_EXTENSIONS, extract_frames
 from backend.world_frame import WorldFrame
+from shared.jobspec import Settings
 from shared.splats import Splats
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -367,15 +368,16 @@ def cameras_json(transforms: dict) -> dict:
 def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult:
     """Train splats on an undistorted model folder (its transforms.json and points.ply)."""
     from backend.datasets import DatasetError, load_dataset
-    from backend.trainer import TrainSettings, train
+    from backend.trainer import train
+    from shared.jobkinds.train import SPEC as TRAIN
 
     try:
         data = load_dataset(model_dir / "transforms.json", downscale=settings.train_downscale)
     except DatasetError as exc:
         raise JobError("bad_dataset", str(exc)) from None
-    ts = TrainSettings(steps=max(1, settings.steps), sh_degree=settings.sh_degree,
-                       max_gaussians=settings.max_gaussians, holdout_every=settings.holdout_every,
-                       seed=settings.seed, random_background=False)
+    ts = TRAIN.make(steps=max(1, settings.steps), sh_degree=settings.sh_degree,
+                    max_gaussians=settings.max_gaussians, holdout_every=settings.holdout_every,
+                    seed=settings.seed, random_background=False)
     images = data.images[..., :3]           # opaque photos: no alpha, no alpha loss
     return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
 
@@ -471,19 +473,10 @@ def _empty_splats() -> Splats:
                   np.zeros((0, 3), np.float32), np.zeros((0,), np.float32), np.zeros((0, 3), np.float32))
 
 
-def _spec_settings(params: dict) -> Any:
-    from shared import jobspec
-    from shared.jobkinds.reconstruct import SPEC
-    try:
-        return SPEC.validate_params(params)
-    except jobspec.JobError as exc:
-        raise JobError(exc.code, exc.message) from None
-
-
-def run_reconstruct_job(params: dict, payload: dict, ctx: JobContext) -> JobResult:
+def run_reconstruct_job(params: Settings | dict, payload: dict, ctx: JobContext) -> JobResult:
     """The ``reconstruct`` job kind (``shared/jobkinds/reconstruct.py``); files go to
     ``<job folder>/reconstruct/``."""
-    settings = _spec_settings(dict(params or {}))
+    settings = checked_settings("reconstruct", params, payload)
     return reconstruct(settings, ctx, Path(ctx.job_dir) / "reconstruct")
 
 
@@ -516,7 +509,7 @@ def cli(argv: list[str]) -> int:
     params = {s.name: getattr(args, s.name) for s in SPEC.settings if s.name not in ("source", "model")}
     params["source"] = str(Path(args.source).resolve())
     try:
-        settings = _spec_settings(params)
+        settings = checked_settings("reconstruct", params)
     except JobError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

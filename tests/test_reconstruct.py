@@ -167,7 +167,8 @@ def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
     """Splats trained on the solved cameras (reusing the solve: no new one) reach a held-out PSNR
     within 1.5 dB of training on the true cameras with the same images, points and steps."""
     from backend.datasets import load_dataset
-    from backend.trainer import TrainSettings, train
+    from backend.trainer import train
+    from shared.jobkinds.train import SPEC as TRAIN
     steps, down, sh = 200, 3, 1
     solved, _ = run_job(tmp_path / "a", source=str(scene["photos"]), steps=0, max_image_size=W)
     model = Path(solved.meta["reconstruct"]["files"]["model"])
@@ -184,7 +185,7 @@ def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
     truth = [scene["photos_scene"].cameras[int(Path(f["source"]).stem.split("_")[1])] for f in cams["frames"]]
     viewmats = np.stack([c.world_to_camera for c in truth]).astype(np.float32)
     points = ((s * (r @ data.points.T)).T + t).astype(np.float32)
-    ts = TrainSettings(steps=steps, holdout_every=8, random_background=False, seed=0, sh_degree=sh)
+    ts = TRAIN.make(steps=steps, holdout_every=8, random_background=False, seed=0, sh_degree=sh)
     true_res = train(data.images[..., :3], viewmats, data.Ks, points, data.colors, ts)
     a, b = res.metrics["eval_psnr"], true_res.metrics["eval_psnr"]
     print(f"held-out PSNR: solved cameras {a:.2f} dB, true cameras {b:.2f} dB ({steps} steps, "

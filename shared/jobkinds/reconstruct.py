@@ -9,6 +9,7 @@ result's ``meta`` are described in ``backend/reconstruct.py``'s docstring.
 from __future__ import annotations
 
 from ..jobspec import JobError, JobSpec, Setting, Settings, register
+from ._common import seed_setting
 
 QUALITY_PRESETS = ("fast", "balanced", "best")
 MATCHERS = ("auto", "sequential", "exhaustive")
@@ -57,7 +58,7 @@ SPEC = register(JobSpec(
                 advanced=True),
         Setting("scene_size", 4.0, "The solved scene is scaled so that the cameras and the bulk of "
                 "the points fit this size", min=0.01, max=10000.0, unit="m", advanced=True),
-        Setting("seed", 0, "Random seed of the training", min=0, max=2**31 - 1, advanced=True),
+        seed_setting(),
     ),
     runner="backend.reconstruct:run_reconstruct_job",
     check=_check,
