@@ -60,7 +60,7 @@ def _cloud(n: int = 150, seed: int = 0) -> Splats:
 
 
 def _splat_object(bpy, so, splats: Splats):
-    obj = so.create_splat_object(bpy.context, "Splats", splats)
+    obj = so.create_splat_object(bpy.context, "Splats", splats, native=False)   # the GN path is for meshes
     bpy.context.view_layer.objects.active = obj
     return obj
 
@@ -82,7 +82,7 @@ def test_enable_disable_save_reload(bpy_empty, so, nr, tmp_path):
     assert nr.native_render_enabled(obj)
 
     # a second splat object shares the node group and the material
-    other = so.create_splat_object(bpy.context, "Other", _cloud(5, seed=1))
+    other = so.create_splat_object(bpy.context, "Other", _cloud(5, seed=1), native=False)
     assert nr.ensure_native_render(other, True).node_group == mod.node_group
     assert len([g for g in bpy.data.node_groups if g.name.startswith(nr.GROUP_NAME)]) == 1
     assert len([m for m in bpy.data.materials if m.name.startswith(nr.MATERIAL_NAME)]) == 1
