@@ -38,15 +38,8 @@ from shared.sh import rgb_to_sh0, sh0_to_rgb  # noqa: E402
 
 def _render(bpy, path: str) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    bpy.ops.render.render()
-    dt = time.perf_counter() - t0
-    bpy.data.images["Render Result"].save_render(path)
-    img = bpy.data.images.load(path, check_existing=False)
-    img.colorspace_settings.name = "Non-Color"
-    px = np.empty(native_scene.WIDTH * native_scene.HEIGHT * 4, np.float32)
-    img.pixels.foreach_get(px)
-    bpy.data.images.remove(img)
-    return px.reshape(native_scene.HEIGHT, native_scene.WIDTH, 4)[::-1, :, :3], dt
+    out = native_scene.render_f12(bpy, path)
+    return out, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -75,19 +68,9 @@ def main() -> None:
     native = so.create_splat_object(bpy.context, "Native", splats)
     mesh = so.create_splat_object(bpy.context, "Mesh", splats, native=False)
     nr.ensure_native_render(mesh, True)
-    scene.world = bpy.data.worlds.new("World")
-    scene.world.node_tree.nodes["Background"].inputs["Color"].default_value = \
-        (*native_scene.srgb_to_linear(native_scene.BG_DISPLAY), 1.0)
-    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    scene.collection.objects.link(cam)
-    cam.location, cam.rotation_euler, cam.data.lens = (native_scene.CAM_LOCATION, native_scene.CAM_ROTATION,
-                                                       native_scene.LENS_MM)
-    scene.camera = cam
-    r = scene.render
-    r.resolution_x, r.resolution_y, r.resolution_percentage = native_scene.WIDTH, native_scene.HEIGHT, 100
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", args.samples, False
+    native_scene.setup_blender_scene(bpy, cycles_samples=args.samples, eevee_samples=args.eevee_samples)
     scene.cycles.transparent_max_bounces = nr.MIN_TRANSPARENT_BOUNCES
-    scene.eevee.taa_render_samples = args.eevee_samples
+    r = scene.render
     ref = native_scene.load_fixture()
     base = native.data.attributes["radiance:base"]
     raw = np.empty(len(splats) * 4, np.float32)
@@ -118,10 +101,7 @@ def main() -> None:
             print(f"{engine:14s} {name:30s} {psnr(out, ref['display']):11.1f} dB {psnr(out, ref['linear']):10.1f} dB "
                   f"{dt:9.2f}", flush=True)
     if args.png:
-        from PIL import Image
-        row = np.concatenate(images + [ref["display"], ref["linear"]], axis=1)
-        u8 = (np.clip(row, 0, 1) * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(u8).resize((u8.shape[1] * 4, u8.shape[0] * 4), Image.NEAREST).save(args.png)
+        native_scene.save_row(images + [ref["display"], ref["linear"]], args.png)
 
 
 if __name__ == "__main__":

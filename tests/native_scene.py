@@ -108,3 +108,45 @@ def write_fixture() -> None:
     """Regenerate the committed fixture (torch venv): ``python -c 'import native_scene as n; n.write_fixture()'``."""
     FIXTURE.parent.mkdir(exist_ok=True)
     np.savez_compressed(FIXTURE, **{k: v.astype(np.float16) for k, v in reference_images().items()})
+
+
+def setup_blender_scene(bpy, cycles_samples: int = 128, eevee_samples: int = 64) -> object:
+    """The measuring scene's world, camera and render settings in ``bpy.context.scene`` (Standard
+    view transform, CPU Cycles without denoising); the splat objects are the caller's. Returns the scene."""
+    scene = bpy.context.scene
+    scene.world = bpy.data.worlds.new("World")
+    scene.world.node_tree.nodes["Background"].inputs["Color"].default_value = (*srgb_to_linear(BG_DISPLAY), 1.0)
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(cam)
+    cam.location, cam.rotation_euler, cam.data.lens = CAM_LOCATION, CAM_ROTATION, LENS_MM
+    scene.camera = cam
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = WIDTH, HEIGHT, 100
+    scene.view_settings.view_transform = "Standard"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", cycles_samples, False
+    scene.cycles.transparent_max_bounces = 128
+    scene.eevee.taa_render_samples = eevee_samples
+    bpy.context.view_layer.update()
+    return scene
+
+
+def render_f12(bpy, path: str) -> np.ndarray:
+    """``render.render`` (plain F12) of the current scene, saved to the PNG ``path`` and read back as
+    stored (display-referred), f32[H, W, 3], row 0 at the top."""
+    bpy.ops.render.render()
+    bpy.data.images["Render Result"].save_render(path)
+    img = bpy.data.images.load(path, check_existing=False)
+    img.colorspace_settings.name = "Non-Color"
+    w, h = img.size
+    px = np.empty(w * h * 4, np.float32)
+    img.pixels.foreach_get(px)
+    bpy.data.images.remove(img)
+    return px.reshape(h, w, 4)[::-1, :, :3].copy()
+
+
+def save_row(images: list[np.ndarray], path) -> None:
+    """``images`` side by side, 4x enlarged (nearest), as an 8-bit PNG to look at."""
+    from PIL import Image
+    row = np.concatenate(images, axis=1)
+    u8 = (np.clip(row, 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(u8).resize((u8.shape[1] * 4, u8.shape[0] * 4), Image.NEAREST).save(path)

@@ -25,6 +25,7 @@ from shared.rotations import quat_to_matrix
 from shared.sh import sh0_to_rgb, rgb_to_sh0
 from shared.splats import Splats
 
+import native_scene
 from helpers import psnr, registered
 
 pytestmark = pytest.mark.blender
@@ -154,21 +155,8 @@ def test_instances_match_splats(bpy_empty, so, nr):
 # F12 render
 # ------------------------------------------------------------------------------------------------
 
-def _load_png(bpy, path: str) -> np.ndarray:
-    """A PNG's RGB values as stored, f32[H,W,3], row 0 at the top."""
-    img = bpy.data.images.load(path, check_existing=False)
-    img.colorspace_settings.name = "Non-Color"
-    w, h = img.size
-    px = np.empty(w * h * 4, np.float32)
-    img.pixels.foreach_get(px)
-    bpy.data.images.remove(img)
-    return px.reshape(h, w, 4)[::-1, :, :3]
-
-
 def _render(bpy, path: str) -> np.ndarray:
-    bpy.ops.render.render()
-    bpy.data.images["Render Result"].save_render(path)
-    return _load_png(bpy, path)
+    return native_scene.render_f12(bpy, path)
 
 
 def _reference(splats: Splats, camera, colors_sh0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

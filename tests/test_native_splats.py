@@ -302,35 +302,13 @@ def test_f12_renders_splatbridge_objects_natively(so, bpy_empty, tmp_path, artif
     bpy = bpy_empty
     obj = so.create_splat_object(bpy.context, "Splats", native_scene.splats())
     assert obj.display_type == "BOUNDS"                     # viewport only: F12 renders it anyway
-    scene = bpy.context.scene
-    scene.world = bpy.data.worlds.new("World")
-    scene.world.node_tree.nodes["Background"].inputs["Color"].default_value = \
-        (*native_scene.srgb_to_linear(native_scene.BG_DISPLAY), 1.0)
-    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
-    scene.collection.objects.link(cam)
-    cam.location, cam.rotation_euler, cam.data.lens = (native_scene.CAM_LOCATION, native_scene.CAM_ROTATION,
-                                                       native_scene.LENS_MM)
-    scene.camera = cam
-    r = scene.render
-    r.resolution_x, r.resolution_y, r.resolution_percentage = native_scene.WIDTH, native_scene.HEIGHT, 100
-    scene.view_settings.view_transform = "Standard"
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 128, False
-    scene.eevee.taa_render_samples = 64
-    bpy.context.view_layer.update()
-    np.testing.assert_allclose(np.array(cam.matrix_world), native_scene.camera_matrix_world(), atol=1e-6)
+    scene = native_scene.setup_blender_scene(bpy, cycles_samples=128, eevee_samples=64)
+    np.testing.assert_allclose(np.array(scene.camera.matrix_world), native_scene.camera_matrix_world(), atol=1e-6)
     ref = native_scene.load_fixture()
     rows, lines = [], []
     for engine in ("CYCLES", "BLENDER_EEVEE"):
-        r.engine = engine
-        bpy.ops.render.render()
-        path = str(tmp_path / f"{engine}.png")
-        bpy.data.images["Render Result"].save_render(path)
-        img = bpy.data.images.load(path, check_existing=False)
-        img.colorspace_settings.name = "Non-Color"
-        px = np.empty(native_scene.WIDTH * native_scene.HEIGHT * 4, np.float32)
-        img.pixels.foreach_get(px)
-        bpy.data.images.remove(img)
-        out = px.reshape(native_scene.HEIGHT, native_scene.WIDTH, 4)[::-1, :, :3]
+        scene.render.engine = engine
+        out = native_scene.render_f12(bpy, str(tmp_path / f"{engine}.png"))
         rows.append(out)
         p = {k: psnr(out, v) for k, v in ref.items()}
         lines.append(f"{engine}: display-space {p['display']:.1f} dB, linear-light {p['linear']:.1f} dB")
@@ -338,11 +316,8 @@ def test_f12_renders_splatbridge_objects_natively(so, bpy_empty, tmp_path, artif
             assert p[k] > v, lines[-1]
         assert p["linear"] - p["display"] > MIN_LINEAR_OVER_DISPLAY, lines[-1]
     print("; ".join(lines))
-    from PIL import Image
-    row = np.concatenate(rows + [ref["display"], ref["linear"]], axis=1)
-    u8 = (np.clip(row, 0, 1) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(u8).resize((u8.shape[1] * 4, u8.shape[0] * 4), Image.NEAREST).save(
-        artifacts / "native_splats_f12.png")       # Cycles | EEVEE | display-space ref | linear-light ref
+    native_scene.save_row(rows + [ref["display"], ref["linear"]], artifacts / "native_splats_f12.png")
+    # Cycles | EEVEE | display-space ref | linear-light ref
 
 
 def test_render_fixture_is_current():
