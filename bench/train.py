@@ -160,7 +160,7 @@ def run_ours(data: dict, args: argparse.Namespace, device: torch.device) -> dict
     checkpoints = [c for c in args.checkpoints if c < args.steps]
     if checkpoints:
         # one preview per checkpoint: the trainer reports a preview at every multiple of preview_every
-        settings.preview_every = math.gcd(*checkpoints) if len(checkpoints) > 1 else checkpoints[0]
+        settings = settings.replace(preview_every=math.gcd(*checkpoints) if len(checkpoints) > 1 else checkpoints[0])
     ctx = BenchContext(str(device), checkpoints)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -270,7 +270,7 @@ def _bench_gaussians(kind: str, n: int, viewmats: torch.Tensor, Ks: torch.Tensor
                      seed: int) -> list[torch.Tensor]:
     """(means, quats, scales, opacities, SH [N,16,3]) as leaf tensors, activated."""
     from backend.params import activated, sh_coeffs
-    from backend.trainer import TrainSettings, random_init_points
+    from backend.trainer import random_init_points
     from shared.sh import rgb_to_sh0
     gen = torch.Generator().manual_seed(seed)
     if kind == "fitted":
@@ -280,7 +280,7 @@ def _bench_gaussians(kind: str, n: int, viewmats: torch.Tensor, Ks: torch.Tensor
         sh[:, 1:] = 0.05 * torch.randn(n, 15, 3, generator=gen)
         return [means, quats, scales, opac, sh]
     pts = random_init_points(n, viewmats, Ks, size, size, gen)
-    params = init_params(pts, torch.rand(n, 3, generator=gen), TrainSettings(sh_degree=3),
+    params = init_params(pts, torch.rand(n, 3, generator=gen), TRAIN.make(sh_degree=3),
                          1e-7 * scene_scale(viewmats), gen)
     with torch.no_grad():
         return [t.detach().clone() for t in (*activated(params), sh_coeffs(params))]
@@ -343,8 +343,7 @@ def train_cpu_comparison(args: argparse.Namespace) -> list[dict[str, Any]]:
     data = make_scene(args, device)
     out = []
     for backend in ("fast", "reference"):
-        settings = settings_for(args)
-        settings.backend = "auto" if backend == "fast" else backend    # auto is the fast path on CPU
+        settings = settings_for(args).replace(backend="auto" if backend == "fast" else backend)  # auto: fast on CPU
         t0 = time.perf_counter()
         res = train(data["images"], data["viewmats"], data["Ks"], data["points"], data["colors"], settings,
                     BenchContext("cpu", []))

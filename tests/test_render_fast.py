@@ -221,7 +221,8 @@ def test_training_through_the_trainer_reaches_the_references_psnr():
     same seed, data and schedule. Float rounding differs (float64 accumulation here, float32 there), so
     densification decisions near their thresholds can differ and the runs drift apart a little:
     the held-out PSNRs agree within 1 dB (seen: 29.6 fast, 29.1 reference)."""
-    from backend.trainer import TrainSettings, train
+    from backend.trainer import train
+    from shared.jobkinds.train import SPEC as TRAIN
     from tests.test_trainer import render_dataset, sphere_rig, torus_cloud
     cloud = torus_cloud(600)
     viewmats, Ks = sphere_rig(16, 48)
@@ -231,7 +232,7 @@ def test_training_through_the_trainer_reaches_the_references_psnr():
     colors = (cloud[4] * 255).astype(np.uint8)
     out = {}
     for backend in ("auto", "reference"):
-        settings = TrainSettings(steps=120, sh_degree=1, preview_every=0, report_interval_s=0.0, backend=backend)
+        settings = TRAIN.make(steps=120, sh_degree=1, preview_every=0, report_interval_s=0.0, backend=backend)
         res = train(images, viewmats, Ks, points, colors, settings)
         out[res.meta["backend"]] = res.metrics["eval_psnr"]
     assert set(out) == {"fast", "reference"}
