@@ -252,6 +252,7 @@ COMPAT_VENV = ROOT / ".venv-blender-latest"
 # the backend (torch) has its own venv and is tested there with bpy 5.0.1.
 COMPAT_TESTS = ("test_addon_install.py", "test_splat_object.py", "test_rig.py", "test_io_ops.py",
                 "test_capture.py", "test_cameras.py", "test_formats.py", "test_formats_interop.py", "test_splats.py",
+                "test_selection.py",
                 "test_protocol.py",
                 "test_viewport.py", "test_final_render.py", "test_native_render.py",
                 "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py")
