@@ -90,7 +90,8 @@ def stage_features(cfg: dict) -> dict:
     with pycolmap.Database.open(db) as d:
         for im in d.read_all_images():
             counts[im.name] = int(d.num_keypoints_for_image(im.image_id))
-    return {"keypoints": counts}
+    # the CUDA build (pycolmap-cuda12 on a GPU backend) extracts and matches on the GPU by itself
+    return {"keypoints": counts, "colmap": {"pycolmap": pycolmap.__version__, "cuda": bool(pycolmap.has_cuda)}}
 
 
 def stage_match(cfg: dict) -> dict:
