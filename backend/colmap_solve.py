@@ -20,8 +20,9 @@ Stages (one per run):
   pinhole cameras, ``transforms.json`` and ``points.ply`` (layout: ``backend/reconstruct.py``).
 
 Progress goes to stdout as one JSON object per line: ``{"stage", "step", "total"}``, and finally
-``{"done": ...}`` with the stage's result. Needs only pycolmap, numpy, Pillow and ``shared`` (no torch). The server process never
-imports pycolmap: glog's signal handlers would turn its clean SIGTERM shutdown into an abort.
+``{"done": ...}`` with the stage's result. Needs only pycolmap, numpy, Pillow and ``shared`` (no
+torch). The server process never imports pycolmap: glog's signal handlers would turn its clean
+SIGTERM shutdown into an abort.
 """
 from __future__ import annotations
 

@@ -33,12 +33,15 @@ Files in the job store (``<store>/<job_id>/reconstruct/``, or the CLI's ``--colm
 undistorted images' size), ``fl_x``, ``fl_y``, ``cx``, ``cy`` (pixels), ``frames[i]``:
 ``file_path`` (transforms.json: ``images/<name>``, the undistorted image; cameras.json: the source
 photo's path, or ``<video>#<frame index>``), ``transform_matrix`` (camera-to-world 4x4, Blender
-camera convention: looks down -Z, +Y up, in the world of the splats), ``source`` (photo name or
-video frame name), and for video ``frame_index`` and ``time_s``. Top level: ``unregistered``
-(names of the images that did not register), ``source_kind`` ("photos"/"video"), ``fps`` (video).
+camera convention: looks down -Z, +Y up, in the world of the splats), ``source`` (the source photo's
+path, or ``<video>#<frame index>``), ``image`` (its file in images/), for video ``frame_index`` and
+``time_s``, and each frame's own ``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h``. Top level:
+``unregistered`` (the sources of the images that did not register), ``source_kind``
+("photos"/"video"), ``fps`` (video).
 
 The result's ``meta["reconstruct"]``: ``source``, ``source_kind``, ``fps``, ``num_images``,
-``registered`` (count), ``unregistered`` (names), ``matcher``, ``mapper``, ``loop_pairs``,
+``registered`` (count), ``unregistered`` (the source photos' file names, or ``<video>#<frame>``),
+``matcher``, ``mapper``, ``loop_pairs``,
 ``colmap`` (pycolmap version; ``cuda``: its CUDA build, used for features and matching when installed),
 ``world`` (``backend.world_frame.WorldFrame.to_meta``: the 4x4 from COLMAP's world to ours),
 ``stage_seconds``, ``files`` (the paths above, relative to the job folder), ``cameras`` (the
@@ -411,7 +414,7 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
             model_dir = resolve_model(settings.model, ctx)
             transforms = json.loads((model_dir / "transforms.json").read_text())
             info.update(reused_model=str(model_dir), source_kind=transforms.get("source_kind"),
-                        unregistered=transforms.get("unregistered", []),
+                        unregistered=[Path(u).name for u in transforms.get("unregistered", [])],
                         registered=len(transforms["frames"]), cameras=cameras_json(transforms))
         else:
             src = Path(settings.source)
@@ -429,7 +432,8 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
             sol = solve(inputs, root, settings, stages)
             model_dir = sol.model_dir
             info.update(source=str(src), source_kind=inputs.kind, fps=inputs.fps, num_images=len(inputs.names),
-                        registered=len(sol.registered), unregistered=sol.unregistered, matcher=sol.matcher,
+                        registered=len(sol.registered), matcher=sol.matcher,
+                        unregistered=[Path(inputs.sources[inputs.names.index(n)]).name for n in sol.unregistered],
                         mapper=sol.mapper, loop_pairs=sol.loop_pairs, colmap=sol.colmap, world=sol.world.to_meta(),
                         cameras=cameras_json(sol.transforms))
     except Cancelled:

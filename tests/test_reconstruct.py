@@ -288,9 +288,9 @@ def test_two_images(scene, tmp_path):
 def test_cli_error_exit(scene, tmp_path):
     """The CLI prints the job's error with its code and exits 1, writing nothing."""
     folder = _photos(tmp_path / "p", scene["photos_scene"].images[:2])
-    proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(folder), "--out", str(tmp_path / "s.ply"),
-                           "--cameras-out", str(tmp_path / "c.json")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(folder),
+                           "--out", str(tmp_path / "s.ply"), "--cameras-out", str(tmp_path / "c.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
     assert "error (bad_input): " in proc.stderr and "at least 3 are needed" in proc.stderr
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "s.ply").exists()
