@@ -255,7 +255,8 @@ COMPAT_TESTS = ("test_addon_install.py", "test_splat_object.py", "test_rig.py", 
                 "test_selection.py",
                 "test_protocol.py",
                 "test_viewport.py", "test_final_render.py", "test_native_render.py",
-                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py")
+                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py",
+                "test_native_splats.py")
 # ... less the tests in them that build a reference image with the torch rasterizer
 COMPAT_DESELECT = ("not matches_reference and not composite_occlusion and not transparent_film "
                    "and not f12_cycles_render_contains")
