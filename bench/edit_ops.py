@@ -11,7 +11,8 @@ scattered floaters, SH degree ``--degree``. Each line is the median of ``--repea
 operation could do; target under 100 ms each on a 2-core CPU).
 
 Segment: the job (``backend.segment.run_segment_job``) on ``--segment-n`` such splats with 3 labels in
-``--segment-views`` views of ``--segment-res`` px. It stops after ``--segment-budget`` seconds (a
+``--segment-views`` views of ``--segment-res`` px, on ``--segment-backend`` (auto: gsplat on CUDA, the
+fast CPU rasterizer elsewhere; "reference" for the ratio). It stops after ``--segment-budget`` seconds (a
 cancel, as a user would) and prints the time per view and the time for all views (measured when it
 finished, else extrapolated from the views done, and marked so).
 """
@@ -133,8 +134,9 @@ def bench_ops(n: int, degree: int, repeat: int) -> None:
         print(f"  {name:44s} {wall * 1000:8.1f} ms   {t * 1000:8.1f} ms   x{t / base:6.1f}{flag}")
 
 
-def bench_segment(n: int, views: int, res: int, budget: float, device: str) -> None:
+def bench_segment(n: int, views: int, res: int, budget: float, device: str, backend: str = "auto") -> None:
     import torch
+    from backend.render import resolve_backend
     from backend.segment import run_segment_job
     from edit_scenes import orbit_rig
 
@@ -157,14 +159,13 @@ def bench_segment(n: int, views: int, res: int, budget: float, device: str) -> N
 
     ctx = Ctx()
     t = time.perf_counter()
-    res_ = run_segment_job({}, {"splats": s.to_arrays(), "labels": labels, "viewmats": viewmats, "Ks": Ks}, ctx)
+    res_ = run_segment_job({"backend": backend}, {"splats": s.to_arrays(), "labels": labels, "viewmats": viewmats, "Ks": Ks}, ctx)
     total = time.perf_counter() - t
     done = res_.meta["views_done"]
     per_view = total / max(done, 1)
     how = "measured" if done == views else f"EXTRAPOLATED from {done} views (budget {budget:.0f} s)"
     print(f"segment job: {n} splats, {views} views of {res}x{res} px, 3 labels, device {device} "
-          f"(torch threads {torch.get_num_threads()}, rasterizer "
-          f"{'gsplat' if device == 'cuda' else 'reference (CPU)'})")
+          f"(torch threads {torch.get_num_threads()}, rasterizer {resolve_backend(device, backend)})")
     print(f"  per view {per_view:8.2f} s; all {views} views {per_view * views:8.1f} s ({how})")
 
 
@@ -178,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segment-res", type=int, default=64)
     ap.add_argument("--segment-budget", type=float, default=120.0)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--segment-backend", default="auto", choices=("auto", "gsplat", "fast", "reference"))
     ap.add_argument("--skip-segment", action="store_true")
     ap.add_argument("--skip-ops", action="store_true")
     a = ap.parse_args(argv)
     if not a.skip_ops:
         bench_ops(a.n, a.degree, a.repeat)
     if not a.skip_segment:
-        bench_segment(a.segment_n, a.segment_views, a.segment_res, a.segment_budget, a.device)
+        bench_segment(a.segment_n, a.segment_views, a.segment_res, a.segment_budget, a.device, a.segment_backend)
     return 0
 
 
