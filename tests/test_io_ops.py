@@ -12,7 +12,7 @@ from shared.splats import Splats
 
 from helpers import registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 EXT = {"ply": ".ply", "compressed_ply": ".compressed.ply", "splat": ".splat", "spz": ".spz"}
 # .splat keeps colour without view dependence only (SH degree 0); the others keep degree 3.
