@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import bpy
-from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVectorProperty,
-                       IntProperty, StringProperty)
+from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 
 from .prefs import get_settings
 from .shared.client import LOCAL_TIMEOUT_CODE, TERMINAL_STATES, BackendClient, JobState
@@ -343,10 +342,6 @@ class SplatBridgeJobRecord(bpy.types.PropertyGroup):
     kind: StringProperty(name="Kind")
     label: StringProperty(name="Label")
     target: StringProperty(name="Target Object", description="Object the result goes to")
-    use_place_at: BoolProperty(name="Place", default=False,
-                               description="A new result object goes to Place At")
-    place_at: FloatVectorProperty(name="Place At", size=3, subtype="TRANSLATION",
-                                  description="World location (metres) of a new result object")
     state: StringProperty(name="State", default="submitted")
     handled: BoolProperty(name="Handled", default=False,
                           description="The outcome was applied (result object made or error shown)")

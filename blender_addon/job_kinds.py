@@ -28,16 +28,35 @@ from bpy.props import PointerProperty, StringProperty
 
 from . import connection, job_objects, spec_props
 from .shared.jobkinds import load_builtin
-from .shared.jobspec import JobSpec, get_spec
+from .shared.jobspec import JobSpec, Settings, get_spec
 
 CATEGORY = "SplatBridge"
 
-# (context, settings group, params) -> payload map; may raise with a message the user can act on
-PayloadFn = Callable[[Any, Any, dict], dict]
-# (context, settings group, params) -> base name of the result object
-TargetFn = Callable[[Any, Any, dict], str]
-# (context, record, settings group, params) -> None: keep what the result needs (``set_job_data``)
-SubmittedFn = Callable[[Any, Any, Any, dict], None]
+@dataclass
+class Submission:
+    """One submit in the making, handed to a kind's hooks: ``group`` (its settings in Blender), ``params``
+    (what is sent: the settings that differ from the defaults), ``settings`` (every setting, checked by the
+    spec; set after ``prepare``), ``source`` (what the job is about, e.g. the object to edit; None: the
+    hooks find it, e.g. the active object)."""
+
+    context: Any
+    ui: "KindUI"
+    group: Any
+    params: dict
+    source: Any = None
+    settings: Settings | None = None
+
+
+# (submission) -> None: the add-on's own checks before the spec's (raise with a message the user can act on)
+PrepareFn = Callable[[Submission], None]
+# (submission) -> payload map; may raise with a message the user can act on
+PayloadFn = Callable[[Submission], dict]
+# (submission) -> base name of the result object
+TargetFn = Callable[[Submission], str]
+# (submission, result object name) -> the record's label ("Edit Statue")
+LabelFn = Callable[[Submission, str], str]
+# (submission, record) -> None: keep what the result needs (``set_job_data``)
+SubmittedFn = Callable[[Submission, Any], None]
 # (context, record, job)
 HandlerFn = Callable[[Any, Any, Any], None]
 
@@ -47,14 +66,17 @@ class KindUI:
     """What a job kind adds in Blender beyond its spec; every field is optional."""
 
     kind: str
-    label: str = ""                          # operator/panel label (default: the spec's title)
+    label: str = ""                          # panel label, job label prefix (default: the spec's title)
+    operator_label: str = ""                 # the operator's button (default: the label)
     operator_idname: str = ""                # default "splatbridge.job_<kind>"
     description: str = ""                    # operator tooltip (default: the spec's description)
     icon: str = "PLAY"
     extra: Mapping[str, Any] = field(default_factory=dict)    # add-on-only properties of the settings group
     items: Mapping[str, Any] = field(default_factory=dict)    # names/tooltips of a choice setting's values
+    prepare: PrepareFn | None = None
     payload: PayloadFn | None = None         # default: no payload
     target: TargetFn | None = None           # default: the label
+    record_label: LabelFn | None = None      # default: "<label> <result object>"
     submitted: SubmittedFn | None = None
     on_update: HandlerFn | None = None       # default: live preview into the target object
     on_finished: HandlerFn | None = None     # default: the result into the target object
@@ -93,24 +115,27 @@ def settings(context: Any, ui: KindUI) -> Any:
 
 
 def submit(context: Any, ui: KindUI, group: Any = None, params: Mapping[str, Any] | None = None,
-           name: str = "") -> Any:
+           name: str = "", source: Any = None) -> Any:
     """Submit a job of ``ui.kind`` from ``group`` (default: the scene's settings); returns its record in
-    ``scene.splatbridge_jobs``. ``params`` overrides single settings; the params are checked against the
-    spec before anything is sent (``JobError`` naming the setting and its range)."""
+    ``scene.splatbridge_jobs``. ``params`` overrides single settings; ``source`` is what the job is about
+    (handed to the hooks). The kind's ``prepare`` runs first, then the spec checks the params (a
+    ``JobError`` naming the setting and its range) before anything is sent."""
     spec = ui.spec()
     group = group if group is not None else settings(context, ui)
-    p = spec_props.params(group, spec)
-    if params:
-        p.update(params)
-        spec.validate_params(p)
-    payload = ui.payload(context, group, p) if ui.payload is not None else {}
+    p = spec_props.params(group, spec, validate=False)
+    p.update(params or {})
+    sub = Submission(context, ui, group, p, source)
+    if ui.prepare is not None:
+        ui.prepare(sub)
+    sub.settings = spec.validate_params(sub.params)
+    payload = ui.payload(sub) if ui.payload is not None else {}
     client = connection.get_client(context)
-    base = name or (ui.target(context, group, p) if ui.target is not None else ui.title())
-    target = job_objects.unique_object_name(base)
-    job_id = client.submit(ui.kind, p, payload)
-    rec = connection.track_job(context.scene, job_id, ui.kind, target, label=f"{ui.title()} {target}")
+    target = job_objects.unique_object_name(name or (ui.target(sub) if ui.target is not None else ui.title()))
+    job_id = client.submit(ui.kind, sub.params, payload)
+    label = ui.record_label(sub, target) if ui.record_label is not None else f"{ui.title()} {target}"
+    rec = connection.track_job(context.scene, job_id, ui.kind, target, label=label)
     if ui.submitted is not None:
-        ui.submitted(context, rec, group, p)
+        ui.submitted(sub, rec)
     return rec
 
 
@@ -134,8 +159,9 @@ def set_job_data(scene: Any, kind: str, job_id: str, data: Mapping[str, Any]) ->
 
 def pop_job_data(scene: Any, kind: str, job_id: str) -> None:
     """Forget a job's state once its result is applied."""
-    jobs = dict(scene.get(_jobs_prop(kind)) or {})
-    if jobs.pop(job_id, None) is not None or _jobs_prop(kind) in scene:
+    if _jobs_prop(kind) in scene:
+        jobs = dict(scene[_jobs_prop(kind)])
+        jobs.pop(job_id, None)
         scene[_jobs_prop(kind)] = jobs
 
 
@@ -171,7 +197,7 @@ def make_operator(ui: KindUI) -> type:
         return True
 
     return type(_class_name(ui, "OT"), (job_objects.SubmitJobModal, bpy.types.Operator), {
-        "__doc__": ui.description or spec.description, "bl_idname": ui.idname, "bl_label": ui.title(),
+        "__doc__": ui.description or spec.description, "bl_idname": ui.idname, "bl_label": ui.operator_label or ui.title(),
         "job_label": ui.title(), "_submit_job": _submit_job, "poll": classmethod(poll)})
 
 
@@ -231,5 +257,5 @@ def kind_registration(ui: KindUI) -> tuple[Callable[[], None], Callable[[], None
     return register, unregister
 
 
-__all__ = ["KindUI", "job_data", "kind_registration", "make_operator", "make_panel", "make_settings_group",
+__all__ = ["KindUI", "Submission", "job_data", "kind_registration", "make_operator", "make_panel", "make_settings_group",
            "pop_job_data", "set_job_data", "settings", "submit"]

@@ -16,7 +16,8 @@ One settings ``PropertyGroup`` per job kind, built from the spec when the kind's
 ===========  =====================================================================================
 
 An ``optional`` number (``None``: "derived by the job") gets a checkbox ``use_<name>``; unticked, the
-job derives it. An optional text left empty is ``None`` too.
+job derives it. An optional text left empty is ``None`` too. A text starting with ``//`` is a path
+relative to the .blend file (Blender's notation) and is sent as an absolute path.
 
 ``params(group, spec)`` turns the group back into the ``submit`` params: only the values that differ
 from the spec's defaults (the backend fills in the rest from the same spec, and its result meta
@@ -169,8 +170,8 @@ def value(group: Any, setting: Setting) -> Any:
     v = str(v)
     if s.optional and not v.strip():
         return None
-    if s.server_path and v.startswith("//"):
-        v = bpy.path.abspath(v)          # relative to the .blend file
+    if not s.choices and v.startswith("//"):
+        v = bpy.path.abspath(v)          # Blender's "relative to the .blend file" (a path, a model folder)
     return v
 
 
@@ -183,16 +184,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def params(group: Any, spec: JobSpec, changed_only: bool = True) -> dict[str, Any]:
+def params(group: Any, spec: JobSpec, changed_only: bool = True, validate: bool = True) -> dict[str, Any]:
     """The ``submit`` params from ``group``: the settings that differ from ``spec``'s defaults (all
-    of them with ``changed_only=False``), checked with ``spec.validate_params`` (raises
-    ``JobError("bad_params")`` naming the setting and its range)."""
+    of them with ``changed_only=False``), checked with ``spec.validate_params`` unless ``validate`` is
+    False (raises ``JobError("bad_params")`` naming the setting and its range)."""
     out: dict[str, Any] = {}
     for s in spec.settings:
         v = value(group, s)
         if not changed_only or not _same(v, s.default):
             out[s.name] = v
-    spec.validate_params(out)
+    if validate:
+        spec.validate_params(out)
     return out
 
 
