@@ -8,6 +8,8 @@ import importlib
 
 import pytest
 
+from helpers import RecordingLayout
+
 pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 
@@ -111,34 +113,14 @@ def test_enum_items_must_match_the_choices(sp, js):
         sp.property_group(_spec(js), "Bad", extra={"steps": None})
 
 
-class _Layout:
-    """Records what a panel draws. Panels cannot draw headless (no window, no region), so this stands
-    in for Blender's UILayout; it records the calls spec_props.draw makes, in order."""
-
-    def __init__(self, log, where="main"):
-        self.log, self.where, self.active = log, where, True
-
-    def column(self, align=False):
-        return _Layout(self.log, self.where)
-
-    def row(self, align=False):
-        return _Layout(self.log, self.where)
-
-    def box(self):
-        return _Layout(self.log, "advanced")
-
-    def prop(self, data, name, **kwargs):
-        self.log.append((self.where, name))
-
-
 def test_draw_shows_basic_settings_and_a_collapsed_advanced_section(group):
     spec, g = group
     sp = importlib.import_module("splatbridge.spec_props")
-    log = []
-    sp.draw(_Layout(log), g, spec, skip=("name",))
-    assert log == [("main", n) for n in ("steps", "lr", "count", "mode", "flag", "show_advanced")]
+    layout = RecordingLayout()
+    sp.draw(layout, g, spec, skip=("name",))
+    assert layout.props() == ["steps", "lr", "count", "mode", "flag", "show_advanced"]
     g.show_advanced = True
-    log.clear()
-    sp.draw(_Layout(log), g, spec, skip=("name",))
-    assert log[5] == ("main", "show_advanced")
-    assert [n for w, n in log if w == "advanced"] == ["folder", "elev", "use_scale", "scale", "radius", "model"]
+    layout = RecordingLayout()
+    sp.draw(layout, g, spec, skip=("name",))
+    assert layout.props("main") == ["steps", "lr", "count", "mode", "flag", "show_advanced"]
+    assert layout.props("box") == ["folder", "elev", "use_scale", "scale", "radius", "model"]
