@@ -32,6 +32,8 @@ from .shared.jobspec import JobSpec, Settings, get_spec
 
 CATEGORY = "SplatBridge"
 
+load_builtin()      # the built-in kinds' specs (shared/jobkinds); other kinds register their own
+
 @dataclass
 class Submission:
     """One submit in the making, handed to a kind's hooks: ``group`` (its settings in Blender), ``params``
@@ -101,8 +103,7 @@ class KindUI:
         return f"splatbridge.cancel_{self.kind}"
 
     def spec(self) -> JobSpec:
-        """The kind's spec as registered now (built-in kinds are loaded on first use)."""
-        load_builtin()
+        """The kind's spec as registered now."""
         return get_spec(self.kind)
 
     def title(self) -> str:
