@@ -32,9 +32,9 @@ from shared.formats.spz import RFU_TO_RUB, encode_spz, encode_spz_v4
 from shared.rotations import matrix_to_quat, quat_multiply, quat_to_matrix
 from shared.splats import Splats
 
-pytestmark = pytest.mark.bpy_only
-
 from tests.test_formats import check_spz_bounds, make_splats, quat_error
+
+pytestmark = pytest.mark.bpy_only
 
 DATA = Path(__file__).parent / "data" / "splat_transform"
 # splat-transform stores .spz with (x, y, z)_PLY -> (x, -y, -z) (its PLY frame taken as RDF, the file as
