@@ -418,3 +418,50 @@ def test_ours_decode_in_splat_transform(tmp_path: Path, name: str, options: dict
     if name.endswith(".spz"):
         theirs = theirs.transform(M_ST_SPZ)
     assert_same_decode(read_splats(path), theirs)
+
+
+def test_sog_version1_meta_decodes_known_values(tmp_path: Path) -> None:
+    """Legacy SOG (no 'version': per-channel mins/maxs, as read-sog-v1.ts decodes it), hand-made."""
+    from shared.formats.sog import _pil_encode
+    n, w, h = 3, 4, 4
+
+    def img(rows: list[list[int]], width: int = w, height: int = h) -> bytes:
+        px = np.zeros((width * height, 4), np.uint8)
+        px[:, 3] = 255
+        px[: len(rows)] = rows
+        return _pil_encode(px.reshape(height, width, 4))
+
+    t16 = np.array([[0, 65535, 32768], [65535, 0, 0], [1000, 2000, 3000]])
+    files = {
+        "means_l.webp": img([[v & 255 for v in r] + [255] for r in t16]),
+        "means_u.webp": img([[v >> 8 for v in r] + [255] for r in t16]),
+        "quats.webp": img([[128, 128, 128, 252], [255, 128, 128, 253], [0, 0, 0, 7]]),  # tag 7: identity
+        "scales.webp": img([[0, 255, 51, 255]] * 3),
+        "sh0.webp": img([[0, 255, 102, 255], [255, 0, 0, 0], [51, 51, 51, 128]]),
+        "shN_centroids.webp": img([[0, 0, 0, 255], [255, 255, 255, 255], [51, 102, 153, 255]], 192, 1),
+        "shN_labels.webp": img([[0, 0, 0, 255], [1, 0, 0, 255], [0, 0, 0, 255]]),
+    }
+    meta = {"means": {"shape": [n, 3], "mins": [-1.0, -2.0, 0.0], "maxs": [1.0, 2.0, 1.0],
+                      "files": ["means_l.webp", "means_u.webp"]},
+            "scales": {"mins": [-5.0, -4.0, -3.0], "maxs": [0.0, 1.0, 2.0], "files": ["scales.webp"]},
+            "quats": {"files": ["quats.webp"]},
+            "sh0": {"mins": [-1.0, -1.0, -1.0, -4.0], "maxs": [1.0, 1.0, 1.0, 4.0], "files": ["sh0.webp"]},
+            "shN": {"mins": -0.5, "maxs": 0.5, "files": ["shN_centroids.webp", "shN_labels.webp"]}}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    r = read_sog(tmp_path / "meta.json")
+    lt = np.array([-1.0, -2.0, 0.0]) + np.array([2.0, 4.0, 1.0]) * t16 / 65535
+    assert np.allclose(r.means, np.sign(lt) * np.expm1(np.abs(lt)), atol=1e-6)
+    assert np.allclose(r.scales, [[-5.0, 1.0, -3.0 + 5.0 * 51 / 255]] * 3, atol=1e-6)
+    assert np.allclose(r.sh0[0], [-1.0, 1.0, -1 + 2 * 102 / 255], atol=1e-6)
+    assert np.allclose(r.opacities, [4.0, -4.0, -4.0 + 8.0 * 128 / 255], atol=1e-5)
+    a = (128 / 255 * 2 - 1) / np.sqrt(2)
+    assert np.allclose(r.quats[0], [np.sqrt(1 - 3 * a * a), a, a, a], atol=1e-6)       # tag 252: w largest
+    b = (255 / 255 * 2 - 1) / np.sqrt(2)
+    assert np.allclose(r.quats[1], [b, np.sqrt(max(0.0, 1 - b * b - 2 * a * a)), a, a], atol=1e-6)
+    assert r.quats[2].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert r.sh_degree == 1                             # 192 = 64 entries x 3 coefficients
+    # label 0 -> entry 0: pixels 0..2 of row 0 -> bytes 0, 255, (51, 102, 153) per coefficient
+    assert np.allclose(r.shN[0], [[-0.5] * 3, [0.5] * 3, [-0.5 + v / 255 for v in (51, 102, 153)]], atol=1e-6)
+    assert np.allclose(r.shN[1], 0.0 + np.array([-0.5]), atol=1e-6)     # label 1 -> entry 1: all zero bytes

@@ -29,7 +29,7 @@ problem exactly); the SH palette is exact (one entry per splat) up to 65,536 spl
 two-level k-means (256 x 256 entries) above that.
 
 Round-trip bounds: position within ``(maxs - mins) / 65535 / 2`` in log_t space per axis (about
-``|p| + 1`` times that in metres); quaternion components (sign aligned) within about 0.003;
+``|p| + 1`` times that in metres); quaternion components (sign aligned) within 0.008;
 log scale, f_dc and (up to 65,536 splats) SH coefficients within half the largest gap between
 neighbouring codebook entries that bracket a value (1-D k-means: small where values are dense);
 opacity sigmoid within 0.5/255. Above 65,536 splats SH is vector-quantised (no hard bound).
