@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.jobspec import JobError
 from shared.protocol import SPLAT_KEYS
 from shared.splats import Splats
 
@@ -70,13 +71,8 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-class StoreError(Exception):
-    """The store cannot do what was asked (unknown job, no result, bad job id)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# The store's errors (unknown job, no result, bad job id) are the one job error class.
+StoreError = JobError
 
 
 @dataclass

@@ -34,8 +34,10 @@ from backend.losses import photometric_loss                                  # n
 from backend.params import splats_to_tensors                                  # noqa: E402
 from backend.render import rasterize, resolve_backend                         # noqa: E402
 from backend.strategies import CappedDefaultStrategy                          # noqa: E402
-from backend.trainer import (TrainSettings, _composite, evaluate, init_params,  # noqa: E402
-                             make_optimizers, scene_scale, train)
+from backend.optim import make_optimizers                                     # noqa: E402
+from backend.trainer import _composite, evaluate, init_params, scene_scale, train  # noqa: E402
+from shared.jobkinds.train import SPEC as TRAIN, schedule                     # noqa: E402
+from shared.jobspec import Settings                                           # noqa: E402
 from shared.cameras import look_at                                            # noqa: E402
 
 
@@ -118,8 +120,8 @@ def make_scene(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     return {"images": images, "viewmats": viewmats, "Ks": Ks, "points": points, "colors": colors}
 
 
-def settings_for(args: argparse.Namespace) -> TrainSettings:
-    return TrainSettings(steps=args.steps, sh_degree=args.sh_degree, max_gaussians=args.max_gaussians,
+def settings_for(args: argparse.Namespace) -> Settings:
+    return TRAIN.make(steps=args.steps, sh_degree=args.sh_degree, max_gaussians=args.max_gaussians,
                          seed=args.seed, preview_every=0, report_interval_s=0.5)
 
 
@@ -169,7 +171,7 @@ def run_ours(data: dict, args: argparse.Namespace, device: torch.device) -> dict
     vm = torch.tensor(data["viewmats"], device=device)
     Kt = torch.tensor(data["Ks"], device=device)
     holdout = res.meta["holdout"]
-    sched = settings.schedule()
+    sched = schedule(settings)
     for step, splats in sorted(ctx.snapshots.items()):
         deg = min((step - 1) // sched["sh_degree_interval"], settings.sh_degree)
         ev = evaluate(splats_to_tensors(splats, device), images_t, vm, Kt, holdout, deg, res.meta["backend"])
@@ -182,7 +184,7 @@ def run_ours(data: dict, args: argparse.Namespace, device: torch.device) -> dict
 def run_plain(data: dict, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """simple_trainer's inner loop, written out: no job context, reports or previews."""
     settings = settings_for(args)
-    sched = settings.schedule()
+    sched = schedule(settings)
     backend = resolve_backend(device, "auto")
     if backend == "gsplat":
         from gsplat import rasterization as raster

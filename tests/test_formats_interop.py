@@ -17,6 +17,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tracemalloc
 import zipfile
 import zlib
@@ -465,3 +466,29 @@ def test_sog_version1_meta_decodes_known_values(tmp_path: Path) -> None:
     # label 0 -> entry 0: pixels 0..2 of row 0 -> bytes 0, 255, (51, 102, 153) per coefficient
     assert np.allclose(r.shN[0], [[-0.5] * 3, [0.5] * 3, [-0.5 + v / 255 for v in (51, 102, 153)]], atol=1e-6)
     assert np.allclose(r.shN[1], 0.0 + np.array([-0.5]), atol=1e-6)     # label 1 -> entry 1: all zero bytes
+
+
+def test_zstandard_is_imported_only_for_spz_version4(tmp_path: Path) -> None:
+    """shared/ runs inside Blender: zstd is needed for .spz v4 only, and its absence is a clear error."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from shared.formats import read_splats, write_splats
+read_splats({str(DATA / "st_v3.spz")!r})
+assert "zstandard" not in sys.modules, "imported by a non-v4 path"
+sys.modules["zstandard"] = None          # as if not installed
+try:
+    read_splats({str(DATA / "st_v4.spz")!r})
+except ValueError as exc:
+    print("ERR", exc)
+try:
+    write_splats({str(tmp_path / "x.spz")!r}, read_splats({str(DATA / "st_v3.spz")!r}))
+except RuntimeError as exc:
+    print("ERR", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == (f"ERR {DATA / 'st_v4.spz'}: stream 'positions': zstd-compressed data needs the "
+                        "'zstandard' package, which is not installed (the SplatBridge extension bundles it)")
+    assert lines[1].startswith("ERR writing .spz version 4 needs the 'zstandard' package")
