@@ -14,7 +14,7 @@ import pytest
 
 from helpers import registered_addon
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 
 def _replaced(jobspec, spec, name: str, **changes):
