@@ -284,11 +284,17 @@ def test_corrupt_jpeg_is_named(scene, tmp_path):
     assert info.value.code == "bad_input"
 
 
-def test_truncated_mp4(scene, tmp_path):
-    data = scene["video"].read_bytes()
+@pytest.mark.parametrize("faststart, words", [
+    (False, r"cut\.mp4: unreadable video: corrupt, truncated"),          # the index at the end is lost
+    (True, r"cut\.mp4: the video is corrupt or truncated"),              # the index is there, frames are not
+])
+def test_truncated_mp4(scene, tmp_path, faststart, words):
+    from reconstruct_scene import write_video
+    video = write_video(scene["all"].images, tmp_path / "full.mp4", faststart=faststart)
+    data = video.read_bytes()
     bad = tmp_path / "cut.mp4"
     bad.write_bytes(data[:len(data) // 2])
-    with pytest.raises(JobError, match=r"cut\.mp4: unreadable video: corrupt, truncated") as info:
+    with pytest.raises(JobError, match=words) as info:
         run_job(tmp_path, source=str(bad), steps=0)
     assert info.value.code == "bad_input"
 
