@@ -249,7 +249,7 @@ def test_reconstruct_job_over_the_socket(scene, tmp_path):
             assert (store / jid / info["files"]["transforms"]).is_file()
             assert len(job.result_splats()) > 0 and job.result_metrics["registered_fraction"] >= 0.9
 
-            jid2 = c.submit("reconstruct", {"model": jid, "steps": 10, "train_downscale": 4, "sh_degree": 0}, {})
+            jid2 = c.submit("reconstruct", {"from_job": jid, "steps": 10, "train_downscale": 4, "sh_degree": 0}, {})
             assert c.wait_for(lambda: c.jobs[jid2].finished, 120), c.jobs[jid2]
             assert c.jobs[jid2].state == "done", c.jobs[jid2].error
             assert not (store / jid2 / "reconstruct" / "colmap").exists()
@@ -317,7 +317,8 @@ def test_cli_error_exit(scene, tmp_path):
     folder = _photos(tmp_path / "p", scene["photos_scene"].images[:2])
     proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(folder),
                            "--out", str(tmp_path / "s.ply"), "--cameras-out", str(tmp_path / "c.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
     assert "error (bad_input): " in proc.stderr and "at least 3 are needed" in proc.stderr
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "s.ply").exists()
@@ -365,9 +366,12 @@ def test_spec_needs_source_or_model():
         SPEC.validate_params({})
     with pytest.raises(SpecError, match="exactly one of 'source'"):
         SPEC.validate_params({"source": "a", "model": "b"})
+    with pytest.raises(SpecError, match=r"from_job='\.\./x': expected a job id"):
+        SPEC.validate_params({"from_job": "../x"})
     s = SPEC.validate_params({"source": "/x"})
     assert (s.frames, s.quality, s.matcher) == (150, "balanced", "auto")
     assert SPEC.setting("source").server_path and SPEC.setting("model").server_path
+    assert not SPEC.setting("from_job").server_path
 
 
 # -- world frame and frame picking (pure) --------------------------------------------------------
