@@ -1,20 +1,29 @@
-"""Fast CPU rasterizer: the reference's projection, SH and conventions (``reference.rasterize_with``)
-with the per-tile compositing and its backward as Numba kernels (compiled by Numba's bundled LLVM:
-no system compiler, wheels for Linux, Windows and macOS on x86-64 and arm64).
+"""Fast CPU rasterizer: gsplat's pipeline as Numba kernels (compiled by Numba's bundled LLVM: no
+system compiler; Numba wheels exist for Linux, Windows and macOS on x86-64 and arm64), each with a
+hand-written backward, behind the reference's input checks, render modes and ``info``
+(``reference.rasterize_with``).
 
-What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding:
-16x16 tiles, front to back by depth, alpha = min(0.999, o * exp(-sigma)) skipped when < 1/255 or
-sigma < 0, a pixel stops before the Gaussian that would bring its transmittance to <= 1e-4. The
-backward is gsplat's: back to front from each pixel's final transmittance (accumulated in float64),
-gradients to means2d, conics, colours and opacities; projection and SH backpropagate through torch's
-autograd as in the reference. ``absgrad=True`` also stores, as gsplat does, the per-pixel sums of
-|d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
+- ``_project_forward`` / ``_project_backward``: EWA projection (classic mode) and SH colours up to
+  degree 3, float64, one autograd node; gradients to means, quats, scales and SH coefficients.
+  Antialiased mode, per-camera colours and SH degree 4 use the reference's torch projection.
+- ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
+- ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
+  backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
+  branch-free 16-lane row loops that LLVM vectorises; gradients to means2d, conics, colours,
+  opacities, and (``absgrad=True``, as gsplat) the per-pixel sums of |d loss / d means2d| in
+  ``info["means2d"].absgrad`` [C,N,2] during backward.
 
-Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are composited on the
-CPU: the kernel's inputs and outputs are copied there and back inside the autograd function.
-Threads: as many as ``torch.get_num_threads()`` (Numba's own pool, capped at its start-up count).
-The first call compiles the kernels (a few seconds); Numba caches them beside this file when the
-folder is writable.
+What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
+(tests/test_render_fast.py): 16x16 tiles, front to back by depth, alpha = min(0.999, o exp(-sigma))
+skipped when < 1/255 or sigma < 0 (exp by a polynomial, relative error < 2e-5), a pixel stops
+before the Gaussian that would bring its transmittance to <= 1e-4.
+
+Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are rasterized on the
+CPU: inputs and results are copied there and back inside the autograd functions (untested here).
+Threads: ``torch.get_num_threads()``; one thread runs serial kernels (callable from many threads at
+once), more run ``prange`` kernels on Numba's workqueue pool, one call at a time. The first call
+compiles the kernels (about a minute on a slow CPU); Numba caches them beside this file
+(``__pycache__``) when the folder is writable, else compiles once per process.
 """
 from __future__ import annotations
 
