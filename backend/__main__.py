@@ -6,6 +6,8 @@
     python -m backend train ...      (backend.trainer.cli)
     python -m backend generate ...   (backend.generate.cli)
     python -m backend edit ...       (backend.edit.cli)
+    python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
+                                     (backend.reconstruct.cli)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
@@ -22,7 +24,7 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,train,generate,edit,prefetch,keys} [options]  (-h for help)"
+USAGE = "usage: python -m backend {serve,train,generate,edit,reconstruct,prefetch,keys} [options]  (-h for help)"
 
 
 def _setup_logging() -> None:
@@ -129,6 +131,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": _lazy("backend.trainer", "cli"),
     "generate": _lazy("backend.generate", "cli"),
     "edit": _lazy("backend.edit", "cli"),
+    "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
 }

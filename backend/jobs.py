@@ -209,9 +209,10 @@ class RunnerContext:
     """The ``JobContext`` a job function receives (see backend/job_api.py).
 
     ``report`` sends at most one ``progress`` message per ``min_interval_s`` (the final step
-    always goes out) and at most one preview per ``preview_interval_s``; preview arrays are
-    copied before queueing because a trainer's numpy views may share memory with tensors that
-    keep changing.
+    always goes out) and at most one preview per ``preview_interval_s``. Steps only go forward
+    within a stage (``metrics["stage"]``: a job of several stages, e.g. reconstruct, counts each
+    stage's steps from 0). Preview arrays are copied before queueing because a trainer's numpy
+    views may share memory with tensors that keep changing.
     """
 
     def __init__(self, job: Job, job_dir: Path, device: str, send: Send,
@@ -225,6 +226,7 @@ class RunnerContext:
         self._last_sent = -1e9
         self._last_preview = -1e9
         self._last_step = -1
+        self._stage: Any = None
 
     def report(self, step: int, total: int, metrics: dict[str, float],
                preview: Splats | None = None) -> None:
@@ -235,6 +237,9 @@ class RunnerContext:
         want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
         if not (final or want_preview or now - self._last_sent >= self._min_interval_s):
             return
+        stage = metrics.get("stage") if isinstance(metrics, dict) else None
+        if stage != self._stage:         # a new stage (or the steps after the stages) counts anew
+            self._stage, self._last_step = stage, -1
         if step < self._last_step:
             log.warning("job %s reported step %d after step %d; dropped", self.job.job_id, step,
                         self._last_step)

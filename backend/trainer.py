@@ -5,7 +5,8 @@ learning rates scaled by the scene extent, SH bands switched on one at a time, g
 DefaultStrategy (capped) or MCMCStrategy. Objects are trained against the image alpha: every step
 composes the target over a random background colour and renders with the same background, so
 transparent regions come out with no Gaussians. Every ``holdout_every``-th view (index 0, k, 2k,
-...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background).
+...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background; over
+black with ``random_background`` off, as for opaque photos, which then train over black).
 
 Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
 opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
@@ -182,12 +183,13 @@ def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int,
 
 @torch.no_grad()
 def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-             sh_degree: int, backend: str) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over white vs the images over white."""
+             sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
+    (white by default) vs the images over the same."""
     if not ids:
         return {}
     H, W = images.shape[1:3]
-    white = torch.ones(1, 3, device=images.device)
+    white = torch.full((1, 3), float(background), device=images.device)
     ps, ss = [], []
     for i in ids:
         img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
@@ -319,10 +321,12 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
                                  "steps_per_s": timing["steps_per_s"]}
     if not cancelled:
-        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
+        # without random backgrounds the splats learnt black behind opaque images: score them so
+        eval_bg = 1.0 if settings.random_background else 0.0
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg)
         if ev:
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
-        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend)
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
         metrics["train_psnr"] = tr["psnr"]
     splats = tensors_to_splats(params)
     meta = {

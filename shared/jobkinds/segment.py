@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
+from ._common import RASTER_BACKENDS
 
 MAX_LABEL = 65535
 
@@ -53,8 +54,8 @@ SPEC = register(JobSpec(
                 type="float", optional=True, min=0.0, min_exclusive=True, unit="m", advanced=True),
         Setting("labels_per_pass", 32, "Labels accumulated per rendering pass (more labels take more "
                 "passes per view; memory grows with N x this)", min=1, max=256, advanced=True),
-        Setting("backend", "auto", "Rasterizer: gsplat on CUDA, the pure-torch reference on the CPU",
-                choices=("auto", "gsplat", "reference"), advanced=True),
+        Setting("backend", "auto", "Rasterizer: 'auto' (gsplat on CUDA, else the fast CPU one), 'gsplat', "
+                "'fast', 'reference'", choices=RASTER_BACKENDS, advanced=True),
     ),
     payload=(
         PayloadItem("splats", "the splats to label (splat map)", kind="splats", required=True),
