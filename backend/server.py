@@ -134,10 +134,16 @@ class Server:
                             parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(parts)
+                        self._handle_safely(parts)
                         self._drain_outbox()
         finally:
             self._shutdown()
+
+    def _handle_safely(self, parts: list) -> None:
+        try:
+            self._handle(parts)
+        except Exception:     # e.g. the error reply itself failed: log it, keep serving
+            log.error("error answering a message:\n%s", traceback.format_exc())
 
     def _drain_outbox(self) -> None:
         while True:
@@ -156,13 +162,17 @@ class Server:
     def _reply(self, identity: bytes, msg: Message) -> None:
         try:
             frames = encode(msg, self.limits)
-        except ProtocolError as exc:
-            log.error("reply %s could not be encoded: %s", msg.type, exc)
+        except Exception as exc:
+            log.error("reply %s could not be encoded:\n%s", msg.type, traceback.format_exc())
             frames = encode(make_error("internal_error", f"the server could not encode its "
-                                       f"{msg.type} reply: {exc.message}", msg.job_id))
+                                       f"{msg.type} reply: {type(exc).__name__}: {exc}",
+                                       msg.job_id))
         self._send_frames(identity, frames)
 
     def _handle(self, parts: list) -> None:
+        """Answer one request. Whatever the message holds, it costs at most one error reply:
+        a protocol fault gets its code, anything else ``internal_error`` with the traceback
+        in the log; the loop goes on."""
         identity = parts[0].bytes
         frames = parts[1:]
         try:
@@ -170,6 +180,12 @@ class Server:
         except ProtocolError as exc:
             log.info("rejected message from %s: %s", identity.hex(), exc)
             self._reply(identity, error_from_exception(exc))
+            return
+        except Exception as exc:     # a decoder bug must cost one reply, not the server
+            log.error("error decoding a message from %s:\n%s", identity.hex(),
+                      traceback.format_exc())
+            self._reply(identity, make_error("internal_error", f"the server failed to read the "
+                                             f"message: {type(exc).__name__}: {exc}"))
             return
         try:
             self._dispatch(identity, msg)
