@@ -421,6 +421,8 @@ def run_generate_job(params: dict, payload: dict, ctx: JobContext,
     if settings.init != "mesh" and payload.get("points") is not None:
         raise JobError("bad_input", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
     def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
+        if ctx.should_stop():           # each set-up stage starts with a cancel check
+            raise JobError("cancelled", f"cancelled before {text}; nothing was generated yet")
         ctx.report(0, 0, {"stage": text})
 
     t0 = time.perf_counter()

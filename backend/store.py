@@ -193,11 +193,23 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_atomic(path, json.dumps(_jsonable(obj), indent=1, sort_keys=True).encode())
 
 
+class _Writes:
+    """A file seen by numpy as a plain stream: ``np.save`` then writes through ``write`` (whose
+    full-disk error is ``OSError(ENOSPC)``), not ``ndarray.tofile`` (whose short write on a full
+    disk is an OSError without an errno, "75000 requested and 20448 written")."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     """One array as ``path`` (.npy), flushed to disk; written in a folder that is renamed into
     place afterwards, so no temporary name of its own."""
     with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        np.save(_Writes(f), np.ascontiguousarray(arr), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
 
@@ -271,9 +283,9 @@ class JobStore:
         free = self.free_bytes()
         if free - needed - _SLACK_BYTES < self.min_free_bytes:
             raise StoreError("disk_full", f"the server's disk is too full for {what}: "
-                             f"{_mib(free)} free, {what} needs {_mib(needed)} and the server "
-                             f"keeps {_mib(self.min_free_bytes)} free; free disk space on the "
-                             "server (or lower --keep-days / --max-store-gb) and submit again")
+                             f"{_mib(free)} free, {_mib(needed)} needed, and the server keeps "
+                             f"{_mib(self.min_free_bytes)} free; free disk space on the server "
+                             "(or lower --keep-days / --max-store-gb) and submit again")
 
     # -- records ------------------------------------------------------------------------------
     def create(self, job_id: str, kind: str, params: dict, reserve_bytes: int = 0) -> dict:

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -265,31 +265,41 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
     return torch.cat([good, pts[~keep]])[:n]
 
 
-def knn_mean_distance(points: Tensor, k: int = 3, chunk_elems: int = 1 << 24) -> Tensor:
-    """RMS distance of each point to its ``k`` nearest neighbours [P] (simple_trainer's init)."""
+def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 32768,
+                      should_stop: Optional[Callable[[], bool]] = None) -> Tensor:
+    """RMS distance of each point to its ``k`` nearest other points [P] (simple_trainer's init),
+    in the points' units. A KD-tree (scipy's cKDTree): O(P log P), queried in chunks of ``chunk``
+    points with ``should_stop`` polled between them (``JobError('cancelled')`` when true)."""
+    from scipy.spatial import cKDTree
+
     n = len(points)
     if n < 2:
         return torch.ones(n, device=points.device)
     k = min(k, n - 1)
-    rows = max(1, chunk_elems // n)
-    out = []
-    for s in range(0, n, rows):
-        d2 = torch.cdist(points[s:s + rows], points).square()
-        out.append(torch.topk(d2, k + 1, largest=False).values[:, 1:].mean(-1))
-    return torch.cat(out).sqrt()
+    pts = points.detach().to("cpu", torch.float64).numpy()
+    tree = cKDTree(pts)
+    out = np.empty(n, np.float64)
+    for s in range(0, n, chunk):
+        if should_stop is not None and should_stop():
+            raise JobError("cancelled", f"cancelled while setting up the {n} initial Gaussians "
+                           "(nearest-neighbour scales); nothing was trained yet")
+        d, _ = tree.query(pts[s:s + chunk], k=k + 1)     # column 0: the point itself (or a twin)
+        out[s:s + chunk] = np.sqrt(np.mean(np.square(d[:, 1:]), axis=1))
+    return torch.from_numpy(out).to(points.device, torch.float32)
 
 
 def init_params(points: Tensor, rgb: Tensor, settings: TrainSettings, scale_floor: float,
-                generator: torch.Generator) -> dict[str, torch.nn.Parameter]:
+                generator: torch.Generator,
+                should_stop: Optional[Callable[[], bool]] = None) -> dict[str, torch.nn.Parameter]:
     """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
-    base colours ``rgb`` [N,3] in 0..1."""
+    base colours ``rgb`` [N,3] in 0..1; ``should_stop`` is polled while the scales are set up."""
     n = len(points)
     mcmc = settings.strategy == "mcmc"
     init_opa = settings.init_opacity if settings.init_opacity is not None else (0.5 if mcmc else 0.1)
     # (gsplat's MCMC preset uses 0.1, meant for dense SfM points and 30k steps; with sparse mesh
     # samples and short runs it leaves holes: 22 dB instead of 38 dB on the test torus)
     init_scale = settings.init_scale
-    dist = knn_mean_distance(points).clamp_min(scale_floor)
+    dist = knn_mean_distance(points, should_stop=should_stop).clamp_min(scale_floor)
     scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
     quats = torch.rand(n, 4, generator=generator).to(points.device)
     opac = torch.full((n,), float(logit(np.float32(init_opa))), device=points.device)
@@ -353,6 +363,11 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     settings = settings or TrainSettings()
     settings.validate()
     ctx = ctx or NullContext()
+
+    def poll_cancel(stage: str) -> None:
+        """Every set-up stage ends here: a cancel before the steps leaves nothing to keep."""
+        if ctx.should_stop():
+            raise JobError("cancelled", f"cancelled while {stage}; nothing was trained yet")
     device = torch.device(ctx.device)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
     backend = resolve_backend(device, settings.backend)
@@ -373,6 +388,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     holdout = [i for i in range(C) if k > 1 and C > 1 and i % k == 0]
     train_ids = [i for i in range(C) if i not in holdout]
     extent = scene_scale(vm)
+    poll_cancel("loading the images")
 
     if points is not None:
         pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
@@ -385,7 +401,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
         n0 = min(settings.init_points, settings.max_gaussians)
         pts = random_init_points(n0, vm, Kt, W, H, gen)
         rgb = torch.rand(len(pts), 3, generator=gen)
-    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen)
+    poll_cancel("choosing the initial points")
+    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)
     optimizers = make_optimizers(params, settings, extent)
     means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
 
@@ -400,6 +417,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
                                 refine_stop_iter=sched["refine_stop"], refine_every=sched["refine_every"])
         state = strategy.initialize_state()
     strategy.check_sanity(params, optimizers)
+    poll_cancel("setting up the optimiser")
 
     # the per-step random choices, drawn up front from the seeded generator
     epochs = math.ceil(settings.steps / max(1, len(train_ids)))
@@ -504,7 +522,7 @@ def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
                        images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
     """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
     add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
-    from backend.datasets import DatasetError, load_dataset
+    from backend.datasets import DatasetCancelled, DatasetError, load_dataset
 
     if not isinstance(path, str) or not path:
         raise JobError("bad_params", f"dataset_path must be a folder path, got {path!r}")
@@ -514,9 +532,13 @@ def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
         raise JobError("bad_params", f"images_dir must be a folder path, got {images_dir!r}")
     ctx.report(0, 0, {"stage": f"reading the dataset {path}"})     # big datasets take a while
     try:
-        data = load_dataset(path, images_dir=images_dir, downscale=downscale)
+        data = load_dataset(path, images_dir=images_dir, downscale=downscale,
+                            should_stop=ctx.should_stop)
     except DatasetError as exc:
         raise JobError("bad_dataset", str(exc)) from None
+    except DatasetCancelled:
+        raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
+                       "yet") from None
     result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
     result.meta["dataset_path"] = path
     return result
