@@ -28,7 +28,7 @@ import zmq
 from backend.capabilities import Capabilities, resolve_device
 from backend.jobs import JOB_KINDS, JobRunner, LazyJobKinds, SubmitError
 from backend.security import CurveKeys, apply_server_curve, check_bind
-from backend.store import JobStore, Retention
+from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
 from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
                              decode, encode, error_from_exception, make_error, validate_finite)
 
@@ -57,7 +57,8 @@ class Server:
     def __init__(self, bind: str = DEFAULT_BIND, store_dir: str | Path = "splatbridge-jobs",
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: LazyJobKinds = JOB_KINDS,
-                 preview_interval_s: float = 1.0, retention: Retention | None = None):
+                 preview_interval_s: float = 1.0, retention: Retention | None = None,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
@@ -84,7 +85,7 @@ class Server:
         self._ring = self._ctx.socket(zmq.PUSH)
         self._ring.connect(self._doorbell_addr)
         self._ring_lock = threading.Lock()
-        self.runner = JobRunner(JobStore(store_dir), self.device, self._post, kinds=kinds,
+        self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
                                 retention=Retention() if retention is None else retention)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",

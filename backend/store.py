@@ -403,8 +403,10 @@ class JobStore:
         out: dict[str, list[str]] = {"adopted": [], "interrupted": [], "orphans": [],
                                      "cleaned": []}
         with self._lock:
+            removed = 0                 # bytes outside the indexed job folders
             for entry in list(self.root.iterdir()):
                 if _is_temporary(entry.name):
+                    removed += folder_bytes(entry) if entry.is_dir() else _size(entry)
                     _remove(entry)
                     out["cleaned"].append(entry.name)
             for d in sorted(self.root.iterdir()):
@@ -412,21 +414,29 @@ class JobStore:
                     continue
                 job_id = d.name
                 if job_id in self._archive:       # compaction stopped before removing it
+                    removed += folder_bytes(d)
                     _remove(d)
                     out["cleaned"].append(job_id)
                     continue
-                for path in _temporaries(d):
+                temporaries = _temporaries(d)
+                for path in temporaries:
                     _remove(path)
                     out["cleaned"].append(f"{job_id}/{path.relative_to(d)}")
+                if temporaries:
+                    self._refresh(job_id)
                 rec_path = d / "job.json"
-                if not rec_path.exists():
+                if job_id not in self._index and not rec_path.exists():
+                    removed += folder_bytes(d)    # counted as "other" until it is indexed
                     self._orphan(job_id, d)
                     out["orphans"].append(job_id)
                     continue
+                entry = self._index.get(job_id)
+                if entry is None or entry.state not in ACTIVE_STATES:
+                    continue            # finished, or unreadable (left alone, its id stays taken)
                 try:
                     rec = json.loads(rec_path.read_text())
                 except (ValueError, OSError):
-                    continue            # unreadable: left alone, its id stays taken
+                    continue
                 if rec.get("state") in ACTIVE_STATES:
                     if self._adopt(job_id, d, rec):
                         out["adopted"].append(job_id)
@@ -437,8 +447,7 @@ class JobStore:
                                            "message": f"the server stopped while the job was "
                                                       f"{was}; submit it again"})
                         out["interrupted"].append(job_id)
-                self._refresh(job_id)
-            self._other_bytes = max(0, folder_bytes(self.root) - self._index_bytes)
+            self._other_bytes = max(0, self._other_bytes - removed)
         return out
 
     def _orphan(self, job_id: str, d: Path) -> None:
@@ -489,6 +498,14 @@ class JobStore:
                         continue
                     if isinstance(rec, dict) and valid_job_id(rec.get("job_id")):
                         self._archive[rec["job_id"]] = rec
+        sizes: dict[str, int] = {}      # one walk of the store: bytes per top-level entry
+        names: dict[str, set[str]] = {}
+        for dirpath, dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            top = "" if rel == "." else rel.split(os.sep)[0]
+            if rel == top and top:
+                names[top] = set(dirs)
+            sizes[top] = sizes.get(top, 0) + sum(_size(Path(dirpath, f)) for f in files)
         for d in self.root.iterdir():
             if not d.is_dir() or not valid_job_id(d.name) or d.name in self._archive:
                 continue
@@ -496,8 +513,14 @@ class JobStore:
                 rec = json.loads((d / "job.json").read_text())
             except (ValueError, OSError):
                 continue
-            self._note(d.name, rec, refresh_bytes=True)
-        self._other_bytes = max(0, folder_bytes(self.root) - self._index_bytes)
+            has_data = bool(names.get(d.name, set()) & {"result", "inputs", ".result.tmp",
+                                                        ".inputs.tmp"})
+            entry = _Entry(state="", finished=None, pruned_at=None, has_data=has_data,
+                           bytes=sizes.get(d.name, 0))
+            self._index[d.name] = entry
+            self._index_bytes += entry.bytes
+            self._note(d.name, rec)
+        self._other_bytes = max(0, sum(sizes.values()) - self._index_bytes)
 
     def _note(self, job_id: str, record: dict, refresh_bytes: bool = False) -> None:
         """Put ``record`` (the job's current one) into the index."""
@@ -704,6 +727,13 @@ class JobStore:
         return StoredResult(splats=Splats.from_arrays(arrays),
                             metrics=json.loads((d / "metrics.json").read_text()),
                             meta=json.loads((d / "meta.json").read_text()))
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _remove(path: Path) -> None:
