@@ -10,7 +10,7 @@
                                       3.13, its own venv .venv-blender-latest); CI runs it after `test`
 
 The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`)
-and wheels of pyzmq and msgpack for every platform Blender ships on (Linux x86_64, Windows amd64,
+and wheels of pyzmq, msgpack and zstandard for every platform Blender ships on (Linux x86_64, Windows amd64,
 macOS arm64 and x86_64) and for both Pythons Blender 4.2+ uses (3.11 up to Blender 5.0, 3.13 from
 5.1). Downloaded wheels are cached in dist/wheel-cache, so a rebuild needs no network.
 """
@@ -48,7 +48,7 @@ STAMP_NAME = ".splatbridge-setup-stamp"
 ADDON_ID = "splatbridge"
 BLENDER_VERSION_MIN = (4, 2, 0)
 # Packages the add-on needs inside Blender's Python; their versions come from requirements.txt.
-BUNDLED_PACKAGES = ("pyzmq", "msgpack")
+BUNDLED_PACKAGES = ("pyzmq", "msgpack", "zstandard")  # zstandard: .spz version 4 (shared.formats.spz)
 # Blender's Python: 3.11 in Blender 4.2-5.0, 3.13 from 5.1.
 BLENDER_PYTHONS = ("3.11", "3.13")
 # Manifest platform name -> pip `--platform` tags (pip expands macOS tags to older versions and
@@ -251,9 +251,12 @@ COMPAT_VENV = ROOT / ".venv-blender-latest"
 # Tests of the add-on and of what it imports (shared/, numpy 2 inside Blender 5.1+) that need no torch:
 # the backend (torch) has its own venv and is tested there with bpy 5.0.1.
 COMPAT_TESTS = ("test_addon_install.py", "test_splat_object.py", "test_rig.py", "test_io_ops.py",
-                "test_capture.py", "test_cameras.py", "test_formats.py", "test_splats.py", "test_protocol.py",
+                "test_capture.py", "test_cameras.py", "test_formats.py", "test_formats_interop.py", "test_splats.py",
+                "test_selection.py",
+                "test_protocol.py",
                 "test_viewport.py", "test_final_render.py", "test_native_render.py",
-                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py")
+                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py",
+                "test_native_splats.py")
 # ... less the tests in them that build a reference image with the torch rasterizer
 COMPAT_DESELECT = ("not matches_reference and not composite_occlusion and not transparent_film "
                    "and not f12_cycles_render_contains")

@@ -193,8 +193,16 @@ def load_transforms(path: str | Path, downscale: int = 1,
     ply = meta.get("ply_file_path")
     if ply:
         points, colors = _read_point_ply(base / ply)
+    elif (base / BLENDERNERF_POINTS).is_file():
+        # BlenderNeRF (and the 3DGS reference loader) put the initial points beside transforms.json
+        # under this name, without a ply_file_path key
+        points, colors = _read_point_ply(base / BLENDERNERF_POINTS)
     return Dataset(imgs, np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32),
                    points, colors, names)
+
+
+#: initial point cloud found by name beside transforms.json when there is no ply_file_path
+BLENDERNERF_POINTS = "points3d.ply"
 
 
 def _read_point_ply(path: Path) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:

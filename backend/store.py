@@ -10,6 +10,8 @@ Layout of ``<root>/<job_id>/``::
     result/metrics.json the result's metrics
     result/meta.json    the result's meta
     result/record.json  the changes the job's record gets with this result (state, finished, ...)
+    reconstruct/        the reconstruct job's solve (images, COLMAP database/log/models,
+                        transforms.json; see backend/reconstruct.py)
 
 and ``<root>/.records.jsonl``: compacted records (one JSON record a line) of old finished jobs
 whose folders are gone.
@@ -30,8 +32,8 @@ Disk space: ``create`` and ``save_result`` first check that the write leaves ``m
 free, and a full disk (``ENOSPC``) at any write removes what was half written; both raise
 ``StoreError('disk_full')``.
 
-Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back their ``inputs/`` and
-``result/`` once they are older than ``max_age_days`` or while the store is over ``max_bytes``
+Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back their ``inputs/``,
+``result/`` (and ``reconstruct/``) once they are older than ``max_age_days`` or while the store is over ``max_bytes``
 (oldest first). Their record stays, marked ``pruned`` with the reason, so a later fetch says
 why the result is gone instead of "unknown job". Queued and running jobs and the most recently
 finished one with data (whose client may not have it yet) are never pruned; jobs with nothing on
@@ -60,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.jobspec import JobError
 from shared.protocol import SPLAT_KEYS, valid_job_id
 from shared.splats import Splats
 
@@ -69,6 +72,8 @@ DEFAULT_MIN_FREE_BYTES = 256 * 2 ** 20     # what the store leaves free on its d
 _ARCHIVE = ".records.jsonl"
 _SLACK_BYTES = 64 * 2 ** 10                # record, metadata and file-system overhead per write
 _DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+#: The folders of a job that hold data (freed by retention); job.json stays.
+DATA_PARTS = ("result", "inputs", ".result.tmp", ".inputs.tmp", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -114,13 +119,8 @@ def _mib(n: float) -> str:
     return f"{n / 2 ** 20:.1f} MiB"
 
 
-class StoreError(Exception):
-    """The store cannot do what was asked (unknown job, no result, bad job id, disk full)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# The store's errors (unknown job, no result, bad job id, disk full) are the one job error class.
+StoreError = JobError
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -513,8 +513,7 @@ class JobStore:
                 rec = json.loads((d / "job.json").read_text())
             except (ValueError, OSError):
                 continue
-            has_data = bool(names.get(d.name, set()) & {"result", "inputs", ".result.tmp",
-                                                        ".inputs.tmp"})
+            has_data = bool(names.get(d.name, set()) & set(DATA_PARTS))
             entry = _Entry(state="", finished=None, pruned_at=None, has_data=has_data,
                            bytes=sizes.get(d.name, 0))
             self._index[d.name] = entry
@@ -608,8 +607,7 @@ class JobStore:
     def _has_data(self, job_id: str) -> bool:
         """True when the job has inputs or a result (finished or half-written) on disk."""
         d = self.job_dir(job_id)
-        return any((d / name).exists() for name in ("result", "inputs", ".result.tmp",
-                                                      ".inputs.tmp"))
+        return any((d / name).exists() for name in DATA_PARTS)
 
     def _prune_one(self, job_id: str, reason: str, now: float) -> int:
         """Delete the job's inputs and result (renamed away first, so a concurrent reader sees
@@ -617,7 +615,7 @@ class JobStore:
         d = self.job_dir(job_id)
         self.update(job_id, pruned={"time": now, "reason": reason})   # first: a fetch that then
         freed = 0                                                       # misses the files says why
-        for name in ("result", "inputs", ".result.tmp", ".inputs.tmp"):
+        for name in DATA_PARTS:
             part = d / name
             if not part.exists():
                 continue

@@ -34,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.protocol import Message, decode, encode, splats_from_fields, splats_to_fields  # noqa: E402
 from shared.splats import Splats  # noqa: E402
 
-FORMATS = {"ply": ".ply", "compressed_ply": ".compressed.ply", "splat": ".splat", "spz": ".spz"}
+# format label -> (format, extension, writer options)
+FORMATS = {"ply": ("ply", ".ply", {}), "compressed_ply": ("compressed_ply", ".compressed.ply", {}),
+           "splat": ("splat", ".splat", {}), "spz v4": ("spz", ".spz", {}), "spz v3": ("spz", ".spz", {"version": 3}),
+           "sog": ("sog", ".sog", {})}
 JOB = "0" * 32
 
 
@@ -124,20 +127,20 @@ def bench_formats(splats: Splats) -> None:
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt, ext in FORMATS.items():
+        for label, (fmt, ext, options) in FORMATS.items():
             path = os.path.join(tmp, "bench" + ext)
             try:
                 t = time.perf_counter()
-                write_splats(path, splats, format=fmt)
+                write_splats(path, splats, format=fmt, **options)
                 t_write = time.perf_counter() - t
                 t = time.perf_counter()
                 back = read_splats(path)
                 t_read = time.perf_counter() - t
             except Exception as exc:  # report and go on with the next format
-                rows.append([fmt, "-", "-", "-", "-", f"{type(exc).__name__}: {exc}"[:60]])
+                rows.append([label, "-", "-", "-", "-", f"{type(exc).__name__}: {exc}"[:60]])
                 continue
             size = os.path.getsize(path)
-            rows.append([fmt, f"{t_write:.3f}", f"{t_read:.3f}", f"{size / 1e6:.1f}",
+            rows.append([label, f"{t_write:.3f}", f"{t_read:.3f}", f"{size / 1e6:.1f}",
                          f"{size / len(splats):.1f}", f"n={len(back):,} deg={back.sh_degree}"])
             os.remove(path)
     print_table(f"Formats: {len(splats):,} splats, SH degree {splats.sh_degree} (one run each)",

@@ -70,7 +70,7 @@ def bench_store(n: int) -> None:
 
 def bench_knn(p: int, reference: bool) -> None:
     import torch
-    from backend.trainer import knn_mean_distance
+    from backend.params import knn_mean_distance
     torch.set_num_threads(1)
     pts = torch.from_numpy(np.random.default_rng(0).normal(size=(p, 3)).astype(np.float32))
     t0 = time.perf_counter()

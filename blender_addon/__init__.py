@@ -21,6 +21,7 @@ MODULES: tuple[str, ...] = (
     "backend_process",
     "rig",
     "capture",
+    "webp_codec",
     "io_ops",
     "ops_train",
     "ops_generate",

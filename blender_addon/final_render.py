@@ -6,7 +6,8 @@ module renders them deliberately, per still or per animation frame:
 1. **Scene**: ``bpy.ops.render.render`` with the scene's own engine and settings (Cycles, EEVEE or
    Workbench; compositing and the sequencer as the user set them). Two things are read back from
    the Render Result (the splat objects drawn in step 2 have their ``native_render`` modifier
-   off meanwhile, so they are not in it twice), each through a temporary file (headless Blender
+   off meanwhile and native splat point clouds are hidden from it, so they are not in it twice),
+   each through a temporary file (headless Blender
    has no readable Render Result pixels):
 
    * the *Combined* image **display-referred**, i.e. with the scene's view transform, look,
@@ -570,11 +571,14 @@ def render_still(scene, view_layer, write_path: str | None = None) -> StillResul
         # depsgraph: their matrix_world would be stale. Enabled while their transforms are read.
         for owner in _viewport_disabled(view_layer, objects):
             s.set(owner, "hide_viewport", False)
-        # splats drawn here exactly are not also rendered as native-render spheres
+        # splats drawn here exactly are not also rendered as native-render spheres, nor (native
+        # point clouds, Blender 5.3+) by Blender's own splat renderer
         for obj in objects:
             mod = obj.modifiers.get(NATIVE_MODIFIER)
             if mod is not None and mod.show_render:
                 s.set(mod, "show_render", False)
+            if obj.type == "POINTCLOUD":
+                s.set(obj, "hide_render", True)
         base = render_scene(scene, view_layer, workdir)      # updates the view layer
         warnings = []
         if objects:

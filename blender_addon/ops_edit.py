@@ -68,12 +68,8 @@ def edit_params(settings) -> dict:
 
 
 def selected_splats(obj) -> np.ndarray:
-    """bool[N]: which splats (vertices) of splat object ``obj`` are selected (Edit Mode's selection)."""
-    if obj.mode == "EDIT":
-        obj.update_from_editmode()
-    sel = np.zeros(len(obj.data.vertices), dtype=bool)
-    obj.data.vertices.foreach_get("select", sel)
-    return sel
+    """bool[N]: which splats of splat object ``obj`` are selected (Edit Mode's selection)."""
+    return splat_object.selected_splats(obj)
 
 
 def _jobs(scene) -> dict:

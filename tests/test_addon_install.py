@@ -109,7 +109,16 @@ SCRIPT = textwrap.dedent(r'''
         os.path.basename(info): [ln.split(": ", 1)[1] for ln in open(os.path.join(info, "WHEEL")).read().splitlines()
                                  if ln.startswith("Tag: ")]
         for info in glob.glob(os.path.join(site, "*.dist-info"))}
-    import zmq, msgpack  # whatever Blender put on sys.path for the bundled wheels
+    import zmq, msgpack, zstandard, importlib  # whatever Blender put on sys.path for the bundled wheels
+    # the add-on's own .spz version 4 path works with the bundled zstandard
+    formats = importlib.import_module(PKG + ".shared.formats")
+    splats_mod = importlib.import_module(PKG + ".shared.splats")
+    import numpy as np, tempfile
+    s = splats_mod.Splats(np.zeros((2, 3)), [[1, 0, 0, 0]] * 2, np.zeros((2, 3)), np.zeros(2), np.zeros((2, 3)))
+    spz = os.path.join(tempfile.mkdtemp(), "a.spz")
+    formats.write_splats(spz, s)
+    with open(spz, "rb") as f:
+        out["spz_v4"] = [f.read(4).decode(), len(formats.read_splats(spz))]
     out["after_enable"] = snapshot()
     for cycle in range(2):
         addon_utils.disable(PKG, default_set=True)
@@ -178,10 +187,12 @@ def test_installs_and_enables(install_result):
 def test_bundled_wheels_installed_for_this_python(install_result):
     """Blender installs only the wheels for its own platform and Python (here Linux, the running one)."""
     r = install_result
-    assert {"zmq", "msgpack"} <= set(r["site_packages"]), r["site_packages"]
+    assert {"zmq", "msgpack", "zstandard"} <= set(r["site_packages"]), r["site_packages"]
     tags = r["wheel_tags"]
     pins = build.pinned_versions()
-    assert sorted(tags) == [f"msgpack-{pins['msgpack']}.dist-info", f"pyzmq-{pins['pyzmq']}.dist-info"], tags
+    assert sorted(tags) == [f"msgpack-{pins['msgpack']}.dist-info", f"pyzmq-{pins['pyzmq']}.dist-info",
+                            f"zstandard-{pins['zstandard']}.dist-info"], tags
+    assert r["spz_v4"] == ["NGSP", 2]   # .spz version 4 written and read inside Blender with the bundled zstd
     py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     # This Python's own ABI, or the stable ABI from an older 3.x (pyzmq ships cp312-abi3, which
     # Blender 5.1+ with Python 3.13 installs).

@@ -56,7 +56,7 @@ def test_every_listed_wheel_is_in_the_zip_and_none_unlisted(built_addon):
 @pytest.mark.parametrize("platform", list(BLENDER_PLATFORM))
 def test_blender_picks_one_wheel_of_each_package(built_addon, monkeypatch, platform, python):
     """Blender's own install-time filter (bl_pkg), run as that platform and Python, finds exactly
-    one pyzmq and one msgpack wheel: cp311 for Blender 4.2-5.0, cp313 (or abi3) for 5.1+."""
+    one pyzmq, one msgpack and one zstandard wheel: cp311 for Blender 4.2-5.0, cp313 (or abi3) for 5.1+."""
     import bpy  # noqa: F401  (puts Blender's bundled add-ons on sys.path)
     import bl_pkg.bl_extension_ops as ext_ops
     m = _manifest(built_addon)
@@ -65,7 +65,7 @@ def test_blender_picks_one_wheel_of_each_package(built_addon, monkeypatch, platf
     chosen = ext_ops._extensions_wheel_filter_for_this_system(m["wheels"])
     monkeypatch.undo()
     names = sorted(w.rsplit("/", 1)[-1].split("-")[0].lower() for w in chosen)
-    assert names == ["msgpack", "pyzmq"], (platform, python, chosen)
+    assert names == ["msgpack", "pyzmq", "zstandard"], (platform, python, chosen)
     # build.py's own check agrees with Blender's filter on every wheel
     for wheel in m["wheels"]:
         parsed = build.WheelName.parse(wheel.rsplit("/", 1)[-1])

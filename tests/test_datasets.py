@@ -270,3 +270,22 @@ def test_transforms_json_initial_points_from_a_point_ply(tmp_path):
     ply.write_bytes(header.encode() + rec.tobytes()[:-5])
     with pytest.raises(DatasetError, match=r"points\.ply: element 'vertex': truncated"):
         load_dataset(tmp_path)
+
+
+def test_blendernerf_points3d_ply_is_found_by_name(tmp_path):
+    """BlenderNeRF writes points3d.ply beside transforms.json with no ply_file_path key; like the
+    3DGS reference loader, we take it by name. An explicit ply_file_path still wins."""
+    write_png(tmp_path / "r_0.png", 8, 6, 0)
+    meta = {"camera_angle_x": 0.7, "frames": [{"file_path": "r_0", "transform_matrix": BLENDER_C2W}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    assert load_dataset(tmp_path).points is None
+    pts = np.array([[0.5, 0.0, 0.25], [-1.0, 2.0, 3.0]], np.float32)
+    header = ("ply\nformat binary_little_endian 1.0\nelement vertex 2\n"
+              + "".join(f"property float {a}\n" for a in "xyz") + "end_header\n")
+    (tmp_path / "points3d.ply").write_bytes(header.encode() + pts.tobytes())
+    np.testing.assert_array_equal(load_dataset(tmp_path).points, pts)
+    other = pts * 2
+    (tmp_path / "other.ply").write_bytes(header.encode() + other.tobytes())
+    meta["ply_file_path"] = "other.ply"
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    np.testing.assert_array_equal(load_dataset(tmp_path).points, other)

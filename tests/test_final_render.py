@@ -510,6 +510,7 @@ def test_native_render_instances_are_left_out_of_the_scene_render(fr, so, gpu_re
     scene = bpy.context.scene
     _scene(bpy, so)
     nr = importlib.import_module("splatbridge.native_render")
+    so.convert_splat_object(bpy.data.objects["Near"], native=False)   # the modifier is for mesh objects
     plain = fr.render_still(scene, bpy.context.view_layer)
     mod = nr.ensure_native_render(bpy.data.objects["Near"], True)
     res = fr.render_still(scene, bpy.context.view_layer)

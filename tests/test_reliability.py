@@ -528,7 +528,7 @@ def test_old_records_compact_and_stay_readable(tmp_path):
 def test_knn_scales_match_brute_force():
     """Defect 8 (correctness of the O(N log N) replacement): the KD-tree gives the same RMS
     distance to the 3 nearest other points as brute force, duplicates included."""
-    from backend.trainer import knn_mean_distance
+    from backend.params import knn_mean_distance
     rng = np.random.default_rng(3)
     pts = rng.normal(size=(1500, 3)).astype(np.float32)
     pts[10] = pts[11]                                     # a duplicate point
@@ -560,7 +560,8 @@ def test_cancel_during_nearest_neighbour_init_is_prompt():
     """Defect 8: the trainer's O(N^2) nearest-neighbour init never polled cancel (25k/50k/100k
     points: 9/34/139 s). Now it is a KD-tree polled between chunks: a cancel during it ends the
     job at once with ``cancelled``."""
-    from backend.trainer import TrainSettings, train
+    from backend.trainer import train
+    from shared.jobkinds.train import SPEC as TRAIN
     rng = np.random.default_rng(0)
     n = 100_000
     points = rng.normal(size=(n, 3)).astype(np.float32)
@@ -572,7 +573,7 @@ def test_cancel_during_nearest_neighbour_init_is_prompt():
     t0 = time.perf_counter()
     with pytest.raises(JobError) as e:
         train(images, viewmats, Ks, points, None,
-              TrainSettings(steps=5, max_gaussians=n, holdout_every=0), ctx)
+              TRAIN.make(steps=5, max_gaussians=n, holdout_every=0), ctx)
     elapsed = time.perf_counter() - t0
     assert e.value.code == "cancelled" and "nearest-neighbour" in e.value.message, e.value.message
     assert elapsed < 10, f"cancel took {elapsed:.1f} s"
@@ -582,7 +583,8 @@ def test_cancel_while_reading_a_dataset(tmp_path):
     """Defect 8 (datasets reading): the dataset reader polls cancel before each image."""
     from PIL import Image
     from backend.datasets import DatasetCancelled, load_dataset
-    from backend.trainer import TrainSettings, train_from_dataset
+    from backend.trainer import train_from_dataset
+    from shared.jobkinds.train import SPEC as TRAIN
     frames = []
     for i in range(6):
         Image.fromarray(np.full((8, 8, 4), 200, np.uint8)).save(tmp_path / f"f{i}.png")
@@ -596,7 +598,7 @@ def test_cancel_while_reading_a_dataset(tmp_path):
         load_dataset(tmp_path, should_stop=ctx.should_stop)
     assert ctx.polls == 3                       # stopped at the third image, not after all six
     with pytest.raises(JobError) as e:
-        train_from_dataset(str(tmp_path), TrainSettings(steps=5), _StopAfter(polls=1))
+        train_from_dataset(str(tmp_path), TRAIN.make(steps=5), _StopAfter(polls=1))
     assert e.value.code == "cancelled" and "dataset" in e.value.message
 
 

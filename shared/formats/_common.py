@@ -260,3 +260,177 @@ def write_binary_ply(path: PathLike, elements: list[tuple[str, list[tuple[str, s
         f.write(("\n".join(lines) + "\n").encode("ascii"))
         for _, _, data in elements:
             np.ascontiguousarray(data).tofile(f)
+
+
+# -- one rule for non-finite values in every reader ---------------------------------------
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+def clamp_infinite(path: PathLike, where: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 with +-inf clamped to the nearest finite float32 (+-3.4e38).
+
+    The one rule every reader applies to opacity and scale (splat-transform writes +inf opacity
+    for fully opaque splats). NaN is never guessed: it raises SplatFormatError naming `where`
+    (the property or field) and the first splat that has it.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    nan = np.isnan(values)
+    if nan.any():
+        first = int(np.argmax(nan.reshape(len(values), -1).any(axis=1))) if values.ndim else 0
+        raise SplatFormatError(path, where, f"contains NaN (first at splat {first})")
+    if np.isinf(values).any():
+        values = np.clip(values, -_F32_MAX, _F32_MAX)
+    return values
+
+
+def check_finite(path: PathLike, where: str, values: np.ndarray) -> None:
+    """SplatFormatError naming `where` when `values` holds NaN or +-inf (positions, rotations,
+    colours: fields where no clamp would be right)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        flat = bad.reshape(len(values), -1).any(axis=1) if values.ndim else bad
+        first = int(np.argmax(flat))
+        what = "NaN" if np.isnan(values).any() else "Inf"
+        raise SplatFormatError(path, where, f"contains {what} (first at splat {first})")
+
+
+# -- bounded decompression ------------------------------------------------------------------
+
+#: Most output one input byte of a deflate stream can produce (258 bytes per 2 bits, plus slack).
+GZIP_MAX_RATIO = 1032
+#: The same bound for zstd (the reference spz loader uses 1024 for its whole file).
+ZSTD_MAX_RATIO = 1 << 15
+
+
+def check_declared_size(path: PathLike, where: str, declared: int, compressed_size: int, ratio: int) -> None:
+    """SplatFormatError when a header declares more decompressed bytes than `compressed_size`
+    bytes of the codec can produce: the header lies (damaged or hostile), and nothing is read."""
+    if declared > compressed_size * ratio + 4096:
+        raise SplatFormatError(path, where, f"declares {declared} bytes of data, more than the "
+                               f"{compressed_size}-byte compressed stream can hold (at most "
+                               f"{compressed_size * ratio + 4096}); damaged or hostile file")
+
+
+class BoundedGunzip:
+    """Incremental gzip decompression that never produces more than asked for.
+
+    ``read(n)`` returns exactly n bytes or raises SplatFormatError (truncated / corrupt), so a
+    reader can read a header, compute the payload size it declares and then read just that;
+    :meth:`expect_end` then fails if the stream holds more (a decompression bomb). Peak memory is
+    the bytes read plus the compressed input.
+    """
+
+    def __init__(self, path: PathLike, data: bytes) -> None:
+        import zlib
+        self.path = path
+        self._zlib = zlib
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._pending = memoryview(data)
+        self.compressed_size = len(data)
+        self.produced = 0
+
+    def read(self, n: int, what: str = "data") -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            try:
+                if self._d.unconsumed_tail:
+                    chunk = self._d.decompress(self._d.unconsumed_tail, n - got)
+                elif self._pending is not None and len(self._pending):
+                    src, self._pending = self._pending, None
+                    chunk = self._d.decompress(src, n - got)
+                else:
+                    chunk = b""
+            except self._zlib.error as exc:
+                raise SplatFormatError(self.path, "gzip stream", f"corrupt ({exc})") from None
+            if not chunk:
+                if self._d.eof and self._d.unused_data[:2] == b"\x1f\x8b":  # a second gzip member
+                    rest = self._d.unused_data
+                    self._d = self._zlib.decompressobj(16 + self._zlib.MAX_WBITS)
+                    self._pending = memoryview(rest)
+                    continue
+                raise SplatFormatError(self.path, what, f"truncated: needed {n} bytes of {what}, the gzip "
+                                       f"stream ended after {got} (at byte {self.produced + got} of its output)")
+            parts.append(chunk)
+            got += len(chunk)
+        self.produced += got
+        return b"".join(parts)
+
+    def expect_end(self, declared: str) -> None:
+        """SplatFormatError if the stream produces any byte beyond what was read."""
+        try:
+            extra = self._d.decompress(self._d.unconsumed_tail, 1) if self._d.unconsumed_tail else (
+                self._d.decompress(self._pending, 1) if self._pending is not None and len(self._pending) else b"")
+        except self._zlib.error as exc:
+            raise SplatFormatError(self.path, "gzip stream", f"corrupt after the data ({exc})") from None
+        if extra:
+            raise SplatFormatError(self.path, "gzip stream", f"holds more data than {declared} "
+                                   "(a decompression bomb or a damaged file); refused")
+
+
+def bounded_zstd(path: PathLike, where: str, data: bytes, size: int) -> bytes:
+    """Decompress one zstd frame that must hold exactly `size` bytes, never producing more than
+    size + 1 (so a bomb costs no memory). Needs the ``zstandard`` package (imported here, lazily)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise SplatFormatError(path, where, "zstd-compressed data needs the 'zstandard' package, which is "
+                               "not installed (the SplatBridge extension bundles it)") from None
+    import io
+    check_declared_size(path, where, size, len(data), ZSTD_MAX_RATIO)
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False) as r:
+            out = bytearray()
+            while len(out) < size + 1:
+                chunk = r.read(size + 1 - len(out))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise SplatFormatError(path, where, f"corrupt zstd data ({exc})") from None
+    if len(out) != size:
+        problem = (f"decompresses to more than the {size} bytes declared (a decompression bomb or a damaged "
+                   "file); refused" if len(out) > size else
+                   f"truncated: decompresses to {len(out)} bytes, {size} declared")
+        raise SplatFormatError(path, where, problem)
+    return bytes(out)
+
+
+#: the fields whose +-inf the readers clamp (everything else non-finite is an error)
+CLAMPED_FIELDS = ("opacities", "scales")
+
+
+def build_splats(path: PathLike, arrays: dict[str, np.ndarray],
+                 labels: dict[str, list[str]] | None = None) -> "Splats":
+    """Splats from decoded field arrays, with the one non-finite rule of every reader.
+
+    +-inf in ``opacities`` or ``scales`` clamps to the nearest finite float32 (:func:`clamp_infinite`);
+    NaN anywhere, or +-inf elsewhere, raises SplatFormatError naming the file's own property
+    (``labels[field][column]``, e.g. ``"element 'vertex' property 'opacity'"``) and the first splat.
+    """
+    from ..splats import SplatError, Splats
+    labels = labels or {}
+    out: dict[str, np.ndarray] = {}
+    for field, arr in arrays.items():
+        arr = np.asarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            n = arr.shape[0]
+            cols = arr.reshape(n, -1)
+            names = labels.get(field) or [f"field '{field}'"]
+            for j in range(cols.shape[1]):
+                col = cols[:, j]
+                if np.isfinite(col).all():
+                    continue
+                where = names[j] if j < len(names) else names[0]
+                if field in CLAMPED_FIELDS:
+                    clamp_infinite(path, where, col)   # raises on NaN
+                else:
+                    check_finite(path, where, col)
+            if field in CLAMPED_FIELDS:
+                arr = np.clip(arr, -_F32_MAX, _F32_MAX)
+        out[field] = arr
+    try:
+        return Splats(**out)
+    except SplatError as exc:
+        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None

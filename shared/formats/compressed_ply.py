@@ -31,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..sh import SH_C0
-from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import (PathLike, PlyHeader, SplatFormatError, check_property, column, read_ply_elements,
-                      read_ply_header, write_binary_ply)
+from ..splats import Splats, logit, sigmoid
+from ._common import (PathLike, PlyHeader, SplatFormatError, build_splats, check_property, column,
+                      read_ply_elements, read_ply_header, write_binary_ply)
 
 CHUNK_SIZE = 256
 CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
@@ -240,9 +240,10 @@ def read_compressed_ply(path: PathLike, header: PlyHeader | None = None) -> Spla
         shN = _SH_DECODE[raw].reshape(n, 3, k).transpose(0, 2, 1)
     else:
         shN = np.zeros((n, 0, 3))
-    try:
-        return Splats(means=means, quats=quats, scales=scales,
-                      opacities=logit(c8[:, 3], eps=1e-6),
+    with np.errstate(invalid="ignore", over="ignore"):
+        arrays = dict(means=means, quats=quats, scales=scales, opacities=logit(c8[:, 3], eps=1e-6),
                       sh0=(rgb - 0.5) / SH_C0, shN=np.ascontiguousarray(shN))
-    except SplatError as exc:
-        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
+    return build_splats(path, arrays, {
+        "means": [f"element 'chunk' bounds of {a}" for a in "xyz"],
+        "scales": [f"element 'chunk' bounds of scale_{a}" for a in "xyz"],
+        "sh0": [f"element 'chunk' bounds of {c}" for c in "rgb"]})

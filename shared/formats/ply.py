@@ -12,14 +12,20 @@ unchanged and the user orients it in Blender.
 Reading accepts any property order, extra properties (ignored), float or double properties,
 missing normals, ascii / binary_little_endian / binary_big_endian, and other elements before or
 after ``vertex`` (skipped). The round trip is exact (float32).
+
+Non-finite values (the rule of every reader, ``_common.build_splats``): +-inf in ``opacity`` or
+``scale_*`` clamps to the nearest finite float32 (splat-transform writes +inf opacity for fully
+opaque splats); NaN anywhere, or inf in any other property, is an error naming the property.
+SH degree 0 is written with 45 zero ``f_rest_*`` by default (some tools require them), marked
+by the header comment ``splatbridge sh_degree 0`` so that it reads back as degree 0.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..sh import REST_COUNT
-from ..splats import SplatError, Splats
-from ._common import (PathLike, SplatFormatError, check_property, column, read_ply_elements,
+from ..splats import Splats
+from ._common import (PathLike, SplatFormatError, build_splats, check_property, column, read_ply_elements,
                       read_ply_header, write_binary_ply)
 
 REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -33,8 +39,17 @@ def property_names(k: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
-def write_ply(path: PathLike, splats: Splats) -> None:
-    """Write `splats` as a 3DGS reference PLY (exact float32 values)."""
+def write_ply(path: PathLike, splats: Splats, zero_rest_for_degree0: bool = True) -> None:
+    """Write `splats` as a 3DGS reference PLY (exact float32 values).
+
+    ``zero_rest_for_degree0`` (default on): SH-degree-0 splats are written with 45 zero
+    ``f_rest_*`` (the degree-3 layout the reference code writes), for tools that require them;
+    a header comment lets our reader give back degree 0. Off: no ``f_rest_*`` at all.
+    """
+    comments: tuple[str, ...] = ()
+    if zero_rest_for_degree0 and splats.shN.shape[1] == 0:
+        splats = splats.with_sh_degree(3)
+        comments = ("splatbridge sh_degree 0",)
     n, k = splats.means.shape[0], splats.shN.shape[1]
     names = property_names(k)
     table = np.empty((n, len(names)), dtype="<f4")
@@ -47,7 +62,7 @@ def write_ply(path: PathLike, splats: Splats) -> None:
     table[:, rest_end] = splats.opacities
     table[:, rest_end + 1: rest_end + 4] = splats.scales
     table[:, rest_end + 4: rest_end + 8] = splats.quats
-    write_binary_ply(path, [("vertex", [(p, "float") for p in names], table)])
+    write_binary_ply(path, [("vertex", [(p, "float") for p in names], table)], comments)
 
 
 def _rest_count(path: PathLike, names: list[str]) -> int:
@@ -103,7 +118,8 @@ def read_ply(path: PathLike) -> Splats:
         arrays = {field: np.stack([column(path, header, vertex, data, p) for p in props], axis=-1)
                   .reshape(shapes[field]) if props else np.zeros(shapes[field], np.float32)
                   for field, props in fields.items()}
-    try:
-        return Splats(**arrays)
-    except SplatError as exc:
-        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
+    labels = {field: [f"element 'vertex' property '{p}'" for p in props] for field, props in fields.items()}
+    splats = build_splats(path, arrays, labels)
+    if k and "splatbridge sh_degree 0" in header.comments and not splats.shN.any():
+        splats = splats.with_sh_degree(0)  # our own zero-padded degree-0 file: exact round trip
+    return splats

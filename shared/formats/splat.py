@@ -24,8 +24,8 @@ import os
 import numpy as np
 
 from ..sh import SH_C0
-from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import PathLike, SplatFormatError
+from ..splats import Splats, logit, sigmoid
+from ._common import PathLike, SplatFormatError, build_splats
 
 RECORD = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)),
                    ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
@@ -53,21 +53,24 @@ def encode_splat(splats: Splats) -> np.ndarray:
     return rec
 
 
-def decode_splat(rec: np.ndarray) -> Splats:
-    """Splats from a structured array of .splat records (dtype RECORD)."""
+def decode_splat(rec: np.ndarray, path: PathLike = "<.splat data>") -> Splats:
+    """Splats from a structured array of .splat records (dtype RECORD); +inf scales clamp
+    (``_common.build_splats``), NaN is an error naming the field."""
     n = len(rec)
     q = (rec["rot"].astype(np.float32) - 128.0) / 128.0
     norm = np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(norm > 0, q / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
     alpha = rec["rgba"][:, 3].astype(np.float64) / 255.0
-    return Splats(
+    with np.errstate(invalid="ignore"):
+        scales = np.log(np.where(np.isnan(rec["scale"]), np.nan, np.maximum(rec["scale"], _MIN_SCALE)))
+    return build_splats(path, dict(
         means=rec["position"].astype(np.float32),
         quats=q.astype(np.float32),
-        scales=np.log(np.maximum(rec["scale"].astype(np.float32), _MIN_SCALE)),
+        scales=scales.astype(np.float32),
         opacities=logit(alpha, eps=_ALPHA_EPS),
         sh0=((rec["rgba"][:, :3].astype(np.float32) / 255.0 - 0.5) / SH_C0).astype(np.float32),
         shN=np.zeros((n, 0, 3), np.float32),
-    )
+    ), {"means": ["position x", "position y", "position z"], "scales": ["scale x", "scale y", "scale z"]})
 
 
 def write_splat(path: PathLike, splats: Splats) -> None:
@@ -84,13 +87,7 @@ def read_splat(path: PathLike) -> Splats:
                                f"({size // RECORD.itemsize} records + {size % RECORD.itemsize} bytes; "
                                "truncated or not a .splat file)")
     rec = np.fromfile(path, dtype=RECORD)
-    bad = ~np.isfinite(rec["position"]).all(axis=1) | ~np.isfinite(rec["scale"]).all(axis=1)
-    if bad.any():
-        raise SplatFormatError(path, f"record {int(np.argmax(bad))}", "position or scale is NaN or Inf")
     neg = (rec["scale"] < 0).any(axis=1)
     if neg.any():
         raise SplatFormatError(path, f"record {int(np.argmax(neg))}", "negative scale")
-    try:
-        return decode_splat(rec)
-    except SplatError as exc:
-        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
+    return decode_splat(rec, path)

@@ -17,9 +17,20 @@ Blender's RFU (x right, y forward, z up), so the writer rotates by -90 degrees a
 RUB)`` in the reference does) and the reader rotates back. A Z-up Blender scene therefore
 opens upright in Y-up web viewers, and a Y-up .spz capture opens upright in Blender.
 
-Reading supports versions 1-3 (raw or gzipped), SH degree 0-4 (degree 4 is truncated to 3, with
-a warning, since our model stops at 3); files with extensions (flag 0x2) or version 4 (the newer
-non-gzip container) raise SplatFormatError. The antialiased flag is not kept.
+Version 4 (the reference's default since 2025, ``NgspFileHeader``) is not gzipped: a 32-byte
+header (magic, version, N, SH degree, fractional bits, flags, u8 number of streams, u32 byte
+offset of the table of contents, 12 reserved bytes), then the TOC (per stream u64 compressed and
+u64 uncompressed size) and one zstd frame per non-empty column, in the order above. Its columns
+are those of version 3 (24-bit positions, smallest-three rotations). Writing defaults to version
+4 (zstd level 12, as the reference); ``version=3`` or ``2`` writes the gzipped forms for older
+readers. zstd comes from the ``zstandard`` package, imported only on the version-4 path.
+
+Reading supports versions 1-4 (v1-3 gzipped or raw), SH degree 0-4 (degree 4 is truncated to 3,
+with a warning, since our model stops at 3); files with extensions (flag 0x2) raise
+SplatFormatError. Decompression is bounded by the header: a gzip stream is inflated only as far
+as the declared splats need (and refused if more follows), a zstd stream only to its declared
+size, and a header that declares more data than the compressed bytes could hold is refused
+before anything is inflated. The antialiased flag is not kept.
 
 Round-trip bounds (read(write(s)) vs s, coordinates rotated and back): position within
 2^-(fb+1) m, fb = 12 (0.12 mm) unless the scene is larger than 2048 m, when fewer fractional bits
@@ -36,16 +47,22 @@ from __future__ import annotations
 
 import gzip
 import warnings
-import zlib
 
 import numpy as np
 
 from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import PathLike, SplatFormatError
+from ._common import (GZIP_MAX_RATIO, BoundedGunzip, PathLike, SplatFormatError, bounded_zstd,
+                      check_declared_size)
 
 MAGIC = 0x5053474E
 HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_points", "<u4"), ("sh_degree", "u1"),
                    ("fractional_bits", "u1"), ("flags", "u1"), ("reserved", "u1")])
+# version 4 (load-spz.cc NgspFileHeader): 32 bytes, then the TOC (u64 compressed, u64 uncompressed
+# size per stream) at toc_offset, then the zstd frames in TOC order
+HEADER_V4 = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_points", "<u4"), ("sh_degree", "u1"),
+                      ("fractional_bits", "u1"), ("flags", "u1"), ("num_streams", "u1"),
+                      ("toc_offset", "<u4"), ("reserved", "u1", (12,))])
+assert HEADER_V4.itemsize == 32
 FLAG_ANTIALIASED = 0x1
 FLAG_EXTENSIONS = 0x2
 COLOR_SCALE = 0.15
@@ -135,11 +152,12 @@ def _quantize_sh(x: np.ndarray, bits: int, block: int = 1 << 16) -> np.ndarray:
     return out
 
 
-def encode_spz(splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4,
-               antialiased: bool = False) -> bytes:
-    """The uncompressed .spz payload (header + columns) for `splats` (in our world, RFU)."""
-    if version not in (2, 3):
-        raise ValueError(f"spz version {version} cannot be written (2 or 3)")
+def _pack_columns(splats: Splats, version: int, sh1_bits: int, sh_rest_bits: int
+                  ) -> tuple[int, int, int, list[np.ndarray]]:
+    """(N, SH degree, fractional bits, [positions, alphas, colours, scales, rotations, sh]) as
+    uint8/uint32 column arrays of the spz layout, for `splats` in our world (RFU)."""
+    if version not in (2, 3, 4):
+        raise ValueError(f"spz version {version} cannot be written (2, 3 or 4)")
     if not (1 <= sh1_bits <= 8 and 1 <= sh_rest_bits <= 8):
         raise ValueError(f"SH bits must be 1..8, got sh1_bits={sh1_bits}, sh_rest_bits={sh_rest_bits}")
     s = splats.transform(RFU_TO_RUB)
@@ -159,52 +177,65 @@ def encode_spz(splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits
     colors = _to_u8(s.sh0 * np.float32(COLOR_SCALE * 255.0) + np.float32(0.5 * 255.0))
     scales = _to_u8((s.scales + np.float32(10.0)) * np.float32(16.0))
     xyzw = s.quats[:, [1, 2, 3, 0]]
-    rotations = pack_quats_v3(xyzw).astype("<u4") if version == 3 else pack_quats_v2(xyzw)
+    rotations = pack_quats_v3(xyzw).astype("<u4") if version >= 3 else pack_quats_v2(xyzw)
     sh = np.empty((n, k, 3), np.uint8)
     if k:
         sh[:, :3] = _quantize_sh(s.shN[:, :3], sh1_bits)
         sh[:, 3:] = _quantize_sh(s.shN[:, 3:], sh_rest_bits)
+    return n, degree, frac_bits, [positions, alphas, colors, scales, rotations, sh]
 
+
+def encode_spz(splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4,
+               antialiased: bool = False) -> bytes:
+    """The uncompressed legacy (v2/v3) .spz payload (16-byte header + columns) for `splats`."""
+    if version not in (2, 3):
+        raise ValueError(f"encode_spz makes the legacy payload of version 2 or 3, not {version}")
+    n, degree, frac_bits, cols = _pack_columns(splats, version, sh1_bits, sh_rest_bits)
     header = np.zeros(1, HEADER)
     header[0] = (MAGIC, version, n, degree, frac_bits, FLAG_ANTIALIASED if antialiased else 0, 0)
-    return b"".join(a.tobytes() for a in (header, positions, alphas, colors, scales, rotations, sh))
+    return b"".join(a.tobytes() for a in [header] + cols)
 
 
-def decode_spz(path: PathLike, data: bytes) -> Splats:
-    """Splats (in our world, RFU) from an uncompressed .spz payload; `path` is for messages."""
-    if len(data) < 8:
-        raise SplatFormatError(path, "header", f"only {len(data)} bytes (a .spz header is 16)")
-    magic, version = np.frombuffer(data, "<u4", 2)
-    if magic != MAGIC:
-        raise SplatFormatError(path, "header magic", f"0x{int(magic):08x} is not 0x{MAGIC:08x} ('NGSP'); "
-                               "not a .spz file")
-    if version not in (1, 2, 3):
-        raise SplatFormatError(path, "header version", f"version {int(version)} is not supported (1, 2 or 3)")
-    if len(data) < HEADER.itemsize:
-        raise SplatFormatError(path, "header", f"truncated: {len(data)} bytes (a .spz header is 16)")
-    h = np.frombuffer(data, HEADER, 1)[0]
-    n, degree, frac_bits, flags = int(h["num_points"]), int(h["sh_degree"]), int(h["fractional_bits"]), int(h["flags"])
+def encode_spz_v4(splats: Splats, sh1_bits: int = 5, sh_rest_bits: int = 4, antialiased: bool = False,
+                  level: int = 12) -> bytes:
+    """A complete version-4 .spz file: 32-byte NGSP header, TOC, one zstd frame per non-empty column."""
+    try:
+        import zstandard
+    except ImportError:
+        raise RuntimeError("writing .spz version 4 needs the 'zstandard' package (write version 3 "
+                           "instead, or install zstandard)") from None
+    n, degree, frac_bits, cols = _pack_columns(splats, 4, sh1_bits, sh_rest_bits)
+    raw = [c.tobytes() for c in cols if c.size]
+    cctx = zstandard.ZstdCompressor(level=level)
+    frames = [cctx.compress(r) for r in raw]
+    header = np.zeros(1, HEADER_V4)
+    header[0]["magic"], header[0]["version"], header[0]["num_points"] = MAGIC, 4, n
+    header[0]["sh_degree"], header[0]["fractional_bits"] = degree, frac_bits
+    header[0]["flags"] = FLAG_ANTIALIASED if antialiased else 0
+    header[0]["num_streams"], header[0]["toc_offset"] = len(frames), HEADER_V4.itemsize
+    toc = np.array([(len(f), len(r)) for f, r in zip(frames, raw)], "<u8").reshape(-1, 2)
+    return header.tobytes() + toc.tobytes() + b"".join(frames)
+
+
+def _column_sizes(n: int, version: int, degree: int) -> dict[str, int]:
+    k = SH_DIM[degree]
+    return {"positions": n * (6 if version == 1 else 9), "alphas": n, "colors": n * 3, "scales": n * 3,
+            "rotations": n * (4 if version >= 3 else 3), "sh": n * k * 3}
+
+
+def _check_header(path: PathLike, version: int, degree: int, frac_bits: int, flags: int) -> None:
     if degree not in SH_DIM:
         raise SplatFormatError(path, "header sh_degree", f"SH degree {degree} is not supported (0-4)")
     if flags & FLAG_EXTENSIONS:
         raise SplatFormatError(path, "header flags", "the file has extensions (flag 0x2), which are not supported")
     if frac_bits > 23:
         raise SplatFormatError(path, "header fractional_bits", f"{frac_bits} fractional bits (at most 23 fit)")
-    k = SH_DIM[degree]
-    pos_bytes = 6 if version == 1 else 9
-    rot_bytes = 4 if version == 3 else 3
-    sizes = {"positions": n * pos_bytes, "alphas": n, "colors": n * 3, "scales": n * 3,
-             "rotations": n * rot_bytes, "sh": n * k * 3}
-    need = HEADER.itemsize + sum(sizes.values())
-    if len(data) < need:
-        raise SplatFormatError(path, "data", f"truncated: {n} splats of SH degree {degree} (version "
-                               f"{int(version)}) need {need} bytes after decompression, found {len(data)}")
-    cols: dict[str, np.ndarray] = {}
-    off = HEADER.itemsize
-    for name, size in sizes.items():
-        cols[name] = np.frombuffer(data, np.uint8, size, off)
-        off += size
 
+
+def _decode_columns(path: PathLike, version: int, n: int, degree: int, frac_bits: int,
+                    cols: dict[str, np.ndarray]) -> Splats:
+    """Splats (in our world, RFU) from the uint8 column arrays of any version."""
+    k = SH_DIM[degree]
     if version == 1:
         means = cols["positions"].view("<f2").reshape(n, 3).astype(np.float32)
     else:
@@ -212,7 +243,7 @@ def decode_spz(path: PathLike, data: bytes) -> Splats:
         fixed = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
         fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
         means = fixed.astype(np.float32) * np.float32(1.0 / (1 << frac_bits))
-    if version == 3:
+    if version >= 3:
         xyzw = unpack_quats_v3(cols["rotations"].view("<u4"))
     else:
         xyzw = unpack_quats_v2(cols["rotations"].reshape(n, 3))
@@ -221,7 +252,7 @@ def decode_spz(path: PathLike, data: bytes) -> Splats:
     quats[bad] = (1.0, 0.0, 0.0, 0.0)  # a v2 byte triple outside the unit ball decodes to 0
     sh = _SH_DECODE[cols["sh"].reshape(n, k, 3)]
     if degree == 4:
-        warnings.warn(f"{path}: SH degree 4 truncated to 3 (SplatBridge stores degree 0-3)", stacklevel=3)
+        warnings.warn(f"{path}: SH degree 4 truncated to 3 (SplatBridge stores degree 0-3)", stacklevel=4)
         sh = sh[:, :15]
     try:
         rub = Splats(
@@ -238,23 +269,131 @@ def decode_spz(path: PathLike, data: bytes) -> Splats:
     return rub.transform(RFU_TO_RUB.T)
 
 
-def write_spz(path: PathLike, splats: Splats, version: int = 3, sh1_bits: int = 5, sh_rest_bits: int = 4,
-              compresslevel: int = 6) -> None:
-    """Write `splats` as a gzipped .spz (version 3 by default; 2 for older readers)."""
+def _parse_legacy_header(path: PathLike, head: bytes) -> tuple[int, int, int, int, int]:
+    if len(head) < 8:
+        raise SplatFormatError(path, "header", f"only {len(head)} bytes (a .spz header is 16)")
+    magic, version = np.frombuffer(head, "<u4", 2)
+    if magic != MAGIC:
+        raise SplatFormatError(path, "header magic", f"0x{int(magic):08x} is not 0x{MAGIC:08x} ('NGSP'); "
+                               "not a .spz file")
+    if version not in (1, 2, 3):
+        raise SplatFormatError(path, "header version", f"version {int(version)} is not supported in a gzip "
+                               "stream (1, 2 or 3; version 4 files are not gzipped)")
+    if len(head) < HEADER.itemsize:
+        raise SplatFormatError(path, "header", f"truncated: {len(head)} bytes (a .spz header is 16)")
+    h = np.frombuffer(head, HEADER, 1)[0]
+    version, n, degree = int(h["version"]), int(h["num_points"]), int(h["sh_degree"])
+    frac_bits, flags = int(h["fractional_bits"]), int(h["flags"])
+    _check_header(path, version, degree, frac_bits, flags)
+    return version, n, degree, frac_bits, flags
+
+
+def decode_spz(path: PathLike, data: bytes) -> Splats:
+    """Splats (in our world, RFU) from an uncompressed legacy (v1-v3) payload; `path` is for messages."""
+    version, n, degree, frac_bits, _ = _parse_legacy_header(path, data[:HEADER.itemsize])
+    sizes = _column_sizes(n, version, degree)
+    need = HEADER.itemsize + sum(sizes.values())
+    if len(data) < need:
+        raise SplatFormatError(path, "data", f"truncated: {n} splats of SH degree {degree} (version "
+                               f"{version}) need {need} bytes after decompression, found {len(data)}")
+    cols: dict[str, np.ndarray] = {}
+    off = HEADER.itemsize
+    for name, size in sizes.items():
+        cols[name] = np.frombuffer(data, np.uint8, size, off)
+        off += size
+    return _decode_columns(path, version, n, degree, frac_bits, cols)
+
+
+def _read_gzipped(path: PathLike, raw: bytes) -> Splats:
+    """A gzipped legacy file, decompressed no further than its header declares."""
+    gz = BoundedGunzip(path, raw)
+    head = gz.read(HEADER.itemsize, "header")
+    version, n, degree, frac_bits, _ = _parse_legacy_header(path, head)
+    sizes = _column_sizes(n, version, degree)
+    total = sum(sizes.values())
+    check_declared_size(path, "header num_points", HEADER.itemsize + total, len(raw), GZIP_MAX_RATIO)
+    try:
+        body = gz.read(total, f"the {n} splats the header declares")
+    except SplatFormatError as exc:
+        if "truncated" not in exc.problem:
+            raise
+        raise SplatFormatError(path, "data", f"truncated: {n} splats of SH degree {degree} (version "
+                               f"{version}) need {HEADER.itemsize + total} bytes after decompression, found "
+                               f"{exc.problem.split('ended after ')[1].split(' ')[0]} after the header") from None
+    gz.expect_end(f"the {n} splats its header declares")
+    cols: dict[str, np.ndarray] = {}
+    off = 0
+    for name, size in sizes.items():
+        cols[name] = np.frombuffer(body, np.uint8, size, off)
+        off += size
+    return _decode_columns(path, version, n, degree, frac_bits, cols)
+
+
+def _read_v4(path: PathLike, raw: bytes) -> Splats:
+    """A version-4 file: NGSP header, TOC, zstd streams (each decompressed to exactly its size)."""
+    if len(raw) < HEADER_V4.itemsize:
+        raise SplatFormatError(path, "header", f"truncated: {len(raw)} bytes (a version 4 header is 32)")
+    h = np.frombuffer(raw, HEADER_V4, 1)[0]
+    version, n, degree = int(h["version"]), int(h["num_points"]), int(h["sh_degree"])
+    frac_bits, flags = int(h["fractional_bits"]), int(h["flags"])
+    if version != 4:
+        raise SplatFormatError(path, "header version", f"version {version} is not supported (1-4)")
+    _check_header(path, version, degree, frac_bits, flags)
+    sizes = {k: v for k, v in _column_sizes(n, version, degree).items() if v}
+    num_streams, toc = int(h["num_streams"]), int(h["toc_offset"])
+    if num_streams != len(sizes):
+        raise SplatFormatError(path, "header num_streams", f"{num_streams} streams, expected {len(sizes)} for "
+                               f"{n} splats of SH degree {degree}")
+    if toc < HEADER_V4.itemsize or toc + 16 * num_streams > len(raw):
+        raise SplatFormatError(path, "header toc_offset", f"table of contents at byte {toc} (+{16 * num_streams}) "
+                               f"does not fit the file's {len(raw)} bytes")
+    entries = np.frombuffer(raw, "<u8", 2 * num_streams, toc).reshape(-1, 2)
+    off = toc + 16 * num_streams
+    cols: dict[str, np.ndarray] = {name: np.zeros(0, np.uint8) for name in ("positions", "alphas", "colors",
+                                                                            "scales", "rotations", "sh")}
+    for (name, size), (csize, usize) in zip(sizes.items(), entries.tolist()):
+        if usize != size:
+            raise SplatFormatError(path, f"stream '{name}'", f"declares {usize} bytes, expected {size} for {n} "
+                                   f"splats of SH degree {degree}")
+        if csize > len(raw) - off:
+            raise SplatFormatError(path, f"stream '{name}'", f"truncated: {csize} compressed bytes declared, "
+                                   f"{len(raw) - off} left in the file")
+        cols[name] = np.frombuffer(bounded_zstd(path, f"stream '{name}'", raw[off: off + csize], size), np.uint8)
+        off += csize
+    if off != len(raw):
+        raise SplatFormatError(path, "data", f"{len(raw) - off} bytes after the last stream")
+    return _decode_columns(path, version, n, degree, frac_bits, cols)
+
+
+def write_spz(path: PathLike, splats: Splats, version: int = 4, sh1_bits: int = 5, sh_rest_bits: int = 4,
+              compresslevel: int | None = None) -> None:
+    """Write `splats` as .spz: version 4 (zstd, the reference's default) unless `version` is 3 or 2
+    (gzipped, for older readers). `compresslevel`: zstd level (default 12, the reference's) for v4,
+    gzip level (default 6) for v2/v3."""
+    if version == 4:
+        data = encode_spz_v4(splats, sh1_bits=sh1_bits, sh_rest_bits=sh_rest_bits,
+                             level=12 if compresslevel is None else compresslevel)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     payload = encode_spz(splats, version=version, sh1_bits=sh1_bits, sh_rest_bits=sh_rest_bits)
     with open(path, "wb") as f:
         # mtime=0: the same splats give the same bytes
-        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6 if compresslevel is None else compresslevel,
+                           mtime=0) as gz:
             gz.write(payload)
 
 
 def read_spz(path: PathLike) -> Splats:
-    """Read a .spz file (gzipped, or a raw payload); SplatFormatError names the problem."""
+    """Read a .spz file of any version (v4 NGSP+zstd, gzipped v1-v3, or a raw v1-v3 payload).
+
+    Decompression is bounded by the header: no more than the declared splats' bytes are ever
+    produced, so a decompression bomb fails with SplatFormatError at small memory cost.
+    """
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise SplatFormatError(path, "gzip stream", f"cannot decompress ({exc})") from None
+        return _read_gzipped(path, raw)
+    if len(raw) >= 8 and raw[:4] == b"NGSP" and int(np.frombuffer(raw, "<u4", 1, 4)[0]) >= 4:
+        return _read_v4(path, raw)
     return decode_spz(path, raw)
