@@ -14,7 +14,7 @@ from shared.splats import Splats
 
 from helpers import registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 DATA = Path(__file__).parent / "data" / "splat_transform"
 

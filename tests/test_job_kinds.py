@@ -11,6 +11,8 @@ from shared.jobkinds import load_builtin
 from shared.jobkinds.train import schedule
 from shared.jobspec import JobError, get_spec
 
+pytestmark = pytest.mark.bpy_only
+
 INT32_MAX = 2 ** 31 - 1
 SPECS = {s.kind: s for s in load_builtin()}
 

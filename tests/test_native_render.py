@@ -28,7 +28,7 @@ from shared.splats import Splats
 import native_scene
 from helpers import psnr, registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 BG_DISPLAY = np.array([0.05, 0.1, 0.2])          # background as shown with the Standard view
 # measured (bpy 5.0.1, Cycles CPU, 16 samples, 64x48, k = 3): 23.1 dB display-space, 29.3 dB
@@ -170,6 +170,7 @@ def _reference(splats: Splats, camera, colors_sh0: np.ndarray) -> tuple[np.ndarr
     return rgb[0].numpy(), alpha[0].numpy()
 
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 def test_f12_cycles_render_contains_the_splats(bpy_empty, so, nr, tmp_path, artifacts):
     bpy = bpy_empty
     splats = _cloud(150)

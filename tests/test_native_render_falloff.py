@@ -25,7 +25,7 @@ from shared.splats import Splats
 
 from helpers import registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 W, H = 48, 40
 R_MAX = 2.5            # compare pixels whose ray passes within 2.5 sigma (the sphere is at 3 sigma)

@@ -22,6 +22,8 @@ from shared.splats import Splats, sigmoid
 
 from helpers import psnr, registered
 
+pytestmark = pytest.mark.bpy_only
+
 FLOAT32_TOL = 1e-6
 
 # F12 through Blender's splat renderer against the reference rasterizer (tests/native_scene.py: 150

@@ -13,6 +13,8 @@ from shared.selection import (by_color, by_color_of, by_opacity, by_size, floate
                               inside_mesh, inside_sphere, invert, shrink, splat_sizes)
 from shared.splats import Splats
 
+pytestmark = pytest.mark.bpy_only
+
 
 def grid(step: float = 0.1, half: float = 1.95) -> np.ndarray:
     """Points at odd multiples of step/2 (never on a surface at a multiple of 0.5): 40^3 = 64000."""

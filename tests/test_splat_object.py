@@ -9,7 +9,7 @@ import pytest
 
 from shared.splats import Splats
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 
 @pytest.fixture

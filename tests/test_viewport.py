@@ -17,6 +17,8 @@ from shared.splats import Splats
 
 from helpers import psnr as _psnr
 
+pytestmark = pytest.mark.bpy_only
+
 W, H = 160, 120
 
 
@@ -170,6 +172,7 @@ def addon(addon_dir, gpu_ready):
     return so, draw, matrices, settings
 
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 @pytest.mark.blender
 @pytest.mark.parametrize("sh_degree,where", [(3, "outside"), (0, "outside"), (3, "inside")])
 def test_viewport_matches_reference_rasterizer(addon, gpu_ready, artifacts, sh_degree, where):
