@@ -49,6 +49,7 @@ thread and the worker thread; one lock serialises record writes and the index.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import json
 import math
@@ -58,7 +59,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -327,9 +328,7 @@ class JobStore:
         d = self.job_dir(job_id)
         tmp = d / ".inputs.tmp"
         values = {}
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+        with self._building(job_id, tmp, "the job's inputs"):
             for key, value in payload.items():
                 if isinstance(value, np.ndarray) and valid_job_id(key):
                     _save_npy(tmp / f"{key}.npy", value)
@@ -338,10 +337,19 @@ class JobStore:
             _write_json(tmp / "values.json", values)
             shutil.rmtree(d / "inputs", ignore_errors=True)
             os.replace(tmp, d / "inputs")
+
+    @contextlib.contextmanager
+    def _building(self, job_id: str, tmp: Path, what: str) -> Iterator[None]:
+        """A fresh temporary folder ``tmp`` for the block to fill and rename into place; on any
+        OSError it is removed again (a full disk becomes ``StoreError('disk_full')``)."""
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            yield
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if is_disk_full(exc):
-                raise disk_full_error("the job's inputs") from None
+                raise disk_full_error(what) from None
             raise
         finally:
             self._refresh(job_id)
@@ -690,9 +698,7 @@ class JobStore:
         arrays = splats.to_arrays()
         self.check_space(sum(int(a.nbytes) for a in arrays.values()), "the job's result")
         tmp = d / ".result.tmp"
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+        with self._building(job_id, tmp, "the job's result"):
             for key, arr in arrays.items():
                 _save_npy(tmp / f"{key}.npy", arr)
             _write_json(tmp / "metrics.json", metrics)
@@ -705,13 +711,6 @@ class JobStore:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(d)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc):
-                raise disk_full_error("the job's result") from None
-            raise
-        finally:
-            self._refresh(job_id)
 
     def has_result(self, job_id: str) -> bool:
         return (self.job_dir(job_id) / "result" / "meta.json").is_file()
