@@ -11,7 +11,8 @@ scattered floaters, SH degree ``--degree``. Each line is the median of ``--repea
 operation could do; target under 100 ms each on a 2-core CPU).
 
 Segment: the job (``backend.segment.run_segment_job``) on ``--segment-n`` such splats with 3 labels in
-``--segment-views`` views of ``--segment-res`` px. It stops after ``--segment-budget`` seconds (a
+``--segment-views`` views of ``--segment-res`` px, on ``--segment-backend`` (auto: gsplat on CUDA, the
+fast CPU rasterizer elsewhere; "reference" for the ratio). It stops after ``--segment-budget`` seconds (a
 cancel, as a user would) and prints the time per view and the time for all views (measured when it
 finished, else extrapolated from the views done, and marked so).
 """
@@ -19,17 +20,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+# One BLAS/OpenMP thread unless told otherwise (set before numpy loads OpenBLAS): on a machine shared
+# with other work, multithreaded OpenBLAS spins and a [N,3] x [3,3] product takes seconds, not ms.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench.io import median_time as timed  # noqa: E402  (one warm-up run, then the median)
+from bench.io import median_time  # noqa: E402  (one warm-up run, then the median)
 from shared.color_grade import Grade, grade  # noqa: E402
 from shared.edit_ops import apply_transform, delete, duplicate, merge, separate, split_by_labels  # noqa: E402
 from shared.rotations import quat_to_matrix  # noqa: E402
@@ -73,10 +80,25 @@ def similarity(scale: float = 1.0, translate=(0.0, 0.0, 0.0), angle: float = 0.6
     return m
 
 
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds of this process) of ``fn()``: on a machine shared with
+    other work the CPU time is the steadier figure."""
+    cpu: list[float] = []
+
+    def run() -> None:
+        t = time.process_time()
+        fn()
+        cpu.append(time.process_time() - t)
+
+    wall = median_time(run, repeat)
+    return wall, sorted(cpu[1:])[len(cpu[1:]) // 2]
+
+
 def bench_ops(n: int, degree: int, repeat: int) -> None:
     s = scene(n, degree)
-    print(f"{n} splats, SH degree {degree}; median of {repeat} runs; x = ratio to Splats.copy()")
-    base = timed(s.copy, repeat)
+    print(f"{n} splats, SH degree {degree}; median of {repeat} runs (numpy {np.__version__}, "
+          f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}); x = ratio to Splats.copy() in CPU time")
+    base_wall, base = timed(s.copy, repeat)
     sel = inside_sphere(s, similarity(0.8))
     half = np.zeros(n, bool)
     half[: n // 2] = True
@@ -105,14 +127,16 @@ def bench_ops(n: int, degree: int, repeat: int) -> None:
         ("colour grade (all five)", lambda: grade(s, Grade(0.5, 1.2, 0.8, 30.0, 0.3))),
         ("split by labels (4 labels)", lambda: split_by_labels(s, (np.arange(n) % 4).astype(np.int32))),
     ]
+    print(f"  {'':44s} {'wall':>8s}      {'CPU':>8s}")
     for name, fn in cases:
-        t = base if name.startswith("Splats.copy") else timed(fn, repeat)
+        wall, t = (base_wall, base) if name.startswith("Splats.copy") else timed(fn, repeat)
         flag = "" if t < 0.1 else "   > 100 ms"
-        print(f"  {name:44s} {t * 1000:8.1f} ms   x{t / base:6.1f}{flag}")
+        print(f"  {name:44s} {wall * 1000:8.1f} ms   {t * 1000:8.1f} ms   x{t / base:6.1f}{flag}")
 
 
-def bench_segment(n: int, views: int, res: int, budget: float, device: str) -> None:
+def bench_segment(n: int, views: int, res: int, budget: float, device: str, backend: str = "auto") -> None:
     import torch
+    from backend.render import resolve_backend
     from backend.segment import run_segment_job
     from edit_scenes import orbit_rig
 
@@ -135,14 +159,13 @@ def bench_segment(n: int, views: int, res: int, budget: float, device: str) -> N
 
     ctx = Ctx()
     t = time.perf_counter()
-    res_ = run_segment_job({}, {"splats": s.to_arrays(), "labels": labels, "viewmats": viewmats, "Ks": Ks}, ctx)
+    res_ = run_segment_job({"backend": backend}, {"splats": s.to_arrays(), "labels": labels, "viewmats": viewmats, "Ks": Ks}, ctx)
     total = time.perf_counter() - t
     done = res_.meta["views_done"]
     per_view = total / max(done, 1)
     how = "measured" if done == views else f"EXTRAPOLATED from {done} views (budget {budget:.0f} s)"
     print(f"segment job: {n} splats, {views} views of {res}x{res} px, 3 labels, device {device} "
-          f"(torch threads {torch.get_num_threads()}, rasterizer "
-          f"{'gsplat' if device == 'cuda' else 'reference (CPU)'})")
+          f"(torch threads {torch.get_num_threads()}, rasterizer {resolve_backend(device, backend)})")
     print(f"  per view {per_view:8.2f} s; all {views} views {per_view * views:8.1f} s ({how})")
 
 
@@ -156,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segment-res", type=int, default=64)
     ap.add_argument("--segment-budget", type=float, default=120.0)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--segment-backend", default="auto", choices=("auto", "gsplat", "fast", "reference"))
     ap.add_argument("--skip-segment", action="store_true")
     ap.add_argument("--skip-ops", action="store_true")
     a = ap.parse_args(argv)
     if not a.skip_ops:
         bench_ops(a.n, a.degree, a.repeat)
     if not a.skip_segment:
-        bench_segment(a.segment_n, a.segment_views, a.segment_res, a.segment_budget, a.device)
+        bench_segment(a.segment_n, a.segment_views, a.segment_res, a.segment_budget, a.device, a.segment_backend)
     return 0
 
 

@@ -104,14 +104,17 @@ def grade(splats: Splats, settings: Grade, mask: np.ndarray | None = None) -> Sp
     a, b = grade_matrix(settings)
     offset = ((a @ np.full(3, 0.5) + b - 0.5) / SH_C0).astype(np.float32)
     at = a.T.astype(np.float32)
+    def rgb_map(x: np.ndarray) -> np.ndarray:        # [..., 3] @ A^T as one [M, 3] x [3, 3] product
+        return (x.reshape(-1, 3) @ at).reshape(x.shape)
+
     if mask is None:
-        out.sh0 = splats.sh0 @ at + offset
+        out.sh0 = rgb_map(splats.sh0) + offset
         if splats.shN.shape[1]:
-            out.shN = splats.shN @ at
+            out.shN = rgb_map(splats.shN)
     else:
-        out.sh0[mask] = splats.sh0[mask] @ at + offset
+        out.sh0[mask] = rgb_map(splats.sh0[mask]) + offset
         if splats.shN.shape[1]:
-            out.shN[mask] = splats.shN[mask] @ at
+            out.shN[mask] = rgb_map(splats.shN[mask])
     return out
 
 

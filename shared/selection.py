@@ -14,7 +14,9 @@ the sphere and cube empties).
   huge splats, under one ``strength`` in 0..1.
 * :func:`invert`, :func:`grow`, :func:`shrink` (26-neighbourhood on a voxel grid).
 
-Combine masks with numpy (``a | b``, ``a & ~b``).
+Combine masks with numpy (``a | b``, ``a & ~b``). Spaces: points and volumes must be in one space. For a
+splat object's own (object-space) means, pass the volume's matrix relative to it:
+``inverse(splat_object.matrix_world) @ volume_object.matrix_world``.
 """
 from __future__ import annotations
 
@@ -164,14 +166,16 @@ class _Mesh:
         counts = np.bincount(cell, minlength=self.gx * self.gy)
         self.cell_start = np.concatenate([[0], np.cumsum(counts)])
         self.tv = tv
+        self.zmax = tv[:, :, 2].max(axis=1)
 
     def _cell2(self, xy: np.ndarray) -> np.ndarray:
         c = np.floor((xy - self.lo[:2]) / self.h2).astype(np.int64)
         return np.stack([np.clip(c[:, 0], 0, self.gx - 1), np.clip(c[:, 1], 0, self.gy - 1)], axis=1)
 
-    def crossings(self, p: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-        """(point index, z) of every crossing of the upward ray from each point [M,3] (z ignored) with
-        the surface. Exact tie rule: the ray is moved by an infinitesimal (eps, eps^2) in x, y
+    def crossings(self, p: np.ndarray, chunk: int = 1 << 20, min_z: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, z) of every crossing of the upward ray from each point [M,3] with the surface
+        (``min_z``: only triangles reaching the point's height are tried; else the ray's z is ignored). Exact tie rule: the ray is moved by an infinitesimal (eps, eps^2) in x, y
         (simulation of simplicity), so a ray through an edge or a vertex counts exactly one face."""
         inb = ((p[:, 0] >= self.lo[0]) & (p[:, 0] <= self.hi[0]) & (p[:, 1] >= self.lo[1])
                & (p[:, 1] <= self.hi[1]))
@@ -192,6 +196,9 @@ class _Mesh:
             pi = np.repeat(pid[sl], n)
             k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
             ti = self.cell_tris[np.repeat(self.cell_start[c], n) + k]
+            if min_z:                                   # triangles wholly below the point: no crossing above
+                keep = self.zmax[ti] >= p[pi, 2]
+                pi, ti = pi[keep], ti[keep]
             px, py = p[pi, 0], p[pi, 1]
             f, bb = self.edge_f[ti], self.edge_b[ti]                    # one gather of each table
             e, side = [], []
@@ -219,7 +226,7 @@ class _Mesh:
 
     def contains(self, p: np.ndarray) -> np.ndarray:
         """Exact ray-parity test of points [M,3] (local space)."""
-        pi, z = self.crossings(p)
+        pi, z = self.crossings(p, min_z=True)
         above = pi[z > p[pi, 2]]
         return (np.bincount(above, minlength=len(p)) & 1).astype(bool)
 

@@ -328,9 +328,9 @@ def test_f12_renders_splatbridge_objects_natively(so, bpy_empty, tmp_path, artif
     # Cycles | EEVEE | display-space ref | linear-light ref
 
 
+@pytest.mark.torch
 def test_render_fixture_is_current():
     """The committed reference images are what the reference rasterizer gives today (torch venv)."""
-    pytest.importorskip("torch")
     fresh, stored = native_scene.reference_images(), native_scene.load_fixture()
     for k in ("display", "linear"):
         np.testing.assert_allclose(stored[k], fresh[k], atol=1e-3, err_msg=k)   # float16 storage
