@@ -99,8 +99,10 @@ def _installer():
     return module
 
 
-def requirement_files(path: Path = REQUIREMENTS) -> list[Path]:
-    """``path`` and the requirements files it includes (``-r FILE``), recursively, in order."""
+def requirement_files(path: Path | None = None) -> list[Path]:
+    """``path`` (default requirements.txt) and the requirements files it includes (``-r FILE``),
+    recursively, in order."""
+    path = REQUIREMENTS if path is None else path
     files = [path]
     for line in path.read_text().splitlines():
         m = re.fullmatch(r"\s*(?:-r|--requirement)\s*(\S+)\s*(?:#.*)?", line)
