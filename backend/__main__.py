@@ -2,10 +2,12 @@
 
     python -m backend serve [--bind tcp://127.0.0.1:5555] [--store DIR] [--device auto|cpu|cuda]
                             [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
-                            [--job-kind NAME=package.module:function ...]
+                            [--job-module package.module ...] [--job-kind NAME=package.module:function ...]
     python -m backend train ...      (backend.trainer.cli)
     python -m backend generate ...   (backend.generate.cli)
     python -m backend edit ...       (backend.edit.cli)
+    python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
+                                     (backend.reconstruct.cli)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
@@ -55,8 +57,12 @@ def serve_main(argv: list[str]) -> int:
                    help="server CurveZMQ certificate with its secret key (*.key_secret)")
     p.add_argument("--curve-allow", metavar="DIR",
                    help="folder of allowed client public-key certificates (*.key)")
+    p.add_argument("--job-module", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers extra job kinds (its JobSpecs, see "
+                        "docs/ADDING_A_JOB_KIND.md)")
     p.add_argument("--job-kind", action="append", default=[], metavar="NAME=MODULE:FUNCTION",
-                   help="register an extra job kind (a plug-in job function)")
+                   help="register a plug-in job function with no declared settings (params pass "
+                        "unchecked)")
     p.add_argument("--preview-interval", type=float, default=1.0, metavar="SECONDS",
                    help="send at most one preview per this many seconds per job")
     p.add_argument("--keep-days", type=float, default=30.0, metavar="DAYS",
@@ -79,6 +85,11 @@ def serve_main(argv: list[str]) -> int:
             raise SecurityError("CurveZMQ needs both --curve-secret and --curve-allow")
         keys = load_server_keys(args.curve_secret, args.curve_allow) if args.curve_secret \
             else None
+        for module in args.job_module:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"--job-module {module}: cannot import it ({exc})") from None
         for spec in args.job_kind:
             name, sep, target = spec.partition("=")
             if not sep or not name:
@@ -131,6 +142,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": _lazy("backend.trainer", "cli"),
     "generate": _lazy("backend.generate", "cli"),
     "edit": _lazy("backend.edit", "cli"),
+    "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
 }

@@ -30,7 +30,6 @@ import abc
 import argparse
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,77 +38,19 @@ import torch
 from torch import Tensor
 
 from backend.camera_sampling import ViewBatch, fixed_views
-from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
 from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
-from backend.job_settings import JobSettings, check_non_negative, check_ranges
 from backend.losses import photometric_loss
-from backend.models import DEFAULT_EDIT_MODEL, cuda_oom_guard, load_pipeline
+from backend.models import cuda_oom_guard, load_pipeline
+from backend.optim import make_optimizers
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.progress import StepRate
 from backend.render import rasterize
-from backend.trainer import make_optimizers
+from shared.jobkinds.edit import SPEC
+from shared.jobspec import Settings
 from shared.splats import SplatError, Splats
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-@dataclass
-class EditSettings(JobSettings):
-    """All settings of an edit (the ``params`` of an "edit" job). Units: pixels, degrees, steps."""
-
-    JOB_KIND = "edit"
-
-    prompt: str = ""                    # the instruction, e.g. "make it look like bronze"
-    seed: int = 0
-    steps: int = 1500                   # fine-tuning steps
-    num_views: int = 24                 # dataset views
-    resolution: int = 512               # render and edit size (square), pixels
-    edit_every: int = 10                # re-edit one dataset view every this many steps
-    initial_edits: int = -1             # views edited before the steps start (-1: all, 0: none)
-    text_guidance: float = 7.5
-    image_guidance: float = 1.5
-    diffusion_steps: int = 20           # DDIM steps over the full schedule (fewer run: only those <= t)
-    t_min: float = 0.02                 # noise level of the current render, fraction of the schedule
-    t_max: float = 0.98
-    edit_model: str = DEFAULT_EDIT_MODEL
-    low_memory: bool = False            # attention slicing + model CPU offload (small GPUs)
-    elevation_range: tuple[float, float] = (-10.0, 45.0)
-    azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    fovy: float = 50.0                  # vertical field of view, degrees
-    frame_margin: float = 1.1           # camera distance = margin x the distance that just frames the sphere
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    preview_every: int = 0              # steps between previews; 0 = about one per second
-    lr_means: float = 1.6e-5            # x bounding radius; decays x0.1 over the run
-    lr_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacities: float = 1e-2
-    lr_sh0: float = 5e-3
-    lr_shN: float = 2.5e-4
-
-    def validate(self) -> None:
-        def bad(msg: str) -> JobError:
-            return JobError("bad_params", msg)
-        if not self.prompt.strip():
-            raise bad("prompt is empty: say how to change the splats, e.g. 'make it look like bronze'")
-        check_ranges(self, (("steps", 0, 100_000), ("num_views", 1, 1000), ("resolution", 8, 2048),
-                            ("edit_every", 1, 100_000), ("initial_edits", -1, self.num_views),
-                            ("diffusion_steps", 1, 1000), ("preview_every", 0, 100_000)))
-        if self.text_guidance < 0 or self.image_guidance < 0:
-            raise bad("text_guidance and image_guidance must be >= 0")
-        if not 0.0 <= self.t_min <= self.t_max <= 1.0:
-            raise bad(f"t_min={self.t_min}, t_max={self.t_max}: need 0 <= t_min <= t_max <= 1")
-        el, az = self.elevation_range, self.azimuth_range
-        if not -89.0 <= el[0] <= el[1] <= 89.0:
-            raise bad(f"elevation_range={list(el)} must be increasing and within [-89, 89]")
-        if not (-360.0 <= az[0] <= az[1] <= 360.0):
-            raise bad(f"azimuth_range={list(az)} must be increasing and within [-360, 360]")
-        if not 1.0 <= self.fovy <= 170.0:
-            raise bad(f"fovy={self.fovy} is out of range [1, 170]")
-        if self.frame_margin < 1.0:
-            raise bad(f"frame_margin={self.frame_margin} must be >= 1")
-        if not all(0.0 <= c <= 1.0 for c in self.background):
-            raise bad(f"background={list(self.background)} must be RGB in 0..1")
-        check_non_negative(self, ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +85,7 @@ def orbit_views(centre: np.ndarray, radius: float, elevations_deg: list[float], 
     return views
 
 
-def dataset_angles(settings: EditSettings) -> tuple[list[float], list[float]]:
+def dataset_angles(settings: Settings) -> tuple[list[float], list[float]]:
     """(elevations, azimuths) in degrees of the ``num_views`` dataset views: azimuths evenly spread (a full
     turn does not repeat its end), elevations spread over the range by the golden-ratio sequence."""
     n = settings.num_views
@@ -248,7 +189,7 @@ class InstructPix2PixEditor(ImageEditor):
         return images.to(out_device)
 
 
-def make_editor(settings: EditSettings, device: torch.device) -> InstructPix2PixEditor:
+def make_editor(settings: Settings, device: torch.device) -> InstructPix2PixEditor:
     """Load ``settings.edit_model`` (the shared loader: fp16 on CUDA) and wrap it."""
     pipe = load_pipeline(settings.edit_model, "instruct-pix2pix", device, low_memory=settings.low_memory)
     try:
@@ -262,7 +203,7 @@ def make_editor(settings: EditSettings, device: torch.device) -> InstructPix2Pix
 # Iterative Dataset Update
 # ----------------------------------------------------------------------------------------------
 
-def edit_views(settings: EditSettings, splats: Splats, device: torch.device | str = "cpu") -> ViewBatch:
+def edit_views(settings: Settings, splats: Splats, device: torch.device | str = "cpu") -> ViewBatch:
     """The dataset cameras of ``settings`` around ``splats``."""
     centre, radius = bounding_sphere(splats)
     el, az = dataset_angles(settings)
@@ -270,7 +211,7 @@ def edit_views(settings: EditSettings, splats: Splats, device: torch.device | st
                        settings.background, device)
 
 
-def edit_splats(splats: Splats, editor: ImageEditor, settings: EditSettings, ctx: JobContext | None = None,
+def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: JobContext | None = None,
                 device: torch.device | str = "cpu",
                 stage: Callable[[str], None] = lambda text: None,
                 mask: np.ndarray | None = None) -> tuple[Splats, dict[str, Any]]:
@@ -327,7 +268,7 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: EditSettings, ctx
         edit_next()
     t_first = time.perf_counter() - t0
 
-    optimizers = make_optimizers(params, settings, extent=radius)     # the trainer's Adam set-up
+    optimizers = make_optimizers(params, settings, extent=radius)
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
                                                          gamma=0.1 ** (1.0 / max(1, settings.steps)))
     order = torch.randint(0, n, (settings.steps,), generator=gen).tolist()
@@ -411,9 +352,10 @@ def mask_from_payload(payload: dict, n: int) -> np.ndarray | None:
     return mask
 
 
-def run_edit_job(params: dict, payload: dict, ctx: JobContext, editor: ImageEditor | None = None) -> JobResult:
+def run_edit_job(params: Settings | dict, payload: dict, ctx: JobContext,
+                 editor: ImageEditor | None = None) -> JobResult:
     """Job kind "edit" (see module docstring). ``editor`` overrides the diffusion model (tests)."""
-    settings = EditSettings.from_params(params)
+    settings = checked_settings("edit", params, payload)
     splats = splats_from_payload(payload)
     mask = mask_from_payload(payload, len(splats))
     device = torch.device(ctx.device)
@@ -434,7 +376,7 @@ def run_edit_job(params: dict, payload: dict, ctx: JobContext, editor: ImageEdit
     return JobResult(out, metrics, _meta(settings, device, info))
 
 
-def _meta(settings: EditSettings, device: torch.device, info: dict) -> dict[str, Any]:
+def _meta(settings: Settings, device: torch.device, info: dict) -> dict[str, Any]:
     import diffusers
     return {"settings": settings.to_meta(), "seed": settings.seed, "device": str(device),
             "cancelled": bool(info.get("cancelled", False)), "steps_done": int(info.get("steps_done", 0)),
@@ -449,7 +391,7 @@ def cli(argv: list[str] | None = None) -> int:
     (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
     from shared.formats import read_splats
 
-    d = EditSettings()
+    d = SPEC.defaults()
     ap = argparse.ArgumentParser(prog="python -m backend edit",
                                  description="Edit Gaussian splats with a text instruction (Instruct-NeRF2NeRF).")
     ap.add_argument("input", help="splat file to edit (.ply, .splat, ...)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,93 +32,32 @@ import torch
 from torch import Tensor
 
 from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
-from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
 from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
-from backend.job_settings import JobSettings, check_non_negative, check_ranges
-from backend.models import (DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL, cuda_oom_guard, cudnn_autotune,
-                            load_pipeline)
-from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.models import cuda_oom_guard, cudnn_autotune, load_pipeline
+from backend.optim import make_optimizers
+from backend.params import activated, knn_mean_distance, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.progress import StepRate
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
 from backend.strategies import CappedDefaultStrategy
-from backend.trainer import knn_mean_distance, make_optimizers
+from shared.jobkinds.generate import INIT_MODES, SPEC
+from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import Splats, logit
 
-INIT_MODES = ("shap-e", "mesh", "sphere")
 CANONICAL_RADIUS = 1.0
 
 
-@dataclass
-class GenerateSettings(JobSettings):
-    """All settings of a generation (the ``params`` of a "generate" job). Units: pixels, degrees, steps."""
+def timestep_schedule(settings: Settings) -> TimestepSchedule:
+    """The SDS timestep schedule of ``settings`` (t_min, t_max_start -> t_max_end)."""
+    return TimestepSchedule(settings.t_min, settings.t_max_start, settings.t_max_end)
 
-    JOB_KIND = "generate"
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 1200
-    guidance_scale: float = 100.0
-    resolution: int = 512               # render size (square), pixels
-    batch_size: int = 4                 # views per SDS step
-    init: str = "shap-e"
-    guidance_model: str = DEFAULT_GUIDANCE_MODEL
-    prior_model: str = DEFAULT_PRIOR_MODEL
-    low_memory: bool = False            # attention slicing + model CPU offload (small GPUs)
-    view_dependent: bool = True         # ", front view" / ", side view" / ", back view" prompt suffixes
-    encode_resolution: int = 0          # 0: the guidance model's native size; smaller = cheaper VAE
-    num_points: int = 4096              # initial Gaussians
-    sh_degree: int = 0
-    densify: bool = True
-    densify_grad_quantile: float = 0.95  # first refinement grows the top 5% by view-space gradient
-    max_gaussians: int = 300_000
-    preview_every: int = 0              # steps between previews; 0 = about one per second
-    t_min: float = 0.02
-    t_max_start: float = 0.98
-    t_max_end: float = 0.50
-    elevation_range: tuple[float, float] = (-10.0, 45.0)
-    azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    distance_range: tuple[float, float] = (2.5, 3.5)
-    fovy_range: tuple[float, float] = (40.0, 70.0)
-    prior_steps: int = 64               # Shap-E sampling steps
-    prior_guidance_scale: float = 15.0
-    prior_grid_size: int = 128          # Shap-E SDF grid for surface extraction
-    lr_means: float = 1e-3              # x bounding radius; decays x0.02 over the run
-    lr_scales: float = 5e-3
-    lr_quats: float = 5e-3
-    lr_opacities: float = 5e-2
-    lr_sh0: float = 1e-2
-    lr_shN: float = 5e-4
-
-    def validate(self) -> None:
-        def bad(msg: str) -> JobError:
-            return JobError("bad_params", msg)
-        if not self.prompt.strip():
-            raise bad("prompt is empty: describe the object to generate")
-        if self.init not in INIT_MODES:
-            raise bad(f"init must be one of {INIT_MODES}, got {self.init!r}")
-        check_ranges(self, (("steps", 1, 100_000), ("resolution", 8, 2048), ("batch_size", 1, 64),
-                            ("num_points", 1, 2_000_000), ("sh_degree", 0, 3), ("prior_steps", 1, 1000),
-                            ("prior_grid_size", 8, 512), ("max_gaussians", 1, 20_000_000),
-                            ("preview_every", 0, 100_000), ("encode_resolution", 0, 4096)))
-        if self.guidance_scale < 0 or self.prior_guidance_scale < 0:
-            raise bad("guidance scales must be >= 0")
-        if not 0.0 < self.densify_grad_quantile < 1.0:
-            raise bad("densify_grad_quantile must be in (0, 1)")
-        check_non_negative(self, ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN"))
-        try:
-            self.timestep_schedule().validate()
-            self.camera_ranges().validate()
-        except ValueError as exc:
-            raise bad(str(exc)) from None
-
-    def timestep_schedule(self) -> TimestepSchedule:
-        return TimestepSchedule(self.t_min, self.t_max_start, self.t_max_end)
-
-    def camera_ranges(self) -> CameraRanges:
-        return CameraRanges(self.elevation_range, self.azimuth_range, self.distance_range, self.fovy_range)
+def camera_ranges(settings: Settings) -> CameraRanges:
+    """The random-view ranges of ``settings`` (degrees; distance in object radii)."""
+    return CameraRanges(settings.elevation_range, settings.azimuth_range, settings.distance_range,
+                        settings.fovy_range)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +190,7 @@ def points_to_splats(points: np.ndarray, colors: np.ndarray, sh_degree: int = 0,
                   shN=np.zeros((n, REST_COUNT[sh_degree], 3), np.float32))
 
 
-def make_init(settings: GenerateSettings, payload: dict, device: torch.device,
+def make_init(settings: Settings, payload: dict, device: torch.device,
               stage: Callable[[str], None] = lambda text: None) -> tuple[Splats, float, np.ndarray]:
     """-> (canonical splats, output radius in metres, centre of the input in world space). ``stage(text)`` is
     told what the slow parts are doing (loading and sampling the prior)."""
@@ -301,7 +239,7 @@ def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatc
     return sds_loss(latents, grad), info
 
 
-def _make_strategy(settings: GenerateSettings) -> CappedDefaultStrategy:
+def _make_strategy(settings: Settings) -> CappedDefaultStrategy:
     steps = settings.steps
     return CappedDefaultStrategy(
         cap_max=settings.max_gaussians, prune_opa=0.005, grow_grad2d=float("inf"), grow_scale3d=0.01, prune_scale3d=0.1,
@@ -310,7 +248,7 @@ def _make_strategy(settings: GenerateSettings) -> CappedDefaultStrategy:
         absgrad=False, verbose=False)
 
 
-def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
+def distill(splats: Splats, guidance: Guidance, settings: Settings,
             ctx: JobContext | None = None, device: torch.device | str = "cpu",
             preview_transform: Callable[[Splats], Splats] | None = None) -> tuple[Splats, dict[str, Any]]:
     """Optimise ``splats`` (canonical frame) by SDS against ``guidance``. Returns the splats and run info
@@ -321,11 +259,11 @@ def distill(splats: Splats, guidance: Guidance, settings: GenerateSettings,
     torch.manual_seed(settings.seed)
     view_gen = torch.Generator().manual_seed(settings.seed)
     noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    schedule, ranges = settings.timestep_schedule(), settings.camera_ranges()
+    schedule, ranges = timestep_schedule(settings), camera_ranges(settings)
 
     tensors = splats_to_tensors(splats, device)
     params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in tensors.items()})
-    optimizers = make_optimizers(params, settings, extent=CANONICAL_RADIUS)   # the trainer's Adam set-up
+    optimizers = make_optimizers(params, settings, extent=CANONICAL_RADIUS)
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.02 ** (1.0 / settings.steps))
 
     densify = settings.densify and settings.steps >= 40
@@ -403,7 +341,7 @@ def output_transform(radius: float) -> np.ndarray:
     return m
 
 
-def make_guidance(settings: GenerateSettings, device: torch.device) -> StableDiffusionGuidance:
+def make_guidance(settings: Settings, device: torch.device) -> StableDiffusionGuidance:
     pipe = load_pipeline(settings.guidance_model, "stable-diffusion", device, low_memory=settings.low_memory)
     try:
         return StableDiffusionGuidance(pipe, settings.prompt, settings.negative_prompt, settings.view_dependent,
@@ -412,14 +350,12 @@ def make_guidance(settings: GenerateSettings, device: torch.device) -> StableDif
         raise JobError("bad_model", f"{settings.guidance_model}: {exc}") from None
 
 
-def run_generate_job(params: dict, payload: dict, ctx: JobContext,
+def run_generate_job(params: Settings | dict, payload: dict, ctx: JobContext,
                      guidance: Guidance | None = None) -> JobResult:
     """Job kind "generate" (see module docstring). ``guidance`` overrides the diffusion model (tests)."""
-    settings = GenerateSettings.from_params(params)
-    device = torch.device(ctx.device)
     payload = payload or {}
-    if settings.init != "mesh" and payload.get("points") is not None:
-        raise JobError("bad_input", f"payload 'points' given but init is {settings.init!r}; use init 'mesh'")
+    settings = checked_settings("generate", params, payload)
+    device = torch.device(ctx.device)
     def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
         ctx.report(0, 0, {"stage": text})
 
@@ -441,7 +377,7 @@ def run_generate_job(params: dict, payload: dict, ctx: JobContext,
     return JobResult(splats.transform(to_out), metrics, _meta(settings, device, radius, centre, info))
 
 
-def _meta(settings: GenerateSettings, device: torch.device, radius: float, centre: np.ndarray,
+def _meta(settings: Settings, device: torch.device, radius: float, centre: np.ndarray,
           info: dict) -> dict[str, Any]:
     import diffusers
     return {"settings": settings.to_meta(), "seed": settings.seed, "device": str(device),
@@ -469,7 +405,7 @@ def _load_init_points(path: str) -> dict[str, np.ndarray]:
 def cli(argv: list[str] | None = None) -> int:
     """``python -m backend generate "a ceramic teapot" --out teapot.ply [options]``. Writes the splats
     (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
-    d = GenerateSettings()
+    d = SPEC.defaults()
     ap = argparse.ArgumentParser(prog="python -m backend generate",
                                  description="Generate a Gaussian-splat asset from a text prompt (SDS).")
     ap.add_argument("prompt")

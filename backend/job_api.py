@@ -1,11 +1,13 @@
 """The contract between the job runner and the job functions (train, generate, ...).
 
-A job function has the signature::
+A job kind is a spec (``shared/jobkinds/<kind>.py``, a ``shared.jobspec.JobSpec``) whose
+``runner`` names its job function::
 
-    def run(params: dict, payload: dict, ctx: JobContext) -> JobResult
+    def run(settings: Settings, payload: dict, ctx: JobContext) -> JobResult
 
-``params`` are the plain msgpack values of the ``submit`` message, ``payload``
-its arrays (numpy, already validated by the protocol layer). The function
+``settings`` are the ``submit`` message's params as checked by ``spec.validate`` (the server
+does that before queueing the job), ``payload`` its arrays (numpy; checked against the spec's
+payload schema). Library callers may pass plain params: ``checked_settings`` validates them. The function
 calls ``ctx.report`` as it goes and polls ``ctx.should_stop()``; when that is
 true it returns the result as it stands (a cancelled job still yields splats).
 Errors are raised as ``JobError`` (a user-facing message) or any exception
@@ -16,18 +18,26 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
+from shared.jobspec import JobError, Settings, get_spec
+from shared.jobkinds import load_builtin
 from shared.splats import Splats
 
+__all__ = ["JobContext", "JobError", "JobFunction", "JobResult", "NullContext", "checked_settings"]
 
-class JobError(Exception):
-    """A job failed for a reason the user can act on. ``code`` is a short machine tag."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+def checked_settings(kind: str, params: "Settings | Mapping[str, Any] | None",
+                     payload: "Mapping[str, Any] | None" = None) -> Settings:
+    """``params`` as checked ``Settings`` of ``kind``: returned as they are when the runner (or a
+    caller) already validated them, else ``get_spec(kind).validate(params, payload)``. Raises
+    ``JobError`` (``bad_params`` / ``bad_input``)."""
+    if isinstance(params, Settings):
+        if params.kind != kind:
+            raise JobError("bad_params", f"settings of a {params.kind} job given to the {kind} job")
+        return params
+    load_builtin()
+    return get_spec(kind).validate(params or {}, payload or {})
 
 
 class JobContext(Protocol):
@@ -69,4 +79,4 @@ class JobResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-JobFunction = Callable[[dict, dict, JobContext], JobResult]
+JobFunction = Callable[[Settings, dict, JobContext], JobResult]

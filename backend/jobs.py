@@ -25,7 +25,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from backend.job_api import JobError, JobFunction, JobResult
-from backend.store import JobStore, Retention, StoreError
+from backend.store import JobStore, Retention
+from shared.jobkinds import load_builtin
+from shared.jobspec import JobSpec, Settings, all_specs
 from shared.protocol import Message, ProtocolError, encode, make_error
 from shared.splats import Splats
 
@@ -38,60 +40,95 @@ Send = Callable[[bytes, list], None]    # (client identity, encoded frames)
 # Registry
 # ----------------------------------------------------------------------------------------------
 
-class LazyJobKinds(Mapping):
-    """``kind -> job function``; each function's module is imported on first use, so a missing
-    dependency of one kind (e.g. diffusers for ``generate``) does not break the others."""
+class JobKinds(Mapping[str, JobSpec]):
+    """``kind -> JobSpec``: the registered specs (``shared.jobspec``; the built-in kinds of
+    ``shared.jobkinds`` and any module loaded with ``serve --job-module``) plus plug-in functions
+    added with ``register``. Each kind's job function (``spec.runner``) is imported on first use,
+    so a missing dependency of one kind (e.g. diffusers for ``generate``) does not break the others.
 
-    def __init__(self, targets: dict[str, str]):
-        self._targets = dict(targets)          # kind -> "module:function"
+    ``registry=False``: only the kinds given here (tests that run the runner with their own kinds).
+    """
+
+    def __init__(self, targets: dict[str, str] | None = None, registry: bool = True):
+        self._registry = registry
+        self._builtin_loaded = False
+        self._local: dict[str, JobSpec] = {}
         self._loaded: dict[str, JobFunction] = {}
         self._lock = threading.Lock()
+        for kind, target in (targets or {}).items():
+            self.register(kind, target)
 
     def register(self, kind: str, target: str) -> None:
-        """Add or replace a kind; ``target`` is ``"package.module:function"``."""
+        """Add or replace a plug-in kind run by ``target`` (``"package.module:function"``) with no
+        declared settings: its params reach the function unchecked (as ``Settings``)."""
         if ":" not in target:
             raise ValueError(f"job target {target!r} must look like 'package.module:function'")
         with self._lock:
-            self._targets[kind] = target
+            self._local[kind] = JobSpec(kind, kind, f"plug-in job {target}", (), runner=target,
+                                        params_open=True, payload_open=True)
             self._loaded.pop(kind, None)
 
-    def target(self, kind: str) -> str:
-        return self._targets[kind]
+    def _specs(self) -> dict[str, JobSpec]:
+        if self._registry and not self._builtin_loaded:
+            load_builtin()
+            self._builtin_loaded = True
+        specs = {s.kind: s for s in all_specs()} if self._registry else {}
+        specs.update(self._local)
+        return specs
 
-    def __getitem__(self, kind: str) -> JobFunction:
+    def spec(self, kind: str) -> JobSpec:
+        """The spec of ``kind``; ``JobError("unknown_job_kind")`` naming the kinds this server runs."""
+        specs = self._specs()
+        if not isinstance(kind, str) or kind not in specs:
+            raise JobError("unknown_job_kind", f"unknown job kind {kind!r}; this server runs: "
+                           f"{', '.join(sorted(specs)) or 'none'}")
+        return specs[kind]
+
+    def target(self, kind: str) -> str:
+        return self.spec(kind).runner
+
+    def function(self, kind: str) -> JobFunction:
+        """The job function of ``kind`` (imported on first use; ImportError/AttributeError if it
+        cannot be)."""
         with self._lock:
             if kind in self._loaded:
                 return self._loaded[kind]
-            module_name, func_name = self._targets[kind].split(":", 1)
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name)
+        module_name, func_name = self.target(kind).split(":", 1)
+        func = getattr(importlib.import_module(module_name), func_name)
         with self._lock:
             self._loaded[kind] = func
         return func
 
+    def __getitem__(self, kind: str) -> JobSpec:
+        try:
+            return self.spec(kind)
+        except JobError:
+            raise KeyError(kind) from None
+
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._targets))
+        return iter(list(self._specs()))
 
     def __len__(self) -> int:
-        return len(self._targets)
+        return len(self._specs())
 
     def installed(self) -> list[str]:
-        """Kinds whose module can be found (without importing it)."""
+        """Kinds whose job function's module can be found (without importing it)."""
         out = []
-        for kind, target in list(self._targets.items()):
+        for kind, spec in self._specs().items():
             try:
-                if importlib.util.find_spec(target.split(":", 1)[0]) is not None:
+                if spec.runner and importlib.util.find_spec(spec.runner.split(":", 1)[0]) is not None:
                     out.append(kind)
             except (ImportError, ValueError):
                 pass
         return out
 
 
-JOB_KINDS = LazyJobKinds({
-    "train": "backend.trainer:run_train_job",
-    "generate": "backend.generate:run_generate_job",
-    "edit": "backend.edit:run_edit_job",
-})
+def LazyJobKinds(targets: dict[str, str]) -> JobKinds:
+    """Only the plug-in kinds ``targets`` (``kind -> "module:function"``), no registered specs."""
+    return JobKinds(targets, registry=False)
+
+
+JOB_KINDS = JobKinds()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +142,7 @@ class Job:
     params: dict
     payload: dict | None
     identity: bytes | None                 # ROUTER identity of the submitting client
+    settings: Settings | None = None       # params as checked by the kind's spec at submit
     state: str = "queued"
     step: int = 0
     total: int = 0
@@ -171,7 +209,8 @@ class RunnerContext:
     """The ``JobContext`` a job function receives (see backend/job_api.py).
 
     ``report`` sends at most one ``progress`` message per ``min_interval_s`` (the final step
-    always goes out) and at most one preview per ``preview_interval_s``; preview arrays are
+    always goes out); steps only go forward within a stage (``metrics["stage"]``: a job of several
+    stages, e.g. reconstruct, counts each stage's steps from 0) and at most one preview per ``preview_interval_s``; preview arrays are
     copied before queueing because a trainer's numpy views may share memory with tensors that
     keep changing.
     """
@@ -187,6 +226,7 @@ class RunnerContext:
         self._last_sent = -1e9
         self._last_preview = -1e9
         self._last_step = -1
+        self._stage: Any = None
 
     def report(self, step: int, total: int, metrics: dict[str, float],
                preview: Splats | None = None) -> None:
@@ -197,6 +237,9 @@ class RunnerContext:
         want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
         if not (final or want_preview or now - self._last_sent >= self._min_interval_s):
             return
+        stage = metrics.get("stage") if isinstance(metrics, dict) else None
+        if stage != self._stage:         # a new stage (or the steps after the stages) counts anew
+            self._stage, self._last_step = stage, -1
         if step < self._last_step:
             log.warning("job %s reported step %d after step %d; dropped", self.job.job_id, step,
                         self._last_step)
@@ -224,11 +267,7 @@ class RunnerContext:
 # Runner
 # ----------------------------------------------------------------------------------------------
 
-class SubmitError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+SubmitError = JobError      # the one error class (shared.jobspec); this name stays for old imports
 
 
 def _pruned_message(job_id: str, rec: dict) -> str:
@@ -243,7 +282,7 @@ class JobRunner:
     """FIFO queue + one worker thread (one job per GPU at a time) + the job store."""
 
     def __init__(self, store: JobStore, device: str, send: Send,
-                 kinds: LazyJobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
+                 kinds: JobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
                  recent_jobs: int = 50, retention: Retention | None = Retention()):
         self.store = store
         self.retention = retention
@@ -268,22 +307,19 @@ class JobRunner:
     # -- socket-thread API ----------------------------------------------------------------------
     def submit(self, job_id: str, kind: str, params: dict, payload: dict,
                identity: bytes | None) -> int:
-        """Queue a job; returns its queue position (0 = runs now). Raises ``SubmitError``."""
-        if kind not in self.kinds:
-            raise SubmitError("unknown_job_kind", f"unknown job kind {kind!r}; this server runs: "
-                              f"{', '.join(sorted(self.kinds)) or 'none'}")
+        """Check ``params`` and ``payload`` against the kind's spec and queue the job; returns its
+        queue position (0 = runs now). Raises ``JobError`` (``unknown_job_kind``, ``bad_params``,
+        ``bad_input``, ...) before anything is stored, whatever job is running."""
+        settings = self.kinds.spec(kind).validate(params, payload)
         with self._cond:
             if self._closing:
-                raise SubmitError("shutting_down", "the server is shutting down; "
+                raise JobError("shutting_down", "the server is shutting down; "
                                   "submit again once it is back")
             if job_id in self._jobs:
-                raise SubmitError("duplicate_job", f"job id {job_id} is already in use; "
+                raise JobError("duplicate_job", f"job id {job_id} is already in use; "
                                   "make a new id for a new job")
-        try:
-            self.store.create(job_id, kind, params)
-        except StoreError as exc:
-            raise SubmitError(exc.code, exc.message) from None
-        job = Job(job_id, kind, params, payload, identity)
+        self.store.create(job_id, kind, settings.to_meta())
+        job = Job(job_id, kind, params, payload, identity, settings)
         with self._cond:
             self._jobs[job_id] = job
             self._queue.append(job)
@@ -294,7 +330,7 @@ class JobRunner:
 
     def cancel(self, job_id: str, identity: bytes | None = None) -> dict:
         """Stop a running job (it returns its current splats) or drop a queued one.
-        Returns the job's status entry. Raises ``SubmitError('unknown_job')``."""
+        Returns the job's status entry. Raises ``JobError('unknown_job')``."""
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None:
@@ -344,7 +380,7 @@ class JobRunner:
                                   job_id)
         try:
             rec = self._record(job_id)
-        except SubmitError as exc:
+        except JobError as exc:
             return make_error(exc.code, exc.message, job_id)
         if rec["state"] == "failed":
             err = rec.get("error") or {}
@@ -361,7 +397,7 @@ class JobRunner:
                               f"({why})", job_id)
         try:
             res = self.store.load_result(job_id)
-        except (StoreError, OSError):
+        except (JobError, OSError):
             rec = self.store.read(job_id)
             if not rec.get("pruned"):       # not the retention racing this read: a real fault
                 raise
@@ -412,9 +448,9 @@ class JobRunner:
     def _record(self, job_id: str) -> dict:
         try:
             return self.store.read(job_id)
-        except StoreError as exc:
+        except JobError as exc:
             code = "unknown_job" if exc.code in ("unknown_job", "bad_job_id") else exc.code
-            raise SubmitError(code, f"no job {job_id} on this server") from None
+            raise JobError(code, f"no job {job_id} on this server") from None
 
     def _position(self, job: Job) -> int | None:
         if job.state == "running":
@@ -476,7 +512,7 @@ class JobRunner:
         except OSError as exc:      # a full disk must not lose the job itself
             log.warning("job %s: inputs not saved: %s", job.job_id, exc)
         try:
-            func = self.kinds[job.kind]
+            func = self.kinds.function(job.kind)
         except Exception as exc:
             self._fail(job, "job_unavailable", f"the {job.kind!r} job cannot run on this "
                        f"server: importing {self.kinds.target(job.kind)} failed "
@@ -487,7 +523,7 @@ class JobRunner:
         failure: tuple[str, str] | None = None
         oom = False
         try:
-            result = func(job.params, payload, ctx)
+            result = func(job.settings, payload, ctx)
             if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
                 raise TypeError(f"the {job.kind} job returned {type(result).__name__}, "
                                 "not a JobResult with Splats")

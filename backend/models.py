@@ -24,10 +24,8 @@ from typing import Any, Iterator
 import torch
 
 from backend.job_api import JobError
-
-DEFAULT_GUIDANCE_MODEL = "stabilityai/stable-diffusion-2-1-base"
-DEFAULT_PRIOR_MODEL = "openai/shap-e"
-DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
+from shared.jobkinds.edit import DEFAULT_EDIT_MODEL  # the defaults live in the job specs
+from shared.jobkinds.generate import DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL
 
 # kind -> diffusers pipeline class name
 PIPELINE_CLASSES: dict[str, str] = {

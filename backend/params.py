@@ -47,3 +47,17 @@ def sh_coeffs(params: Mapping[str, Tensor]) -> Tensor:
 def activated(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(means, quats, scales in metres, opacities in 0..1) for the rasterizer."""
     return params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"])
+
+
+def knn_mean_distance(points: Tensor, k: int = 3, chunk_elems: int = 1 << 24) -> Tensor:
+    """RMS distance of each point to its ``k`` nearest neighbours [P] (simple_trainer's init)."""
+    n = len(points)
+    if n < 2:
+        return torch.ones(n, device=points.device)
+    k = min(k, n - 1)
+    rows = max(1, chunk_elems // n)
+    out = []
+    for s in range(0, n, rows):
+        d2 = torch.cdist(points[s:s + rows], points).square()
+        out.append(torch.topk(d2, k + 1, largest=False).values[:, 1:].mean(-1))
+    return torch.cat(out).sqrt()

@@ -26,7 +26,8 @@ import numpy as np
 import zmq
 
 from backend.capabilities import Capabilities, resolve_device
-from backend.jobs import JOB_KINDS, JobRunner, LazyJobKinds, SubmitError
+from backend.jobs import JOB_KINDS, JobKinds, JobRunner
+from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import JobStore, Retention
 from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
@@ -56,7 +57,7 @@ class Server:
 
     def __init__(self, bind: str = DEFAULT_BIND, store_dir: str | Path = "splatbridge-jobs",
                  device: str = "auto", curve: CurveKeys | None = None,
-                 limits: Limits = DEFAULT_LIMITS, kinds: LazyJobKinds = JOB_KINDS,
+                 limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
                  preview_interval_s: float = 1.0, retention: Retention | None = None):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
@@ -175,7 +176,7 @@ class Server:
             self._dispatch(identity, msg)
         except ProtocolError as exc:
             self._reply(identity, error_from_exception(exc))
-        except SubmitError as exc:
+        except JobError as exc:
             self._reply(identity, make_error(exc.code, exc.message, msg.job_id))
         except Exception as exc:     # a bug must cost one reply, not the server
             log.error("error handling %s:\n%s", msg.type, traceback.format_exc())

@@ -9,12 +9,14 @@ Layout of ``<root>/<job_id>/``::
     result/<key>.npy    the result splats, one lossless .npy per ``Splats.to_arrays()`` field
     result/metrics.json the result's metrics
     result/meta.json    the result's meta
+    reconstruct/        the reconstruct job's solve (images, COLMAP database/log/models,
+                        transforms.json; see backend/reconstruct.py)
 
 Writes go to a temporary file first and are moved into place (``os.replace``), so a crash leaves
 either the old or the new file, never half of one.
 
-Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back their ``inputs/`` and
-``result/`` once they are older than ``max_age_days`` or while the store is over ``max_bytes``
+Retention (``JobStore.prune`` with a ``Retention``): finished jobs give back their ``inputs/``,
+``result/`` (and ``reconstruct/``) once they are older than ``max_age_days`` or while the store is over ``max_bytes``
 (oldest first). Their ``job.json`` stays, marked ``pruned`` with the reason, so a later fetch says
 why the result is gone instead of "unknown job". Queued and running jobs and the most recently
 finished one with data (whose client may not have it yet) are never pruned; jobs with nothing on
@@ -36,12 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from shared.jobspec import JobError
 from shared.protocol import SPLAT_KEYS
 from shared.splats import Splats
 
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("done", "cancelled", "failed")
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # same rule as shared.protocol
+#: The folders of a job that hold data (freed by retention); job.json stays.
+DATA_PARTS = ("result", "inputs", ".result.tmp", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,8 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-class StoreError(Exception):
-    """The store cannot do what was asked (unknown job, no result, bad job id)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# The store's errors (unknown job, no result, bad job id) are the one job error class.
+StoreError = JobError
 
 
 @dataclass
@@ -249,7 +249,7 @@ class JobStore:
     def _has_data(self, job_id: str) -> bool:
         """True when the job has inputs or a result (finished or half-written) on disk."""
         d = self.job_dir(job_id)
-        return any((d / name).exists() for name in ("result", "inputs", ".result.tmp"))
+        return any((d / name).exists() for name in DATA_PARTS)
 
     def _prune_one(self, job_id: str, reason: str, now: float) -> int:
         """Delete the job's inputs and result (renamed away first, so a concurrent reader sees
@@ -257,7 +257,7 @@ class JobStore:
         d = self.job_dir(job_id)
         self.update(job_id, pruned={"time": now, "reason": reason})   # first: a fetch that then
         freed = 0                                                       # misses the files says why
-        for name in ("result", "inputs", ".result.tmp"):
+        for name in DATA_PARTS:
             part = d / name
             if not part.exists():
                 continue

@@ -5,7 +5,8 @@ learning rates scaled by the scene extent, SH bands switched on one at a time, g
 DefaultStrategy (capped) or MCMCStrategy. Objects are trained against the image alpha: every step
 composes the target over a random background colour and renders with the same background, so
 transparent regions come out with no Gaussians. Every ``holdout_every``-th view (index 0, k, 2k,
-...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background).
+...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background; over
+black with ``random_background`` off, as for opaque photos, which then train over black).
 
 Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
 opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
@@ -15,11 +16,9 @@ random inside the volume that the cameras look at.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,137 +26,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.job_api import JobContext, JobError, JobResult, NullContext
+from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
 from backend.losses import photometric_loss, psnr, ssim
-from backend.params import activated, sh_coeffs, tensors_to_splats
+from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
+from backend.optim import make_optimizers
 from backend.progress import StepRate
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.cameras import CameraError, cameras_from_arrays
+from shared.jobkinds.train import SPEC, STRATEGIES, schedule
+from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
-
-STRATEGIES = ("default", "mcmc")
-MAX_STEPS = 1_000_000      # gsplat's long runs are 30k
-
-
-@dataclass
-class TrainSettings:
-    """Training knobs. ``None`` schedule fields are derived from ``steps`` (see ``schedule()``)."""
-
-    steps: int = 7000
-    strategy: str = "default"          # "default" (clone/split/prune) or "mcmc"
-    sh_degree: int = 3
-    max_gaussians: int = 1_000_000
-    holdout_every: int = 8             # 0: train on every view
-    seed: int = 0
-    preview_every: int = 500           # steps between preview splats (0: none)
-    init_points: int = 50_000          # random initialisation size (when no points are given)
-    init_opacity: Optional[float] = None   # default 0.1 ("default"), 0.5 ("mcmc")
-    init_scale: float = 1.0            # initial size: times the RMS distance to 3 nearest points
-    ssim_lambda: float = 0.2
-    random_background: bool = True
-    lr_means: float = 1.6e-4           # times scene_scale, decayed to 1 % over the run
-    lr_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacities: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 2.5e-3 / 20
-    sh_degree_interval: Optional[int] = None   # steps per added SH band
-    refine_start: Optional[int] = None
-    refine_stop: Optional[int] = None
-    refine_every: Optional[int] = None
-    grow_grad2d: float = 0.0002
-    mcmc_opacity_reg: float = 0.01
-    mcmc_scale_reg: float = 0.01
-    report_interval_s: float = 0.5
-    backend: str = "auto"              # rasterizer: "auto", "gsplat", "reference"
-
-    def schedule(self) -> dict[str, int]:
-        """The step schedule: gsplat's defaults for long runs (refine every 100 steps from step 500
-        to 15k, a new SH band every 1000 steps), compressed for short ones."""
-        s = self.steps
-        return {
-            "sh_degree_interval": self.sh_degree_interval or max(1, min(1000, s // (2 * (self.sh_degree + 1)))),
-            "refine_start": self.refine_start if self.refine_start is not None else min(500, s // 4),
-            "refine_stop": self.refine_stop if self.refine_stop is not None else (
-                min(15_000, s // 2) if self.strategy == "default" else min(25_000, (s * 4) // 5)),
-            "refine_every": self.refine_every or min(100, max(25, s // 20)),
-        }
-
-    def validate(self) -> None:
-        def bad(msg: str) -> JobError:
-            return JobError("bad_params", msg)
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            # capped: the per-step choices are drawn before the first step, where no cancel is seen
-            raise bad(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
-        if self.strategy not in STRATEGIES:
-            raise bad(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.sh_degree not in REST_COUNT:
-            raise bad(f"sh_degree must be 0, 1, 2 or 3, got {self.sh_degree!r}")
-        if not isinstance(self.max_gaussians, int) or self.max_gaussians < 1:
-            raise bad(f"max_gaussians must be a positive integer, got {self.max_gaussians!r}")
-        if not isinstance(self.holdout_every, int) or self.holdout_every < 0:
-            raise bad(f"holdout_every must be an integer >= 0, got {self.holdout_every!r}")
-        if not isinstance(self.preview_every, int) or self.preview_every < 0:
-            raise bad(f"preview_every must be an integer >= 0, got {self.preview_every!r}")
-        if not isinstance(self.init_points, int) or self.init_points < 1:
-            raise bad(f"init_points must be a positive integer, got {self.init_points!r}")
-        if self.backend not in ("auto", "gsplat", "reference"):
-            raise bad(f"backend must be auto, gsplat or reference, got {self.backend!r}")
-        # Floats reach torch as they are: a NaN learning rate or a zero init_scale (log 0) would
-        # only surface as "contains NaN" in the result after the whole run.
-        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_sh0", "lr_shN",
-                     "mcmc_opacity_reg", "mcmc_scale_reg", "report_interval_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise bad(f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("init_scale", "grow_grad2d"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise bad(f"{name} must be a finite number > 0, got {v!r}")
-        if not (isinstance(self.ssim_lambda, (int, float)) and 0 <= self.ssim_lambda <= 1):
-            raise bad(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda!r}")
-        if self.init_opacity is not None and not (
-                isinstance(self.init_opacity, (int, float)) and 0 < self.init_opacity < 1):
-            raise bad(f"init_opacity must be in (0, 1), got {self.init_opacity!r}")
-        for name, lo in (("sh_degree_interval", 1), ("refine_every", 1), ("refine_start", 0),
-                         ("refine_stop", 0)):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < lo):
-                raise bad(f"{name} must be an integer >= {lo} (or null for the default), got {v!r}")
-
-    @classmethod
-    def from_params(cls, params: dict) -> "TrainSettings":
-        """Settings from a ``submit`` message's params; unknown keys are an error (typos)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise JobError("bad_params", f"unknown train parameter(s) {unknown}; known: {sorted(names)}")
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in params or params[f.name] is None:
-                continue
-            v, kind = params[f.name], str(f.type).replace("Optional[", "").rstrip("]")
-            if kind == "bool":
-                if not isinstance(v, bool):
-                    raise JobError("bad_params", f"{f.name} must be true or false, got {v!r}")
-            elif kind == "int":
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise JobError("bad_params", f"{f.name} must be an integer, got {v!r}")
-            elif kind == "float":
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise JobError("bad_params", f"{f.name} must be a number, got {v!r}")
-                v = float(v)
-            elif kind == "str" and not isinstance(v, str):
-                raise JobError("bad_params", f"{f.name} must be a string, got {v!r}")
-            values[f.name] = v
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
 
 # -- inputs ------------------------------------------------------------------------------------
 
@@ -265,21 +145,7 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
     return torch.cat([good, pts[~keep]])[:n]
 
 
-def knn_mean_distance(points: Tensor, k: int = 3, chunk_elems: int = 1 << 24) -> Tensor:
-    """RMS distance of each point to its ``k`` nearest neighbours [P] (simple_trainer's init)."""
-    n = len(points)
-    if n < 2:
-        return torch.ones(n, device=points.device)
-    k = min(k, n - 1)
-    rows = max(1, chunk_elems // n)
-    out = []
-    for s in range(0, n, rows):
-        d2 = torch.cdist(points[s:s + rows], points).square()
-        out.append(torch.topk(d2, k + 1, largest=False).values[:, 1:].mean(-1))
-    return torch.cat(out).sqrt()
-
-
-def init_params(points: Tensor, rgb: Tensor, settings: TrainSettings, scale_floor: float,
+def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
                 generator: torch.Generator) -> dict[str, torch.nn.Parameter]:
     """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
     base colours ``rgb`` [N,3] in 0..1."""
@@ -297,13 +163,6 @@ def init_params(points: Tensor, rgb: Tensor, settings: TrainSettings, scale_floo
     shN = torch.zeros(n, REST_COUNT[settings.sh_degree], 3, device=points.device)
     tensors = {"means": points, "scales": scales, "quats": quats, "opacities": opac, "sh0": sh0, "shN": shN}
     return {k: torch.nn.Parameter(v.float().contiguous()) for k, v in tensors.items()}
-
-
-def make_optimizers(params: dict[str, torch.nn.Parameter], settings: TrainSettings,
-                    extent: float) -> dict[str, torch.optim.Optimizer]:
-    lrs = {"means": settings.lr_means * extent, "scales": settings.lr_scales, "quats": settings.lr_quats,
-           "opacities": settings.lr_opacities, "sh0": settings.lr_sh0, "shN": settings.lr_shN}
-    return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k], "name": k}], eps=1e-15) for k in params}
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -324,12 +183,13 @@ def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int,
 
 @torch.no_grad()
 def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-             sh_degree: int, backend: str) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over white vs the images over white."""
+             sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
+    (white by default) vs the images over the same."""
     if not ids:
         return {}
     H, W = images.shape[1:3]
-    white = torch.ones(1, 3, device=images.device)
+    white = torch.full((1, 3), float(background), device=images.device)
     ps, ss = [], []
     for i in ids:
         img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
@@ -341,7 +201,7 @@ def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Te
 
 
 def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Optional[np.ndarray] = None,
-          colors: Optional[np.ndarray] = None, settings: Optional[TrainSettings] = None,
+          colors: Optional[np.ndarray] = None, settings: Optional[Settings] = None,
           ctx: Optional[JobContext] = None) -> JobResult:
     """Train Gaussians on the posed images (see the module docstring for conventions).
 
@@ -350,8 +210,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     scene_scale, holdout, backend, device, elapsed_s}. Stops early, with ``meta["cancelled"]``,
     as soon as ``ctx.should_stop()`` is true.
     """
-    settings = settings or TrainSettings()
-    settings.validate()
+    settings = checked_settings("train", settings)
     ctx = ctx or NullContext()
     device = torch.device(ctx.device)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
@@ -359,7 +218,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     if backend == "gsplat" and not (device.type == "cuda" and gsplat_cuda_available()):
         raise JobError("bad_params", f"backend 'gsplat' needs a CUDA GPU with gsplat's CUDA "
                        f"extension; this job runs on {device.type} without it (use 'auto')")
-    sched = settings.schedule()
+    sched = schedule(settings)
     t_start = time.perf_counter()
 
     torch.manual_seed(settings.seed)     # the strategies draw from the global generator
@@ -462,16 +321,18 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
                                  "steps_per_s": timing["steps_per_s"]}
     if not cancelled:
-        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
+        # without random backgrounds the splats learnt black behind opaque images: score them so
+        eval_bg = 1.0 if settings.random_background else 0.0
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg)
         if ev:
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
-        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend)
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
         metrics["train_psnr"] = tr["psnr"]
     splats = tensors_to_splats(params)
     meta = {
         "cancelled": cancelled,
         "steps_done": steps_done,
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.to_meta(),
         "schedule": sched,
         "scene_scale": extent,
         "holdout": holdout,
@@ -483,35 +344,24 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     return JobResult(splats=splats, metrics=metrics, meta=meta)
 
 
-def run_train_job(params: dict, payload: dict, ctx: JobContext) -> JobResult:
-    """The ``train`` job kind (docs/INTERFACES.md): params -> TrainSettings, payload arrays
-    {images, viewmats, Ks, points?, colors?}."""
-    params = dict(params or {})
-    dataset_path = params.pop("dataset_path", None)
-    images_dir = params.pop("images_dir", None)
-    downscale = params.pop("downscale", 1)
-    settings = TrainSettings.from_params(params)
-    if dataset_path is not None:
-        return train_from_dataset(dataset_path, settings, ctx, images_dir=images_dir, downscale=downscale)
-    missing = [k for k in ("images", "viewmats", "Ks") if k not in payload or payload[k] is None]
-    if missing:
-        raise JobError("bad_input", f"train payload is missing {missing}")
+def run_train_job(params: Settings | dict, payload: dict, ctx: JobContext) -> JobResult:
+    """The ``train`` job kind (``shared/jobkinds/train.py``): payload arrays {images, viewmats, Ks,
+    points?, colors?}, or ``dataset_path`` (+ ``images_dir``, ``downscale``) on the backend's disk."""
+    payload = payload or {}
+    settings = checked_settings("train", params, payload)
+    if settings.dataset_path:
+        return train_from_dataset(settings.dataset_path, settings, ctx, images_dir=settings.images_dir or None,
+                                  downscale=settings.downscale)
     return train(payload["images"], payload["viewmats"], payload["Ks"], payload.get("points"),
                  payload.get("colors"), settings, ctx)
 
 
-def train_from_dataset(path: str, settings: TrainSettings, ctx: JobContext,
+def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
                        images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
     """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
     add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
     from backend.datasets import DatasetError, load_dataset
 
-    if not isinstance(path, str) or not path:
-        raise JobError("bad_params", f"dataset_path must be a folder path, got {path!r}")
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise JobError("bad_params", f"downscale must be an integer >= 1, got {downscale!r}")
-    if images_dir is not None and (not isinstance(images_dir, str) or not images_dir):
-        raise JobError("bad_params", f"images_dir must be a folder path, got {images_dir!r}")
     ctx.report(0, 0, {"stage": f"reading the dataset {path}"})     # big datasets take a while
     try:
         data = load_dataset(path, images_dir=images_dir, downscale=downscale)
@@ -546,7 +396,7 @@ class _CliContext:
 
 def cli(argv: list[str]) -> int:
     """``python -m backend train DATA --out scene.ply [options]``; returns the exit status."""
-    d = TrainSettings()
+    d = SPEC.defaults()
     p = argparse.ArgumentParser(prog="python -m backend train",
                                 description="Train Gaussian splats from a transforms.json or COLMAP dataset.")
     p.add_argument("data", help="dataset folder (transforms.json, or COLMAP sparse/0 / sparse / model files)")
@@ -580,9 +430,13 @@ def cli(argv: list[str]) -> int:
     print(f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
           f"{'' if data.points is None else f', {len(data.points)} initial points'}; training on {device}",
           file=sys.stderr)
-    settings = TrainSettings(steps=args.steps, strategy=args.strategy, sh_degree=args.sh_degree,
+    try:
+        settings = SPEC.make(steps=args.steps, strategy=args.strategy, sh_degree=args.sh_degree,
                              max_gaussians=args.max_gaussians, holdout_every=args.holdout_every,
                              init_points=args.init_points, seed=args.seed, preview_every=0)
+    except JobError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     ctx = _CliContext(device)
     import signal
     previous = signal.getsignal(signal.SIGINT)

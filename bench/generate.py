@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from backend.generate import (GenerateSettings, distill, points_to_splats, render_views,  # noqa: E402
+from shared.jobkinds.generate import SPEC as GENERATE  # noqa: E402
+from backend.generate import (distill, points_to_splats, render_views,  # noqa: E402
                               shap_e_surface_points, sphere_init)
 from backend.camera_sampling import sample_views  # noqa: E402
 from backend.sds import StableDiffusionGuidance, sds_loss  # noqa: E402
@@ -222,7 +223,7 @@ def sync(device: torch.device) -> None:
 def bench_sds(guidance, device, resolution: int, batch: int, n_points: int, steps: int, warmup: int) -> dict:
     pts, cols = sphere_init(n_points, np.random.default_rng(0))
     splats = points_to_splats(pts, cols)
-    settings = GenerateSettings(prompt="a ceramic teapot", steps=warmup + steps, resolution=resolution,
+    settings = GENERATE.make(prompt="a ceramic teapot", steps=warmup + steps, resolution=resolution,
                                 batch_size=batch, densify=False, preview_every=100_000)
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -16,6 +16,7 @@ import bpy
 from bpy.props import BoolProperty
 
 from . import backend_process, installer
+from .prefs import get_settings
 
 LOG_TEXT_NAME = "SplatBridge Install Log"
 BUNDLED_SOURCE = "backend_source"   # the backend source inside the extension (build.py addon puts it there)
@@ -148,7 +149,6 @@ class SPLATBRIDGE_OT_backend_install(bpy.types.Operator):
                          options={"SKIP_SAVE"})
 
     def _prefs(self, context):
-        from .preferences import get_settings
         return get_settings(context)
 
     def _new_job(self, context) -> installer.Installer | None:

@@ -224,6 +224,8 @@ class JobSpec:
     check: Callable[["Settings"], None] | None = None
     check_payload: Callable[["Settings", Mapping[str, Any]], None] | None = None
     payload_open: bool = False        # True: payload keys beyond ``payload`` are passed on unchecked
+    params_open: bool = False         # True: params beyond ``settings`` are passed on unchecked (a plug-in
+                                      # job function registered without declared settings)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.settings]
@@ -256,15 +258,23 @@ class JobSpec:
         if not isinstance(params, Mapping):
             raise JobError("bad_params", f"{self.kind} params must be a map, got {type(params).__name__}")
         known = self.names
+        extra: dict[str, Any] = {}
         for key in params:
             if key not in known:
-                raise JobError("bad_params", f"unknown {self.kind} setting {key!r}; known: {sorted(known)}")
+                if not self.params_open:
+                    raise JobError("bad_params", f"unknown {self.kind} setting {key!r}; known: {sorted(known)}")
+                extra[str(key)] = params[key]
         values = {s.name: (s.coerce(params[s.name], self.kind) if s.name in params else s.default)
                   for s in self.settings}
+        values.update(extra)
         settings = Settings(self.kind, values)
         if self.check is not None:
             self.check(settings)
         return settings
+
+    def make(self, **values: Any) -> "Settings":
+        """Checked settings from keyword values (library callers and tests): ``validate_params(values)``."""
+        return self.validate_params(values)
 
     def validate_payload(self, payload: Any, settings: "Settings | None" = None) -> None:
         """Check ``payload`` against the schema: known names, required items present, array dtypes

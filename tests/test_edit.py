@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.edit import (EditSettings, ImageEditor, InstructPix2PixEditor, bounding_sphere, edit_splats,
+from backend.edit import (ImageEditor, InstructPix2PixEditor, bounding_sphere, edit_splats,
                           orbit_views, render)
 from backend.losses import psnr
 from backend.params import splats_to_tensors
+from shared.jobkinds.edit import SPEC as EDIT
+from shared.jobspec import Settings
 from shared.splats import Splats
 from test_server import ServerProcess, drain_until, run_until
 from tiny_models import tiny_ip2p
@@ -59,11 +61,11 @@ class SwapRedBlue(ImageEditor):
         return swap_rb(original)
 
 
-def settings(**kw) -> EditSettings:
+def settings(**kw) -> Settings:
     p = {"prompt": "swap red and blue", "steps": 150, "num_views": 8, "resolution": 32, "edit_every": 2,
          "initial_edits": 0, "lr_sh0": 0.05, "seed": 3}
     p.update(kw)
-    return EditSettings.from_params(p)
+    return EDIT.validate_params(p)
 
 
 def test_loop_transfers_a_2d_edit_into_3d(artifacts):
@@ -230,21 +232,21 @@ def test_edit_job_cancel_returns_partial_splats(server, ip2p):
 
 
 @pytest.mark.parametrize("params, payload, code, words", [
-    ({}, {}, "bad_input", "payload 'splats' is missing"),
+    ({}, {}, "bad_input", "edit payload needs 'splats'"),
     ({"prompt": "  "}, None, "bad_params", "prompt is empty"),
     ({}, {"splats": {**blob_object(10).to_arrays(), "means": np.zeros((10, 2), np.float32)}}, "bad_input",
      "payload splats.means: shape (10, 2) is not [N, 3]"),
     ({}, {"splats": {k: v for k, v in blob_object(10).to_arrays().items() if k != "sh0"}}, "bad_input",
      "payload splats.sh0: missing"),
-    ({"edit_every": 0}, None, "bad_params", "edit_every=0 is out of range [1, 100000]"),
-    ({"t_min": 0.9, "t_max": 0.5}, None, "bad_params", "need 0 <= t_min <= t_max <= 1"),
-    ({"colour": 1}, None, "bad_params", "unknown edit parameter 'colour'"),
+    ({"edit_every": 0}, None, "bad_params", "edit setting edit_every=0: out of range: allowed [1, 100000]"),
+    ({"t_min": 0.9, "t_max": 0.5}, None, "bad_params", "t_min=0.9, t_max=0.5: need t_min <= t_max"),
+    ({"colour": 1}, None, "bad_params", "unknown edit setting 'colour'"),
     ({}, {"splats": blob_object(10).to_arrays(), "mask": np.ones(9, bool)}, "bad_input",
      "payload 'mask' must be [N] = [10] (one flag per splat), got shape (9,)"),
     ({}, {"splats": blob_object(10).to_arrays(), "mask": np.zeros(10, bool)}, "bad_input",
      "payload 'mask' selects no splats"),
     ({}, {"splats": blob_object(10).to_arrays(), "mask": np.ones(10, np.float32)}, "bad_input",
-     "payload 'mask' must be bool or u8, got float32"),
+     "edit payload 'mask' must be bool/uint8[N], got float32"),
     ({"edit_model": "timbrooks/instruct-pix2pix"}, None, "model_missing",
      "python -m backend prefetch timbrooks/instruct-pix2pix"),
 ])

@@ -121,12 +121,12 @@ def test_cancel_returns_partial_result(server, models):
 
 
 @pytest.mark.parametrize("bad, code, words", [
-    ({"init": "cube"}, "bad_params", "init must be one of ('shap-e', 'mesh', 'sphere'), got 'cube'"),
-    ({"steps": 0}, "bad_params", "steps=0 is out of range [1, 100000]"),
+    ({"init": "cube"}, "bad_params", "generate setting init='cube': expected one of 'shap-e', 'mesh', 'sphere'"),
+    ({"steps": 0}, "bad_params", "steps=0: out of range: allowed [1, 100000]"),
     ({"steps": float("inf")}, "bad_params", "steps=inf"),
-    ({"lr_means": -0.1}, "bad_params", "lr_means=-0.1 must be >= 0"),
+    ({"lr_means": -0.1}, "bad_params", "lr_means=-0.1: out of range: allowed [0, 1]"),
     ({"prompt": "  "}, "bad_params", "prompt is empty"),
-    ({"colour": 1}, "bad_params", "unknown generate parameter 'colour'"),
+    ({"colour": 1}, "bad_params", "unknown generate setting 'colour'"),
     ({"init": "mesh"}, "bad_input", "init 'mesh' needs payload 'points'"),
     ({"guidance_model": "/nonexistent/sd"}, "model_missing", "/nonexistent/sd"),
     ({"guidance_model": "stabilityai/stable-diffusion-2-1-base"}, "model_missing",

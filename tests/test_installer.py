@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# Also in `build.py compat` (Python 3.13, as in Blender 5.1+): the installer runs inside Blender's Python.
+pytestmark = pytest.mark.bpy_only
+
 ROOT = Path(__file__).resolve().parents[1]
 NVIDIA_SMI_HEADER = """\
 Sun Nov 29 10:00:00 2026

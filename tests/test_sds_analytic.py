@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from backend.camera_sampling import ViewBatch, fixed_views, sample_views
-from backend.generate import GenerateSettings, distill, points_to_splats, render_views, sds_objective, sphere_init
+from backend.generate import distill, points_to_splats, render_views, sds_objective, sphere_init
 from backend.params import splats_to_tensors
 from backend.sds import Guidance
+from shared.jobkinds.generate import SPEC as GENERATE
+from shared.jobspec import Settings
 from shared.splats import Splats
 
 RES = 20
@@ -89,12 +91,12 @@ def initial_splats(n: int = 80, sh_degree: int = 0, seed: int = 0) -> Splats:
     return points_to_splats(pts, cols, sh_degree)
 
 
-def settings(**kw) -> GenerateSettings:
+def settings(**kw) -> Settings:
     # Learning rates above the 1200-step defaults so that the test converges in a few dozen steps.
     base = dict(prompt="three coloured blobs", resolution=RES, batch_size=1, guidance_scale=3.0,
                 lr_sh0=0.1, lr_opacities=0.1, lr_means=4e-3, lr_scales=2e-2, t_max_end=0.3, max_gaussians=120)
     base.update(kw)
-    return GenerateSettings(**base)
+    return GENERATE.make(**base)
 
 
 @pytest.mark.slow

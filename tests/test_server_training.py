@@ -153,11 +153,11 @@ def test_bad_train_input_is_a_job_error(tmp_path, train_payload):
             jid = c.submit("train", _params(10), bad)
             job = run_until(c, jid, 60)
             assert job.state == "failed" and job.error[0] == "bad_input"
-            assert f"Ks must be [{VIEWS},3,3] (one per image), got (3, 3, 3)" in job.error[1], job.error
+            assert f"train payload 'Ks' has C=3 but 'images' has C={VIEWS}" in job.error[1], job.error
             typo = c.submit("train", {"stepz": 10}, train_payload)
             job = run_until(c, typo, 30)
             assert job.error[0] == "bad_params"
-            assert "unknown train parameter(s) ['stepz']; known: [" in job.error[1], job.error
+            assert "unknown train setting 'stepz'; known: [" in job.error[1], job.error
     finally:
         srv.stop()
 

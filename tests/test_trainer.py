@@ -13,7 +13,8 @@ import torch
 from backend.job_api import JobError
 from backend.render import rasterize
 from backend.strategies import CappedDefaultStrategy, relocation_torch
-from backend.trainer import TrainSettings, cli, run_train_job, train, view_volume
+from backend.trainer import cli, run_train_job, train, view_volume
+from shared.jobkinds.train import SPEC as TRAIN
 from shared.cameras import look_at
 from shared.splats import Splats
 
@@ -83,7 +84,7 @@ def torus_data():
 def test_trains_known_scene_to_28db(torus_data, artifacts):
     images, viewmats, Ks, points, colors = torus_data
     ctx = Recorder()
-    settings = TrainSettings(steps=150, sh_degree=1, preview_every=50, report_interval_s=0.0)
+    settings = TRAIN.make(steps=150, sh_degree=1, preview_every=50, report_interval_s=0.0)
     res = train(images, viewmats, Ks, points, colors, settings, ctx)
     assert res.metrics["eval_psnr"] >= 28.0, res.metrics
     assert res.metrics["eval_ssim"] >= 0.85, res.metrics
@@ -116,7 +117,7 @@ def small_problem():
 def test_cancel_midway_returns_valid_splats():
     images, viewmats, Ks = small_problem()
     ctx = Recorder(stop_after=6)
-    res = train(images, viewmats, Ks, settings=TrainSettings(steps=100, init_points=300, sh_degree=0), ctx=ctx)
+    res = train(images, viewmats, Ks, settings=TRAIN.make(steps=100, init_points=300, sh_degree=0), ctx=ctx)
     assert res.meta["cancelled"] is True
     assert res.meta["steps_done"] == 6
     assert len(res.splats) == 300 and np.isfinite(res.splats.means).all()
@@ -125,7 +126,7 @@ def test_cancel_midway_returns_valid_splats():
 
 def test_same_seed_reproduces_and_other_seed_differs():
     images, viewmats, Ks = small_problem()
-    runs = [train(images, viewmats, Ks, settings=TrainSettings(steps=12, init_points=200, sh_degree=1, seed=s,
+    runs = [train(images, viewmats, Ks, settings=TRAIN.make(steps=12, init_points=200, sh_degree=1, seed=s,
                                                                  refine_start=4, refine_every=4))
             for s in (5, 5, 6)]
     a, b, c = (r.splats for r in runs)
@@ -163,7 +164,7 @@ def test_mcmc_runs_on_cpu_and_respects_the_cap():
     images, viewmats, Ks = small_problem()
     cap = 260
     ctx = Recorder()
-    res = train(images, viewmats, Ks, settings=TrainSettings(
+    res = train(images, viewmats, Ks, settings=TRAIN.make(
         steps=45, strategy="mcmc", max_gaussians=cap, init_points=200, sh_degree=0,
         refine_start=5, refine_every=5, refine_stop=40, report_interval_s=0.0), ctx=ctx)
     counts = [int(r[2]["num_gaussians"]) for r in ctx.reports]
@@ -174,7 +175,7 @@ def test_mcmc_runs_on_cpu_and_respects_the_cap():
 def test_default_strategy_respects_the_cap():
     images, viewmats, Ks = small_problem()
     ctx = Recorder()
-    res = train(images, viewmats, Ks, settings=TrainSettings(
+    res = train(images, viewmats, Ks, settings=TRAIN.make(
         steps=30, max_gaussians=230, init_points=200, sh_degree=0, refine_start=2, refine_every=5,
         refine_stop=30, grow_grad2d=1e-7, report_interval_s=0.0), ctx=ctx)
     assert len(res.splats) <= 230 and res.metrics["num_gaussians"] == len(res.splats)
@@ -207,15 +208,15 @@ def test_bad_job_input_is_a_job_error():
     ctx = Recorder()
     with pytest.raises(JobError) as e:
         run_train_job({"steps": 5}, {"images": images, "viewmats": viewmats[:3], "Ks": Ks}, ctx)
-    assert e.value.code == "bad_input" and "viewmats must be [8,4,4]" in e.value.message
+    assert e.value.code == "bad_input" and "'viewmats' has C=3 but 'images' has C=8" in e.value.message
     with pytest.raises(JobError) as e:
         run_train_job({"stepz": 5}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
-    assert e.value.code == "bad_params" and "unknown train parameter(s) ['stepz']" in e.value.message
-    with pytest.raises(JobError, match="strategy must be one of"):
+    assert e.value.code == "bad_params" and "unknown train setting 'stepz'" in e.value.message
+    with pytest.raises(JobError, match="train setting strategy='magic': expected one of 'default', 'mcmc'"):
         run_train_job({"strategy": "magic"}, {"images": images, "viewmats": viewmats, "Ks": Ks}, ctx)
-    with pytest.raises(JobError, match="images must be uint8"):
+    with pytest.raises(JobError, match=r"'images' must be uint8\[C,H,W,3\|4\], got float32"):
         run_train_job({}, {"images": images.astype(np.float32), "viewmats": viewmats, "Ks": Ks}, ctx)
-    with pytest.raises(JobError, match=r"train payload is missing \['viewmats', 'Ks'\]"):
+    with pytest.raises(JobError, match=r"train payload is missing \['viewmats', 'Ks'\] \(or set dataset_path\)"):
         run_train_job({}, {"images": images}, ctx)
     payload = {"images": images, "viewmats": viewmats, "Ks": Ks}
     if not torch.cuda.is_available():
@@ -233,12 +234,16 @@ def test_bad_job_input_is_a_job_error():
     bad_K[5, 1, 1] = 0.0
     with pytest.raises(JobError, match="camera 5: focal length fy=0.0"):
         run_train_job({"steps": 2}, dict(payload, Ks=bad_K), ctx)
-    for params, words in (({"init_scale": 0.0}, "init_scale must be a finite number > 0"),
-                          ({"lr_means": float("nan")}, "lr_means must be a finite number >= 0"),
-                          ({"ssim_lambda": 1.5}, "ssim_lambda must be in [0, 1]"),
-                          ({"init_opacity": 1.0}, "init_opacity must be in (0, 1)"),
-                          ({"sh_degree_interval": -1}, "sh_degree_interval must be an integer >= 1"),
-                          ({"steps": 10**12}, "steps must be an integer in [1, 1000000]")):
+    for params, words in (({"init_scale": 0.0}, "init_scale=0.0: out of range: allowed [0.001, 100]"),
+                          ({"init_scale": 5e-324}, "init_scale=5e-324: out of range: allowed [0.001, 100]"),
+                          ({"lr_means": float("nan")}, "lr_means=nan: not a finite number"),
+                          ({"ssim_lambda": 1.5}, "ssim_lambda=1.5: out of range: allowed [0, 1]"),
+                          ({"init_opacity": 1.0}, "init_opacity=1.0: out of range: allowed (0, 1) or null"),
+                          ({"sh_degree_interval": -1},
+                           "sh_degree_interval=-1: out of range: allowed [1, 1000000] or null"),
+                          ({"steps": 10**12}, "steps=1000000000000: out of range: allowed [1, 1000000]"),
+                          ({"refine_start": 50, "refine_stop": 10}, "refine_start=50 is after refine_stop=10"),
+                          ({"downscale": 2}, "images_dir and downscale apply to a dataset")):
         with pytest.raises(JobError) as e:
             run_train_job({"steps": 2, **params}, payload, ctx)
         assert e.value.code == "bad_params" and words in e.value.message, (params, e.value.message)
@@ -284,8 +289,8 @@ def test_job_and_cli_paths(tmp_path, capsys):
     assert e.value.code == "bad_dataset" and "nope: no such file or folder" in e.value.message
     with pytest.raises(JobError) as e:
         run_train_job({"dataset_path": str(tmp_path), "images_dir": 5}, {}, Recorder())
-    assert e.value.code == "bad_params" and "images_dir must be a folder path, got 5" in e.value.message
-    with pytest.raises(JobError, match="downscale must be an integer >= 1"):
+    assert e.value.code == "bad_params" and "train setting images_dir=5: expected text" in e.value.message
+    with pytest.raises(JobError, match=r"train setting downscale=0: out of range: allowed \[1, 64\]"):
         run_train_job({"dataset_path": str(tmp_path), "downscale": 0}, {}, Recorder())
 
 
@@ -296,7 +301,7 @@ def test_trains_on_cuda_with_gsplat(torus_data, strategy):
     ctx = Recorder()
     ctx.device = "cuda"
     res = train(images, viewmats, Ks, points, colors,
-                TrainSettings(steps=300, sh_degree=1, strategy=strategy, max_gaussians=3000), ctx)
+                TRAIN.make(steps=300, sh_degree=1, strategy=strategy, max_gaussians=3000), ctx)
     assert res.meta["backend"] == "gsplat"
     assert res.metrics["eval_psnr"] >= 28.0, res.metrics
     assert len(res.splats) <= 3000
