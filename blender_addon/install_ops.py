@@ -232,15 +232,8 @@ class SPLATBRIDGE_OT_backend_install_log(bpy.types.Operator):
     bl_label = "Show Install Log"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        text = sync_log_text()
-        if text is None:
-            self.report({"WARNING"}, "No backend install has run in this session")
-            return {"CANCELLED"}
-        space = getattr(context, "space_data", None)
-        if space is not None and space.type == "TEXT_EDITOR":
-            space.text = text
-        self.report({"INFO"}, f"The install log is in the text \"{LOG_TEXT_NAME}\"")
-        return {"FINISHED"}
+        return backend_process.show_log_text(self, context, sync_log_text(),
+                                             "No backend install has run in this session")
 
 
 classes = (SPLATBRIDGE_OT_backend_install, SPLATBRIDGE_OT_backend_install_log)
