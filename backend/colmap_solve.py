@@ -20,8 +20,9 @@ Stages (one per run):
   pinhole cameras, ``transforms.json`` and ``points.ply`` (layout: ``backend/reconstruct.py``).
 
 Progress goes to stdout as one JSON object per line: ``{"stage", "step", "total"}``, and finally
-``{"done": ...}`` with the stage's result. Needs only pycolmap, numpy, Pillow and ``shared`` (no torch). The server process never
-imports pycolmap: glog's signal handlers would turn its clean SIGTERM shutdown into an abort.
+``{"done": ...}`` with the stage's result. Needs only pycolmap, numpy, Pillow and ``shared`` (no
+torch). The server process never imports pycolmap: glog's signal handlers would turn its clean
+SIGTERM shutdown into an abort.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def stage_features(cfg: dict) -> dict:
     with pycolmap.Database.open(db) as d:
         for im in d.read_all_images():
             counts[im.name] = int(d.num_keypoints_for_image(im.image_id))
-    return {"keypoints": counts}
+    # the CUDA build (pycolmap-cuda12 on a GPU backend) extracts and matches on the GPU by itself
+    return {"keypoints": counts, "colmap": {"pycolmap": pycolmap.__version__, "cuda": bool(pycolmap.has_cuda)}}
 
 
 def stage_match(cfg: dict) -> dict:

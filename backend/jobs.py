@@ -209,10 +209,10 @@ class RunnerContext:
     """The ``JobContext`` a job function receives (see backend/job_api.py).
 
     ``report`` sends at most one ``progress`` message per ``min_interval_s`` (the final step
-    always goes out); steps only go forward within a stage (``metrics["stage"]``: a job of several
-    stages, e.g. reconstruct, counts each stage's steps from 0) and at most one preview per ``preview_interval_s``; preview arrays are
-    copied before queueing because a trainer's numpy views may share memory with tensors that
-    keep changing.
+    always goes out) and at most one preview per ``preview_interval_s``. Steps only go forward
+    within a stage (``metrics["stage"]``: a job of several stages, e.g. reconstruct, counts each
+    stage's steps from 0). Preview arrays are copied before queueing because a trainer's numpy
+    views may share memory with tensors that keep changing.
     """
 
     def __init__(self, job: Job, job_dir: Path, device: str, send: Send,

@@ -33,12 +33,16 @@ Files in the job store (``<store>/<job_id>/reconstruct/``, or the CLI's ``--colm
 undistorted images' size), ``fl_x``, ``fl_y``, ``cx``, ``cy`` (pixels), ``frames[i]``:
 ``file_path`` (transforms.json: ``images/<name>``, the undistorted image; cameras.json: the source
 photo's path, or ``<video>#<frame index>``), ``transform_matrix`` (camera-to-world 4x4, Blender
-camera convention: looks down -Z, +Y up, in the world of the splats), ``source`` (photo name or
-video frame name), and for video ``frame_index`` and ``time_s``. Top level: ``unregistered``
-(names of the images that did not register), ``source_kind`` ("photos"/"video"), ``fps`` (video).
+camera convention: looks down -Z, +Y up, in the world of the splats), ``source`` (the source photo's
+path, or ``<video>#<frame index>``), ``image`` (its file in images/), for video ``frame_index`` and
+``time_s``, and each frame's own ``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h``. Top level:
+``unregistered`` (the sources of the images that did not register), ``source_kind``
+("photos"/"video"), ``fps`` (video).
 
 The result's ``meta["reconstruct"]``: ``source``, ``source_kind``, ``fps``, ``num_images``,
-``registered`` (count), ``unregistered`` (names), ``matcher``, ``mapper``, ``loop_pairs``,
+``registered`` (count), ``unregistered`` (the source photos' file names, or ``<video>#<frame>``),
+``matcher``, ``mapper``, ``loop_pairs``,
+``colmap`` (pycolmap version; ``cuda``: its CUDA build, used for features and matching when installed),
 ``world`` (``backend.world_frame.WorldFrame.to_meta``: the 4x4 from COLMAP's world to ours),
 ``stage_seconds``, ``files`` (the paths above, relative to the job folder), ``cameras`` (the
 cameras.json dict) and ``points`` (up to 20000 sparse points: ``xyz`` flat f32 list, ``rgb`` flat u8
@@ -146,7 +150,7 @@ def check_distinct(image_dir: Path, names: list[str]) -> None:
 
 def prepare_photos(folder: Path, out_dir: Path, max_size: int, stages: _Stages) -> SolveInputs:
     """Check and copy (scaled to ``max_size``) the photos of ``folder`` into ``out_dir``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
     if len(files) < MIN_IMAGES:
         raise JobError("bad_input", f"{folder}: {len(files)} photo(s) (JPEG/PNG) found; at least "
@@ -159,7 +163,7 @@ def prepare_photos(folder: Path, out_dir: Path, max_size: int, stages: _Stages) 
         try:
             with Image.open(p) as im:
                 im.load()
-                img = im.convert("RGB")
+                img = ImageOps.exif_transpose(im).convert("RGB")    # phones store portrait as EXIF
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise JobError("bad_input", f"{p.name}: unreadable or corrupt image ({exc})") from None
         scale = max_size / max(img.size)
@@ -260,6 +264,7 @@ class Solve:
     matcher: str
     mapper: str
     loop_pairs: int
+    colmap: dict               # {"pycolmap": version, "cuda": whether its CUDA build ran}
     points: np.ndarray         # f32[P,3] Blender world
     colors: np.ndarray         # u8[P,3]
 
@@ -350,7 +355,7 @@ def solve(inputs: SolveInputs, root: Path, settings: Any, stages: _Stages) -> So
         points, colors = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
     stages.stop()
     return Solve(model_dir, transforms, world, registered, unregistered, matcher, used,
-                 int(match.get("loop_pairs", 0)), points, colors)
+                 int(match.get("loop_pairs", 0)), feat.get("colmap", {}), points, colors)
 
 
 def cameras_json(transforms: dict) -> dict:
@@ -409,7 +414,7 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
             model_dir = resolve_model(settings.model, ctx)
             transforms = json.loads((model_dir / "transforms.json").read_text())
             info.update(reused_model=str(model_dir), source_kind=transforms.get("source_kind"),
-                        unregistered=transforms.get("unregistered", []),
+                        unregistered=[Path(u).name for u in transforms.get("unregistered", [])],
                         registered=len(transforms["frames"]), cameras=cameras_json(transforms))
         else:
             src = Path(settings.source)
@@ -427,8 +432,9 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
             sol = solve(inputs, root, settings, stages)
             model_dir = sol.model_dir
             info.update(source=str(src), source_kind=inputs.kind, fps=inputs.fps, num_images=len(inputs.names),
-                        registered=len(sol.registered), unregistered=sol.unregistered, matcher=sol.matcher,
-                        mapper=sol.mapper, loop_pairs=sol.loop_pairs, world=sol.world.to_meta(),
+                        registered=len(sol.registered), matcher=sol.matcher,
+                        unregistered=[Path(inputs.sources[inputs.names.index(n)]).name for n in sol.unregistered],
+                        mapper=sol.mapper, loop_pairs=sol.loop_pairs, colmap=sol.colmap, world=sol.world.to_meta(),
                         cameras=cameras_json(sol.transforms))
     except Cancelled:
         stages.stop()

@@ -70,7 +70,8 @@ def probe(path: Path) -> tuple[int, float, int, int]:
                 n = int(round(c.duration / 1e6 * fps))
             return n, fps, int(s.codec_context.width), int(s.codec_context.height)
     except av.error.FFmpegError as exc:
-        raise JobError("bad_input", f"{path.name}: unreadable video: corrupt, truncated or not a video ({exc})") from None
+        raise JobError("bad_input", f"{path.name}: unreadable video: corrupt, truncated or not a "
+                                    f"video ({exc})") from None
 
 
 def extract_frames(path: Path, count: int, out_dir: Path, max_size: int,

@@ -163,7 +163,20 @@ def test_video_solves_cameras_to_the_truth(scene, tmp_path):
     assert world.shape == (4, 4) and info["world"]["up_source"] == "plane"
 
 
-def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
+def _render(splats, viewmat: np.ndarray, K: np.ndarray, w: int, h: int) -> np.ndarray:
+    """u8[H,W,3] of ``splats`` over black from one OpenCV camera (the CPU rasterizer)."""
+    import torch
+    from backend.params import activated, sh_coeffs, splats_to_tensors
+    from backend.render import rasterize
+    p = splats_to_tensors(splats)
+    with torch.no_grad():
+        rgb, _, _ = rasterize(*activated(p), sh_coeffs(p), torch.from_numpy(viewmat[None].astype(np.float32)),
+                              torch.from_numpy(K[None].astype(np.float32)), w, h, sh_degree=splats.sh_degree,
+                              backgrounds=torch.zeros(1, 3))
+    return (rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path, artifacts):
     """Splats trained on the solved cameras (reusing the solve: no new one) reach a held-out PSNR
     within 1.5 dB of training on the true cameras with the same images, points and steps."""
     from backend.datasets import load_dataset
@@ -190,6 +203,14 @@ def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
     a, b = res.metrics["eval_psnr"], true_res.metrics["eval_psnr"]
     print(f"held-out PSNR: solved cameras {a:.2f} dB, true cameras {b:.2f} dB ({steps} steps, "
           f"{data.images.shape[2]}x{data.images.shape[1]} px)")
+    # a picture: held-out photo | splats from the solved cameras | splats from the true cameras
+    from PIL import Image
+    v = 8                              # held out (every 8th view)
+    h, w = data.images.shape[1:3]
+    row = [data.images[v, ..., :3], _render(res.splats, data.viewmats[v], data.Ks[v], w, h),
+           _render(true_res.splats, viewmats[v], data.Ks[v], w, h)]
+    Image.fromarray(np.concatenate(row, axis=1)).resize((6 * w, 2 * h), Image.NEAREST).save(
+        artifacts / "reconstruct_heldout.png")
     assert b > 15.0                   # the comparison means something: the true run learnt the scene
     assert a > b - 1.5
 
@@ -233,6 +254,7 @@ def test_reconstruct_job_over_the_socket(scene, tmp_path):
             assert c.jobs[jid2].state == "done", c.jobs[jid2].error
             assert not (store / jid2 / "reconstruct" / "colmap").exists()
             assert c.jobs[jid2].meta["reconstruct"]["cameras"]["frames"] == info["cameras"]["frames"]
+            assert info["colmap"]["pycolmap"] == "4.2.1" and isinstance(info["colmap"]["cuda"], bool)
 
             jid3 = c.submit("reconstruct", {"source": str(tmp_path / "nothing-here")}, {})
             assert c.wait_for(lambda: c.jobs[jid3].finished, 60)
@@ -262,11 +284,17 @@ def test_corrupt_jpeg_is_named(scene, tmp_path):
     assert info.value.code == "bad_input"
 
 
-def test_truncated_mp4(scene, tmp_path):
-    data = scene["video"].read_bytes()
+@pytest.mark.parametrize("faststart, words", [
+    (False, r"cut\.mp4: unreadable video: corrupt, truncated"),          # the index at the end is lost
+    (True, r"cut\.mp4: the video is corrupt or truncated"),              # the index is there, frames are not
+])
+def test_truncated_mp4(scene, tmp_path, faststart, words):
+    from reconstruct_scene import write_video
+    video = write_video(scene["all"].images, tmp_path / "full.mp4", faststart=faststart)
+    data = video.read_bytes()
     bad = tmp_path / "cut.mp4"
     bad.write_bytes(data[:len(data) // 2])
-    with pytest.raises(JobError, match=r"cut\.mp4: unreadable video: corrupt, truncated") as info:
+    with pytest.raises(JobError, match=words) as info:
         run_job(tmp_path, source=str(bad), steps=0)
     assert info.value.code == "bad_input"
 
@@ -287,12 +315,28 @@ def test_two_images(scene, tmp_path):
 def test_cli_error_exit(scene, tmp_path):
     """The CLI prints the job's error with its code and exits 1, writing nothing."""
     folder = _photos(tmp_path / "p", scene["photos_scene"].images[:2])
-    proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(folder), "--out", str(tmp_path / "s.ply"),
-                           "--cameras-out", str(tmp_path / "c.json")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(folder),
+                           "--out", str(tmp_path / "s.ply"), "--cameras-out", str(tmp_path / "c.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
     assert "error (bad_input): " in proc.stderr and "at least 3 are needed" in proc.stderr
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "s.ply").exists()
+
+
+def test_images_that_do_not_register_are_named(scene, tmp_path):
+    """Three photos of something else among the 24: the scene solves, those three are named."""
+    from PIL import Image
+    folder = tmp_path / "p"
+    shutil.copytree(scene["photos"], folder)
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        blocks = rng.integers(0, 255, (H // 16, W // 16, 3), dtype=np.uint8)
+        Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), np.uint8))).save(folder / f"zz_other_{i}.jpg")
+    res, _ = run_job(tmp_path, source=str(folder), steps=0, max_image_size=W)
+    info = res.meta["reconstruct"]
+    assert sorted(info["unregistered"]) == ["zz_other_0.jpg", "zz_other_1.jpg", "zz_other_2.jpg"]
+    assert info["registered"] == 24 and info["num_images"] == 27
+    assert sorted(Path(u).name for u in info["cameras"]["unregistered"]) == sorted(info["unregistered"])
 
 
 def test_thirty_identical_images(scene, tmp_path):
@@ -390,3 +434,40 @@ def test_video_frames_pick_the_sharpest_of_each_stretch(tmp_path):
     assert fps == pytest.approx(12)
     assert [f.index for f in picked] == sharp_at
     assert all((tmp_path / "out" / f.file).is_file() for f in picked)
+
+
+def test_photos_follow_exif_orientation(tmp_path):
+    """A phone's portrait photo is stored landscape with EXIF orientation 6: it is solved (and
+    trained, and shown) upright."""
+    from PIL import Image
+    from backend.reconstruct import _Stages, prepare_photos
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:10] = 255                                     # a white band along the stored top
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # display: rotate 90 degrees clockwise
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(img).save(folder / f"p{i}.jpg", exif=exif, quality=95)
+    inputs = prepare_photos(folder, tmp_path / "out", 1000, _Stages(Ctx(tmp_path)))
+    out = np.asarray(Image.open(tmp_path / "out" / inputs.names[0]).convert("L"), np.float32)
+    assert out.shape == (60, 40)
+    assert out[:, -5:].mean() > 200 and out[:, :25].mean() < 30      # the band is now on the right
+
+
+def test_loop_pairs_close_the_loop():
+    """Frames along a closed path: the last frames look like the first, far apart in time."""
+    from backend.colmap_solve import loop_pairs
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 576))
+    n = 30
+    thumbs = []
+    for i in range(n):
+        t = 2 * np.pi * i / n
+        v = np.cos(t) * a + np.sin(t) * b + 0.05 * rng.normal(size=576)
+        v -= v.mean()
+        thumbs.append(v / np.linalg.norm(v))
+    pairs = loop_pairs(np.array(thumbs, np.float32), min_gap=8)
+    assert pairs and all(j - i >= 8 for i, j in pairs)
+    assert all(min(j - i, n - (j - i)) <= 5 for i, j in pairs), pairs      # only revisits (<= 60 deg)
+    assert any(i <= 1 and j >= n - 2 for i, j in pairs), pairs              # start meets end

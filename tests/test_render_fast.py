@@ -238,3 +238,34 @@ def test_training_through_the_trainer_reaches_the_references_psnr():
     assert set(out) == {"fast", "reference"}
     assert out["reference"] >= 24.0, out
     assert abs(out["fast"] - out["reference"]) <= 1.0, out
+
+
+def test_one_thread_many_threads_and_concurrent_calls_agree():
+    """One torch thread runs the serial kernels; more run the parallel ones (one call at a time,
+    behind a lock): same images and gradients, also when two Python threads render at once."""
+    import threading
+    W, H = 48, 40
+    viewmats, Ks = cameras(2, W, H)
+    params = scene_with_edge_cases(400, seed=4, sh_degree=2, viewmats=viewmats)
+    kw = dict(sh_degree=2, backgrounds=torch.ones(2, 3))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = render_and_grads(rasterize_fast, params, viewmats, Ks, W, H, **kw)
+        torch.set_num_threads(2)
+        results: list = [None, None]
+
+        def work(i: int) -> None:
+            results[i] = render_and_grads(rasterize_fast, params, viewmats, Ks, W, H, **kw)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    for r in results:
+        torch.testing.assert_close(r[0], serial[0], rtol=0, atol=1e-6)
+        for a, b in zip(r[3], serial[3]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -1,20 +1,29 @@
-"""Fast CPU rasterizer: the reference's projection, SH and conventions (``reference.rasterize_with``)
-with the per-tile compositing and its backward as Numba kernels (compiled by Numba's bundled LLVM:
-no system compiler, wheels for Linux, Windows and macOS on x86-64 and arm64).
+"""Fast CPU rasterizer: gsplat's pipeline as Numba kernels (compiled by Numba's bundled LLVM: no
+system compiler; Numba wheels exist for Linux, Windows and macOS on x86-64 and arm64), each with a
+hand-written backward, behind the reference's input checks, render modes and ``info``
+(``reference.rasterize_with``).
 
-What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding:
-16x16 tiles, front to back by depth, alpha = min(0.999, o * exp(-sigma)) skipped when < 1/255 or
-sigma < 0, a pixel stops before the Gaussian that would bring its transmittance to <= 1e-4. The
-backward is gsplat's: back to front from each pixel's final transmittance (accumulated in float64),
-gradients to means2d, conics, colours and opacities; projection and SH backpropagate through torch's
-autograd as in the reference. ``absgrad=True`` also stores, as gsplat does, the per-pixel sums of
-|d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
+- ``_project_forward`` / ``_project_backward``: EWA projection (classic mode) and SH colours up to
+  degree 3, float64, one autograd node; gradients to means, quats, scales and SH coefficients.
+  Antialiased mode, per-camera colours and SH degree 4 use the reference's torch projection.
+- ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
+- ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
+  backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
+  branch-free 16-lane row loops that LLVM vectorises; gradients to means2d, conics, colours,
+  opacities, and (``absgrad=True``, as gsplat) the per-pixel sums of |d loss / d means2d| in
+  ``info["means2d"].absgrad`` [C,N,2] during backward.
 
-Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are composited on the
-CPU: the kernel's inputs and outputs are copied there and back inside the autograd function.
-Threads: as many as ``torch.get_num_threads()`` (Numba's own pool, capped at its start-up count).
-The first call compiles the kernels (a few seconds); Numba caches them beside this file when the
-folder is writable.
+What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
+(tests/test_render_fast.py): 16x16 tiles, front to back by depth, alpha = min(0.999, o exp(-sigma))
+skipped when < 1/255 or sigma < 0 (exp by a polynomial, relative error < 2e-5), a pixel stops
+before the Gaussian that would bring its transmittance to <= 1e-4.
+
+Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are rasterized on the
+CPU: inputs and results are copied there and back inside the autograd functions (untested here).
+Threads: ``torch.get_num_threads()``; one thread runs serial kernels (callable from many threads at
+once), more run ``prange`` kernels on Numba's workqueue pool, one call at a time. The first call
+compiles the kernels (about a minute on a slow CPU); Numba caches them beside this file
+(``__pycache__``) when the folder is writable, else compiles once per process.
 """
 from __future__ import annotations
 
@@ -592,6 +601,23 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
                 out_t[py, px] = t
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _lane_sums(lane, lane_c, out):
+    """out[:7] and out[7+D] = the row sums of ``lane`` [8,16], out[7:7+D] = those of ``lane_c``
+    [D,16]; reassociation lets LLVM vectorise the sums (the order of float adds is free here)."""
+    D = lane_c.shape[0]
+    for j in range(8):
+        acc = _F(0.0)
+        for lx in range(TILE_SIZE):
+            acc += lane[j, lx]
+        out[j if j < 7 else 7 + D] = acc
+    for d in range(D):
+        acc = _F(0.0)
+        for lx in range(TILE_SIZE):
+            acc += lane_c[d, lx]
+        out[7 + d] = acc
+
+
 @_kernel
 def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
                      tile_w, last_idx, final_t, v_color, v_alpha, per):
@@ -692,17 +718,7 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                     lane[5, lx] += v_sigma * dx * dy
                     lane[6, lx] += _F(0.5) * v_sigma * dy * dy
                     lane[7, lx] += vis * v_am
-            i = start + k
-            for j in range(8):
-                acc = 0.0
-                for lx in range(TILE_SIZE):
-                    acc += lane[j, lx]
-                per[i, j if j < 7 else 7 + D] = acc
-            for d in range(D):
-                acc = 0.0
-                for lx in range(TILE_SIZE):
-                    acc += lane_c[d, lx]
-                per[i, 7 + d] = acc
+            _lane_sums(lane, lane_c, per[start + k])
 
 
 @numba.njit(**_JIT)
@@ -718,8 +734,14 @@ def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu").numpy())
 
 
+def _back(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """A kernel result as a tensor of ``dtype`` on ``device`` (cast on the CPU: MPS has no float64)."""
+    t = torch.from_numpy(a)
+    return (t.to(dtype) if dtype is not None else t).to(device)
+
+
 def _np64(t: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy())
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy())   # MPS has no float64
 
 
 class _CompositeTiles(torch.autograd.Function):
@@ -747,9 +769,9 @@ class _CompositeTiles(torch.autograd.Function):
         ctx.last, ctx.final_t = last, final_t
         ctx.size = (width, height, tile_w)
         ctx.absgrad_target = absgrad_target
-        tpg = torch.from_numpy(tpg_np).to(device)
+        tpg = _back(tpg_np, device)
         ctx.mark_non_differentiable(tpg)
-        return (torch.from_numpy(color).to(device, dtype), torch.from_numpy(alpha)[..., None].to(device, dtype),
+        return (_back(color, device, dtype), _back(alpha[..., None], device, dtype),
                 tpg)
 
     @staticmethod
@@ -763,7 +785,7 @@ class _CompositeTiles(torch.autograd.Function):
                          _np(v_color).astype(np.float64), _np(v_alpha)[..., 0].astype(np.float64), per)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
-        t = torch.from_numpy(out).to(device, dtype)
+        t = _back(out, device, dtype)
         if ctx.absgrad_target is not None:
             cam, holder = ctx.absgrad_target
             if getattr(holder, "absgrad", None) is None or holder.absgrad.shape != holder.shape:
@@ -796,7 +818,7 @@ class _ProjectShade(torch.autograd.Function):
         ctx.sh, ctx.campos, ctx.radii, ctx.colors = sh_np, campos, radii, colors
         ctx.params = (width, height, eps2d, sh_degree)
         ctx.sh_shape = tuple(sh.shape)
-        out = [torch.from_numpy(a).to(device) for a in (means2d, conics, depths, radii, colors)]
+        out = [_back(a, device) for a in (means2d, conics, depths, radii, colors)]
         ctx.mark_non_differentiable(out[3])
         return tuple(out)
 
@@ -813,7 +835,7 @@ class _ProjectShade(torch.autograd.Function):
         _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.sh, sh_degree,
                           ctx.campos, ctx.radii, ctx.colors, _np64(v_means2d), _np64(v_conics),
                           _np64(v_depths), _np64(v_colors), g_means, g_quats, g_scales, g_sh)
-        t = lambda a: torch.from_numpy(a).to(device, dtype)
+        t = lambda a: _back(a, device, dtype)
         return (t(g_means), t(g_quats), t(g_scales), t(g_sh) if sh_degree >= 0 else None, None,
                 None, None, None, None, None, None, None, None)
 
