@@ -11,9 +11,10 @@ Spec and result format: ``shared/jobkinds/segment.py``. Method:
    geometry and opacity as constants.
 2. **Assignment** (FlashSplat's optimum of its linear program, one splat at a time): the label with the
    largest summed contribution over the views; the background's (label 0) is scaled by
-   ``background_weight``; splats with a total below ``min_contribution`` x the median total are unseen
-   (-1): hidden in every view, their few pixels decide nothing.
-3. **Unseen splats** (``fill_unseen``): the majority label of their seen neighbours on a voxel grid
+   ``background_weight``; splats with a total below ``min_contribution`` x the median total are *weak*
+   (-1): hidden or nearly hidden in every view, their few pixels decide nothing. (At the default 1.0
+   that is the half of the splats that contribute least.)
+3. **Weak splats** (``fill_unseen``): the majority label of their well-seen neighbours on a voxel grid
    (``shared.selection.fill_labels``). With masks in only 2-3 views, the backs and insides of objects
    are never seen; they belong with the visible splats next to them.
 """
@@ -129,8 +130,9 @@ def run_segment_job(params: Settings | dict, payload: dict, ctx: JobContext) -> 
         splats, labels, viewmats, Ks, num_labels=num_labels, ignore_label=settings.ignore_label,
         labels_per_pass=settings.labels_per_pass, device=ctx.device, backend=settings.backend, ctx=ctx)
     out = assign_labels(contrib, settings.min_contribution, settings.background_weight)
-    unseen = int((out == -1).sum())
-    if settings.fill_unseen and unseen:
+    unseen = int((contrib.sum(axis=1) <= 0).sum())
+    weak = int((out == -1).sum())
+    if settings.fill_unseen and weak:
         cell = settings.fill_cell or 2.0 * float(np.median(splat_sizes(splats)))
         out = fill_labels(splats, out, cell).astype(np.int32)
     values, counts = np.unique(out, return_counts=True)
@@ -138,6 +140,7 @@ def run_segment_job(params: Settings | dict, payload: dict, ctx: JobContext) -> 
         "labels": out,
         "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
         "unseen": unseen,
+        "weak": weak,
         "unlabelled": int((out == -1).sum()),
         "num_labels": num_labels,
         "views_done": done,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from .shared import native_splats as nat
+from .shared.native_splats import transpose01
 from .shared.sh import REST_COUNT, degree_from_rest_count
 from .shared.splats import Splats
 
@@ -112,19 +113,6 @@ def splat_count(obj) -> int:
     return len(obj.data.points) if obj.type == "POINTCLOUD" else len(obj.data.vertices)
 
 
-def transpose01(a: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Contiguous ``a.transpose(1, 0, 2)`` of a 3D array, copied in cache-sized blocks with the
-    last axis moved as one opaque item (3x faster than numpy's plain copy for [1M, 15, 3])."""
-    a = np.ascontiguousarray(a)
-    rows, cols, inner = a.shape
-    item = np.dtype((np.void, inner * a.itemsize))
-    src = a.view(item).reshape(rows, cols)
-    out = np.empty((cols, rows), item)
-    for i in range(0, rows, block):
-        np.copyto(out[:, i:i + block], src[i:i + block].T)
-    return out.view(a.dtype).reshape(cols, rows, inner)
-
-
 def _set_attribute(data, name: str, data_type: str, prop: str, values: np.ndarray) -> None:
     attr = data.attributes.get(name)
     if attr is not None and (attr.data_type != data_type or attr.domain != "POINT"):
@@ -164,14 +152,10 @@ def _write_mesh(mesh, splats: Splats) -> None:
 def _write_pointcloud(cloud, splats: Splats) -> None:
     if len(cloud.points) != len(splats):
         cloud.resize(len(splats))
-    k_count = splats.shN.shape[1]
-    rest = transpose01(splats.shN) if len(splats) and k_count else None       # [K, N, 3]
     for name, values in nat.to_native(splats).items():
         data_type = nat.TYPES.get(name, nat.SH_TYPE)[0]
-        if name.startswith("radiance:sh_"):
-            values = rest[int(name.rsplit("_", 1)[1])] if rest is not None else values
         _set_attribute(cloud, name, data_type, _FOREACH[data_type], values)
-    k = k_count
+    k = splats.shN.shape[1]
     while (stale := cloud.attributes.get(nat.ATTR_SH.format(k))) is not None:
         cloud.attributes.remove(stale)       # Blender reads sh_0, sh_1, ... until one is missing
         k += 1
@@ -296,7 +280,7 @@ def _read_native(obj) -> Splats:
     for k in range(k_count):
         _get_attribute(cloud, nat.ATTR_SH.format(k), "FLOAT_VECTOR", "vector", 3, n, obj.name, out=rest[k])
         attrs[nat.ATTR_SH.format(k)] = rest[k]
-    return nat.from_native(attrs)
+    return nat.from_native(attrs, sh_planes=rest)
 
 
 def _read_mesh(obj) -> Splats:

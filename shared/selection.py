@@ -14,7 +14,9 @@ the sphere and cube empties).
   huge splats, under one ``strength`` in 0..1.
 * :func:`invert`, :func:`grow`, :func:`shrink` (26-neighbourhood on a voxel grid).
 
-Combine masks with numpy (``a | b``, ``a & ~b``).
+Combine masks with numpy (``a | b``, ``a & ~b``). Spaces: points and volumes must be in one space. For a
+splat object's own (object-space) means, pass the volume's matrix relative to it:
+``inverse(splat_object.matrix_world) @ volume_object.matrix_world``.
 """
 from __future__ import annotations
 

@@ -109,6 +109,11 @@ def test_mask_selection_from_three_views(phase):
         sel, want = res.meta["labels"] == 1, geo == obj
         precision, recall = (sel & want).sum() / sel.sum(), (sel & want).sum() / want.sum()
         assert precision >= 0.95 and recall >= 0.95, (obj, precision, recall)
+        assert res.meta["unlabelled"] == 0 and 0 <= res.meta["unseen"] <= res.meta["weak"] < len(trained)
+    # without filling from 3D neighbours, the backs and insides no view sees stay unselected
+    res = run_segment_job({"fill_unseen": False}, payload(trained, mask, viewmats, Ks), NullContext())
+    sel = res.meta["labels"] == 1
+    assert (sel & want).sum() / want.sum() < 0.95 and res.meta["unlabelled"] == res.meta["weak"] > 0
 
 
 @pytest.mark.slow

@@ -9,14 +9,16 @@ The backend renders each view once, accumulating each splat's alpha-weighted con
 ``sum over the pixels of label l of alpha_i T_i`` for every label, then gives each splat the label with
 the largest contribution (the background's multiplied by ``background_weight``). A splat whose total
 contribution is below ``min_contribution`` times the median total (of the splats that contribute at all)
-is unseen: with ``fill_unseen`` it takes the majority label of its seen neighbours in 3D (a voxel grid,
-``shared.selection.fill_labels``), otherwise -1.
+is weak (at the default 1.0: the half that contributes least; it includes the unseen backs and insides of
+objects): with ``fill_unseen`` it takes the majority label of its well-seen neighbours in 3D (a voxel
+grid, ``shared.selection.fill_labels``), otherwise -1. Measured on a trained three-object scene: masks
+in 3 views select an object with precision and recall >= 0.96 this way (0.6-0.9 recall without it).
 
 Result: no new splats (an empty splat map: the client has them); ``meta["labels"]`` is an int32 array
 [N] in the order of the input splats (-1 unlabelled, 0 background, 1..L), sent as a raw frame like any
 array in a message; ``meta["label_counts"]`` maps each label (as text) to its splat count,
-``meta["unseen"]`` counts the splats no view saw enough of (before filling), ``meta["unlabelled"]`` the
--1s left; metrics ``seconds``, ``views``, ``num_gaussians``. (The job store's meta.json keeps a note in
+``meta["unseen"]`` counts the splats no view saw at all, ``meta["weak"]`` those below the threshold
+(labelled from their neighbours when ``fill_unseen``), ``meta["unlabelled"]`` the -1s left; metrics ``seconds``, ``views``, ``num_gaussians``. (The job store's meta.json keeps a note in
 place of the array, so a later ``fetch`` of this result has no labels: resubmit.)
 """
 from __future__ import annotations
@@ -41,15 +43,15 @@ SPEC = register(JobSpec(
     description="Label every splat from 2D label masks in a few views (FlashSplat's closed-form assignment).",
     settings=(
         Setting("min_contribution", 1.0, "A splat whose summed alpha-weighted contribution over all views is "
-                "below this times the median of the splats that contribute at all is unseen: decided by "
-                "its 3D neighbours (fill_unseen) or left at -1", min=0.0),
+                "below this times the median of the splats that contribute at all is weak: decided by "
+                "its 3D neighbours (fill_unseen) or left at -1; 0: only never-seen splats", min=0.0),
         Setting("background_weight", 1.0, "Multiplies the background's (label 0) contribution before the "
                 "argmax: below 1 keeps more edge splats in the objects, above 1 gives them to the background",
                 min=0.0),
         Setting("ignore_label", -1, "Label value that votes for nothing (unpainted pixels); -1: none",
                 min=-1, max=MAX_LABEL),
-        Setting("fill_unseen", True, "Give unseen splats (hidden in every view: backs, insides) the majority "
-                "label of their seen neighbours on a voxel grid; off: they get -1"),
+        Setting("fill_unseen", True, "Give weak splats (hidden or nearly hidden in every view: backs, insides) "
+                "the majority label of their well-seen neighbours on a voxel grid; off: they get -1"),
         Setting("fill_cell", None, "Voxel size for fill_unseen, metres; default twice the median splat size",
                 type="float", optional=True, min=0.0, min_exclusive=True, unit="m", advanced=True),
         Setting("labels_per_pass", 32, "Labels accumulated per rendering pass (more labels take more "
