@@ -60,6 +60,9 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--max-store-gb", type=float, default=20.0, metavar="GIB",
                    help="while the job store is larger, free the oldest finished jobs first (0: no "
                         "limit; default 20). The newest finished job is always kept")
+    p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
+                   help="disk space the job store leaves free: submits and results that would "
+                        "leave less are refused with 'disk_full' (default 256)")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -85,12 +88,14 @@ def serve_main(argv: list[str]) -> int:
                 raise ValueError(f"--job-kind {spec!r} must look like NAME=package.module:function")
             JOB_KINDS.register(name, target)
         from backend.store import Retention
-        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb)):
+        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb),
+                            ("--min-free-mb", args.min_free_mb)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
-                        preview_interval_s=args.preview_interval, retention=retention)
+                        preview_interval_s=args.preview_interval, retention=retention,
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20))
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
