@@ -601,6 +601,24 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
                 out_t[py, px] = t
 
 
+@numba.njit(**_JIT)
+def _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc):
+    """Add one pixel's gradients to lane ``lx`` of ``lane`` [8,16] (means2d x, y, |x|, |y|, conic
+    a, b, c, opacity), from ``v_am`` = d loss / d alpha (0 where the Gaussian did not contribute
+    or its alpha was clamped), raw = o exp(-sigma), vis = exp(-sigma), dx, dy = mean - pixel."""
+    v_sigma = -raw * v_am
+    gx = v_sigma * (ca * dx + cb * dy)
+    gy = v_sigma * (cb * dx + cc * dy)
+    lane[0, lx] += gx
+    lane[1, lx] += gy
+    lane[2, lx] += abs(gx)
+    lane[3, lx] += abs(gy)
+    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
+    lane[5, lx] += v_sigma * dx * dy
+    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
+    lane[7, lx] += vis * v_am
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _lane_sums(lane, lane_c, out):
     """out[:7] and out[7+D] = the row sums of ``lane`` [8,16], out[7:7+D] = those of ``lane_c``
@@ -701,17 +719,7 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                         b1[lx] += c1 * wgt
                         b2[lx] += c2 * wgt
                         v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                        v_sigma = -raw * v_am
-                        gx = v_sigma * (ca * dx + cb * dy)
-                        gy = v_sigma * (cb * dx + cc * dy)
-                        lane[0, lx] += gx
-                        lane[1, lx] += gy
-                        lane[2, lx] += abs(gx)
-                        lane[3, lx] += abs(gy)
-                        lane[4, lx] += _F(0.5) * v_sigma * dx * dx
-                        lane[5, lx] += v_sigma * dx * dy
-                        lane[6, lx] += _F(0.5) * v_sigma * dy * dy
-                        lane[7, lx] += vis * v_am
+                        _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
                     continue
                 for lx in range(TILE_SIZE):
                     dx = mx - xs[lx]
@@ -744,17 +752,7 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                     raw = op * vis
                     # only where this Gaussian contributed (alpha > 0) and alpha was not clamped
                     v_am = v_a[lx] if (al[lx] > _F(0.0)) & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                    v_sigma = -raw * v_am
-                    gx = v_sigma * (ca * dx + cb * dy)
-                    gy = v_sigma * (cb * dx + cc * dy)
-                    lane[0, lx] += gx
-                    lane[1, lx] += gy
-                    lane[2, lx] += abs(gx)
-                    lane[3, lx] += abs(gy)
-                    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
-                    lane[5, lx] += v_sigma * dx * dy
-                    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
-                    lane[7, lx] += vis * v_am
+                    _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
             _lane_sums(lane, lane_c, per[start + k])
 
 
