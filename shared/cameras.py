@@ -221,7 +221,7 @@ def cameras_from_arrays(viewmats: np.ndarray, Ks: np.ndarray, width: int, height
     if Ks.shape != (viewmats.shape[0], 3, 3):
         raise CameraError(f"Ks shape {Ks.shape} is not [C={viewmats.shape[0]}, 3, 3]")
     out = []
-    for i, (w2c, k) in enumerate(zip(viewmats, Ks)):
+    for i, (w2c, k) in enumerate(zip(viewmats, Ks, strict=True)):
         try:
             out.append(Camera(w2c, k[0, 0], k[1, 1], k[0, 2], k[1, 2], width, height))
         except CameraError as exc:

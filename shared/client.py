@@ -19,14 +19,14 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
-from .protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode,
-                       encode, make_error)
+from .protocol import DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode, encode, make_error
 
 LOCAL_TIMEOUT_CODE = "backend_not_responding"
 LOCAL_BAD_REPLY_CODE = "bad_reply"
@@ -171,7 +171,7 @@ class BackendClient:
         self._open()
         self.send_hello()
 
-    def __enter__(self) -> "BackendClient":
+    def __enter__(self) -> BackendClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

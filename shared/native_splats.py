@@ -37,7 +37,7 @@ and are read from the native ones (log of the scale, logit of the opacity clippe
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -32,8 +32,17 @@ import numpy as np
 
 from ..sh import SH_C0
 from ..splats import Splats, logit, sigmoid
-from ._common import (PathLike, PlyHeader, SplatFormatError, build_splats, check_property, column,
-                      read_ply_elements, read_ply_header, write_binary_ply)
+from ._common import (
+    PathLike,
+    PlyHeader,
+    SplatFormatError,
+    build_splats,
+    check_property,
+    column,
+    read_ply_elements,
+    read_ply_header,
+    write_binary_ply,
+)
 
 CHUNK_SIZE = 256
 CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
