@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def _prog() -> str:

@@ -12,12 +12,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
-
 import gsplat.strategy.ops as _ops
+import torch
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
+from torch import Tensor
 
 __all__ = ["relocation_torch", "install_cpu_fallbacks", "CappedDefaultStrategy", "MCMCStrategy"]
 
