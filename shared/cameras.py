@@ -178,7 +178,8 @@ def camera_to_blender(camera: Camera, sensor_width: float = 36.0) -> BlenderCame
     )
 
 
-def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at(position: np.ndarray, target: np.ndarray,
+            up: np.ndarray | tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV world-to-camera 4x4 for a camera at ``position`` looking at ``target``; image
     "up" is as close to world ``up`` as possible (Z up by default)."""
     position = np.asarray(position, dtype=np.float64)

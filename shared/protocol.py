@@ -198,7 +198,7 @@ def _pack_value(value: Any, path: str, frames: list, limits: Limits, depth: int)
             raise SizeLimitExceeded(f"{path}: array of {arr.nbytes} bytes exceeds the "
                                     f"{limits.max_array_bytes}-byte limit")
         _check_dimensions(arr.shape, arr.dtype.itemsize, name, path, limits)
-        frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        frames.append(arr.reshape(-1).view(np.uint8).data)     # .data: the array's memoryview
         return {_ND: [name, list(arr.shape), len(frames) - 2]}
     if depth > limits.max_depth:
         raise SizeLimitExceeded(f"{path}: nested deeper than {limits.max_depth} levels")

@@ -71,15 +71,17 @@ class Splats:
     scales: np.ndarray
     opacities: np.ndarray
     sh0: np.ndarray
-    shN: np.ndarray | None = None
+    shN: np.ndarray         # always an array once built: None at construction means degree 0 (zeros [N, 0, 3])
 
-    def __post_init__(self) -> None:
+    # Written out rather than generated: ``shN`` accepts None, but the attribute is never None.
+    def __init__(self, means: np.ndarray, quats: np.ndarray, scales: np.ndarray, opacities: np.ndarray,
+                 sh0: np.ndarray, shN: np.ndarray | None = None) -> None:
+        self.means, self.quats, self.scales, self.opacities, self.sh0 = means, quats, scales, opacities, sh0
         self.means = _as_f32("means", self.means, "[N, 3]")
         n = self.means.shape[0] if self.means.ndim == 2 else -1
         if self.means.ndim != 2 or self.means.shape[1] != 3:
             raise SplatError("means", f"shape {self.means.shape} is not [N, 3]")
-        if self.shN is None:
-            self.shN = np.zeros((n, 0, 3), np.float32)
+        self.shN = np.zeros((n, 0, 3), np.float32) if shN is None else shN
         expected = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
         for field, shape in expected.items():
             arr = _as_f32(field, getattr(self, field), str(list(shape)).replace(str(n), "N", 1))
@@ -150,7 +152,8 @@ class Splats:
         missing = [f for f in FIELDS[:-1] if f not in arrays]
         if missing:
             raise SplatError(missing[0], "missing from the splat data")
-        return cls(**{f: arrays.get(f) for f in FIELDS})
+        return cls(arrays["means"], arrays["quats"], arrays["scales"], arrays["opacities"], arrays["sh0"],
+                   arrays.get("shN"))
 
     @classmethod
     def _derived(cls, arrays: Mapping[str, np.ndarray]) -> Splats:

@@ -328,7 +328,7 @@ class BoundedGunzip:
         self.path = path
         self._zlib = zlib
         self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._pending = memoryview(data)
+        self._pending: memoryview | None = memoryview(data)
         self.compressed_size = len(data)
         self.produced = 0
 
