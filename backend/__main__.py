@@ -11,6 +11,9 @@
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
+Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
+`splatbridge-backend serve ...` and so on.
+
 Each subcommand imports its module only when it runs, so a missing dependency of one (e.g.
 diffusers) does not break the others.
 """
@@ -24,7 +27,15 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,train,generate,edit,reconstruct,prefetch,keys} [options]  (-h for help)"
+
+def _prog() -> str:
+    """How the user ran us: the installed command's name, else ``python -m backend``."""
+    name = os.path.basename(sys.argv[0] or "")
+    return "splatbridge-backend" if name.removesuffix(".exe") == "splatbridge-backend" else "python -m backend"
+
+
+def usage() -> str:
+    return f"usage: {_prog()} {{{','.join(COMMANDS)}}} [options]  (-h for help)"
 
 
 def _setup_logging() -> None:
@@ -34,7 +45,7 @@ def _setup_logging() -> None:
 
 def serve_main(argv: list[str]) -> int:
     from backend.server import DEFAULT_BIND
-    p = argparse.ArgumentParser(prog="python -m backend serve",
+    p = argparse.ArgumentParser(prog=f"{_prog()} serve",
                                 description="Run the SplatBridge backend server.")
     p.add_argument("--bind", default=DEFAULT_BIND,
                    help=f"ZeroMQ address to bind (default {DEFAULT_BIND}); a non-loopback "
@@ -138,7 +149,7 @@ def _ray_executor(args: argparse.Namespace):
 
 
 def keys_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend keys",
+    p = argparse.ArgumentParser(prog=f"{_prog()} keys",
                                 description="Write a CurveZMQ key pair (NAME.key public, "
                                             "NAME.key_secret secret) into DIR.")
     p.add_argument("dir")
@@ -177,11 +188,11 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        print(__doc__.strip() if argv else usage(), file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"splatbridge: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        print(f"splatbridge: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
         return 2
     return COMMANDS[cmd](rest)
 
