@@ -8,7 +8,7 @@ Layout of ``<root>/<job_id>/``::
     inputs/values.json  the payload's non-array values (plain JSON)
     result/<key>.npy    the result splats, one lossless .npy per ``Splats.to_arrays()`` field
     result/metrics.json the result's metrics
-    result/meta.json    the result's meta
+    result/meta.json    the result's meta (a top-level array of it: result/meta.<key>.npy, JSON keeps a note)
     reconstruct/        the reconstruct job's solve (images, COLMAP database/log/models,
                         transforms.json; see backend/reconstruct.py)
 
@@ -122,6 +122,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
     os.replace(tmp, path)
+
+
+#: a top-level array in a result's meta is kept as ``result/meta.<key>.npy`` (meta.json holds a note)
+META_ARRAY_PREFIX = "meta."
 
 
 class JobStore:
@@ -290,6 +294,9 @@ class JobStore:
         for key, arr in splats.to_arrays().items():
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr), allow_pickle=False)
         _write_json(tmp / "metrics.json", metrics)
+        for key, value in meta.items():       # arrays of meta (e.g. segment's labels) beside it
+            if isinstance(value, np.ndarray):
+                np.save(tmp / f"{META_ARRAY_PREFIX}{key}.npy", np.ascontiguousarray(value), allow_pickle=False)
         _write_json(tmp / "meta.json", meta)
         final = d / "result"
         if final.exists():
@@ -304,6 +311,8 @@ class JobStore:
         if not (d / "meta.json").is_file():
             raise StoreError("no_result", f"job {job_id} has no result in the store")
         arrays = {k: np.load(d / f"{k}.npy", allow_pickle=False) for k in SPLAT_KEYS}
+        meta = json.loads((d / "meta.json").read_text())
+        for p in d.glob(f"{META_ARRAY_PREFIX}*.npy"):
+            meta[p.stem[len(META_ARRAY_PREFIX):]] = np.load(p, allow_pickle=False)
         return StoredResult(splats=Splats.from_arrays(arrays),
-                            metrics=json.loads((d / "metrics.json").read_text()),
-                            meta=json.loads((d / "meta.json").read_text()))
+                            metrics=json.loads((d / "metrics.json").read_text()), meta=meta)
