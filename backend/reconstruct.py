@@ -505,7 +505,8 @@ def cli(argv: list[str]) -> int:
         if s.name in ("source", "model"):
             continue
         flag = "--" + s.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": d[s.name], "help": s.description + (" (advanced)" if s.advanced else "")}
+        help_text = s.description.replace("%", "%%")    # argparse formats help with %: "90 % of" crashed --help
+        kw: dict[str, Any] = {"default": d[s.name], "help": help_text + (" (advanced)" if s.advanced else "")}
         if s.choices:
             kw["choices"] = s.choices
         kw["type"] = {"int": int, "float": float, "str": str}[s.type]

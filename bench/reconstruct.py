@@ -5,9 +5,11 @@
 
 Renders the scene of ``tests/reconstruct_scene.py`` (Cycles, CPU; cached in ``--cache`` between
 runs), writes it as an MP4 (PyAV) or JPEG photos, runs the job (``steps`` 0: the solve only) and
-prints the seconds of each stage (inputs, features, matching, mapping, world, undistortion,
-training) with the pose errors against the known cameras. On a GPU machine the COLMAP stages still
-run on the CPU (the pycolmap wheel is CPU-only); training uses CUDA when torch sees it.
+prints the seconds of each stage (inputs, features, matching, mapping, world + undistortion,
+training) with the pose errors against the known cameras, each also as a ratio to a fixed CPU
+workload timed in the same run (the machine is shared: compare ratios). On a GPU machine the
+COLMAP stages still run on the CPU unless the CUDA build of pycolmap is installed; training uses
+CUDA when torch sees it. ``--mapper global|incremental`` compares the mappers.
 """
 from __future__ import annotations
 
@@ -26,6 +28,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from backend.job_api import NullContext  # noqa: E402
 from backend.reconstruct import run_reconstruct_job  # noqa: E402
+
+
+def cpu_reference_s() -> float:
+    """Seconds of a fixed CPU workload (float32 matmuls, 2 threads at most via numpy's BLAS), run
+    before and after the job: stage times divided by it compare across loads and machines."""
+    a = np.random.default_rng(0).random((384, 384), np.float32)
+    t = time.perf_counter()
+    for _ in range(60):
+        a = np.tanh(a @ a.T * 1e-3)
+    return time.perf_counter() - t
 
 
 def main() -> int:
@@ -65,6 +77,7 @@ def main() -> int:
         def report(self, step, total, metrics, preview=None):
             pass
 
+    ref_before = cpu_reference_s()
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Ctx(job_dir=Path(tmp))
         t = time.perf_counter()
@@ -72,6 +85,7 @@ def main() -> int:
                                    "max_image_size": max(args.width, args.height), "quality": args.quality,
                                    "mapper": args.mapper}, {}, ctx)
         total = time.perf_counter() - t
+    ref = 0.5 * (ref_before + cpu_reference_s())
     info = res.meta["reconstruct"]
     if args.source == "video":
         key = lambda f: f["frame_index"]  # noqa: E731
@@ -81,13 +95,14 @@ def main() -> int:
     print(f"reconstruct bench: {args.frames} {args.source} frames at {args.width}x{args.height}, quality "
           f"{args.quality}, mapper used {info['mapper']}, matcher {info['matcher']} "
           f"({info['loop_pairs']} loop pairs)" + (f"; rendering took {render_s:.1f} s" if render_s else ""))
+    print(f"  (CPU reference workload: {ref:.3f} s; the ratio column is seconds / reference)")
     for stage, sec in info["stage_seconds"].items():
-        print(f"  {stage:<14s} {sec:7.2f} s")
-    print(f"  {'total':<14s} {total:7.2f} s")
+        print(f"  {stage:<20s} {sec:7.2f} s  {sec / ref:7.1f} x ref")
+    print(f"  {'total':<20s} {total:7.2f} s  {total / ref:7.1f} x ref")
     print(f"registered {info['registered']}/{info['num_images']}, median rotation error {rot:.3f} deg, "
           f"median centre error {100 * centre / scene.scene_size:.3f} % of the scene"
           + (f", eval_psnr {res.metrics['eval_psnr']:.2f} dB" if "eval_psnr" in res.metrics else ""))
-    print(json.dumps({"stage_seconds": info["stage_seconds"], "total_s": total}))
+    print(json.dumps({"stage_seconds": info["stage_seconds"], "total_s": total, "cpu_reference_s": ref}))
     return 0
 
 

@@ -52,9 +52,9 @@ class SPLATBRIDGE_PT_display(bpy.types.Panel):
                 layout.operator("splatbridge.convert_to_native", icon="POINTCLOUD_DATA")
         else:
             layout.label(text="F12 renders it with Blender's splat renderer", icon="RENDER_STILL")
-            if settings.show and obj.display_type != "BOUNDS":
-                # Blender draws the point cloud too; Bounds leaves the viewport to the exact drawer
-                layout.prop(obj, "display_type", text="Blender's Display")
+            # Blender draws the point cloud itself too: Bounds (the default for objects SplatBridge
+            # makes) leaves the viewport to the exact drawer above; Textured shows Blender's own
+            layout.prop(obj, "display_type", text="Blender's Display")
         mib = DRAWER.gpu_bytes() / 2**20
         if mib:
             layout.label(text=f"GPU memory (all splat objects): {mib:,.0f} MiB")

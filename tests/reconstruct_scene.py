@@ -162,11 +162,12 @@ def write_photos(scene: RenderedScene, folder: Path, ext: str = ".jpg") -> list[
     return paths
 
 
-def write_video(images: list[np.ndarray], path: Path, fps: int = 24) -> Path:
-    """The frames as an H.264 MP4 written with PyAV (yuv420p)."""
+def write_video(images: list[np.ndarray], path: Path, fps: int = 24, faststart: bool = False) -> Path:
+    """The frames as an H.264 MP4 written with PyAV (yuv420p); ``faststart``: the index (moov) before
+    the frames, as streaming-friendly files have it."""
     import av
     h, w = images[0].shape[:2]
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": "16", "preset": "veryfast"}

@@ -202,7 +202,7 @@ def test_blender_spz_import_reads_back_like_our_reader(so, bpy_empty, tmp_path):
     assert band(back.shN, 0, 3).max() <= np.sqrt(3) * (1 / 32 + 1 / 256)
 
 
-def test_imported_native_object_through_every_tool(so, gpu_ready, tmp_path):
+def test_imported_native_object_through_every_tool(so, gpu_ready, tmp_path, artifacts):
     """A point cloud from Blender's own importer (no SplatBridge property) is drawn by the viewport
     drawer, exported by the exporter, read by Edit (with its Edit Mode selection) and by Render with
     Splats exactly like a SplatBridge object holding the same splats."""
@@ -222,6 +222,7 @@ def test_imported_native_object_through_every_tool(so, gpu_ready, tmp_path):
     a, b = draw_camera_view(imported, cam), draw_camera_view(ours, cam)
     assert a[..., 3].max() > 0.5                                 # the splats are in the picture
     np.testing.assert_allclose(a, b, atol=1e-6)
+    native_scene.save_row([a[..., :3], b[..., :3]], artifacts / "native_splats_viewport.png")
     # exporter
     with registered("io_ops"):
         bpy.context.view_layer.objects.active = imported
@@ -230,10 +231,14 @@ def test_imported_native_object_through_every_tool(so, gpu_ready, tmp_path):
     # Edit: the world-space splats and the Edit Mode selection
     ops_edit = importlib.import_module("splatbridge.ops_edit")
     np.testing.assert_array_equal(ops_edit.selected_splats(imported), np.ones(300, bool))   # no .selection: all
-    sel = imported.data.attributes.new(".selection", "BOOLEAN", "POINT")
+    bpy.context.view_layer.objects.active = imported
+    bpy.ops.object.mode_set(mode="EDIT")                        # Blender's own point cloud edit mode
+    bpy.ops.pointcloud.select_all(action="DESELECT")
+    assert not ops_edit.selected_splats(imported).any()
     mask = np.arange(300) % 3 == 0
-    sel.data.foreach_set("value", mask)
+    imported.data.attributes[".selection"].data.foreach_set("value", mask)
     np.testing.assert_array_equal(ops_edit.selected_splats(imported), mask)
+    bpy.ops.object.mode_set(mode="OBJECT")
     # Render with Splats: drawn exactly once (not also by Blender's splat renderer), flag put back
     fr = importlib.import_module("splatbridge.final_render")
     scene = bpy.context.scene

@@ -163,7 +163,20 @@ def test_video_solves_cameras_to_the_truth(scene, tmp_path):
     assert world.shape == (4, 4) and info["world"]["up_source"] == "plane"
 
 
-def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
+def _render(splats, viewmat: np.ndarray, K: np.ndarray, w: int, h: int) -> np.ndarray:
+    """u8[H,W,3] of ``splats`` over black from one OpenCV camera (the CPU rasterizer)."""
+    import torch
+    from backend.params import activated, sh_coeffs, splats_to_tensors
+    from backend.render import rasterize
+    p = splats_to_tensors(splats)
+    with torch.no_grad():
+        rgb, _, _ = rasterize(*activated(p), sh_coeffs(p), torch.from_numpy(viewmat[None].astype(np.float32)),
+                              torch.from_numpy(K[None].astype(np.float32)), w, h, sh_degree=splats.sh_degree,
+                              backgrounds=torch.zeros(1, 3))
+    return (rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path, artifacts):
     """Splats trained on the solved cameras (reusing the solve: no new one) reach a held-out PSNR
     within 1.5 dB of training on the true cameras with the same images, points and steps."""
     from backend.datasets import load_dataset
@@ -190,6 +203,14 @@ def test_training_on_solved_cameras_matches_true_cameras(scene, tmp_path):
     a, b = res.metrics["eval_psnr"], true_res.metrics["eval_psnr"]
     print(f"held-out PSNR: solved cameras {a:.2f} dB, true cameras {b:.2f} dB ({steps} steps, "
           f"{data.images.shape[2]}x{data.images.shape[1]} px)")
+    # a picture: held-out photo | splats from the solved cameras | splats from the true cameras
+    from PIL import Image
+    v = 8                              # held out (every 8th view)
+    h, w = data.images.shape[1:3]
+    row = [data.images[v, ..., :3], _render(res.splats, data.viewmats[v], data.Ks[v], w, h),
+           _render(true_res.splats, viewmats[v], data.Ks[v], w, h)]
+    Image.fromarray(np.concatenate(row, axis=1)).resize((6 * w, 2 * h), Image.NEAREST).save(
+        artifacts / "reconstruct_heldout.png")
     assert b > 15.0                   # the comparison means something: the true run learnt the scene
     assert a > b - 1.5
 
@@ -263,11 +284,17 @@ def test_corrupt_jpeg_is_named(scene, tmp_path):
     assert info.value.code == "bad_input"
 
 
-def test_truncated_mp4(scene, tmp_path):
-    data = scene["video"].read_bytes()
+@pytest.mark.parametrize("faststart, words", [
+    (False, r"cut\.mp4: unreadable video: corrupt, truncated"),          # the index at the end is lost
+    (True, r"cut\.mp4: the video is corrupt or truncated"),              # the index is there, frames are not
+])
+def test_truncated_mp4(scene, tmp_path, faststart, words):
+    from reconstruct_scene import write_video
+    video = write_video(scene["all"].images, tmp_path / "full.mp4", faststart=faststart)
+    data = video.read_bytes()
     bad = tmp_path / "cut.mp4"
     bad.write_bytes(data[:len(data) // 2])
-    with pytest.raises(JobError, match=r"cut\.mp4: unreadable video: corrupt, truncated") as info:
+    with pytest.raises(JobError, match=words) as info:
         run_job(tmp_path, source=str(bad), steps=0)
     assert info.value.code == "bad_input"
 
