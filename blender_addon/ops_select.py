@@ -156,36 +156,16 @@ def select_shrink(obj, radius: float = 0.0) -> np.ndarray:
 # operators
 # ------------------------------------------------------------------------------------------------
 
-def _active_splat(context):
-    obj = getattr(context, "active_object", None)
-    return obj if obj is not None and splat_object.is_splat_object(obj) else None
-
-
 if bpy is not None:
+    from .ops_splat_edit import _SplatOp
+
     _MODE_ITEMS = [("SET", "Set", "Replace the selection"), ("ADD", "Add", "Add to the selection"),
                    ("SUBTRACT", "Subtract", "Remove from the selection"),
                    ("INTERSECT", "Intersect", "Keep only what is selected and matches")]
 
-    class _SelectOp:
-        bl_options = {"REGISTER", "UNDO"}
-
-        @classmethod
-        def poll(cls, context):
-            if _active_splat(context) is None:
-                cls.poll_message_set("The active object must be a splat object")
-                return False
-            return True
-
-        def execute(self, context):
-            obj = _active_splat(context)
-            try:
-                with splat_state.object_mode(obj):
-                    out = self.run(context, obj)
-            except (SelectError, ValueError) as exc:
-                self.report({"ERROR"}, str(exc))
-                return {"CANCELLED"}
-            self.report({"INFO"}, f"{int(out.sum())} of {len(out)} splats selected")
-            return {"FINISHED"}
+    class _SelectOp(_SplatOp):
+        def describe(self, result) -> str:
+            return f"{int(result.sum())} of {len(result)} splats selected"
 
     class SPLATBRIDGE_OT_select_inside(_SelectOp, bpy.types.Operator):
         """Select the splats inside (or outside) a closed mesh object"""

@@ -219,9 +219,7 @@ def preview_grade(obj) -> tuple[np.ndarray, np.ndarray, bool] | None:
 # operators
 # ------------------------------------------------------------------------------------------------
 
-def _active_splat(context):
-    obj = getattr(context, "active_object", None)
-    return obj if obj is not None and splat_object.is_splat_object(obj) else None
+_active_splat = splat_state.active_splat
 
 
 if bpy is not None:
@@ -236,6 +234,7 @@ if bpy is not None:
             return True
 
         def execute(self, context):
+            """``run`` on the active splat object, in Object Mode (Edit Mode is left and entered again)."""
             obj = _active_splat(context)
             try:
                 with splat_state.object_mode(obj):
@@ -243,9 +242,13 @@ if bpy is not None:
             except (SplatEditError, SplatError, ValueError) as exc:
                 self.report({"ERROR"}, str(exc))
                 return {"CANCELLED"}
-            if message:
-                self.report({"INFO"}, message)
+            if message is not None:
+                self.report({"INFO"}, self.describe(message))
             return {"FINISHED"}
+
+        def describe(self, result) -> str:
+            """The report of ``run``'s result (a message)."""
+            return str(result)
 
     class SPLATBRIDGE_OT_splat_delete(_SplatOp, bpy.types.Operator):
         """Delete the selected splats"""

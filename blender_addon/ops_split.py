@@ -238,9 +238,7 @@ def select_from_masks(context, obj, images=None, mode: str = "SET"):
 
 # --------------------------------------------------------------------------- operators
 
-def _active_splat(context):
-    obj = getattr(context, "active_object", None)
-    return obj if obj is not None and splat_object.is_splat_object(obj) else None
+_active_splat = splat_state.active_splat
 
 
 if bpy is not None:

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .splat_object import PROP_REVISION, splat_count
+from .splat_object import PROP_REVISION, is_splat_object, splat_count
 
 try:
     import bpy
@@ -162,25 +162,24 @@ def _count(obj, data) -> int:
     return len(data.vertices) if _is_mesh(obj) else len(data.points)
 
 
-def get_selected(obj) -> np.ndarray:
-    """bool[N]: the selected splats (Edit Mode's selection; read live in Edit Mode)."""
+def _read_flag(obj, vertex_prop: str, attr_name: str, default: bool) -> np.ndarray:
+    """A mesh's vertex flag (``select``/``hide``) or a point cloud's BOOLEAN attribute."""
     with _source(obj) as data:
         n = _count(obj, data)
         if _is_mesh(obj):
             out = np.zeros(n, bool)
-            data.vertices.foreach_get("select", out)
+            data.vertices.foreach_get(vertex_prop, out)
             return out
-        return _read_bool(data, ATTR_SELECTION, n, True)
+        return _read_bool(data, attr_name, n, default)
+
+
+def get_selected(obj) -> np.ndarray:
+    """bool[N]: the selected splats (Edit Mode's selection; read live in Edit Mode)."""
+    return _read_flag(obj, "select", ATTR_SELECTION, True)
 
 
 def get_hidden(obj) -> np.ndarray:
-    with _source(obj) as data:
-        n = _count(obj, data)
-        if _is_mesh(obj):
-            out = np.zeros(n, bool)
-            data.vertices.foreach_get("hide", out)
-            return out
-        return _read_bool(data, ATTR_HIDDEN, n, False)
+    return _read_flag(obj, "hide", ATTR_HIDDEN, False)
 
 
 def get_locked(obj) -> np.ndarray:
@@ -207,6 +206,12 @@ def get_label_names(obj) -> dict[int, str]:
         return {int(k): str(v) for k, v in json.loads(str(text)).items()}
     except (ValueError, TypeError, AttributeError):
         return {}
+
+
+def active_splat(context):
+    """The context's active object when it is a splat object, else None."""
+    obj = getattr(context, "active_object", None)
+    return obj if obj is not None and is_splat_object(obj) else None
 
 
 def read_state(obj) -> SplatState:
