@@ -10,7 +10,8 @@ exposure 0, gamma 1) so that pixel values are the sRGB encoding of the rendered 
 Compositing and the sequencer are off during capture. Every scene setting the capture touches is
 restored after each view.
 
-Object index (``CaptureJob(object_index=True)``, for "Split by Object"): per view also a label image,
+Object index (``CaptureJob(object_index=True)`` with two or more target objects, for "Split by Object"):
+per view also a label image,
 u8/i4[C,H,W], 0 where no target object is seen and i (1..L) where the i-th target object is: Cycles'
 object-index pass (``pass_index`` set to i on the targets and 0 elsewhere for that render only), one
 sample at the pixel centre (filter width 0.01, so labels are never blends), read from a multilayer EXR.
@@ -508,10 +509,13 @@ class CaptureJob(CountedWork):
         self.points, self.colors, self.normals = sample_surface_with_normals(context, objs, num_points, seed)
         self.point_colors = point_colors
         self.images = np.zeros((len(self.cameras), self.height, self.width, 4), np.uint8)
-        # object-index labels: target i -> i + 1 (their names go with the result)
+        # object-index labels: target i -> i + 1 (their names go with the result); one object has
+        # nothing to split, so no pass then
         self.label_objects = [o for o in objs if o.type in GEOMETRY_TYPES] if object_index else []
+        if len(self.label_objects) < 2:
+            self.label_objects = []
         self.labels = (np.zeros((len(self.cameras), self.height, self.width), np.int32)
-                       if object_index else None)
+                       if self.label_objects else None)
         self.done = 0
         self.cancelled = False
         self._tmp = tempfile.mkdtemp(prefix="splatbridge_capture_")
