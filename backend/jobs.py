@@ -314,8 +314,8 @@ class Executor:
     def cancel(self, job: Job) -> None:
         """A cancel of a running job (``job.stop`` is already set): pass it on to the worker."""
 
-    def describe(self) -> dict | None:
-        """What ``status`` adds about the compute (``None``: nothing)."""
+    def describe(self, queue: list[Job]) -> dict | None:
+        """What ``status`` adds about the compute, given the queued jobs (``None``: nothing)."""
         return None
 
     def close(self) -> None:
@@ -511,7 +511,9 @@ class JobRunner:
 
     def pool_status(self) -> dict | None:
         """The executor's part of a ``status`` reply (per-node GPU use, queue per class)."""
-        return self.executor.describe()
+        with self._cond:
+            queue = list(self._queue)
+        return self.executor.describe(queue)
 
     # -- internals --------------------------------------------------------------------------------
     def _record(self, job_id: str) -> dict:

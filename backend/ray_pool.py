@@ -30,6 +30,7 @@ what clients see; this ``Executor`` runs each job as a Ray task on one GPU of th
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -244,6 +245,16 @@ class _Node:
         used = sum(1 for j in self.jobs.values() if getattr(j, "_pool_gb", None) == gb)
         return self.resources.get(res, 0) - used >= 1
 
+    @property
+    def classes(self) -> list[str]:
+        """The memory classes this node offers (``["40gb"]``), from its ``gpu_mem_<GB>gb``."""
+        out = []
+        for k in self.resources:
+            m = re.fullmatch(r"gpu_mem_(\d+)gb", k)
+            if m:
+                out.append((int(m.group(1)), class_name(int(m.group(1)))))
+        return [name for _gb, name in sorted(out)]
+
     def offers(self, gb: int | None) -> bool:
         return self.alive and self.gpus >= 1 and (not gb or self.resources.get(class_resource(gb), 0) >= 1)
 
@@ -346,7 +357,7 @@ class RayExecutor(Executor):
         # the least busy node, and among those the one offering the fewest memory classes: a
         # small job leaves the big GPUs free for the jobs that need them
         node = min(free, key=lambda n: (len(n.jobs) / max(n.gpus, 1),
-                                        sum(k.startswith("gpu_mem_") for k in n.resources),
+                                        len(n.classes),
                                         n.node_id))
         job._pool_gb = gb                   # type: ignore[attr-defined]
         job._pool_node = node.node_id       # type: ignore[attr-defined]
@@ -362,9 +373,8 @@ class RayExecutor(Executor):
     def run(self, job: Job, payload: dict, ctx: RunnerContext) -> JobResult:
         gb = self.job_gb(job)
         if getattr(job, "_pool_node", None) is None:
-            offered = sorted({class_name(int(k[len("gpu_mem_"):-2]))
-                              for n in self._nodes.values() if n.alive
-                              for k in n.resources if k.startswith("gpu_mem_") and k.endswith("gb")})
+            with self._lock:
+                offered = sorted({c for n in self._nodes.values() if n.alive for c in n.classes})
             raise JobError("no_capacity", f"no live node of the Ray cluster offers a GPU of the "
                            f"{class_name(gb)} class the {job.kind} job asks for (resource "
                            f"{class_resource(gb) if gb else 'GPU'}); classes offered: "
@@ -397,12 +407,19 @@ class RayExecutor(Executor):
                     log.warning("job %s: its worker on node %s was lost (%s)", job.job_id,
                                 node_id[:12], type(exc).__name__)
                     self._release(job)
-                    self._refresh_nodes(force=True)
-                    if attempt > self.retries or job.stop.is_set():
+                    with self._lock:
+                        self._refresh_nodes(force=True)
+                    if job.stop.is_set():
+                        raise JobError("cancelled", f"the {job.kind} job was cancelled while its "
+                                       "lost worker was being replaced; nothing to keep") from None
+                    if attempt > self.retries:
                         raise JobError("interrupted", f"the {job.kind} job was interrupted: the "
                                        f"worker or node running it died ({attempt} time(s)); "
                                        "submit it again") from None
                     if not self._wait_for_node(job, gb, exclude):
+                        if job.stop.is_set():
+                            raise JobError("cancelled", f"the {job.kind} job was cancelled while "
+                                           "it waited for another node; nothing to keep") from None
                         raise JobError("interrupted", f"the {job.kind} job was interrupted: the "
                                        "node running it died and no other node of its class "
                                        "is left; submit it again") from None
@@ -465,23 +482,21 @@ class RayExecutor(Executor):
     def cancel(self, job: Job) -> None:
         self._hub.stop.remote(job.job_id)
 
-    def describe(self) -> dict:
-        """Per-node GPU use and the queue per memory class."""
+    def describe(self, queue: list[Job]) -> dict:
+        """Per-node GPU use and the queue (``queue``: the queued jobs) per memory class."""
         with self._lock:
             self._refresh_nodes()
             nodes = [{"node_id": n.node_id, "address": n.address, "alive": n.alive,
                       "gpus": n.gpus, "gpus_busy": len(n.jobs),
-                      "classes": sorted(class_name(int(k[len("gpu_mem_"):-2]))
-                                        for k in n.resources
-                                        if k.startswith("gpu_mem_") and k.endswith("gb")),
+                      "classes": n.classes,
                       "jobs": sorted(n.jobs)}
                      for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
-        queue: dict[str, int] = {}
-        for job in list(self.runner._queue):
+        per_class: dict[str, int] = {}
+        for job in queue:
             name = class_name(self.job_gb(job))
-            queue[name] = queue.get(name, 0) + 1
+            per_class[name] = per_class.get(name, 0) + 1
         return {"executor": "ray", "address": str(self.address or "local"), "nodes": nodes,
-                "queue": queue}
+                "queue": per_class}
 
     def close(self) -> None:
         try:

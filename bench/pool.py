@@ -18,8 +18,8 @@ Two workloads, both printed:
 
 The added latency per job: ``--latency-jobs`` one-step jobs run one after the other through the
 front's ``JobRunner`` (submit to result saved in the job store), in-process vs the Ray pool
-(1 node, warm worker); the difference is what the pool adds per job (object store, task dispatch,
-progress polling every 0.1 s).
+(1 node, warm worker), interleaved; the difference is what the pool adds per job (object store,
+task dispatch, progress polling every 0.1 s).
 """
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# one torch/OpenMP thread for the in-process reference too, as Ray gives each 1-CPU task (set before
+# anything imports torch; the worker processes inherit it)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def wait_job(params, payload, ctx):
@@ -125,9 +128,6 @@ def main() -> int:
     local = Front()
     local.latency(3)                       # warm: imports, the rasterizer's compiled code
     local.run(train[:1])
-    lat_local = local.latency(args.latency_jobs)
-    t_local_train = local.run(train)
-    local.close()
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     cluster.add_node(num_cpus=1, num_gpus=1)
@@ -137,7 +137,11 @@ def main() -> int:
     results: dict[int, dict[str, float]] = {}
     try:
         pool.run(train[:1])                # warm the node's worker
-        lat_ray = pool.latency(args.latency_jobs)
+        # one job at a time, in-process and pool interleaved (the machine's load drifts)
+        lat_local = lat_ray = 0.0
+        for _ in range(args.latency_jobs):
+            lat_local += local.latency(1) / args.latency_jobs
+            lat_ray += pool.latency(1) / args.latency_jobs
         for nodes in (1, 3):
             if nodes == 3:
                 for _ in range(2):
@@ -147,7 +151,10 @@ def main() -> int:
                 pool.run(train[:3])            # warm the new nodes' workers (one job each)
             results[nodes] = {name: len(jobs) / pool.run(jobs) * 60
                               for name, jobs in (("train", train), ("wait", wait))}
+            if nodes == 1:                     # the in-process reference, right after
+                t_local_train = local.run(train)
     finally:
+        local.close()
         pool.close()
         ray.shutdown()
         cluster.shutdown()

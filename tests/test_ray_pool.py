@@ -196,6 +196,40 @@ def test_cancel_reaches_the_worker(front):
     assert 3 <= steps_done < 400 and took < 3.0, (steps_done, took)
 
 
+def _all_reduce(rank: int, world_size: int, base: float) -> list[float]:
+    """A rank function: the sum over ranks of ``base + rank``, and what this rank holds."""
+    import torch
+    import torch.distributed as dist
+    t = torch.tensor([base + rank])
+    dist.all_reduce(t)
+    return [float(t), float(dist.get_rank()), float(dist.get_world_size())]
+
+
+def test_multi_gpu_group_set_up_on_cpu(front, cluster):
+    """Item 3's set-up (backend/ray_distributed.py; the distributed trainer itself needs several
+    GPUs and is not built): two ranks hold two GPUs of two nodes as one placement group and meet in
+    one torch.distributed group (gloo here, NCCL on GPUs); the plans split views and points."""
+    from backend.ray_distributed import plan_ranks, run_group
+    from shared.jobkinds import load_builtin
+    from shared.jobspec import get_spec
+    load_builtin()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        out = run_group(2, _all_reduce, (10.0,), strategy="STRICT_SPREAD", timeout_s=60)
+    finally:
+        ray.shutdown()
+    assert [o["value"] for o in out] == [[21.0, 0.0, 2.0], [21.0, 1.0, 2.0]]
+    assert out[0]["backend"] == "gloo" and out[0]["node"] != out[1]["node"]
+    assert {o["node"] for o in out} <= set(gpu_node_ids(front))
+    s = get_spec("train").make(steps=1000)
+    plans = plan_ranks(s, 2, views=5)
+    assert [p.cameras for p in plans] == [(0, 2, 4), (1, 3)]
+    assert all(p.steps == 500 and p.steps_scaler == 0.5 for p in plans)
+    assert sorted(i for p in plans for i in p.points(7)) == list(range(7))
+    with pytest.raises(ValueError, match="1 views cannot feed 2 GPUs"):
+        plan_ranks(s, 2, views=1)
+
+
 def test_front_restart_keeps_results_fetchable_and_reconnects(front, payload):
     """SIGKILL the front while a job runs: after a restart every finished result is fetched
     unchanged, the job that was running is ``interrupted``, and new jobs run on the cluster."""
