@@ -43,8 +43,8 @@ from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli
 from backend.losses import photometric_loss
 from backend.models import cuda_oom_guard, load_pipeline
 from backend.optim import make_optimizers
+from backend.optim_loop import LoopResult, run_steps
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
-from backend.progress import StepRate
 from backend.render import rasterize
 from shared.jobkinds.edit import SPEC
 from shared.jobspec import Settings
@@ -272,15 +272,9 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
                                                          gamma=0.1 ** (1.0 / max(1, settings.steps)))
     order = torch.randint(0, n, (settings.steps,), generator=gen).tolist()
-    meter = StepRate(settings.steps)
-    last_preview = time.perf_counter()
-    loss_value, loss_ema = float("nan"), None
-    step = 0
-    t1 = time.perf_counter()
-    for step in range(settings.steps):
-        if cancelled or ctx.should_stop():
-            cancelled = True
-            break
+    last = {"loss": float("nan"), "ema": None}
+
+    def one_step(step: int) -> dict[str, Any]:
         if step % settings.edit_every == 0 and (step > 0 or first == 0):
             edit_next()
         i = order[step]
@@ -292,23 +286,16 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             means_decay.step()
-        loss_value = float(loss.detach())
-        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
-        done = step + 1
-        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
-                   "edits": float(edits)}
-        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
-                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
-        preview = None
-        if want_preview and done < settings.steps:
-            preview = tensors_to_splats(params)
-            last_preview = time.perf_counter()
-        ctx.report(done, settings.steps, metrics, preview)
-    else:
-        step = settings.steps
-    elapsed = time.perf_counter() - t1
-    info = {"steps_done": step, "edits": edits, "cancelled": cancelled, "seconds": time.perf_counter() - t0,
-            "first_edits_seconds": t_first, "steps_per_s": step / max(elapsed, 1e-9), "final_loss": loss_value,
+        last["loss"] = float(loss.detach())
+        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        return {"loss": last["ema"], "num_gaussians": len(params["means"]), "edits": edits}
+
+    loop = LoopResult(cancelled=True) if cancelled else run_steps(
+        settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
+        preview_every=settings.preview_every, auto_preview_s=1.0)
+    info = {"steps_done": loop.steps_done, "edits": edits, "cancelled": loop.cancelled,
+            "seconds": time.perf_counter() - t0, "first_edits_seconds": t_first,
+            "steps_per_s": loop.mean_steps_per_s, "final_loss": last["loss"],
             "num_gaussians": len(params["means"]), "radius": radius}
     return tensors_to_splats(params), info
 

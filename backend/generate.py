@@ -36,8 +36,8 @@ from backend.job_api import JobContext, JobError, JobResult, NullContext, checke
 from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
 from backend.models import cuda_oom_guard, cudnn_autotune, load_pipeline
 from backend.optim import make_optimizers
+from backend.optim_loop import run_steps
 from backend.params import activated, knn_mean_distance, sh_coeffs, splats_to_tensors, tensors_to_splats
-from backend.progress import StepRate
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
 from backend.strategies import CappedDefaultStrategy
@@ -272,18 +272,10 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
     if densify:
         strategy.check_sanity(params, optimizers)
     calibrated = False
+    last = {"loss": float("nan"), "ema": None}
 
-    t0 = time.perf_counter()
-    meter = StepRate(settings.steps)
-    last_preview = -1e9
-    loss_value = float("nan")
-    step = 0
-    cancelled = False
-    loss_ema = None
-    for step in range(settings.steps):
-        if ctx.should_stop():
-            cancelled = True
-            break
+    def one_step(step: int) -> dict[str, Any]:
+        nonlocal calibrated
         views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
         t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
         pre = (lambda info: strategy.step_pre_backward(params, optimizers, state, step, info)) if densify else None
@@ -306,26 +298,18 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
                         strategy.grow_grad2d = float(torch.quantile(avg.float().cpu(), settings.densify_grad_quantile))
                         calibrated = True
                 strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-        loss_value = float(loss.detach())
-        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
-        done = step + 1
-        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
-                   "t": float(t.float().mean())}
-        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
-                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
-        preview = None
-        if want_preview and done < settings.steps:
-            preview = tensors_to_splats(params)
-            if preview_transform is not None:
-                preview = preview_transform(preview)
-            last_preview = time.perf_counter()
-        ctx.report(done, settings.steps, metrics, preview)
-    else:
-        step = settings.steps
-    elapsed = time.perf_counter() - t0
-    steps_done = step
-    info = {"steps_done": steps_done, "cancelled": cancelled, "seconds": elapsed,
-            "steps_per_s": steps_done / max(elapsed, 1e-9), "final_loss": loss_value,
+        last["loss"] = float(loss.detach())
+        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        return {"loss": last["ema"], "num_gaussians": len(params["means"]), "t": t.float().mean()}
+
+    def snapshot() -> Splats:
+        preview = tensors_to_splats(params)
+        return preview_transform(preview) if preview_transform is not None else preview
+
+    loop = run_steps(settings.steps, one_step, ctx, snapshot=snapshot, preview_every=settings.preview_every,
+                     auto_preview_s=1.0)
+    info = {"steps_done": loop.steps_done, "cancelled": loop.cancelled, "seconds": loop.seconds,
+            "steps_per_s": loop.mean_steps_per_s, "final_loss": last["loss"],
             "num_gaussians": len(params["means"]), "grow_grad2d": strategy.grow_grad2d if densify else None}
     return tensors_to_splats(params), info
 

@@ -30,7 +30,7 @@ from backend.losses import photometric_loss, psnr, ssim
 from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.optim import make_optimizers
-from backend.progress import StepRate
+from backend.optim_loop import run_steps
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.cameras import CameraError, cameras_from_arrays
 from shared.jobkinds.train import SPEC, STRATEGIES, schedule
@@ -267,18 +267,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     else:
         backgrounds = torch.zeros(settings.steps, 1, 3, device=device)
 
-    total = settings.steps
-    cancelled = False
-    step = 0
-    loss_v = float("nan")
-    last_psnr = float("nan")
-    t_report = time.perf_counter()
-    meter = StepRate(total)
-    timing = meter.update(0)
-    for step in range(total):
-        if ctx.should_stop():
-            cancelled = True
-            break
+    def one_step(step: int) -> dict[str, Any]:
         cam = order[step]
         sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
         bg = backgrounds[step]
@@ -301,23 +290,16 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
         else:
             strategy.step_post_backward(params, optimizers, state, step, info,
                                         lr=means_sched.get_last_lr()[0])
+        return {"loss": loss, "psnr": lambda: psnr(render.clamp(0, 1), target),
+                "num_gaussians": lambda: len(params["means"])}
 
-        now = time.perf_counter()
-        done = step + 1
-        timing = meter.update(done)
-        want_preview = settings.preview_every > 0 and done % settings.preview_every == 0 and done < total
-        if now - t_report >= settings.report_interval_s or done == total or want_preview:
-            loss_v = float(loss.detach())
-            last_psnr = psnr(render.clamp(0, 1), target)
-            t_report = now
-            metrics = {"loss": loss_v, "psnr": last_psnr, "num_gaussians": float(len(params["means"])),
-                       **timing}
-            ctx.report(done, total, metrics, tensors_to_splats(params) if want_preview else None)
-    steps_done = step + (0 if cancelled else 1)
+    loop = run_steps(settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
+                     preview_every=settings.preview_every, report_interval_s=settings.report_interval_s)
+    cancelled, steps_done = loop.cancelled, loop.steps_done
 
     final_deg = min(max(steps_done - 1, 0) // sched["sh_degree_interval"], settings.sh_degree)
-    metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
-                                 "steps_per_s": timing["steps_per_s"]}
+    metrics: dict[str, float] = {"loss": loop.metrics.get("loss", float("nan")),
+                                 "num_gaussians": float(len(params["means"])), "steps_per_s": loop.steps_per_s}
     if not cancelled:
         ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
         if ev:
