@@ -27,7 +27,6 @@ Everything that determines the result (seed and all settings) is in ``JobResult.
 from __future__ import annotations
 
 import abc
-import argparse
 import math
 import time
 from pathlib import Path
@@ -39,14 +38,13 @@ from torch import Tensor
 
 from backend.camera_sampling import ViewBatch, fixed_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
-from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
+from backend.job_cli import KindCli, Positional
 from backend.losses import photometric_loss
 from backend.models import cuda_oom_guard, load_pipeline
 from backend.optim import make_optimizers
 from backend.optim_loop import LoopResult, run_steps
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.render import rasterize
-from shared.jobkinds.edit import SPEC
 from shared.jobspec import Settings
 from shared.splats import SplatError, Splats
 
@@ -373,47 +371,16 @@ def _meta(settings: Settings, device: torch.device, info: dict) -> dict[str, Any
             "method": "Instruct-NeRF2NeRF Iterative Dataset Update on Gaussian splats (InstructPix2Pix edits)"}
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``python -m backend edit in.ply "make it look like bronze" --out out.ply [options]``. Writes the splats
-    (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
+def _cli_payload(args: Any, settings: Settings) -> dict:
     from shared.formats import read_splats
-
-    d = SPEC.defaults()
-    ap = argparse.ArgumentParser(prog="python -m backend edit",
-                                 description="Edit Gaussian splats with a text instruction (Instruct-NeRF2NeRF).")
-    ap.add_argument("input", help="splat file to edit (.ply, .splat, ...)")
-    ap.add_argument("prompt", help="the instruction, e.g. 'make it look like bronze'")
-    ap.add_argument("--out", required=True, help="output file (.ply, .splat, ...)")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--num-views", type=int, default=d.num_views)
-    ap.add_argument("--resolution", type=int, default=d.resolution)
-    ap.add_argument("--edit-every", type=int, default=d.edit_every)
-    ap.add_argument("--initial-edits", type=int, default=d.initial_edits, help="-1: all views, 0: none")
-    ap.add_argument("--text-guidance", type=float, default=d.text_guidance)
-    ap.add_argument("--image-guidance", type=float, default=d.image_guidance)
-    ap.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps)
-    ap.add_argument("--t-min", type=float, default=d.t_min)
-    ap.add_argument("--t-max", type=float, default=d.t_max)
-    ap.add_argument("--edit-model", default=d.edit_model, help="Hugging Face id or local folder (InstructPix2Pix)")
-    ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    a = ap.parse_args(argv)
-    device = cli_device(a.device)
-    if device is None:
-        return 2
-    params = {"prompt": a.prompt, "seed": a.seed, "steps": a.steps, "num_views": a.num_views,
-              "resolution": a.resolution, "edit_every": a.edit_every, "initial_edits": a.initial_edits,
-              "text_guidance": a.text_guidance, "image_guidance": a.image_guidance,
-              "diffusion_steps": a.diffusion_steps, "t_min": a.t_min, "t_max": a.t_max,
-              "edit_model": a.edit_model, "low_memory": a.low_memory}
     try:
-        try:
-            splats = read_splats(Path(a.input))
-        except (OSError, ValueError) as exc:
-            raise JobError("bad_input", f"cannot read {a.input}: {exc}") from None
-        result = run_job_cli(run_edit_job, params, {"splats": splats.to_arrays()}, device)
-    except JobError as exc:
-        return report_job_error(exc)
-    write_cli_result(a.out, result)
-    return 0
+        splats = read_splats(Path(args.input))
+    except (OSError, ValueError) as exc:
+        raise JobError("bad_input", f"cannot read {args.input}: {exc}") from None
+    return {"splats": splats.to_arrays()}
+
+
+# python -m backend edit in.ply "make it look like bronze" --out out.ply [settings] (backend.job_cli)
+CLI = KindCli(positionals=(Positional("input", "splat file to edit (.ply, .splat, ...)"),
+                           Positional("prompt", "the instruction, e.g. 'make it look like bronze'", setting="prompt")),
+              payload=_cli_payload)
