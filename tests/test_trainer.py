@@ -12,7 +12,7 @@ import torch
 
 from backend.job_api import JobError
 from backend.render import rasterize
-from backend.strategies import CappedDefaultStrategy, relocation_torch
+from backend.strategies import relocation_torch
 from backend.job_cli import main as job_cli
 from backend.trainer import run_train_job, train, view_volume
 from shared.jobkinds.train import SPEC as TRAIN
@@ -183,25 +183,6 @@ def test_default_strategy_respects_the_cap():
     counts = [int(r[2]["num_gaussians"]) for r in ctx.reports]
     # It did refine: grew from 200 (every splat is over the tiny grow_grad2d) and stopped at the cap.
     assert counts[0] == 200 and max(counts) == 230, counts
-
-
-def test_capped_default_strategy_keeps_most_opaque():
-    params = {k: torch.nn.Parameter(v) for k, v in {
-        "means": torch.zeros(10, 3), "scales": torch.full((10, 3), -5.0), "quats": torch.ones(10, 4),
-        "opacities": torch.linspace(-2, 2, 10)}.items()}
-    opts = {k: torch.optim.Adam([p]) for k, p in params.items()}
-    for p in params.values():
-        p.grad = torch.zeros_like(p)
-    for o in opts.values():
-        o.step()
-    strat = CappedDefaultStrategy(cap_max=12)
-    state = strat.initialize_state(scene_scale=1.0)
-    state["grad2d"] = torch.ones(10)
-    state["count"] = torch.ones(10)
-    strat._grow_gs(params, opts, state, step=600)        # all 10 are due to duplicate -> 20, capped to 12
-    assert len(params["means"]) == 12
-    kept = sorted(params["opacities"].tolist())
-    assert kept == pytest.approx(sorted(torch.linspace(-2, 2, 10)[4:].tolist() * 2))
 
 
 def test_bad_job_input_is_a_job_error():
