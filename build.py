@@ -248,16 +248,28 @@ def run_serve(serve_args: list[str]) -> int:
 COMPAT_REQUIREMENTS = ROOT / "requirements-blender-latest.txt"
 COMPAT_PYTHON = (3, 13)          # Blender 5.1+ (bpy 5.1-5.3 on PyPI ship cp313 wheels only)
 COMPAT_VENV = ROOT / ".venv-blender-latest"
-# Tests of the add-on and of what it imports (shared/, numpy 2 inside Blender 5.1+) that need no torch:
-# the backend (torch) has its own venv and is tested there with bpy 5.0.1.
-COMPAT_TESTS = ("test_addon_install.py", "test_splat_object.py", "test_rig.py", "test_io_ops.py",
-                "test_capture.py", "test_cameras.py", "test_formats.py", "test_formats_interop.py", "test_splats.py",
-                "test_protocol.py",
-                "test_viewport.py", "test_final_render.py", "test_native_render.py",
-                "test_native_render_falloff.py", "test_client.py", "test_client_in_blender.py")
-# ... less the tests in them that build a reference image with the torch rasterizer
-COMPAT_DESELECT = ("not matches_reference and not composite_occlusion and not transparent_film "
-                   "and not f12_cycles_render_contains")
+# The add-on's tests and those of what it imports (shared/, numpy 2 inside Blender 5.1+) that need no torch
+# carry the pytest marker ``bpy_only`` (module-level ``pytestmark`` where the whole file qualifies); a test in
+# such a file that needs torch after all (a reference image from the backend's rasterizer) is also marked
+# ``torch``. The backend (torch) has its own venv and is tested there with bpy 5.0.1.
+COMPAT_MARKER = "bpy_only"
+COMPAT_SELECT = "bpy_only and not torch"
+TESTS_DIR = ROOT / "tests"
+
+
+def marked_test_files(marker: str = COMPAT_MARKER, tests: Path = TESTS_DIR) -> list[Path]:
+    """The test modules that use ``pytest.mark.<marker>`` anywhere (module ``pytestmark`` or a test's
+    decorator), found by parsing them: the compat venv has no torch, so modules without the marker are
+    not even imported there (collecting them would fail on ``import torch``). pytest's ``-m`` then picks
+    the marked tests inside them."""
+    import ast
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.Attribute) and n.attr == marker and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "mark" for n in ast.walk(tree)):
+            found.append(path)
+    return found
 
 
 def find_compat_python() -> str:
@@ -301,7 +313,8 @@ def compat_setup() -> Path:
 
 
 def run_compat(pytest_args: list[str]) -> int:
-    return _pytest(compat_setup(), [*(f"tests/{t}" for t in COMPAT_TESTS), "-k", COMPAT_DESELECT, *pytest_args])
+    files = [p.relative_to(ROOT).as_posix() for p in marked_test_files()]
+    return _pytest(compat_setup(), [*files, "-m", COMPAT_SELECT, *pytest_args])
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,20 +528,44 @@ def _git_commit() -> str | None:
         return None
 
 
-def _addon_files() -> list[tuple[Path, str]]:
-    """(source file, path in the zip) for the add-on code and the vendored shared package."""
-    def walk(src: Path, prefix: str) -> list[tuple[Path, str]]:
-        files = []
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if path.is_dir() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
-                continue
+def _walk(src: Path, prefix: str) -> list[tuple[Path, str]]:
+    """(file, prefix + its path under ``src``) for every file below ``src``, byte code left out; a
+    symbolic link is an error (the add-on holds real files only)."""
+    files = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        if path.is_symlink():
+            raise BuildError(f"{path} is a symbolic link: the add-on must hold real files")
+        if not path.is_dir():
             files.append((path, prefix + rel.as_posix()))
-        return files
-    files = [f for f in walk(ADDON_SRC, "") if f[1] not in ("blender_manifest.toml", "build_info.json")]
-    if any(name == "shared" or name.startswith("shared/") for _, name in files):
-        raise BuildError("blender_addon/ must not contain a shared/ folder: build.py vendors the repo's shared/")
-    return files + walk(SHARED_SRC, "shared/")
+    return files
+
+
+def _addon_files() -> list[tuple[Path, str]]:
+    """(source file, path in the zip) for the add-on code and the vendored shared package.
+
+    ``blender_addon/shared`` is a committed relative symlink to ``../shared``, so that the source tree's
+    ``from .shared import ...`` resolves for editors and type checkers; the zip and the assembled add-on
+    get the real files of the repo's ``shared/`` instead (never a link: Blender's extension installer
+    and Windows checkouts do not follow one)."""
+    link = ADDON_SRC / "shared"
+    if link.is_symlink():
+        if link.resolve() != SHARED_SRC.resolve():
+            raise BuildError(f"{link} links to {os.readlink(link)}, expected ../shared")
+    elif link.exists():
+        raise BuildError("blender_addon/shared must be the symlink to ../shared (build.py vendors the repo's "
+                         "shared/), not a folder of its own")
+    files: list[tuple[Path, str]] = []
+    for entry in sorted(ADDON_SRC.iterdir()):
+        if entry.name in ("shared", "__pycache__", "blender_manifest.toml", "build_info.json") \
+                or entry.suffix in (".pyc", ".pyo"):
+            continue
+        if entry.is_symlink():
+            raise BuildError(f"{entry} is a symbolic link: the add-on must hold real files")
+        files += _walk(entry, entry.name + "/") if entry.is_dir() else [(entry, entry.name)]
+    return files + _walk(SHARED_SRC, "shared/")
 
 
 def assemble_addon(dest: Path) -> Path:
@@ -638,6 +675,10 @@ def validate_addon_zip(path: Path) -> list[str]:
             for python in BLENDER_PYTHONS:
                 if not any(w.distribution == package and w.installs_on(platform, python) for w in parsed):
                     problems.append(f"no {package} wheel for {platform} / Python {python}")
+    with zipfile.ZipFile(path) as zf:
+        links = [i.filename for i in zf.infolist() if (i.external_attr >> 16) & 0o170000 == 0o120000]
+    if links:
+        problems.append(f"symbolic links in the zip: {links}")
     for required in ("__init__.py", "shared/__init__.py", "build_info.json"):
         if required not in names:
             problems.append(f"{required} is not in the zip")

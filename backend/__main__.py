@@ -6,6 +6,8 @@
     python -m backend <kind> ... --out FILE    run one job here: train, generate, edit, and every
                                                other registered kind (backend.job_cli; -h lists the
                                                kind's settings from its spec)
+    python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
+                                     (backend.reconstruct.cli: a second output, so its own parser)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
@@ -24,7 +26,7 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,<job kind>,prefetch,keys} [options]  (-h for help)"
+USAGE = "usage: python -m backend {serve,<job kind>,reconstruct,prefetch,keys} [options]  (-h for help)"
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 
 
@@ -75,6 +77,9 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--max-store-gb", type=float, default=20.0, metavar="GIB",
                    help="while the job store is larger, free the oldest finished jobs first (0: no "
                         "limit; default 20). The newest finished job is always kept")
+    p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
+                   help="disk space the job store leaves free: submits and results that would "
+                        "leave less are refused with 'disk_full' (default 256)")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -96,12 +101,14 @@ def serve_main(argv: list[str]) -> int:
                 raise ValueError(f"--job-kind {spec!r} must look like NAME=package.module:function")
             JOB_KINDS.register(name, target)
         from backend.store import Retention
-        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb)):
+        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb),
+                            ("--min-free-mb", args.min_free_mb)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
-                        preview_interval_s=args.preview_interval, retention=retention)
+                        preview_interval_s=args.preview_interval, retention=retention,
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20))
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
@@ -139,6 +146,7 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "serve": serve_main,
+    "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
 }

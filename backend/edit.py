@@ -11,7 +11,7 @@ The job (``run_edit_job``, job kind "edit") and the command line (``python -m ba
    colour (``background``): the edited images are whole pictures, background included.
 2. **Dataset**: the input splats rendered from the views (the *originals*); the dataset starts as a copy.
    Before the steps, ``initial_edits`` views are edited (-1: all of them; 0: pure Instruct-NeRF2NeRF).
-3. **Fine-tune** all splat parameters from the input (Adam with the trainer's ``make_optimizers``,
+3. **Fine-tune** all splat parameters from the input (Adam with ``backend.optim.make_optimizers``,
    L1 + 0.2 D-SSIM from ``backend.losses``), one random dataset view per step; every ``edit_every`` steps
    the next dataset view (round robin) is replaced by the editor's edit of the *current* render of that
    view, conditioned on its original render (Iterative Dataset Update).
@@ -346,6 +346,8 @@ def run_edit_job(params: Settings | dict, payload: dict, ctx: JobContext,
     device = torch.device(ctx.device)
 
     def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
+        if ctx.should_stop():           # each set-up stage starts with a cancel check
+            raise JobError("cancelled", f"cancelled before {text}; nothing was edited yet")
         ctx.report(0, 0, {"stage": text})
 
     t0 = time.perf_counter()

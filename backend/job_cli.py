@@ -150,7 +150,7 @@ def cli_device(choice: str) -> str | None:
 
 class CliContext:
     """A ``JobContext`` for the command line: progress lines on stderr (at most one per 2 s, and every
-    ``stage``); ``stop`` set by the first Ctrl+C."""
+    ``stage``, with its step/total when it counts); ``stop`` set by the first Ctrl+C."""
 
     def __init__(self, device: str, job_dir: Path):
         self.device = device
@@ -160,8 +160,8 @@ class CliContext:
 
     def report(self, step: int, total: int, metrics: dict, preview: Splats | None = None) -> None:
         now = time.monotonic()
-        if "stage" in metrics:
-            print(f"{metrics['stage']} ...", file=sys.stderr, flush=True)
+        if "stage" in metrics:      # a stage may count its own steps ("extracting features 37/150")
+            print(f"{metrics['stage']}" + (f" {step}/{total}" if total else " ..."), file=sys.stderr, flush=True)
         elif now - self._last >= 2.0 or step >= total:
             self._last = now
             psnr = f"psnr {metrics['psnr']:.2f} dB  " if "psnr" in metrics else ""

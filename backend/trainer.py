@@ -5,7 +5,8 @@ learning rates scaled by the scene extent, SH bands switched on one at a time, g
 DefaultStrategy (capped) or MCMCStrategy. Objects are trained against the image alpha: every step
 composes the target over a random background colour and renders with the same background, so
 transparent regions come out with no Gaussians. Every ``holdout_every``-th view (index 0, k, 2k,
-...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background).
+...) is held out and scored at the end (``eval_psnr``, ``eval_ssim``, over a white background; over
+black with ``random_background`` off, as for opaque photos, which then train over black).
 
 Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
 opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -143,16 +145,17 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
 
 
 def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
-                generator: torch.Generator) -> dict[str, torch.nn.Parameter]:
+                generator: torch.Generator,
+                should_stop: Optional[Callable[[], bool]] = None) -> dict[str, torch.nn.Parameter]:
     """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
-    base colours ``rgb`` [N,3] in 0..1."""
+    base colours ``rgb`` [N,3] in 0..1; ``should_stop`` is polled while the scales are set up."""
     n = len(points)
     mcmc = settings.strategy == "mcmc"
     init_opa = settings.init_opacity if settings.init_opacity is not None else (0.5 if mcmc else 0.1)
     # (gsplat's MCMC preset uses 0.1, meant for dense SfM points and 30k steps; with sparse mesh
     # samples and short runs it leaves holes: 22 dB instead of 38 dB on the test torus)
     init_scale = settings.init_scale
-    dist = knn_mean_distance(points).clamp_min(scale_floor)
+    dist = knn_mean_distance(points, should_stop=should_stop).clamp_min(scale_floor)
     scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
     quats = torch.rand(n, 4, generator=generator).to(points.device)
     opac = torch.full((n,), float(logit(np.float32(init_opa))), device=points.device)
@@ -180,12 +183,13 @@ def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int,
 
 @torch.no_grad()
 def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-             sh_degree: int, backend: str) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over white vs the images over white."""
+             sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
+    (white by default) vs the images over the same."""
     if not ids:
         return {}
     H, W = images.shape[1:3]
-    white = torch.ones(1, 3, device=images.device)
+    white = torch.full((1, 3), float(background), device=images.device)
     ps, ss = [], []
     for i in ids:
         img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
@@ -208,6 +212,11 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     """
     settings = checked_settings("train", settings)
     ctx = ctx or NullContext()
+
+    def poll_cancel(stage: str) -> None:
+        """Every set-up stage ends here: a cancel before the steps leaves nothing to keep."""
+        if ctx.should_stop():
+            raise JobError("cancelled", f"cancelled while {stage}; nothing was trained yet")
     device = torch.device(ctx.device)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
     backend = resolve_backend(device, settings.backend)
@@ -228,6 +237,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     holdout = [i for i in range(C) if k > 1 and C > 1 and i % k == 0]
     train_ids = [i for i in range(C) if i not in holdout]
     extent = scene_scale(vm)
+    poll_cancel("loading the images")
 
     if points is not None:
         pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
@@ -240,7 +250,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
         n0 = min(settings.init_points, settings.max_gaussians)
         pts = random_init_points(n0, vm, Kt, W, H, gen)
         rgb = torch.rand(len(pts), 3, generator=gen)
-    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen)
+    poll_cancel("choosing the initial points")
+    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)
     optimizers = make_optimizers(params, settings, extent)
     means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
 
@@ -255,6 +266,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
                                 refine_stop_iter=sched["refine_stop"], refine_every=sched["refine_every"])
         state = strategy.initialize_state()
     strategy.check_sanity(params, optimizers)
+    poll_cancel("setting up the optimiser")
 
     # the per-step random choices, drawn up front from the seeded generator
     epochs = math.ceil(settings.steps / max(1, len(train_ids)))
@@ -299,10 +311,12 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     metrics: dict[str, float] = {"loss": loop.metrics.get("loss", float("nan")),
                                  "num_gaussians": float(len(params["means"])), "steps_per_s": loop.steps_per_s}
     if not cancelled:
-        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend)
+        # without random backgrounds the splats learnt black behind opaque images: score them so
+        eval_bg = 1.0 if settings.random_background else 0.0
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg)
         if ev:
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
-        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend)
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
         metrics["train_psnr"] = tr["psnr"]
     splats = tensors_to_splats(params)
     meta = {
@@ -336,13 +350,17 @@ def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
                        images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
     """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
     add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
-    from backend.datasets import DatasetError, load_dataset
+    from backend.datasets import DatasetCancelled, DatasetError, load_dataset
 
     ctx.report(0, 0, {"stage": f"reading the dataset {path}"})     # big datasets take a while
     try:
-        data = load_dataset(path, images_dir=images_dir, downscale=downscale)
+        data = load_dataset(path, images_dir=images_dir, downscale=downscale,
+                            should_stop=ctx.should_stop)
     except DatasetError as exc:
         raise JobError("bad_dataset", str(exc)) from None
+    except DatasetCancelled:
+        raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
+                       "yet") from None
     ctx.report(0, 0, {"stage": f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
                                f"{'' if data.points is None else f', {len(data.points)} initial points'}"})
     result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)

@@ -33,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from native_scene import render_f12  # noqa: E402  (tests/: the one F12-to-array helper)
 
 W, H = 160, 120          # offscreen draw
 RW, RH = 64, 48          # Cycles and Workbench renders
@@ -75,7 +77,7 @@ def render(out: Path, samples: int = 16) -> None:
     times["register"] = time.perf_counter() - t0
 
     splats = _splats()
-    obj = splat_object.create_splat_object(bpy.context, "Splats", splats)
+    obj = splat_object.create_splat_object(bpy.context, "Splats", splats, native=False)   # GN path: meshes
     t0 = time.perf_counter()
     ensure_gpu_module()
     cam = _camera()
@@ -108,15 +110,7 @@ def render(out: Path, samples: int = 16) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sb_compat_r_"))
 
     def f12(name: str) -> np.ndarray:
-        bpy.ops.render.render()
-        path = str(tmp / f"{name}.png")
-        bpy.data.images["Render Result"].save_render(path)
-        img = bpy.data.images.load(path, check_existing=False)
-        img.colorspace_settings.name = "Non-Color"
-        px = np.empty(RW * RH * 4, np.float32)
-        img.pixels.foreach_get(px)
-        bpy.data.images.remove(img)
-        return px.reshape(RH, RW, 4)[::-1, :, :3].copy()
+        return render_f12(bpy, str(tmp / f"{name}.png"))
 
     t0 = time.perf_counter()
     cycles_with = f12("with")

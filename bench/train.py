@@ -3,7 +3,8 @@ gsplat loop (gsplat.rasterization + Adam + DefaultStrategy, nothing else) on the
 in the same process.
 
     python bench/train.py                 # GPU: 100 views of 800x800, 7000 steps each (~2-4 min on an H100)
-    python bench/train.py --tiny          # CPU smoke test: 6 views of 32x32, 30 steps (reference rasterizer)
+    python bench/train.py --tiny          # CPU smoke test: 6 views of 32x32, 30 steps (CPU rasterizer)
+    python bench/train.py --cpu           # CPU rasterizers: fast (Numba) vs reference, then a short training run
     python bench/train.py --out result.json
 
 Prints steps/s of both loops and their ratio (target >= 0.9), held-out PSNR at the checkpoints
@@ -11,6 +12,14 @@ Prints steps/s of both loops and their ratio (target >= 0.9), held-out PSNR at t
 Both loops use the same images, initial points, learning rates, loss (L1 + 0.2 D-SSIM), random
 background per step, SH schedule and densification schedule; steps/s is measured after a warm-up
 (the first 5 % of steps) and excludes checkpoint evaluation. Exit status 1 if a phase failed.
+
+``--cpu`` instead compares the two CPU rasterizers in one process, on one thread each: steps/s of a
+forward + backward (SH degree 3, random background, L1 loss, gradients to every parameter) of the
+fast path (backend/render/fast.py) and of the pure-torch reference, interleaved so that load from
+other processes hits both alike, at 64 and 256 px with 2k and 20k Gaussians, for a fitted-looking
+cloud (small opaque splats on surfaces) and for the trainer's random initialisation (large,
+overlapping, opacity 0.1); then the trainer itself on a 64 px scene with each rasterizer (PSNR,
+wall time). Target: fast >= 10x the reference.
 """
 from __future__ import annotations
 
@@ -151,7 +160,7 @@ def run_ours(data: dict, args: argparse.Namespace, device: torch.device) -> dict
     checkpoints = [c for c in args.checkpoints if c < args.steps]
     if checkpoints:
         # one preview per checkpoint: the trainer reports a preview at every multiple of preview_every
-        settings.preview_every = math.gcd(*checkpoints) if len(checkpoints) > 1 else checkpoints[0]
+        settings = settings.replace(preview_every=math.gcd(*checkpoints) if len(checkpoints) > 1 else checkpoints[0])
     ctx = BenchContext(str(device), checkpoints)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -189,7 +198,8 @@ def run_plain(data: dict, args: argparse.Namespace, device: torch.device) -> dic
     if backend == "gsplat":
         from gsplat import rasterization as raster
     else:                      # CPU smoke test: gsplat's rasterization needs CUDA
-        from backend.render.reference import rasterize_reference as raster
+        from functools import partial
+        raster = partial(rasterize, backend=backend)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     images = torch.from_numpy(data["images"]).to(device)
@@ -253,11 +263,136 @@ def run_plain(data: dict, args: argparse.Namespace, device: torch.device) -> dic
     return out
 
 
+
+# -- CPU rasterizers: fast vs reference ------------------------------------------------------------
+
+def _bench_gaussians(kind: str, n: int, viewmats: torch.Tensor, Ks: torch.Tensor, size: int,
+                     seed: int) -> list[torch.Tensor]:
+    """(means, quats, scales, opacities, SH [N,16,3]) as leaf tensors, activated."""
+    from backend.params import activated, sh_coeffs
+    from backend.trainer import random_init_points
+    from shared.sh import rgb_to_sh0
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "fitted":
+        means, quats, scales, opac, rgb = (torch.tensor(a) for a in gt_cloud(n, seed))
+        sh = torch.zeros(n, 16, 3)
+        sh[:, 0] = torch.from_numpy(rgb_to_sh0(rgb.numpy()))
+        sh[:, 1:] = 0.05 * torch.randn(n, 15, 3, generator=gen)
+        return [means, quats, scales, opac, sh]
+    pts = random_init_points(n, viewmats, Ks, size, size, gen)
+    params = init_params(pts, torch.rand(n, 3, generator=gen), TRAIN.make(sh_degree=3),
+                         1e-7 * scene_scale(viewmats), gen)
+    with torch.no_grad():
+        return [t.detach().clone() for t in (*activated(params), sh_coeffs(params))]
+
+
+def _raster_step(backend: str, gaussians: list[torch.Tensor], vm: torch.Tensor, K: torch.Tensor,
+                 size: int, bg: torch.Tensor, target: torch.Tensor) -> None:
+    ps = [t.clone().requires_grad_(True) for t in gaussians]
+    img, _, info = rasterize(*ps, vm, K, size, size, sh_degree=3, backgrounds=bg, backend=backend)
+    info["means2d"].retain_grad()           # as the strategies do
+    (img - target).abs().mean().backward()
+
+
+def bench_cpu_rasterizers(seconds: float, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for size in (64, 256):
+        viewmats, Ks = camera_rig(8, size)
+        vm_all, K_all = torch.tensor(viewmats), torch.tensor(Ks)
+        for n in (2000, 20000):
+            for kind in ("fitted", "init"):
+                g = _bench_gaussians(kind, n, vm_all, K_all, size, seed)
+                gen = torch.Generator().manual_seed(seed)
+                target = torch.rand(1, size, size, 3, generator=gen)
+                spent = {"reference": 0.0, "fast": 0.0}
+                cpu = {"reference": 0.0, "fast": 0.0}
+                steps = {"reference": 0, "fast": 0}
+                for b in ("reference", "fast"):          # warm-up (the first fast call compiles)
+                    _raster_step(b, g, vm_all[:1], K_all[:1], size, torch.rand(1, 3, generator=gen), target)
+                t_end = time.perf_counter() + seconds
+                i = 0
+                while time.perf_counter() < t_end or min(steps.values()) < 2:
+                    cam = i % len(vm_all)
+                    bg = torch.rand(1, 3, generator=gen)
+                    # interleave: one reference step, then fast steps for about as long
+                    for b in ("reference", "fast"):
+                        budget = spent["reference"] / max(1, steps["reference"]) if b == "fast" else 0.0
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        while True:
+                            _raster_step(b, g, vm_all[cam:cam + 1], K_all[cam:cam + 1], size, bg, target)
+                            steps[b] += 1
+                            if b == "reference" or time.perf_counter() - t0 >= budget:
+                                break
+                        spent[b] += time.perf_counter() - t0
+                        cpu[b] += time.process_time() - c0
+                    i += 1
+                row = {"size": size, "gaussians": n, "scene": kind,
+                       "reference_steps_per_s": steps["reference"] / spent["reference"],
+                       "fast_steps_per_s": steps["fast"] / spent["fast"],
+                       "cpu_ratio": (cpu["reference"] / steps["reference"]) / max(cpu["fast"] / steps["fast"], 1e-9)}
+                row["ratio"] = row["fast_steps_per_s"] / row["reference_steps_per_s"]
+                log(f"  {size} px, {n} Gaussians, {kind}: reference {row['reference_steps_per_s']:.2f} steps/s, "
+                    f"fast {row['fast_steps_per_s']:.1f} steps/s, ratio {row['ratio']:.1f} (CPU time {row['cpu_ratio']:.1f})")
+                rows.append(row)
+    return rows
+
+
+def train_cpu_comparison(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The trainer on one 64 px scene with each CPU rasterizer: held-out PSNR and wall time."""
+    device = torch.device("cpu")
+    data = make_scene(args, device)
+    out = []
+    for backend in ("fast", "reference"):
+        settings = settings_for(args).replace(backend="auto" if backend == "fast" else backend)  # auto: fast on CPU
+        t0 = time.perf_counter()
+        res = train(data["images"], data["viewmats"], data["Ks"], data["points"], data["colors"], settings,
+                    BenchContext("cpu", []))
+        row = {"rasterizer": res.meta["backend"], "wall_s": time.perf_counter() - t0,
+               "eval_psnr": res.metrics.get("eval_psnr"), "gaussians": len(res.splats)}
+        log(f"  trainer, {row['rasterizer']}: {args.steps} steps in {row['wall_s']:.1f} s, "
+            f"held-out PSNR {row['eval_psnr']:.2f} dB, {row['gaussians']} Gaussians")
+        out.append(row)
+    return out
+
+
+def main_cpu(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"device": "cpu", "threads": 1, "torch": torch.__version__}
+    import numba
+    result["numba"] = numba.__version__
+    log("rasterizer forward + backward, one thread, interleaved ...")
+    rows = bench_cpu_rasterizers(args.cpu_seconds, args.seed)
+    result["rasterizer"] = rows
+    lines = [f"{'px':>4s}{'gaussians':>10s}{'scene':>8s}{'reference':>11s}{'fast':>9s}{'ratio':>7s}{'cpu ratio':>10s}"
+             "   (steps/s, forward+backward)"]
+    for r in rows:
+        lines.append(f"{r['size']:4d}{r['gaussians']:10d}{r['scene']:>8s}{r['reference_steps_per_s']:11.2f}"
+                     f"{r['fast_steps_per_s']:9.1f}{r['ratio']:7.1f}{r['cpu_ratio']:10.1f}")
+    lines.append("target: fast >= 10x the reference")
+    print("\n".join(lines), flush=True)
+    if args.train_steps > 0:
+        args.views, args.size, args.steps = 16, 64, args.train_steps
+        args.gt_gaussians, args.init_points, args.sh_degree, args.max_gaussians = 2000, 2000, 3, 20000
+        log(f"trainer: {args.steps} steps, 64 px, 16 views, 2000 initial points, each rasterizer ...")
+        result["training"] = train_cpu_comparison(args)
+        lines = [f"{'trainer':>10s}{'wall s':>9s}{'PSNR dB':>9s}{'gaussians':>10s}"]
+        for r in result["training"]:
+            lines.append(f"{r['rasterizer']:>10s}{r['wall_s']:9.1f}{r['eval_psnr']:9.2f}{r['gaussians']:10d}")
+        print("\n".join(lines), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU-sized smoke run (6 views of 32x32, 30 steps)")
+    p.add_argument("--cpu", action="store_true", help="CPU rasterizers: fast vs reference steps/s, then the trainer with each")
+    p.add_argument("--cpu-seconds", type=float, default=4.0, help="--cpu: seconds per rasterizer configuration")
+    p.add_argument("--train-steps", type=int, default=300, help="--cpu: trainer steps per rasterizer (0 skips)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--views", type=int, default=100)
     p.add_argument("--size", type=int, default=800)
@@ -279,6 +414,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cpu:
+        return main_cpu(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cpu":

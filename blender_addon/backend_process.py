@@ -25,6 +25,8 @@ from pathlib import Path
 
 import bpy
 
+from .prefs import get_prefs, get_settings
+
 LOG_TEXT_NAME = "SplatBridge Backend Log"
 LOG_MAX_LINES = 2000
 STOP_TIMEOUT_S = 5.0
@@ -321,7 +323,6 @@ def _ensure_log_timer() -> None:
 
 
 def _autostart() -> None:
-    from .preferences import get_prefs
     prefs = get_prefs()
     if prefs is not None and prefs.start_local_backend and not is_running():
         try:
@@ -342,7 +343,6 @@ class SPLATBRIDGE_OT_backend_start(bpy.types.Operator):
     bl_label = "Start Local Backend"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from .preferences import get_settings
         try:
             proc = start_from_prefs(get_settings(context))
         except BackendLaunchError as exc:
@@ -388,7 +388,6 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     atexit.register(_atexit_stop)
-    from .preferences import get_prefs
     prefs = get_prefs()
     if prefs is not None and prefs.start_local_backend:
         # Deferred: preferences and windows are not fully there while add-ons register.

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import bpy
-from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVectorProperty,
-                       IntProperty, StringProperty)
+from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 
+from .prefs import get_settings
 from .shared.client import LOCAL_TIMEOUT_CODE, TERMINAL_STATES, BackendClient, JobState
 
 REQUEST_TIMEOUT_S = 15.0
@@ -67,25 +67,17 @@ def unregister_job_handler(kind: str) -> None:
 
 # --------------------------------------------------------------------------- connecting
 
-def _settings(context):
-    try:
-        from .preferences import get_settings
-        return get_settings(context)
-    except Exception:  # preferences module absent (a partial build): defaults
-        return None
-
-
 def connect(context=None, address: str | None = None) -> BackendClient:
     """Open the session's client to ``address`` (default: the preferences' backend address) and
     say hello. An existing client to another address is closed first; to the same one it is kept."""
     context = context or bpy.context
-    prefs = _settings(context)
-    address = address or (prefs.backend_address if prefs is not None else "tcp://127.0.0.1:5555")
+    prefs = get_settings(context)
+    address = address or prefs.backend_address
     if STATE.client is not None and STATE.address == address:
         return STATE.client
     disconnect()
     kwargs: dict[str, Any] = {}
-    if prefs is not None and getattr(prefs, "curve_server_key", ""):
+    if prefs.curve_server_key:
         kwargs["server_public_key"] = bpy.path.abspath(prefs.curve_server_key)
         kwargs["secret_key"] = bpy.path.abspath(prefs.curve_client_key) or None
     client = BackendClient(address, timeout_s=REQUEST_TIMEOUT_S, heartbeat_s=HEARTBEAT_S,
@@ -350,10 +342,6 @@ class SplatBridgeJobRecord(bpy.types.PropertyGroup):
     kind: StringProperty(name="Kind")
     label: StringProperty(name="Label")
     target: StringProperty(name="Target Object", description="Object the result goes to")
-    use_place_at: BoolProperty(name="Place", default=False,
-                               description="A new result object goes to Place At")
-    place_at: FloatVectorProperty(name="Place At", size=3, subtype="TRANSLATION",
-                                  description="World location (metres) of a new result object")
     state: StringProperty(name="State", default="submitted")
     handled: BoolProperty(name="Handled", default=False,
                           description="The outcome was applied (result object made or error shown)")

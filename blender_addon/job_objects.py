@@ -1,4 +1,4 @@
-"""Tracked job -> splat object: the plumbing the Train and Generate operators share.
+"""Tracked job -> splat object: the plumbing the job kinds' operators share (``job_kinds`` builds them).
 
 A job's record (``connection.track_job``) names its target object. Progress previews and the end
 result go into that object: created on first use (under a free name), updated in place after.
@@ -12,7 +12,6 @@ import time
 from typing import Callable, Sequence
 
 import bpy
-from bpy.props import PointerProperty
 
 from . import connection, splat_object
 from .modal_progress import ModalProgress
@@ -243,23 +242,3 @@ class CancelJob:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         return {"FINISHED"}
-
-
-def job_kind_registration(kind: str, classes: Sequence[type], settings_name: str, settings_cls: type,
-                          on_update: Callable, on_finished: Callable) -> tuple[Callable, Callable]:
-    """``(register, unregister)`` for the operator module of job ``kind``: its ``classes`` (in
-    order; removed in reverse), ``Scene.<settings_name>`` (a ``settings_cls`` pointer) and its
-    ``connection`` job handlers."""
-    def register() -> None:
-        for cls in classes:
-            bpy.utils.register_class(cls)
-        setattr(bpy.types.Scene, settings_name, PointerProperty(type=settings_cls))
-        connection.register_job_handler(kind, on_update, on_finished)
-
-    def unregister() -> None:
-        connection.unregister_job_handler(kind)
-        delattr(bpy.types.Scene, settings_name)
-        for cls in reversed(classes):
-            bpy.utils.unregister_class(cls)
-
-    return register, unregister

@@ -1,4 +1,4 @@
-"""Native render of splats: Geometry Nodes instances with an attribute-driven material, so that the
+"""Native render of mesh-based splat objects (Blender 4.2-5.2): Geometry Nodes instances with an attribute-driven material, so that the
 standard F12 / command-line render (Cycles, EEVEE) includes the splats, *approximately*.
 
 The viewport draws splats with a Python ``gpu`` handler, which Blender's render pipeline does not
@@ -60,7 +60,8 @@ import bpy
 from bpy.props import BoolProperty
 
 from .shared.sh import SH_C0
-from .splat_object import ATTR_LOG_SCALE, ATTR_OPACITY, ATTR_ROTATION, ATTR_SH0, is_splat_object
+from .splat_object import (ATTR_LOG_SCALE, ATTR_OPACITY, ATTR_ROTATION, ATTR_SH0, is_mesh_splat_object,
+                           is_native_splat_object)
 
 MODIFIER_NAME = "SplatBridge Native Render"
 GROUP_NAME = "SplatBridge Splat Instances"
@@ -266,7 +267,10 @@ def ensure_native_render(obj, enabled: bool):
     up-to-date node group, hidden in the viewport and shown in renders; returns the modifier.
     Disabling removes it; returns None. Raises ValueError for an object that is not a splat object.
     """
-    if not is_splat_object(obj):
+    if is_native_splat_object(obj):
+        raise ValueError(f"object {obj.name!r} is a native splat point cloud: Blender renders it "
+                         "itself (F12), no Native Render modifier is needed")
+    if not is_mesh_splat_object(obj):
         raise ValueError(f"object {getattr(obj, 'name', obj)!r} is not a splat object")
     mod = obj.modifiers.get(MODIFIER_NAME)
     if not enabled:
@@ -295,7 +299,7 @@ class SPLATBRIDGE_OT_native_render_toggle(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return is_splat_object(context.active_object)
+        return is_mesh_splat_object(context.active_object)
 
     def execute(self, context):
         obj = context.active_object

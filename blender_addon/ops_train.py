@@ -12,7 +12,8 @@ all drive the same code:
 
 "Train from Dataset" submits the same job with ``params.dataset_path`` (a folder with
 ``transforms.json`` or a COLMAP ``sparse/0``) and no images: the backend loads the dataset.
-Settings live in ``scene.splatbridge_train``.
+Settings live in ``scene.splatbridge_train``: one property per setting of the train spec
+(``shared/jobkinds/train.py``) plus the add-on's ``CAPTURE_SETTINGS``.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ import math
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import connection, job_objects
+from . import connection, job_kinds, job_objects
 from .capture import CaptureJob, CaptureResult
-from .job_objects import status_text, unique_object_name  # noqa: F401 (status_text: ui_panel, demo)
+from .job_objects import status_text  # noqa: F401 (status_text: ui_panel, demo)
 from .rig import find_rig
 
 KIND = "train"
+DATASET_ONLY = ("dataset_path", "images_dir", "downscale")   # settings that apply to a dataset folder only
 
 # Capture progress of the running Train operator (for the panel; not saved).
 CAPTURE_PROGRESS = {"active": False, "done": 0, "total": 0, "eta_s": math.nan, "rig": ""}
@@ -40,48 +42,28 @@ def _eevee_id() -> str:
     return "BLENDER_EEVEE"
 
 
-class SplatBridgeTrainSettings(bpy.types.PropertyGroup):
-    steps: IntProperty(name="Steps", default=3000, min=1, max=1_000_000,
-                       description="Optimisation steps")
-    strategy: EnumProperty(name="Strategy", default="default", items=[
-        ("default", "Default", "3DGS densification (clone, split, prune)"),
-        ("mcmc", "MCMC", "3DGS-MCMC: relocation with a fixed Gaussian budget")])
-    sh_degree: IntProperty(name="SH Degree", default=3, min=0, max=3,
-                           description="Spherical-harmonic degree of the view-dependent colour")
-    max_gaussians: IntProperty(name="Max Gaussians", default=1_000_000, min=1000,
-                               description="Cap on the number of Gaussians")
-    holdout_every: IntProperty(name="Hold Out Every", default=0, min=0,
-                               description="Keep every n-th view for evaluation (0: train on all)")
-    seed: IntProperty(name="Seed", default=0, min=0)
-    preview_every: IntProperty(name="Preview Every", default=100, min=0,
-                               description="Send a live preview every n steps (0: none)")
-    engine: EnumProperty(name="Engine", default="SCENE", items=[
+# The add-on's own settings of a training run (how the rig is captured, what the result is called); the
+# job's settings come from the train spec (shared/jobkinds/train.py).
+CAPTURE_SETTINGS = {
+    "engine": EnumProperty(name="Engine", default="SCENE", items=[
         ("SCENE", "Scene's Engine", "Capture with the scene's render engine"),
         ("CYCLES", "Cycles", "Capture with Cycles"),
-        ("EEVEE", "EEVEE", "Capture with EEVEE")])
-    samples: IntProperty(name="Samples", default=0, min=0,
-                         description="Render samples per view (0: the scene's setting)")
-    num_points: IntProperty(name="Initial Points", default=20000, min=0,
-                            description="Points sampled on the target meshes to start from")
-    standard_view: BoolProperty(name="Standard View", default=True,
-                                description="Capture with the Standard view transform (no tone "
-                                            "curve) so splat colours are plain sRGB")
-    output_name: StringProperty(name="Output", default="",
-                                description="Name of the splat object (empty: <rig>_splats)")
-    dataset_path: StringProperty(name="Dataset", subtype="DIR_PATH", default="",
-                                 description="Folder with transforms.json or a COLMAP model")
+        ("EEVEE", "EEVEE", "Capture with EEVEE")]),
+    "samples": IntProperty(name="Samples", default=0, min=0,
+                           description="Render samples per view (0: the scene's setting)"),
+    "num_points": IntProperty(name="Initial Points", default=20000, min=0,
+                              description="Points sampled on the target meshes to start from"),
+    "standard_view": BoolProperty(name="Standard View", default=True,
+                                  description="Capture with the Standard view transform (no tone curve) so "
+                                              "splat colours are plain sRGB"),
+    "output_name": StringProperty(name="Output", default="",
+                                  description="Name of the splat object (empty: <rig>_splats)"),
+}
 
 
-def get_settings(context) -> SplatBridgeTrainSettings:
-    return context.scene.splatbridge_train
-
-
-def train_params(settings) -> dict:
-    """The ``train`` job params (docs/INTERFACES.md) from the settings."""
-    return {"steps": int(settings.steps), "strategy": str(settings.strategy),
-            "sh_degree": int(settings.sh_degree), "max_gaussians": int(settings.max_gaussians),
-            "holdout_every": int(settings.holdout_every), "seed": int(settings.seed),
-            "preview_every": int(settings.preview_every)}
+def get_settings(context):
+    """``scene.splatbridge_train``: the train spec's settings plus ``CAPTURE_SETTINGS``."""
+    return job_kinds.settings(context, UI)
 
 
 # --------------------------------------------------------------------------- stages
@@ -98,34 +80,36 @@ def start_capture(context, rig=None, settings=None) -> CaptureJob:
                       standard_view=settings.standard_view)
 
 
+def _prepare(sub: job_kinds.Submission) -> None:
+    if isinstance(sub.source, CaptureResult):       # the views come in the payload, not from a dataset
+        for name in DATASET_ONLY:
+            sub.params.pop(name, None)
+    elif not sub.params.get("dataset_path"):
+        raise ValueError("no dataset folder given")
+
+
+def _target(sub: job_kinds.Submission) -> str:
+    s = sub.group
+    if s.output_name:
+        return s.output_name
+    if isinstance(sub.source, CaptureResult):
+        return "Splats"
+    path = str(sub.params["dataset_path"])
+    return (bpy.path.basename(path.rstrip("/\\")) or "Dataset") + "_splats"
+
+
 def submit_capture(context, capture: CaptureResult, settings=None, name: str = "",
                    params: dict | None = None):
     """Submit a ``train`` job for captured views; returns its record in ``scene.splatbridge_jobs``.
 
-    ``params`` overrides single entries of the settings' params."""
-    settings = settings or get_settings(context)
-    client = connection.get_client(context)
-    p = train_params(settings)
-    p.update(params or {})
-    target = unique_object_name(name or settings.output_name or "Splats")
-    job_id = client.submit(KIND, p, capture.payload())
-    return connection.track_job(context.scene, job_id, KIND, target, label=f"Train {target}")
+    ``params`` overrides single settings."""
+    return job_kinds.submit(context, UI, settings, params, name, source=capture)
 
 
 def submit_dataset(context, path: str, settings=None, name: str = "", params: dict | None = None):
     """Submit a ``train`` job on a dataset folder that the backend loads itself."""
-    settings = settings or get_settings(context)
-    path = bpy.path.abspath(path)
-    if not path:
-        raise ValueError("no dataset folder given")
-    client = connection.get_client(context)
-    p = train_params(settings)
-    p["dataset_path"] = path
-    p.update(params or {})
-    base = name or settings.output_name or (bpy.path.basename(path.rstrip("/\\")) or "Dataset") + "_splats"
-    target = unique_object_name(base)
-    job_id = client.submit(KIND, p, {})
-    return connection.track_job(context.scene, job_id, KIND, target, label=f"Train {target}")
+    return job_kinds.submit(context, UI, settings, {"dataset_path": bpy.path.abspath(path) if path else "",
+                                                    **(params or {})}, name)
 
 
 def cancel_train(context, job_id: str) -> None:
@@ -272,9 +256,12 @@ class SPLATBRIDGE_OT_cancel_job(job_objects.CancelJob, bpy.types.Operator):
     job_id: StringProperty()
 
 
-CLASSES = (SplatBridgeTrainSettings, SPLATBRIDGE_OT_train, SPLATBRIDGE_OT_train_dataset,
-           SPLATBRIDGE_OT_cancel_job)
+UI = job_kinds.KindUI(
+    KIND, extra=CAPTURE_SETTINGS, prepare=_prepare,
+    payload=lambda sub: sub.source.payload() if isinstance(sub.source, CaptureResult) else {},
+    target=_target, on_update=apply_train_update, on_finished=apply_train_finished,
+    operator=False, panel=False,       # its own operators (capture first) and panel (ui_panel)
+    classes=(SPLATBRIDGE_OT_train, SPLATBRIDGE_OT_train_dataset, SPLATBRIDGE_OT_cancel_job))
 
 
-register, unregister = job_objects.job_kind_registration(
-    KIND, CLASSES, "splatbridge_train", SplatBridgeTrainSettings, apply_train_update, apply_train_finished)
+register, unregister = job_kinds.kind_registration(UI)

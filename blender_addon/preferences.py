@@ -1,24 +1,22 @@
-"""SplatBridge's add-on preferences: where the backend is, and how to start a local one.
+"""SplatBridge's add-on preferences (the UI): where the backend is, and how to start a local one.
 
-``get_prefs(context)`` is the one way other modules read them. The live connection state is
-owned by ``connection.py``; ``draw`` only reads it, defensively (it may be absent or not yet
-connected).
+Other modules read the values with ``prefs.get_settings(context)`` (a leaf module, so reading them
+makes no import circle). ``draw`` shows the live connection (``connection.status_summary``), the local
+backend's state (``backend_process.status_text``) and the parts of the add-on that failed to load.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-ADDON_PACKAGE = __package__  # "bl_ext.<repo>.splatbridge" when installed as an extension
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
-DEFAULT_PORT = 5555
+from . import ERRORS, backend_process, connection
+from .prefs import ADDON_PACKAGE, DEFAULTS, DefaultSettings, get_prefs, get_settings
+
+__all__ = ["ADDON_PACKAGE", "DefaultSettings", "SplatBridgePreferences", "get_prefs", "get_settings"]
 
 
 def _local_backend_update(self: "SplatBridgePreferences", context: bpy.types.Context) -> None:
     # Toggling the option starts/stops the local backend right away (the user expects it).
-    from . import backend_process
     try:
         if self.start_local_backend:
             backend_process.start_from_prefs(self)
@@ -34,7 +32,7 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
     backend_address: StringProperty(
         name="Backend Address",
         description="ZeroMQ address of the SplatBridge backend (tcp://HOST:PORT)",
-        default=DEFAULT_ADDRESS,
+        default=DEFAULTS.backend_address,
     )
     start_local_backend: BoolProperty(
         name="Start a Local Backend",
@@ -60,7 +58,7 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
     port: IntProperty(
         name="Port",
         description="TCP port the local backend binds on 127.0.0.1",
-        default=DEFAULT_PORT,
+        default=DEFAULTS.port,
         min=1024,
         max=65535,
     )
@@ -75,13 +73,13 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         name="Keep Finished Jobs (days)",
         description="The local backend frees the inputs and result of jobs finished longer ago than this "
                     "(results already in your .blend are not affected). 0: keep forever",
-        default=30.0, min=0.0, soft_max=365.0,
+        default=DEFAULTS.job_store_keep_days, min=0.0, soft_max=365.0,
     )
     job_store_max_gb: FloatProperty(
         name="Job Store Limit (GiB)",
         description="While the job store is larger, the local backend frees the oldest finished jobs "
                     "first; the newest finished job is always kept. 0: no limit",
-        default=20.0, min=0.0, soft_max=1000.0,
+        default=DEFAULTS.job_store_max_gb, min=0.0, soft_max=1000.0,
     )
     curve_server_key: StringProperty(
         name="Server Public Key",
@@ -103,7 +101,7 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         box = layout.box()
         box.label(text="Connection", icon="LINKED")
         box.prop(self, "backend_address")
-        text, icon = connection_summary()
+        text, icon = connection.status_summary()
         box.label(text=text, icon=icon)
 
         box = layout.box()
@@ -117,7 +115,6 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         row = col.row(align=True)
         row.prop(self, "job_store_keep_days")
         row.prop(self, "job_store_max_gb")
-        from . import backend_process
         row = box.row()
         row.label(text=backend_process.status_text())
         row.operator("splatbridge.backend_start", text="Start", icon="PLAY")
@@ -129,59 +126,11 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         box.prop(self, "curve_server_key")
         box.prop(self, "curve_client_key")
 
-        from . import ERRORS
         if ERRORS:
             box = layout.box()
             box.label(text="Parts that failed to load:", icon="ERROR")
             for name, message in ERRORS.items():
                 box.label(text=f"{name}: {message}")
-
-
-def get_prefs(context: bpy.types.Context | None = None) -> SplatBridgePreferences | None:
-    """The add-on's preferences, or None when the add-on is not enabled (e.g. a bare import)."""
-    context = context or bpy.context
-    addon = context.preferences.addons.get(ADDON_PACKAGE)
-    return addon.preferences if addon is not None else None
-
-
-@dataclass
-class DefaultSettings:
-    """The preference values as plain data: what ``get_settings`` gives when the add-on's
-    preferences are not registered (the add-on imported as a package by tests or a script)."""
-    backend_address: str = DEFAULT_ADDRESS
-    start_local_backend: bool = False
-    python_executable: str = ""
-    backend_source: str = ""
-    port: int = DEFAULT_PORT
-    job_store: str = ""
-    job_store_keep_days: float = 30.0
-    job_store_max_gb: float = 20.0
-    curve_server_key: str = ""
-    curve_client_key: str = ""
-
-
-def get_settings(context: bpy.types.Context | None = None) -> SplatBridgePreferences | DefaultSettings:
-    """The preferences if registered, else the defaults (same attribute names)."""
-    return get_prefs(context) or DefaultSettings()
-
-
-def connection_summary() -> tuple[str, str]:
-    """(text, icon) describing the live connection, read from connection.py if it offers one."""
-    try:
-        from . import connection
-    except Exception:
-        return "Connection module not available", "QUESTION"
-    for name in ("status_summary", "status_text"):
-        fn = getattr(connection, name, None)
-        if callable(fn):
-            try:
-                value = fn()
-            except Exception as exc:
-                return f"Connection state unavailable: {exc}", "ERROR"
-            if isinstance(value, tuple) and len(value) == 2:
-                return str(value[0]), str(value[1])
-            return str(value), "INFO"
-    return "Not connected", "UNLINKED"
 
 
 classes = (SplatBridgePreferences,)

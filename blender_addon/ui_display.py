@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 
 from .native_render import draw_toggle as draw_native_render_toggle
-from .splat_object import is_splat_object, mesh_sh_degree
+from .splat_object import NATIVE_SUPPORTED, is_mesh_splat_object, is_splat_object, splat_count, splat_sh_degree
 from .viewport.draw import DRAWER
 from .viewport.settings import PROP_NAME
 
@@ -28,10 +28,11 @@ class SPLATBRIDGE_PT_display(bpy.types.Panel):
         layout = self.layout
         obj = context.active_object
         settings = getattr(obj, PROP_NAME)
-        count = len(obj.data.vertices)
+        count = splat_count(obj)
         try:
-            stored = mesh_sh_degree(obj.data)
-            layout.label(text=f"{count:,} splats, SH degree {stored}", icon="POINTCLOUD_DATA")
+            stored = splat_sh_degree(obj)
+            kind = "native" if obj.type == "POINTCLOUD" else "mesh"
+            layout.label(text=f"{count:,} splats, SH degree {stored} ({kind})", icon="POINTCLOUD_DATA")
         except ValueError as exc:
             layout.label(text=str(exc), icon="ERROR")
         layout.prop(settings, "show")
@@ -45,7 +46,15 @@ class SPLATBRIDGE_PT_display(bpy.types.Panel):
         sub.prop(settings, "point_size")
         if count > POINT_MODE_HINT and not settings.point_mode:
             col.label(text="Large set: point mode draws faster", icon="INFO")
-        draw_native_render_toggle(layout, obj)
+        if is_mesh_splat_object(obj):
+            draw_native_render_toggle(layout, obj)
+            if NATIVE_SUPPORTED:
+                layout.operator("splatbridge.convert_to_native", icon="POINTCLOUD_DATA")
+        else:
+            layout.label(text="F12 renders it with Blender's splat renderer", icon="RENDER_STILL")
+            # Blender draws the point cloud itself too: Bounds (the default for objects SplatBridge
+            # makes) leaves the viewport to the exact drawer above; Textured shows Blender's own
+            layout.prop(obj, "display_type", text="Blender's Display")
         mib = DRAWER.gpu_bytes() / 2**20
         if mib:
             layout.label(text=f"GPU memory (all splat objects): {mib:,.0f} MiB")

@@ -1,6 +1,6 @@
 """The "SplatBridge" tab of the 3D View sidebar (N panel): connection, rig, training, jobs.
 
-Panels only read state (``connection.STATE``, ``scene.splatbridge_train``,
+Panels only read state (``connection.STATE``, ``scene.splatbridge_train`` drawn from the train spec,
 ``scene.splatbridge_jobs``, ``ops_train.CAPTURE_PROGRESS``) and call operators; they never talk
 to the backend themselves. Other modules may add panels to the same tab with
 ``bl_category = CATEGORY``.
@@ -11,7 +11,7 @@ import math
 
 import bpy
 
-from . import connection
+from . import connection, ops_train, spec_props
 from .rig import find_rig, rig_cameras, rig_resolution
 
 CATEGORY = "SplatBridge"
@@ -74,10 +74,7 @@ class SPLATBRIDGE_PT_train(_Base, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        s = getattr(context.scene, "splatbridge_train", None)
-        if s is None:
-            layout.label(text="Training is not available in this build", icon="ERROR")
-            return
+        s = ops_train.get_settings(context)
         col = layout.column(align=True)
         col.label(text="Capture")
         col.prop(s, "engine", text="")
@@ -86,13 +83,8 @@ class SPLATBRIDGE_PT_train(_Base, bpy.types.Panel):
         col.prop(s, "standard_view")
         col = layout.column(align=True)
         col.label(text="Training")
-        col.prop(s, "steps")
-        col.prop(s, "strategy", text="")
-        col.prop(s, "sh_degree")
-        col.prop(s, "max_gaussians")
-        col.prop(s, "holdout_every")
-        col.prop(s, "preview_every")
-        col.prop(s, "seed")
+        # the train spec's settings: the basic ones, then "Advanced" (collapsed); the dataset folder below
+        spec_props.draw(col, s, ops_train.UI.spec(), skip=("dataset_path",))
         layout.prop(s, "output_name")
         row = layout.row()
         row.scale_y = 1.4
@@ -109,11 +101,7 @@ class SPLATBRIDGE_PT_jobs(_Base, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        try:
-            from . import ops_train
-            cap = ops_train.CAPTURE_PROGRESS
-        except ImportError:
-            ops_train, cap = None, {"active": False}
+        cap = ops_train.CAPTURE_PROGRESS
         if cap.get("active"):
             box = layout.box()
             eta = cap.get("eta_s", math.nan)
@@ -133,7 +121,7 @@ class SPLATBRIDGE_PT_jobs(_Base, bpy.types.Panel):
             if not rec.handled:
                 op = row.operator("splatbridge.cancel_job", text="", icon="X")
                 op.job_id = rec.job_id
-            if ops_train is not None and rec.kind == ops_train.KIND:
+            if rec.kind == ops_train.KIND:
                 box.label(text=ops_train.status_text(rec).split(": ", 1)[-1])
             if rec.total and not rec.handled:
                 box.progress(factor=rec.step / rec.total, text=f"{rec.step}/{rec.total}")

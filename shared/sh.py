@@ -96,12 +96,18 @@ def sh_rotation_matrices(rotation: np.ndarray, degree: int) -> list[np.ndarray]:
 
 
 def rotate_sh(shN: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Rotate non-DC coefficients ``shN`` [N, K, 3] by the 3x3 rotation ``rotation``."""
+    """Rotate non-DC coefficients ``shN`` [N, K, 3] by the 3x3 rotation ``rotation``.
+
+    One matrix product [N, 3K] @ [3K, 3K] (the bands' block-diagonal matrix, Kronecker'd with the RGB
+    identity): a single BLAS call over all splats and no transposed copies, several times faster at
+    1M splats than a small product per splat."""
     degree = degree_from_rest_count(shN.shape[1])
     if degree == 0:
         return shN.copy()
-    out = np.empty_like(shN)
+    k = shN.shape[1]
+    block = np.zeros((k, k), np.float32)
     for band, mat in enumerate(sh_rotation_matrices(rotation, degree), start=1):
         sl = slice(band * band - 1, (band + 1) * (band + 1) - 1)
-        out[:, sl, :] = np.matmul(mat.astype(np.float32), shN[:, sl, :])
-    return out
+        block[sl, sl] = mat
+    flat = np.ascontiguousarray(shN, dtype=np.float32).reshape(len(shN), 3 * k)      # [N, K*3], k-major
+    return (flat @ np.kron(block, np.eye(3, dtype=np.float32)).T).reshape(shN.shape)

@@ -152,8 +152,18 @@ class Splats:
             raise SplatError(missing[0], "missing from the splat data")
         return cls(**{f: arrays.get(f) for f in FIELDS})
 
+    @classmethod
+    def _derived(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+        """Splats from arrays derived from valid splats by selecting, copying or joining rows (finite,
+        float32, consistent shapes by construction): skips the validation pass, which at 1M splats
+        costs more than the copy itself."""
+        out = object.__new__(cls)
+        for f in FIELDS:
+            setattr(out, f, np.ascontiguousarray(arrays[f], dtype=np.float32))
+        return out
+
     def copy(self) -> "Splats":
-        return Splats(**{f: getattr(self, f).copy() for f in FIELDS})
+        return Splats._derived({f: getattr(self, f).copy() for f in FIELDS})
 
     # -- set operations -----------------------------------------------------------------
     def subset(self, index: np.ndarray | slice) -> "Splats":
@@ -162,7 +172,9 @@ class Splats:
             index = np.asarray(index)
             if index.dtype == bool and index.shape != (len(self),):
                 raise SplatError("index", f"mask shape {index.shape} does not match N={len(self)}")
-        return Splats(**{f: getattr(self, f)[index] for f in FIELDS})
+            if index.ndim != 1:
+                raise SplatError("index", f"select with a 1-D mask or index array, got shape {index.shape}")
+        return Splats._derived({f: getattr(self, f)[index] for f in FIELDS})
 
     def with_sh_degree(self, degree: int) -> "Splats":
         """Same splats with SH truncated or zero-padded to ``degree``."""
@@ -182,7 +194,7 @@ class Splats:
             raise SplatError("parts", "nothing to concatenate")
         degree = max(p.sh_degree for p in parts)
         parts = [p.with_sh_degree(degree) if p.sh_degree != degree else p for p in parts]
-        return Splats(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS})
+        return Splats._derived({f: np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS})
 
     # -- geometry -------------------------------------------------------------------------
     def transform(self, matrix: np.ndarray) -> "Splats":

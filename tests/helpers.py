@@ -62,3 +62,50 @@ def node_material(bpy, name: str):
     if mat.node_tree is None:
         mat.use_nodes = True
     return mat
+
+
+class RecordingLayout:
+    """Stands in for Blender's ``UILayout`` where a panel's ``draw`` is called headless (panels cannot
+    draw without a window and region). Records ``(section, kind, name)`` for each ``prop`` / ``operator``
+    / ``label`` in draw order; ``section`` is "main", or "box" inside a ``box()``."""
+
+    class _Op:
+        pass
+
+    def __init__(self, log: list | None = None, section: str = "main"):
+        self.log = [] if log is None else log
+        self.section = section
+        self.active = self.enabled = self.alert = True
+        self.scale_y = 1.0
+
+    def _child(self, section: str | None = None) -> "RecordingLayout":
+        return RecordingLayout(self.log, section or self.section)
+
+    def column(self, align: bool = False) -> "RecordingLayout":
+        return self._child()
+
+    def row(self, align: bool = False) -> "RecordingLayout":
+        return self._child()
+
+    def box(self) -> "RecordingLayout":
+        return self._child("box")
+
+    def separator(self) -> None:
+        pass
+
+    def prop(self, data, name: str, **kwargs) -> None:
+        self.log.append((self.section, "prop", name))
+
+    def operator(self, idname: str, **kwargs) -> "RecordingLayout._Op":
+        self.log.append((self.section, "operator", idname))
+        return RecordingLayout._Op()
+
+    def label(self, text: str = "", **kwargs) -> None:
+        self.log.append((self.section, "label", text))
+
+    def progress(self, **kwargs) -> None:
+        self.log.append((self.section, "progress", kwargs.get("text", "")))
+
+    def props(self, section: str | None = None) -> list[str]:
+        """The property names drawn (in ``section`` only, if given)."""
+        return [n for s, k, n in self.log if k == "prop" and (section is None or s == section)]

@@ -17,7 +17,7 @@ import pytest
 
 import build
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 PKG = "bl_ext.user_default.splatbridge"
 

@@ -109,7 +109,7 @@ def test_defaults_come_from_the_build_or_the_checkout(bp, addon_dir):
 
 
 def test_ensure_local_backend_follows_the_toggle(bp, addon_dir):
-    from splatbridge.preferences import DefaultSettings
+    from splatbridge.prefs import DefaultSettings
     assert bp.ensure_local_backend(DefaultSettings(start_local_backend=False)) is None
     assert not bp.is_running()
     settings = DefaultSettings(start_local_backend=True, backend_source=str(ROOT),

@@ -2,6 +2,7 @@
 and the exit codes of `test` and `demo`."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -215,3 +216,153 @@ def test_demo_without_a_demo_script_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(build, "DEMO_SCRIPT", ROOT / "demo" / "no_such_demo.py")
     assert build.run_demo([]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# blender_addon/shared: a symlink in the source tree, real files in the zip and the assembled add-on
+# ------------------------------------------------------------------------------------------------
+
+def test_source_tree_add_on_imports_resolve():
+    """``blender_addon/shared`` is the relative link ``../shared``, so every ``from .shared.x import y``
+    (and ``from ..shared.x``) of the add-on's source resolves to a file defining ``y``, as an editor or a
+    type checker run on the source tree sees it."""
+    import ast
+    link = ROOT / "blender_addon" / "shared"
+    assert link.is_symlink() and Path(os.readlink(link)) == Path("../shared")
+    checked = 0
+    for path in sorted((ROOT / "blender_addon").rglob("*.py")):
+        rel = path.relative_to(ROOT / "blender_addon")
+        if rel.parts[0] == "shared":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not node.level or not (node.module or "").startswith("shared"):
+                continue
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            target = base.joinpath(*node.module.split("."))
+            module = target.with_suffix(".py") if target.with_suffix(".py").is_file() else target / "__init__.py"
+            assert module.is_file(), f"{rel}: {node.module} does not resolve in the source tree"
+            defined = {n.id for n in ast.walk(ast.parse(module.read_text())) if isinstance(n, ast.Name)} | \
+                {n.name for n in ast.walk(ast.parse(module.read_text()))
+                 if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | \
+                {a.asname or a.name for n in ast.walk(ast.parse(module.read_text()))
+                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+            for alias in node.names:
+                assert alias.name in defined or (target / f"{alias.name}.py").is_file(), \
+                    f"{rel}: {alias.name} not found in {node.module}"
+                checked += 1
+    assert checked >= 10
+
+
+def _no_links(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_symlink()]
+
+
+def test_assembled_add_on_has_real_shared_files(tmp_path):
+    pkg = build.assemble_addon(tmp_path)
+    assert _no_links(pkg) == []
+    for src in sorted((ROOT / "shared").rglob("*.py")):
+        rel = src.relative_to(ROOT / "shared")
+        if "__pycache__" not in rel.parts:
+            assert (pkg / "shared" / rel).read_bytes() == src.read_bytes(), rel
+
+
+def test_zip_has_no_symlink(built_addon):
+    with zipfile.ZipFile(built_addon) as zf:
+        infos = zf.infolist()
+        assert [i.filename for i in infos if (i.external_attr >> 16) & 0o170000 == 0o120000] == []
+        assert zf.read("shared/jobspec.py") == (ROOT / "shared" / "jobspec.py").read_bytes()
+
+
+def test_validation_catches_a_symlink_in_the_zip(built_addon, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(built_addon) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info.filename))
+        link = zipfile.ZipInfo("shared_link")
+        link.external_attr = (0o120777 << 16)
+        dst.writestr(link, "../shared")
+    assert "symbolic links in the zip: ['shared_link']" in build.validate_addon_zip(bad)
+
+
+def test_a_shared_folder_of_its_own_is_refused(tmp_path, monkeypatch):
+    addon = tmp_path / "blender_addon"
+    (addon / "shared").mkdir(parents=True)
+    (addon / "__init__.py").write_text("")
+    monkeypatch.setattr(build, "ADDON_SRC", addon)
+    with pytest.raises(build.BuildError, match="must be the symlink to ../shared"):
+        build._addon_files()
+    (addon / "shared").rmdir()
+    (addon / "shared").symlink_to(tmp_path)
+    with pytest.raises(build.BuildError, match="expected ../shared"):
+        build._addon_files()
+    (addon / "shared").unlink()
+    (addon / "shared").symlink_to(Path("..") / ".." / "shared")
+    monkeypatch.setattr(build, "SHARED_SRC", tmp_path.parent / "shared")
+    (addon / "stray").symlink_to(addon / "__init__.py")
+    with pytest.raises(build.BuildError, match="stray is a symbolic link"):
+        build._addon_files()
+
+
+# ------------------------------------------------------------------------------------------------
+# compat selection by marker
+# ------------------------------------------------------------------------------------------------
+
+TORCH_MODULES = {"torch", "backend", "gsplat", "diffusers"}
+# torch-free by their imports, yet not for the compat run (the reason each)
+NOT_COMPAT = {
+    "test_build.py": "builds the add-on zip with the main venv's Blender validator",
+    "test_demo.py": "the demo trains splats (torch) in its backend",
+    "test_e2e_train.py": "trains splats (torch) in its backend subprocess",
+    "test_backend_process.py": "starts `python -m backend serve` from the test's interpreter",
+}
+
+
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    import ast
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    out = set()
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            out |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            out.add(n.module.split(".")[0])
+    return out
+
+
+def _needs_torch(path: Path, seen: set[str] | None = None, top: bool = True) -> bool:
+    """``path`` imports torch, the backend, gsplat or diffusers (anywhere in the test module itself;
+    module-level imports of the tests/ modules it imports, transitively)."""
+    seen = seen if seen is not None else set()
+    names = _imports(path, module_level_only=not top)
+    if names & TORCH_MODULES:
+        return True
+    for name in sorted(names):
+        local = path.parent / f"{name}.py"
+        if local.is_file() and name not in seen:
+            seen.add(name)
+            if _needs_torch(local, seen, top=False):
+                return True
+    return False
+
+
+def test_every_torch_free_test_module_is_in_the_compat_run():
+    """A new test module that needs no torch is marked ``bpy_only`` (or listed in NOT_COMPAT with a
+    reason), so `build.py compat` cannot silently leave it out."""
+    marked = {p.name for p in build.marked_test_files()}
+    missing = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
+               if p.name not in marked and p.name not in NOT_COMPAT and not _needs_torch(p)]
+    assert missing == [], f"torch-free test modules without the bpy_only marker: {missing}"
+    assert not marked & set(NOT_COMPAT)
+    assert {"test_addon_install.py", "test_spec_props.py", "test_render_math.py", "test_jobspec.py"} <= marked
+    assert _needs_torch(ROOT / "tests" / "test_e2e_generate.py")           # via tiny_models
+    assert not _needs_torch(ROOT / "tests" / "test_capture.py")            # helpers imports test_server lazily
+
+
+def test_compat_selects_by_marker(tmp_path):
+    (tmp_path / "test_a.py").write_text("import pytest\npytestmark = pytest.mark.bpy_only\n")
+    (tmp_path / "test_b.py").write_text("import pytest\n\n@pytest.mark.bpy_only\ndef test_x():\n    pass\n")
+    (tmp_path / "test_c.py").write_text("import torch\n# bpy_only in a comment is not a marker\n")
+    assert [p.name for p in build.marked_test_files(tests=tmp_path)] == ["test_a.py", "test_b.py"]

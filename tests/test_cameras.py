@@ -9,6 +9,8 @@ import pytest
 from shared.cameras import (BlenderCameraParams, Camera, CameraError, camera_from_blender,
                             camera_to_blender, cameras_from_arrays, look_at, stack_cameras)
 
+pytestmark = pytest.mark.bpy_only
+
 CASES = [
     # sensor_fit, res_x, res_y, pct, pax, pay, shift_x, shift_y, lens
     ("AUTO", 64, 48, 100, 1.0, 1.0, 0.0, 0.0, 50.0),

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import node_material
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 EMIT = (0.8, 0.2, 0.1)       # linear emission colour of the test cube
 

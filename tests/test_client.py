@@ -16,6 +16,8 @@ import pytest
 from test_server import ROOT, ServerProcess, drain_until, free_port, run_until
 from shared.client import LOCAL_TIMEOUT_CODE, BackendClient, _read_key
 
+pytestmark = pytest.mark.bpy_only
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

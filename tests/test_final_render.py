@@ -22,7 +22,7 @@ from shared.splats import Splats
 
 from helpers import psnr, registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 FRONT_DEPTH, BETWEEN_DEPTH, BACKDROP_DEPTH = 4.0, 7.2, 11.0
 NEAR_Y, FAR_Y = (-0.3, 0.3), (2.2, 2.8)          # splat groups' extent along the view axis (y)
@@ -147,33 +147,6 @@ def _load_png(bpy, path: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# pure functions
-# ------------------------------------------------------------------------------------------------
-
-def test_window_depth_matches_the_projection(addon_dir):
-    fr = importlib.import_module("splatbridge.final_render")
-    matrices = importlib.import_module("splatbridge.viewport.matrices")
-    cam = Camera(np.eye(4), 50.0, 50.0, 32.0, 24.0, 64, 48)
-    proj = matrices.gl_projection_matrix(cam, 0.1, 100.0)
-    d = np.array([0.05, 0.1, 1.0, 7.5, 100.0, 500.0, np.inf])
-    clip = proj @ np.stack([np.zeros_like(d), np.zeros_like(d), -np.where(np.isinf(d), 1e30, d), np.ones_like(d)])
-    expected = np.clip(0.5 * clip[2] / clip[3] + 0.5, 0, 1)
-    np.testing.assert_allclose(fr.window_depth(d, proj), expected, atol=1e-6)
-    assert fr.window_depth(d, proj)[0] == 0.0 and fr.window_depth(d, proj)[-1] == 1.0
-    np.testing.assert_array_equal(fr.planar_depth(np.array([3.5, 1e10, np.nan], np.float32)), [3.5, np.inf, np.inf])
-
-
-def test_composite_over_is_premultiplied_over(addon_dir):
-    fr = importlib.import_module("splatbridge.final_render")
-    splat = np.array([[[0.2, 0.1, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]]], np.float32)
-    scene = np.array([[[0.4, 0.8, 1.0, 1.0], [0.5, 0.5, 0.5, 0.25]]], np.float32)
-    out = fr.composite_over(splat, scene)
-    np.testing.assert_allclose(out[0, 0], [0.2 + 0.5 * 0.4, 0.1 + 0.5 * 0.8, 0.5, 1.0])
-    np.testing.assert_allclose(out[0, 1], [0.125, 0.125, 0.125, 0.25])      # scene alone, premultiplied
-    np.testing.assert_allclose(fr.unpremultiply(out)[0, 1], scene[0, 1])
-
-
-# ------------------------------------------------------------------------------------------------
 # depth convention of the Z pass
 # ------------------------------------------------------------------------------------------------
 
@@ -224,6 +197,7 @@ def _quat_from_z(normal: np.ndarray) -> tuple:
 # the composite
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 def test_composite_occlusion_and_reference(fr, so, gpu_ready, artifacts, tmp_path):
     bpy = gpu_ready
     scene = bpy.context.scene
@@ -284,6 +258,7 @@ def test_composite_occlusion_and_reference(fr, so, gpu_ready, artifacts, tmp_pat
     np.testing.assert_allclose(comp[..., 3], res.splats[..., 3] + (1 - res.splats[..., 3]) * plain[..., 3], atol=1e-6)
 
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 def test_transparent_film_adds_splat_alpha(fr, so, gpu_ready):
     bpy = gpu_ready
     scene = bpy.context.scene
@@ -510,6 +485,7 @@ def test_native_render_instances_are_left_out_of_the_scene_render(fr, so, gpu_re
     scene = bpy.context.scene
     _scene(bpy, so)
     nr = importlib.import_module("splatbridge.native_render")
+    so.convert_splat_object(bpy.data.objects["Near"], native=False)   # the modifier is for mesh objects
     plain = fr.render_still(scene, bpy.context.view_layer)
     mod = nr.ensure_native_render(bpy.data.objects["Near"], True)
     res = fr.render_still(scene, bpy.context.view_layer)

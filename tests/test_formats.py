@@ -18,6 +18,8 @@ from shared.rotations import quat_to_matrix
 from shared.sh import SH_C0, eval_sh
 from shared.splats import Splats, sigmoid
 
+pytestmark = pytest.mark.bpy_only
+
 SH_DEGREES = [0, 1, 2, 3]
 K_OF = {0: 0, 1: 3, 2: 8, 3: 15}
 

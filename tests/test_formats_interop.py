@@ -35,6 +35,8 @@ from shared.splats import Splats
 
 from tests.test_formats import check_spz_bounds, make_splats, quat_error
 
+pytestmark = pytest.mark.bpy_only
+
 DATA = Path(__file__).parent / "data" / "splat_transform"
 # splat-transform stores .spz with (x, y, z)_PLY -> (x, -y, -z) (its PLY frame taken as RDF, the file as
 # RUB); ours maps Blender's RFU to RUB. So a PLY p read as .spz by us is M p:

@@ -14,7 +14,7 @@ from shared.splats import Splats
 
 from helpers import registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 DATA = Path(__file__).parent / "data" / "splat_transform"
 
@@ -142,7 +142,7 @@ def test_drop_path_imports_several_files_without_a_browser(io_ops, so, bpy_empty
     result = bpy.ops.import_scene.splatbridge_splats(
         "INVOKE_DEFAULT", directory=str(tmp_path), files=[{"name": n} for n in names])
     assert result == {"FINISHED"}
-    made = {o.name: len(_splats_of(so, o)) for o in bpy.data.objects if so.is_splat_object(o)}
+    made = {o.name: so.splat_count(o) for o in bpy.data.objects if so.is_splat_object(o)}
     assert made == {"one": 20, "two": 30, "three": 40, "four": 32, "five": 50}
 
 

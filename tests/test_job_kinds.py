@@ -11,6 +11,8 @@ from shared.jobkinds import load_builtin
 from shared.jobkinds.train import schedule
 from shared.jobspec import JobError, get_spec
 
+pytestmark = pytest.mark.bpy_only
+
 INT32_MAX = 2 ** 31 - 1
 SPECS = {s.kind: s for s in load_builtin()}
 
@@ -20,6 +22,7 @@ BASIC = {
               "dataset_path"},
     "generate": {"prompt", "negative_prompt", "init", "seed", "steps", "guidance_scale"},
     "edit": {"prompt", "seed", "steps", "text_guidance", "image_guidance"},
+    "reconstruct": {"source", "model", "frames", "max_image_size", "quality", "steps", "seed"},
 }
 
 
@@ -28,9 +31,10 @@ def test_the_builtin_kinds_are_registered_with_runners():
     assert SPECS["train"].runner == "backend.trainer:run_train_job"
     assert SPECS["generate"].runner == "backend.generate:run_generate_job"
     assert SPECS["edit"].runner == "backend.edit:run_edit_job"
+    assert SPECS["reconstruct"].runner == "backend.reconstruct:run_reconstruct_job"
 
 
-@pytest.mark.parametrize("kind", ["train", "generate", "edit"])
+@pytest.mark.parametrize("kind", ["train", "generate", "edit", "reconstruct"])
 def test_every_number_is_bounded_and_fits_blender(kind):
     """Every int has a min and max inside Blender's IntProperty (C int); every float has finite bounds;
     every setting says what it is; choices include the default."""
@@ -47,7 +51,7 @@ def test_every_number_is_bounded_and_fits_blender(kind):
             assert s.coerce(s.default, kind) == s.default, s.name
 
 
-@pytest.mark.parametrize("kind", ["train", "generate", "edit"])
+@pytest.mark.parametrize("kind", ["train", "generate", "edit", "reconstruct"])
 def test_advanced_marks_what_the_panels_hide(kind):
     assert {s.name for s in SPECS[kind].settings if not s.advanced} == BASIC[kind]
 

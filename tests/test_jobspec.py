@@ -4,6 +4,8 @@ import pytest
 
 from shared.jobspec import JobError, JobSpec, PayloadItem, Setting, get_spec, register, unregister
 
+pytestmark = pytest.mark.bpy_only
+
 SPEC = JobSpec(
     "spec_test", "Spec test", "a kind for these tests",
     (Setting("steps", 10, "steps to run", min=1, max=100, unit="steps"),

@@ -25,9 +25,10 @@ from shared.rotations import quat_to_matrix
 from shared.sh import sh0_to_rgb, rgb_to_sh0
 from shared.splats import Splats
 
+import native_scene
 from helpers import psnr, registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 BG_DISPLAY = np.array([0.05, 0.1, 0.2])          # background as shown with the Standard view
 # measured (bpy 5.0.1, Cycles CPU, 16 samples, 64x48, k = 3): 23.1 dB display-space, 29.3 dB
@@ -60,7 +61,7 @@ def _cloud(n: int = 150, seed: int = 0) -> Splats:
 
 
 def _splat_object(bpy, so, splats: Splats):
-    obj = so.create_splat_object(bpy.context, "Splats", splats)
+    obj = so.create_splat_object(bpy.context, "Splats", splats, native=False)   # the GN path is for meshes
     bpy.context.view_layer.objects.active = obj
     return obj
 
@@ -82,7 +83,7 @@ def test_enable_disable_save_reload(bpy_empty, so, nr, tmp_path):
     assert nr.native_render_enabled(obj)
 
     # a second splat object shares the node group and the material
-    other = so.create_splat_object(bpy.context, "Other", _cloud(5, seed=1))
+    other = so.create_splat_object(bpy.context, "Other", _cloud(5, seed=1), native=False)
     assert nr.ensure_native_render(other, True).node_group == mod.node_group
     assert len([g for g in bpy.data.node_groups if g.name.startswith(nr.GROUP_NAME)]) == 1
     assert len([m for m in bpy.data.materials if m.name.startswith(nr.MATERIAL_NAME)]) == 1
@@ -154,21 +155,8 @@ def test_instances_match_splats(bpy_empty, so, nr):
 # F12 render
 # ------------------------------------------------------------------------------------------------
 
-def _load_png(bpy, path: str) -> np.ndarray:
-    """A PNG's RGB values as stored, f32[H,W,3], row 0 at the top."""
-    img = bpy.data.images.load(path, check_existing=False)
-    img.colorspace_settings.name = "Non-Color"
-    w, h = img.size
-    px = np.empty(w * h * 4, np.float32)
-    img.pixels.foreach_get(px)
-    bpy.data.images.remove(img)
-    return px.reshape(h, w, 4)[::-1, :, :3]
-
-
 def _render(bpy, path: str) -> np.ndarray:
-    bpy.ops.render.render()
-    bpy.data.images["Render Result"].save_render(path)
-    return _load_png(bpy, path)
+    return native_scene.render_f12(bpy, path)
 
 
 def _reference(splats: Splats, camera, colors_sh0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +170,7 @@ def _reference(splats: Splats, camera, colors_sh0: np.ndarray) -> tuple[np.ndarr
     return rgb[0].numpy(), alpha[0].numpy()
 
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 def test_f12_cycles_render_contains_the_splats(bpy_empty, so, nr, tmp_path, artifacts):
     bpy = bpy_empty
     splats = _cloud(150)

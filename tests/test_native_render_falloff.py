@@ -25,7 +25,7 @@ from shared.splats import Splats
 
 from helpers import registered
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 W, H = 48, 40
 R_MAX = 2.5            # compare pixels whose ray passes within 2.5 sigma (the sphere is at 3 sigma)
@@ -59,7 +59,7 @@ def test_cycles_falloff_matches_the_closed_form(bpy_empty, nr, tmp_path):
         opacities=np.array([3.0, 1.0, 0.0], np.float32),
         sh0=np.array([[1.2, -0.4, 0.1], [-0.3, 1.0, 0.2], [0.6, 0.6, 0.6]], np.float32),
         shN=np.zeros((3, 0, 3), np.float32))
-    obj = so.create_splat_object(bpy.context, "Splats", local)
+    obj = so.create_splat_object(bpy.context, "Splats", local, native=False)   # the GN path is for meshes
     obj.matrix_world = (Matrix.Translation((0.05, 0.1, -0.05)) @ Euler((0.3, -0.4, 0.6)).to_matrix().to_4x4()
                         @ Matrix.Scale(1.3, 4))
     nr.ensure_native_render(obj, True)

@@ -13,6 +13,8 @@ from shared.protocol import (BadArray, BadField, Limits, MalformedHeader, Messag
                              ProtocolError, SizeLimitExceeded, UnknownMessageType,
                              VersionMismatch, decode, encode)
 
+pytestmark = pytest.mark.bpy_only
+
 JOB = "0123456789abcdef0123456789abcdef"
 
 

@@ -30,13 +30,14 @@ def splats(means, scale, opacity, colors, dtype=torch.float32):
 EYE = torch.eye(4)[None]
 
 
-def test_single_gaussian_matches_closed_form():
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_single_gaussian_matches_closed_form(backend):
     # A sphere of std s at depth z projects to an isotropic 2D Gaussian of variance (f s / z)^2,
     # plus the 0.3 px^2 low-pass; its mean lands on the centre of pixel (16, 16).
     f, s, z, o = 40.0, 0.05, 2.0, 0.7
     W = H = 33
     args = splats([0, 0, z], s, [o], [1.0, 0.5, 0.25])
-    colors, alphas, info = rasterize(*args, EYE, pinhole(f, 16.5, 16.5), W, H)
+    colors, alphas, info = rasterize(*args, EYE, pinhole(f, 16.5, 16.5), W, H, backend=backend)
     var = (f * s / z) ** 2 + 0.3
     jj, ii = np.meshgrid(np.arange(W), np.arange(H), indexing="xy")
     r2 = (jj - 16) ** 2 + (ii - 16) ** 2
@@ -49,7 +50,7 @@ def test_single_gaussian_matches_closed_form():
     # radius: the opacity-aware 3-sigma box of gsplat 1.5.3
     extend = min(3.33, math.sqrt(2 * math.log(o / ALPHA_THRESHOLD)))
     assert info["radii"].tolist() == [[[math.ceil(extend * math.sqrt(var))] * 2]]
-    assert info["backend"] == "reference"
+    assert info["backend"] == backend
 
 
 def test_off_axis_projection_matches_ewa_jacobian():
@@ -224,9 +225,9 @@ def test_bad_input_is_named():
     bad[2] = bad[2][:4]
     with pytest.raises(ValueError, match=r"scales must be \[5, 3\], got \[4, 3\]"):
         rasterize_reference(*bad, 40, 32)
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'gsplat', 'reference'\), got 'vulkan'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'gsplat', 'fast', 'reference'\), got 'vulkan'"):
         resolve_backend("cpu", "vulkan")
-    assert resolve_backend("cpu") == "reference"
+    assert resolve_backend("cpu") == "fast"        # the Numba rasterizer is the CPU default
 
 
 def test_render_png(artifacts):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.blender
+pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from shared.rotations import matrix_to_quat, quat_to_matrix
 from shared.sh import SH_C0, eval_sh, rgb_to_sh0, sh_basis
 from shared.splats import Splats, SplatError, logit, sigmoid
 
+pytestmark = pytest.mark.bpy_only
+
 
 def _covariances(s: Splats) -> np.ndarray:
     r = quat_to_matrix(s.quats)

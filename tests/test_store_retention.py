@@ -172,3 +172,17 @@ def test_a_job_that_never_had_data_is_not_marked_pruned(tmp_path):
         assert msg.type == "error" and "cancelled before it started" in msg.fields["message"], msg
     finally:
         r.shutdown(timeout_s=10)
+
+
+def test_reconstruct_solve_folder_is_freed_with_the_result(tmp_path):
+    """A reconstruct job's solve (``reconstruct/``: images, COLMAP database and models) is job data
+    too: retention frees it with the result."""
+    s = JobStore(tmp_path / "jobs")
+    finished_job(s, "rc", 40)
+    finished_job(s, "newer", 1)            # the newest finished job is always kept
+    solve = s.job_dir("rc") / "reconstruct" / "colmap"
+    solve.mkdir(parents=True)
+    (solve / "database.db").write_bytes(b"x" * 5000)
+    pruned = s.prune(Retention(max_age_days=30, max_bytes=0), now=NOW)
+    assert [p[0] for p in pruned] == ["rc"]
+    assert sorted(p.name for p in s.job_dir("rc").iterdir()) == ["job.json"]

@@ -17,6 +17,8 @@ from shared.splats import Splats
 
 from helpers import psnr as _psnr
 
+pytestmark = pytest.mark.bpy_only
+
 W, H = 160, 120
 
 
@@ -170,6 +172,7 @@ def addon(addon_dir, gpu_ready):
     return so, draw, matrices, settings
 
 
+@pytest.mark.torch        # the reference image comes from the backend's torch rasterizer
 @pytest.mark.blender
 @pytest.mark.parametrize("sh_degree,where", [(3, "outside"), (0, "outside"), (3, "inside")])
 def test_viewport_matches_reference_rasterizer(addon, gpu_ready, artifacts, sh_degree, where):
@@ -382,8 +385,7 @@ def test_register_settings_panel_and_handlers(addon_dir, bpy_empty):
         assert draw.visible_splat_objects(bpy.context) == []
         # a geometry change (as edit mode makes it) bumps the mesh's epoch -> re-upload on next draw
         before = draw._fingerprint(obj)
-        obj.data.vertices[0].co.x += 1.0
-        obj.data.update()
+        _move_first_splat(obj)
         bpy.context.view_layer.update()
         assert draw._fingerprint(obj) != before
         draw.draw_viewport()                                        # no region in background: a no-op
@@ -393,6 +395,16 @@ def test_register_settings_panel_and_handlers(addon_dir, bpy_empty):
     assert draw.depsgraph_update not in bpy.app.handlers.depsgraph_update_post
     assert not hasattr(bpy.types.Object, "splatbridge_display")
     assert settings.display_settings(obj) == settings.DisplaySettings()
+
+
+def _move_first_splat(obj) -> None:
+    """Move splat 0 by 1 m in x as a tool would (mesh: a vertex; native point cloud: a point)."""
+    if obj.type == "POINTCLOUD":
+        obj.data.points[0].co.x += 1.0
+        obj.data.update_tag()
+    else:
+        obj.data.vertices[0].co.x += 1.0
+        obj.data.update()
 
 
 @pytest.mark.blender
@@ -410,8 +422,7 @@ def test_geometry_hook_survives_opening_another_file(addon_dir, bpy_empty):
         obj = so.create_splat_object(bpy.context, "S", Splats.random(20, sh_degree=0, seed=1))
         bpy.context.view_layer.update()
         before = draw._fingerprint(obj)
-        obj.data.vertices[0].co.x += 1.0                             # same count, same revision
-        obj.data.update()
+        _move_first_splat(obj)                                       # same count, same revision
         bpy.context.view_layer.update()
         assert draw._fingerprint(obj) != before
     finally:

@@ -1,6 +1,8 @@
-"""One rasterize() for the backend: gsplat's CUDA rasterizer on a GPU, the pure-torch reference on
-the CPU. Both take and return what ``gsplat.rasterization`` does (see ``reference.py`` for the
-conventions); the trainer and the generator call only this."""
+"""One rasterize() for the backend: gsplat's CUDA rasterizer on a GPU, the Numba-compiled fast
+rasterizer (``fast.py``) elsewhere (CPU, Apple's MPS via CPU copies), and the pure-torch reference
+(``reference.py``), which tests check the others against. All take and return what
+``gsplat.rasterization`` does (see ``reference.py`` for the conventions); the trainer and the
+generator call only this."""
 from __future__ import annotations
 
 import functools
@@ -14,7 +16,18 @@ from .reference import rasterize_reference
 
 log = logging.getLogger("splatbridge.render")
 
-BACKENDS = ("auto", "gsplat", "reference")
+BACKENDS = ("auto", "gsplat", "fast", "reference")
+
+
+@functools.lru_cache(maxsize=1)
+def fast_available() -> bool:
+    """True when the fast rasterizer's dependency (Numba) imports."""
+    try:
+        from . import fast  # noqa: F401
+    except Exception as exc:   # Numba missing or broken: say why, render on the reference
+        log.warning("fast rasterizer unavailable (%s); using the slow pure-torch reference", exc)
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,12 +44,17 @@ def gsplat_cuda_available() -> bool:
 
 
 def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
-    """The backend ``rasterize`` uses for tensors on ``device``: "gsplat" or "reference"."""
+    """The backend ``rasterize`` uses for tensors on ``device``: "gsplat", "fast" or "reference".
+
+    "auto" is gsplat on CUDA when its extension loads, else "fast" when Numba imports, else
+    "reference"."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    return "gsplat" if torch.device(device).type == "cuda" and gsplat_cuda_available() else "reference"
+    if torch.device(device).type == "cuda" and gsplat_cuda_available():
+        return "gsplat"
+    return "fast" if fast_available() else "reference"
 
 
 def rasterize(
@@ -50,13 +68,17 @@ def rasterize(
     arguments (``near_plane``, ``far_plane``, ``eps2d``, ``sh_degree``, ``backgrounds``,
     ``render_mode``, ``rasterize_mode``, ``packed``, ``absgrad``), passed as given to either
     backend; their defaults agree, except ``packed``, which is False here (gsplat's is True, the
-    reference has no packed mode). ``backend``: "auto" (gsplat when the tensors are on CUDA, else the
-    reference), "gsplat" or "reference". ``info["backend"]`` names the one used.
+    reference has no packed mode). ``backend``: "auto" (see ``resolve_backend``), "gsplat", "fast"
+    or "reference". ``info["backend"]`` names the one used.
     """
     options.setdefault("packed", False)
-    if resolve_backend(means.device, backend) == "reference":
+    chosen = resolve_backend(means.device, backend)
+    if chosen == "reference":
         return rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                    **options)
+    if chosen == "fast":
+        from .fast import rasterize_fast
+        return rasterize_fast(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
     from gsplat import rasterization
     colors_, alphas, info = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width,
                                           height, **options)

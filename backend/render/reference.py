@@ -22,7 +22,7 @@ pairs; everything else is O(C*N).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -102,6 +102,29 @@ def project_gaussians(
         radii = torch.stack([rx, ry], dim=-1)
         radii = torch.where(valid[..., None], radii, torch.zeros_like(radii)).to(torch.int32)
     return radii, means2d, depths, conics, opac
+
+
+def project_and_shade(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
+    Ks: Tensor, width: int, height: int, eps2d: float = 0.3, near_plane: float = 0.01,
+    far_plane: float = 1e10, antialiased: bool = False, sh_degree: Optional[int] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``project_gaussians`` plus the per-camera colours [C,N,D]: ``colors`` as given ([N,D] is
+    broadcast) when ``sh_degree`` is None, else the SH coefficients ([N,K,3] or [C,N,K,3])
+    evaluated along camera centre -> mean, max(0, sh + 0.5). Returns (radii, means2d, depths,
+    conics, opacities, colors)."""
+    C, N = viewmats.shape[0], means.shape[0]
+    radii, means2d, depths, conics, opac = project_gaussians(
+        means, quats, scales, opacities, viewmats, Ks, width, height,
+        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, antialiased=antialiased)
+    if sh_degree is None:
+        cols = torch.broadcast_to(colors[None], (C, N, colors.shape[-1])) if colors.dim() == 2 else colors
+    else:
+        shs = torch.broadcast_to(colors[None], (C,) + tuple(colors.shape)) if colors.dim() == 3 else colors
+        campos = torch.inverse(viewmats)[:, :3, 3]                                  # [C,3]
+        dirs = means[None, :, :] - campos[:, None, :]                               # [C,N,3]
+        cols = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+    return radii, means2d, depths, conics, opac, cols
 
 
 def _tile_intersections(
@@ -231,6 +254,10 @@ def _composite_camera(
     return untile(out_rgb), untile(out_a), tiles_per_gauss
 
 
+CompositeFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+ProjectFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]
+
+
 def rasterize_reference(
     means: Tensor,
     quats: Tensor,
@@ -262,6 +289,48 @@ def rasterize_reference(
     ``retain_grad()`` on it before backward to read screen-space gradients), depths [C,N],
     conics [C,N,3], opacities [C,N], gaussian_ids None, width, height, n_cameras, tile_size ...
     """
+    if absgrad:
+        raise ValueError("absgrad needs gsplat's CUDA backward or the fast CPU rasterizer; "
+                         "the reference rasterizer does not support it")
+
+    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
+        return _composite_camera(means2d, conics, cols, opac, radii, depths, width, height, max_elements)
+
+    return rasterize_with(project_and_shade, composite, "reference", means, quats, scales, opacities, colors, viewmats, Ks,
+                          width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+                          sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
+                          rasterize_mode=rasterize_mode, packed=packed)
+
+
+def rasterize_with(
+    project: ProjectFn,
+    composite: CompositeFn,
+    backend_name: str,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    sh_degree: Optional[int] = None,
+    backgrounds: Optional[Tensor] = None,
+    render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
+    packed: bool = False,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """``rasterize_reference`` with the projection and the compositing supplied by the caller.
+
+    Input checks, render modes, backgrounds and ``info`` are this module's. ``project`` has
+    ``project_and_shade``'s arguments and results (validated inputs). ``composite(means2d[c], conics[c], colors[c], opacities[c], radii[c], depths[c], width, height,
+    camera=(c, means2d))`` differs between rasterizers. It returns colour [H,W,D] (no background),
+    alpha [H,W,1] and tiles_per_gauss i32[N], differentiable in its first four arguments.
+    """
     if means.dim() != 2 or means.shape[-1] != 3:
         raise ValueError(f"means must be [N,3] (batch dimensions are not supported), got {tuple(means.shape)}")
     N = means.shape[0]
@@ -278,36 +347,23 @@ def rasterize_reference(
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     if packed:
-        raise ValueError("the reference rasterizer has no packed mode: call it with packed=False")
-    if absgrad:
-        raise ValueError("absgrad needs gsplat's CUDA backward; the reference rasterizer does not support it")
+        raise ValueError(f"the {backend_name} rasterizer has no packed mode: call it with packed=False")
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
 
-    radii, means2d, depths, conics, opac = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height,
-        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
-        antialiased=(rasterize_mode == "antialiased"))
-
     if sh_degree is None:
-        if colors.dim() == 2 and colors.shape[0] == N:
-            cols = torch.broadcast_to(colors[None], (C, N, colors.shape[-1]))
-        elif colors.dim() == 3 and colors.shape[:2] == (C, N):
-            cols = colors
-        else:
+        if not ((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N))):
             raise ValueError(f"colors must be [N,D] or [C,N,D] (N={N}, C={C}), got {list(colors.shape)}")
     else:
-        if colors.dim() == 3 and colors.shape[0] == N and colors.shape[-1] == 3:
-            shs = torch.broadcast_to(colors[None], (C,) + tuple(colors.shape))
-        elif colors.dim() == 4 and colors.shape[:2] == (C, N) and colors.shape[-1] == 3:
-            shs = colors
-        else:
+        if not ((colors.dim() == 3 and colors.shape[0] == N and colors.shape[-1] == 3)
+                or (colors.dim() == 4 and colors.shape[:2] == (C, N) and colors.shape[-1] == 3)):
             raise ValueError(f"SH colors must be [N,K,3] or [C,N,K,3] (N={N}, C={C}), got {list(colors.shape)}")
-        if (sh_degree + 1) ** 2 > shs.shape[-2]:
-            raise ValueError(f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {shs.shape[-2]}")
-        campos = torch.inverse(viewmats)[:, :3, 3]                                  # [C,3]
-        dirs = means[None, :, :] - campos[:, None, :]                               # [C,N,3]
-        cols = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+        if (sh_degree + 1) ** 2 > colors.shape[-2]:
+            raise ValueError(f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {colors.shape[-2]}")
+    radii, means2d, depths, conics, opac, cols = project(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, eps2d=eps2d,
+        near_plane=near_plane, far_plane=far_plane, antialiased=(rasterize_mode == "antialiased"),
+        sh_degree=sh_degree)
 
     bgs = backgrounds
     if render_mode in ("RGB+D", "RGB+ED"):
@@ -323,8 +379,8 @@ def rasterize_reference(
 
     rgbs, alphas, tpg = [], [], []
     for c in range(C):
-        rgb, a, t = _composite_camera(means2d[c], conics[c], cols[c], opac[c], radii[c], depths[c],
-                                      width, height, max_elements)
+        rgb, a, t = composite(means2d[c], conics[c], cols[c], opac[c], radii[c], depths[c],
+                              width, height, camera=(c, means2d))
         if bgs is not None:
             rgb = rgb + (1.0 - a) * bgs[c]
         rgbs.append(rgb)
@@ -353,6 +409,6 @@ def rasterize_reference(
         "tile_size": TILE_SIZE,
         "n_batches": 1,
         "n_cameras": C,
-        "backend": "reference",
+        "backend": backend_name,
     }
     return render_colors, render_alphas, info

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..splat_object import PROP_REVISION, is_splat_object, read_splats_from_object
+from ..splat_object import PROP_REVISION, is_splat_object, read_splats_from_object, splat_count
 from . import shaders
 from .gpu_data import OrderTexture, SplatTextures, pack_splats
 from .settings import DisplaySettings, display_settings
@@ -41,9 +41,9 @@ GEOMETRY_EPOCH: dict[int, int] = {}
 
 
 def _fingerprint(obj) -> tuple:
-    mesh = obj.data
-    return (mesh.as_pointer(), len(mesh.vertices), int(mesh.get(PROP_REVISION, 0)),
-            GEOMETRY_EPOCH.get(mesh.session_uid, 0))
+    data = obj.data                       # a mesh or a splat point cloud
+    return (data.as_pointer(), splat_count(obj), int(data.get(PROP_REVISION, 0)),
+            GEOMETRY_EPOCH.get(data.session_uid, 0))
 
 
 @dataclass
@@ -275,7 +275,8 @@ def _persistent(fn):
 
 @_persistent
 def depsgraph_update(scene, depsgraph) -> None:
-    """Bump the geometry epoch of splat meshes whose geometry changed (edit mode, scripts)."""
+    """Bump the geometry epoch of splat objects whose data changed (edit mode, scripts, Blender's
+    own tools on native point clouds)."""
     for update in depsgraph.updates:
         if update.is_updated_geometry and isinstance(update.id, bpy.types.Object):
             obj = update.id.original

@@ -5,6 +5,10 @@ from ..jobspec import Setting
 
 INT32_MAX = 2 ** 31 - 1    # Blender's IntProperty is a C int
 
+#: rasterizers a job may ask for (backend.render.BACKENDS): "auto" is gsplat on CUDA, else the fast
+#: CPU rasterizer (Numba), else the pure-torch reference
+RASTER_BACKENDS = ("auto", "gsplat", "fast", "reference")
+
 
 def seed_setting() -> Setting:
     """The random seed of a job."""

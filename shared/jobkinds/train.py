@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
-from ._common import lr_settings, seed_setting
+from ._common import RASTER_BACKENDS, lr_settings, seed_setting
 
 MAX_STEPS = 1_000_000      # gsplat's long runs are 30k
 STRATEGIES = ("default", "mcmc")
-RASTER_BACKENDS = ("auto", "gsplat", "reference")
 ARRAY_ITEMS = ("images", "viewmats", "Ks")
 
 
@@ -62,8 +61,8 @@ SETTINGS = (
             advanced=True, label="MCMC Scale Reg"),
     Setting("report_interval_s", 0.5, "Seconds between progress reports", min=0.0, max=3600.0, unit="s",
             advanced=True),
-    Setting("backend", "auto", "Rasterizer: 'auto' (gsplat on CUDA, else the reference), 'gsplat', "
-            "'reference'", choices=RASTER_BACKENDS, advanced=True),
+    Setting("backend", "auto", "Rasterizer: 'auto' (gsplat on CUDA, else the fast CPU one), 'gsplat', "
+            "'fast', 'reference'", choices=RASTER_BACKENDS, advanced=True),
 )
 
 PAYLOAD = (
