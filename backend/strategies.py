@@ -119,6 +119,14 @@ def remove_gaussians(params: Params, optimizers: dict[str, torch.optim.Optimizer
             state[k] = v[keep]
 
 
+def _write_split(name: str, p: Tensor, sampled: Tensor, new_o: Tensor, new_s: Tensor) -> None:
+    """The sampled Gaussians get the opacity and scales of one of their copies (raw values, in place)."""
+    if name == "opacities":
+        p[sampled] = torch.logit(new_o)
+    elif name == "scales":
+        p[sampled] = torch.log(new_s)
+
+
 @dataclass
 class MCMCStrategy(GsplatMCMCStrategy):
     """3DGS-MCMC (gsplat's fields and defaults), runnable on the CPU; see the module docstring."""
@@ -158,10 +166,7 @@ class MCMCStrategy(GsplatMCMCStrategy):
         new_o, new_s = self._split_opacity(params, sampled, binoms)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_o)
-            elif name == "scales":
-                p[sampled] = torch.log(new_s)
+            _write_split(name, p, sampled, new_o, new_s)
             p[dead_idx] = p[sampled]
             return p
 
@@ -177,10 +182,7 @@ class MCMCStrategy(GsplatMCMCStrategy):
         new_o, new_s = self._split_opacity(params, sampled, binoms)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_o)
-            elif name == "scales":
-                p[sampled] = torch.log(new_s)
+            _write_split(name, p, sampled, new_o, new_s)
             return torch.cat([p, p[sampled]])
 
         def moments_fn(v: Tensor) -> Tensor:

@@ -3,6 +3,9 @@ reaching it skips the test, an error before it fails the test (as test_generate_
 KeyError on the ``stage`` message did, unseen, while gpu tests were skipped outright)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -39,10 +42,12 @@ def test_fixture_breaks(broken):
 '''
 
 
-def test_gpu_tests_run_on_cpu_up_to_cuda(pytester):
+def test_gpu_tests_run_on_cpu_up_to_cuda(pytester, monkeypatch):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: gpu tests run in full")
+    tests = str(Path(__file__).resolve().parent)       # the inner run loads tests/gpu_on_cpu.py
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs CUDA\n")
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess("-p", "gpu_on_cpu", "-rs", "-q")
