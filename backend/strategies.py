@@ -6,8 +6,8 @@
   covariance while CUDA tensors use gsplat's public kernels (``gsplat.relocation.compute_relocation``,
   ``gsplat.quat_scale_to_covar_preci``). Nothing in gsplat is patched.
 - ``CappedDefaultStrategy``: gsplat's ``DefaultStrategy`` (clone / split / prune / opacity reset) that
-  never ends a step with more than ``cap_max`` Gaussians: after a refinement that grows past the cap,
-  the lowest-opacity ones go.
+  never ends a step with more than ``cap_max`` Gaussians: at the cap a refinement only prunes; one that
+  grows past the cap is followed by dropping the lowest-opacity ones.
 
 tests/test_strategies.py runs gsplat's own strategies next to these and fails if gsplat's behaviour
 moves (a new gsplat that changes its MCMC steps or its default refinement).
@@ -208,8 +208,17 @@ class CappedDefaultStrategy(DefaultStrategy):
 
     def step_post_backward(self, params: Params, optimizers: dict[str, torch.optim.Optimizer],
                            state: dict[str, Any], step: int, info: dict[str, Any], packed: bool = False) -> None:
-        """gsplat's refinement, then the lowest-opacity Gaussians beyond ``cap_max`` go."""
-        super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        """gsplat's refinement (with no growth once at ``cap_max``: both growth thresholds are
+        infinite for that step), then the lowest-opacity Gaussians beyond ``cap_max`` go."""
+        at_cap = len(params["means"]) >= self.cap_max
+        thresholds = self.grow_grad2d, self.grow_scale2d
+        if at_cap:
+            self.grow_grad2d = self.grow_scale2d = float("inf")
+        try:
+            super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        finally:
+            if at_cap:
+                self.grow_grad2d, self.grow_scale2d = thresholds
         excess = len(params["means"]) - self.cap_max
         if excess > 0:
             opac = params["opacities"].flatten()
