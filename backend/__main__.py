@@ -11,6 +11,9 @@
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
+Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
+`splatbridge-backend serve ...` and so on.
+
 Extra job kinds (a spec module that registers a JobSpec whose runner is a job function): list their
 modules in the environment variable SPLATBRIDGE_JOB_MODULES (comma-separated) for every command, or
 pass ``serve --job-module MODULE``. Each subcommand imports its module only when it runs, so a missing
@@ -26,7 +29,6 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,<job kind>,reconstruct,prefetch,keys} [options]  (-h for help)"
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 
 
@@ -44,6 +46,17 @@ def load_job_modules(names: list[str]) -> list[str]:
     return [spec.kind for spec in load_builtin()]
 
 
+def _prog() -> str:
+    """How the user ran us: the installed command's name, else ``python -m backend``."""
+    name = os.path.basename(sys.argv[0] or "")
+    return "splatbridge-backend" if name.removesuffix(".exe") == "splatbridge-backend" else "python -m backend"
+
+
+def usage() -> str:
+    return f"usage: {_prog()} {{serve,<job kind>,{','.join(c for c in COMMANDS if c != 'serve')}}} [options]  " \
+           f"(-h for help)"
+
+
 def _setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("SPLATBRIDGE_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,7 +64,7 @@ def _setup_logging() -> None:
 
 def serve_main(argv: list[str]) -> int:
     from backend.server import DEFAULT_BIND
-    p = argparse.ArgumentParser(prog="python -m backend serve",
+    p = argparse.ArgumentParser(prog=f"{_prog()} serve",
                                 description="Run the SplatBridge backend server.")
     p.add_argument("--bind", default=DEFAULT_BIND,
                    help=f"ZeroMQ address to bind (default {DEFAULT_BIND}); a non-loopback "
@@ -119,7 +132,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 def keys_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend keys",
+    p = argparse.ArgumentParser(prog=f"{_prog()} keys",
                                 description="Write a CurveZMQ key pair (NAME.key public, "
                                             "NAME.key_secret secret) into DIR.")
     p.add_argument("dir")
@@ -155,7 +168,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        print(__doc__.strip() if argv else usage(), file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in COMMANDS:
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splatbridge: {exc}", file=sys.stderr)
         return 2
     if cmd not in kinds:
-        print(f"splatbridge: unknown command {cmd!r} (job kinds: {', '.join(kinds)})\n{USAGE}",
+        print(f"splatbridge: unknown command {cmd!r} (job kinds: {', '.join(kinds)})\n{usage()}",
               file=sys.stderr)
         return 2
     return _job_cli(cmd, rest)
