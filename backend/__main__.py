@@ -192,7 +192,7 @@ def _job_cli(kind: str, argv: list[str]) -> int:
         print(f"splatbridge: backend.job_cli cannot be imported: {exc}", file=sys.stderr)
         return 2
     _setup_logging()
-    return job_cli.main(kind, argv)
+    return job_cli.main(kind, argv, _prog())
 
 
 if __name__ == "__main__":

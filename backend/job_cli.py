@@ -72,10 +72,10 @@ def setting_help(s: Setting) -> str:
     return (text + " [advanced]" if s.advanced else text).replace("%", "%%")
 
 
-def build_parser(spec: JobSpec, kind_cli: KindCli) -> argparse.ArgumentParser:
-    """The argparse parser of ``spec``'s command line; settings' options default to "not given"
-    (``argparse.SUPPRESS``) so that the spec's defaults and checks apply."""
-    p = argparse.ArgumentParser(prog=f"python -m backend {spec.kind}", description=spec.description,
+def build_parser(spec: JobSpec, kind_cli: KindCli, command: str = "python -m backend") -> argparse.ArgumentParser:
+    """The argparse parser of ``spec``'s command line (``command`` runs the backend's CLI); settings'
+    options default to "not given" (``argparse.SUPPRESS``) so that the spec's defaults and checks apply."""
+    p = argparse.ArgumentParser(prog=f"{command} {spec.kind}", description=spec.description,
                                 epilog="Settings marked [advanced] are in the add-on's Advanced section.")
     filled = {a.setting for a in kind_cli.positionals if a.setting}
     for a in kind_cli.positionals:
@@ -108,12 +108,12 @@ def kind_cli_of(spec: JobSpec) -> KindCli:
     return getattr(module, "CLI", None) or KindCli()
 
 
-def main(kind: str, argv: list[str]) -> int:
+def main(kind: str, argv: list[str], command: str = "python -m backend") -> int:
     """``python -m backend <kind> ...``: parse, check with the spec, run the job, write the result.
     Exit status 0, 2 (bad arguments, settings or input) or 1 (the job failed)."""
     spec = get_spec(kind)
     kind_cli = kind_cli_of(spec)
-    args = build_parser(spec, kind_cli).parse_args(argv)
+    args = build_parser(spec, kind_cli, command).parse_args(argv)
     params = {s.name: getattr(args, s.name) for s in spec.settings if hasattr(args, s.name)}
     for a in kind_cli.positionals:
         if a.setting:
