@@ -3,16 +3,21 @@
     python -m backend serve [--bind tcp://127.0.0.1:5555] [--store DIR] [--device auto|cpu|cuda]
                             [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
                             [--job-module package.module ...] [--job-kind NAME=package.module:function ...]
-    python -m backend train ...      (backend.trainer.cli)
-    python -m backend generate ...   (backend.generate.cli)
-    python -m backend edit ...       (backend.edit.cli)
+    python -m backend <kind> ... --out FILE    run one job here: train, generate, edit, and every
+                                               other registered kind (backend.job_cli; -h lists the
+                                               kind's settings from its spec)
     python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
-                                     (backend.reconstruct.cli)
+                                     (backend.reconstruct.cli: a second output, so its own parser)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
-Each subcommand imports its module only when it runs, so a missing dependency of one (e.g.
-diffusers) does not break the others.
+Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
+`splatbridge-backend serve ...` and so on.
+
+Extra job kinds (a spec module that registers a JobSpec whose runner is a job function): list their
+modules in the environment variable SPLATBRIDGE_JOB_MODULES (comma-separated) for every command, or
+pass ``serve --job-module MODULE``. Each subcommand imports its module only when it runs, so a missing
+dependency of one (e.g. diffusers) does not break the others.
 """
 from __future__ import annotations
 
@@ -24,7 +29,32 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,train,generate,edit,reconstruct,prefetch,keys} [options]  (-h for help)"
+JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
+
+
+def load_job_modules(names: list[str]) -> list[str]:
+    """Import the built-in job kinds' specs and the modules ``names`` plus those listed in
+    $SPLATBRIDGE_JOB_MODULES (each registers its kinds); returns the registered kinds. ValueError
+    naming a module that cannot be imported."""
+    from shared.jobkinds import load_builtin
+    env = [n.strip() for n in os.environ.get(JOB_MODULES_ENV, "").split(",") if n.strip()]
+    for name in [*env, *names]:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ValueError(f"job module {name}: cannot import it ({exc})") from None
+    return [spec.kind for spec in load_builtin()]
+
+
+def _prog() -> str:
+    """How the user ran us: the installed command's name, else ``python -m backend``."""
+    name = os.path.basename(sys.argv[0] or "")
+    return "splatbridge-backend" if name.removesuffix(".exe") == "splatbridge-backend" else "python -m backend"
+
+
+def usage() -> str:
+    return f"usage: {_prog()} {{serve,<job kind>,{','.join(c for c in COMMANDS if c != 'serve')}}} [options]  " \
+           f"(-h for help)"
 
 
 def _setup_logging() -> None:
@@ -34,7 +64,7 @@ def _setup_logging() -> None:
 
 def serve_main(argv: list[str]) -> int:
     from backend.server import DEFAULT_BIND
-    p = argparse.ArgumentParser(prog="python -m backend serve",
+    p = argparse.ArgumentParser(prog=f"{_prog()} serve",
                                 description="Run the SplatBridge backend server.")
     p.add_argument("--bind", default=DEFAULT_BIND,
                    help=f"ZeroMQ address to bind (default {DEFAULT_BIND}); a non-loopback "
@@ -77,11 +107,7 @@ def serve_main(argv: list[str]) -> int:
             raise SecurityError("CurveZMQ needs both --curve-secret and --curve-allow")
         keys = load_server_keys(args.curve_secret, args.curve_allow) if args.curve_secret \
             else None
-        for module in args.job_module:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise ValueError(f"--job-module {module}: cannot import it ({exc})") from None
+        load_job_modules(args.job_module)
         for spec in args.job_kind:
             name, sep, target = spec.partition("=")
             if not sep or not name:
@@ -106,7 +132,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 def keys_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend keys",
+    p = argparse.ArgumentParser(prog=f"{_prog()} keys",
                                 description="Write a CurveZMQ key pair (NAME.key public, "
                                             "NAME.key_secret secret) into DIR.")
     p.add_argument("dir")
@@ -133,9 +159,6 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "serve": serve_main,
-    "train": _lazy("backend.trainer", "cli"),
-    "generate": _lazy("backend.generate", "cli"),
-    "edit": _lazy("backend.edit", "cli"),
     "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
@@ -145,13 +168,31 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        print(__doc__.strip() if argv else usage(), file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"splatbridge: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+    if cmd in COMMANDS:
+        return COMMANDS[cmd](rest)
+    try:
+        kinds = load_job_modules([])
+    except ValueError as exc:
+        print(f"splatbridge: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    if cmd not in kinds:
+        print(f"splatbridge: unknown command {cmd!r} (job kinds: {', '.join(kinds)})\n{usage()}",
+              file=sys.stderr)
+        return 2
+    return _job_cli(cmd, rest)
+
+
+def _job_cli(kind: str, argv: list[str]) -> int:
+    try:
+        from backend import job_cli
+    except ImportError as exc:
+        print(f"splatbridge: backend.job_cli cannot be imported: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    return job_cli.main(kind, argv, _prog())
 
 
 if __name__ == "__main__":

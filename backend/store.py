@@ -8,7 +8,7 @@ Layout of ``<root>/<job_id>/``::
     inputs/values.json  the payload's non-array values (plain JSON)
     result/<key>.npy    the result splats, one lossless .npy per ``Splats.to_arrays()`` field
     result/metrics.json the result's metrics
-    result/meta.json    the result's meta
+    result/meta.json    the result's meta (a top-level array of it: result/meta.<key>.npy, JSON keeps a note)
     result/record.json  the changes the job's record gets with this result (state, finished, ...)
     reconstruct/        the reconstruct job's solve (images, COLMAP database/log/models,
                         transforms.json; see backend/reconstruct.py)
@@ -246,6 +246,10 @@ class _Entry:
         return (float(since), job_id) if isinstance(since, (int, float)) else None
 
 
+#: a top-level array in a result's meta is kept as ``result/meta.<key>.npy`` (meta.json holds a note)
+META_ARRAY_PREFIX = "meta."
+
+
 class JobStore:
     """The job folders under ``root`` (created if missing). ``min_free_bytes``: what ``create``
     and ``save_result`` leave free on the disk (they refuse with ``disk_full`` otherwise)."""
@@ -260,6 +264,7 @@ class JobStore:
         self._held: list[tuple[float, str]] = []     # sorted (finished, job_id)
         self._bare: list[tuple[float, str]] = []     # sorted (pruned or finished, job_id)
         self._index_bytes = 0                          # sum of the entries' bytes
+        self._stale: list[Path] = []                   # temporaries the opening scan found
         self._other_bytes = 0                          # archive and anything else in root
         self._scan()
 
@@ -404,7 +409,8 @@ class JobStore:
 
     def recover(self) -> dict[str, list[str]]:
         """Repair what a server that died (kill -9, power loss, full disk) left; call once at
-        start-up, before jobs run. Returns ids by what was done: ``adopted`` (a complete result
+        start-up, right after opening the store (it removes the temporaries that scan found)
+        and before jobs run. Returns ids by what was done: ``adopted`` (a complete result
         whose record still said queued/running: now done/cancelled), ``interrupted`` (left
         queued/running without a result: now failed), ``orphans`` (a folder without a record:
         now failed, saying why), ``cleaned`` (temporary files and folders removed, by name)."""
@@ -412,26 +418,27 @@ class JobStore:
                                      "cleaned": []}
         with self._lock:
             removed = 0                 # bytes outside the indexed job folders
-            for entry in list(self.root.iterdir()):
-                if _is_temporary(entry.name):
-                    removed += folder_bytes(entry) if entry.is_dir() else _size(entry)
-                    _remove(entry)
-                    out["cleaned"].append(entry.name)
-            for d in sorted(self.root.iterdir()):
-                if not d.is_dir() or not valid_job_id(d.name):
-                    continue
-                job_id = d.name
+            touched = set()
+            for path in self._stale:    # found by the scan that opened the store
+                rel = path.relative_to(self.root)
+                if len(rel.parts) == 1:
+                    removed += folder_bytes(path) if path.is_dir() else _size(path)
+                else:
+                    touched.add(rel.parts[0])
+                _remove(path)
+                out["cleaned"].append(rel.as_posix())
+            self._stale = []
+            for job_id in touched:
+                self._refresh(job_id)
+            names = sorted(e.name for e in os.scandir(self.root)
+                           if valid_job_id(e.name) and e.is_dir(follow_symlinks=False))
+            for job_id in names:
+                d = self.root / job_id
                 if job_id in self._archive:       # compaction stopped before removing it
                     removed += folder_bytes(d)
                     _remove(d)
                     out["cleaned"].append(job_id)
                     continue
-                temporaries = _temporaries(d)
-                for path in temporaries:
-                    _remove(path)
-                    out["cleaned"].append(f"{job_id}/{path.relative_to(d)}")
-                if temporaries:
-                    self._refresh(job_id)
                 rec_path = d / "job.json"
                 if job_id not in self._index and not rec_path.exists():
                     removed += folder_bytes(d)    # counted as "other" until it is indexed
@@ -508,11 +515,18 @@ class JobStore:
                         self._archive[rec["job_id"]] = rec
         sizes: dict[str, int] = {}      # one walk of the store: bytes per top-level entry
         names: dict[str, set[str]] = {}
+        self._stale = []                # temporary files and folders, for ``recover``
         for dirpath, dirs, files in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             top = "" if rel == "." else rel.split(os.sep)[0]
             if rel == top and top:
                 names[top] = set(dirs)
+            for n in [n for n in dirs if _is_temporary(n)]:
+                self._stale.append(Path(dirpath, n))
+                dirs.remove(n)          # counted, not walked into
+                owner = top or n
+                sizes[owner] = sizes.get(owner, 0) + folder_bytes(Path(dirpath, n))
+            self._stale += [Path(dirpath, f) for f in files if _is_temporary(f)]
             sizes[top] = sizes.get(top, 0) + sum(_size(Path(dirpath, f)) for f in files)
         for d in self.root.iterdir():
             if not d.is_dir() or not valid_job_id(d.name) or d.name in self._archive:
@@ -696,12 +710,16 @@ class JobStore:
         renamed into place. Raises ``StoreError('disk_full')`` (nothing half-written is left)."""
         d = self.job_dir(job_id)
         arrays = splats.to_arrays()
-        self.check_space(sum(int(a.nbytes) for a in arrays.values()), "the job's result")
+        self.check_space(sum(int(a.nbytes) for a in arrays.values())
+                         + sum(int(v.nbytes) for v in meta.values() if isinstance(v, np.ndarray)), "the job's result")
         tmp = d / ".result.tmp"
         with self._building(job_id, tmp, "the job's result"):
             for key, arr in arrays.items():
                 _save_npy(tmp / f"{key}.npy", arr)
             _write_json(tmp / "metrics.json", metrics)
+            for key, value in meta.items():       # arrays of meta (e.g. segment's labels) beside it
+                if isinstance(value, np.ndarray):
+                    _save_npy(tmp / f"{META_ARRAY_PREFIX}{key}.npy", value)
             if record is not None:
                 _write_json(tmp / "record.json", record)
             _write_json(tmp / "meta.json", meta)         # last: marks a complete result
@@ -721,9 +739,11 @@ class JobStore:
             raise StoreError("no_result", f"job {job_id} has no result in the store")
         arrays = {k: np.load(d / f"{k}.npy", allow_pickle=False) for k in SPLAT_KEYS
                   if k != "shN" or (d / "shN.npy").is_file()}
+        meta = json.loads((d / "meta.json").read_text())
+        for p in d.glob(f"{META_ARRAY_PREFIX}*.npy"):
+            meta[p.stem[len(META_ARRAY_PREFIX):]] = np.load(p, allow_pickle=False)
         return StoredResult(splats=Splats.from_arrays(arrays),
-                            metrics=json.loads((d / "metrics.json").read_text()),
-                            meta=json.loads((d / "meta.json").read_text()))
+                            metrics=json.loads((d / "metrics.json").read_text()), meta=meta)
 
 
 def _size(path: Path) -> int:
@@ -741,15 +761,3 @@ def _remove(path: Path) -> None:
             path.unlink()
         except OSError:
             pass
-
-
-def _temporaries(d: Path) -> list[Path]:
-    """Temporary files and folders inside one job folder (and its inputs/ and result/)."""
-    out = []
-    for folder in (d, d / "inputs", d / "result"):
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        out += [folder / n for n in names if _is_temporary(n)]
-    return out

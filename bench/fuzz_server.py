@@ -410,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             tracebacks = log.count("Traceback (most recent call last)")
             print(f"server alive: {alive}; internal_error replies: {internal}; tracebacks in the "
                   f"log: {tracebacks}; a valid job afterwards: done")
+            lines = log.splitlines()
+            for i, line in enumerate(lines):      # what each logged traceback was about
+                if line.startswith("Traceback (most recent call last)") and i > 0:
+                    last = next((ln for ln in lines[i + 1:] if ln and not ln.startswith(" ")), "")
+                    print(f"  traceback after: {lines[i - 1][:110]}\n    ending: {last[:110]}")
         finally:
             rc = srv.stop()
         print(f"server exit code after SIGTERM: {rc}")

@@ -285,18 +285,26 @@ def _read_native(obj) -> Splats:
 
 def _read_mesh(obj) -> Splats:
     if obj.mode == "EDIT":
-        obj.update_from_editmode()
-    mesh = obj.data
+        # in Edit Mode the attributes live in a BMesh (the mesh's own attribute data is empty):
+        # read a copy of the edit state
+        try:
+            return _read_mesh_data(obj.to_mesh(preserve_all_data_layers=True), obj.name)
+        finally:
+            obj.to_mesh_clear()
+    return _read_mesh_data(obj.data, obj.name)
+
+
+def _read_mesh_data(mesh, owner: str) -> Splats:
     n = len(mesh.vertices)
-    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, obj.name) if n \
+    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, owner) if n \
         else np.zeros((0, 3), np.float32)           # no vertices: Blender drops "position"
-    values = {name: _get_attribute(mesh, name, t, prop, w, n, obj.name)
+    values = {name: _get_attribute(mesh, name, t, prop, w, n, owner)
               for name, (t, prop, w) in _VALUE_ATTRS.items()}
     degree = mesh_sh_degree(mesh)
     k_count = REST_COUNT[degree]
     rest = np.empty((k_count, n, 3), np.float32)
     for k in range(k_count):
-        _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, obj.name, out=rest[k])
+        _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, owner, out=rest[k])
     shN = transpose01(rest) if n and k_count else np.zeros((n, k_count, 3), np.float32)
     return Splats(means, values[ATTR_ROTATION], values[ATTR_LOG_SCALE], values[ATTR_OPACITY],
                   values[ATTR_SH0], shN)
