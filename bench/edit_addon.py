@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ops = {
         "read (splats, object space)": lambda: so.read_splats_from_object(obj, apply_transform=False),
+        "read without higher SH (selection input)": lambda: so.read_splats_from_object(obj, False, sh=False),
         "read state": lambda: st.read_state(obj),
         "write selection": lambda: st.set_selected(obj, half),
         "select inside mesh (cube)": lambda: sel.select_inside(obj, cube),

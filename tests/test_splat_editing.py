@@ -75,6 +75,11 @@ def test_select_by(addon, native):
     obj.scale = (2.0, 2.0, 2.0)                       # sizes are asked in world metres
     bpy.context.view_layer.update()
     group = np.repeat(np.arange(4), 100)
+    # selections read the splats without their higher SH bands (the rest bit for bit)
+    full = addon["splat_object"].read_splats_from_object(obj, apply_transform=False)
+    light = addon["splat_object"].read_splats_from_object(obj, apply_transform=False, sh=False)
+    assert full.shN.shape == (400, 3, 3) and light.shN.shape == (400, 0, 3)
+    _equal(light, Splats(full.means, full.quats, full.scales, full.opacities, full.sh0, np.zeros((400, 0, 3), np.float32)))
 
     assert np.array_equal(ops.select_by_opacity(obj, 0.0, 0.1), group == 1)
     assert np.array_equal(ops.select_by_size(obj, 0.3, None), group == 2)        # 0.3 local = 0.6 world
