@@ -120,11 +120,20 @@ def test_select_by(addon, native):
     st.set_locked(obj, group == 3)
     assert np.array_equal(ops.select_by_opacity(obj, 0.5, 1.0), group == 2)
     assert np.array_equal(st.get_selected(obj), group == 2)
+    # Edit's "Only Selected Splats" reads the same selection
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), group == 2)
     # the operator path (undo-able), from Edit Mode too
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
     assert bpy.ops.splatbridge.select_opacity(low=0.0, high=0.1) == {"FINISHED"}
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), group == 1)     # live, in Edit Mode
+    # in a 3D view, Blender's edit-vertex dots give way to the tinted splats while editing
+    from types import SimpleNamespace
+    from splatbridge.viewport.draw import hide_edit_points
+    space = SimpleNamespace(overlay=SimpleNamespace(vertex_opacity=0.8), as_pointer=lambda: 1)
+    assert hide_edit_points(space, obj) and space.overlay.vertex_opacity == 0.0
     bpy.ops.object.mode_set(mode="OBJECT")
+    assert not hide_edit_points(space, obj) and space.overlay.vertex_opacity == 0.8
     assert np.array_equal(st.get_selected(obj), group == 1)
 
 
@@ -332,6 +341,12 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     # the selected red group turns orange: more green where it is drawn, the rest unchanged
     diff = np.abs(tinted - hidden)[..., :3].sum(-1)
     assert diff.max() > 0.2 and (tinted[..., 1] - hidden[..., 1]).max() > 0.15
+    # in Edit Mode the drawer tints the selection by itself (and reads the edit state)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    in_edit = draw_camera_view(obj, cam)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert np.abs(in_edit - tinted).max() < 1e-4
     # hidden splats survive save and load, with the locked ones
     st.set_locked(obj, group == 3)
     path = str(artifacts / f"edit_state_{'native' if native else 'mesh'}.blend")
