@@ -356,3 +356,25 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     assert np.array_equal(st.get_hidden(obj), group == 2)
     assert np.array_equal(st.get_locked(obj), group == 3)
     assert np.array_equal(st.get_selected(obj), group == 0)
+
+
+def test_edit_panel_calls_operators_that_exist(addon_dir, bpy_empty):
+    """The Edit Splats panel draws (with a splat object active) and every button is a registered
+    operator; the colour grade settings are drawn."""
+    import types
+    import bpy
+    from helpers import RecordingLayout, registered_addon
+    with registered_addon(("splat_object", "viewport", "connection", "ops_select", "ops_splat_edit", "ops_split",
+                           "ui_edit")) as mods:
+        obj = mods["splat_object"].create_splat_object(bpy.context, "P", Splats.random(5))
+        bpy.context.view_layer.objects.active = obj
+        panel = types.SimpleNamespace(layout=RecordingLayout())
+        mods["ui_edit"].SPLATBRIDGE_PT_edit_splats.draw(panel, bpy.context)
+        ops = [n for _, k, n in panel.layout.log if k == "operator"]
+        assert len(ops) >= 20 and "splatbridge.split_by_object" in ops and "splatbridge.splat_color_grade" in ops
+        for idname in ops:
+            group, name = idname.split(".")
+            op = getattr(getattr(bpy.ops, group), name)
+            assert getattr(bpy.types, op.idname(), None) is not None, idname        # registered
+            assert op.poll() in (True, False)
+        assert {"exposure", "contrast", "saturation", "hue", "temperature", "preview"} <= set(panel.layout.props())
