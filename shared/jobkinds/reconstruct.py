@@ -15,15 +15,20 @@ from ..jobspec import JobError, JobSpec, Setting, Settings, register
 from ._common import seed_setting
 
 QUALITY_PRESETS = ("fast", "balanced", "best")
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")      # lower case; what a photo folder may hold
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mts", ".m2ts")
 MATCHERS = ("auto", "sequential", "exhaustive")
 
 
 def _check(s: Settings) -> None:
-    given = [name for name in ("source", "model", "from_job") if s[name] is not None]
+    given = [name for name in ("source", "upload", "model", "from_job") if s[name] is not None]
     if len(given) != 1:
         raise JobError("bad_params", "reconstruct needs exactly one of 'source' (photos folder or video "
-                                     "file to solve), 'model' (a solved model folder to retrain on) and "
+                                     "file to solve), 'upload' (the id of an upload of photos or a video), "
+                                     "'model' (a solved model folder to retrain on) and "
                                      f"'from_job' (a previous reconstruct job's id); got {given or 'none'}")
+    if s.upload is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.upload):
+        raise JobError("bad_params", f"reconstruct setting upload={s.upload!r}: expected an upload id")
     if s.from_job is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.from_job):
         raise JobError("bad_params", f"reconstruct setting from_job={s.from_job!r}: expected a job id")
 
@@ -37,6 +42,9 @@ SPEC = register(JobSpec(
     settings=(
         Setting("source", None, "A folder of photos (JPEG/PNG) or a video file on the backend's disk",
                 type="str", optional=True, server_path=True),
+        Setting("upload", None, "The id of a complete upload (the 'upload' message) of photos or one "
+                "video, sent by this client: for a backend on another machine (the add-on fills it in)",
+                type="str", optional=True, advanced=True),
         Setting("model", None, "Retrain without solving again: a solved model folder with its "
                 "transforms.json (<job folder>/reconstruct/model, or the CLI's --colmap-out)",
                 type="str", optional=True, server_path=True),

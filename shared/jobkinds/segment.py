@@ -19,8 +19,8 @@ Result: no new splats (an empty splat map: the client has them); ``meta["labels"
 array in a message; ``meta["label_counts"]`` maps each label (as text) to its splat count,
 ``meta["unseen"]`` counts the splats no view saw at all, ``meta["weak"]`` those below the threshold
 (labelled from their neighbours when ``fill_unseen``), ``meta["unlabelled"]`` the -1s left; metrics
-``seconds``, ``views``, ``num_gaussians``. (The job store's meta.json keeps a note in place of the array,
-so a later ``fetch`` of this result has no labels: resubmit.)
+``seconds``, ``views``, ``num_gaussians``. The job store keeps the array beside meta.json
+(``result/meta.labels.npy``), so a later ``fetch`` returns it too.
 """
 from __future__ import annotations
 
