@@ -240,7 +240,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     poll_cancel("loading the images")
 
     if points is not None:
-        pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+        # a copy: the means train in place, and the caller's points must stay as they were
+        pts = torch.tensor(np.asarray(points), dtype=torch.float32)
         rgb = (torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255.0 if colors is not None
                else torch.rand(len(pts), 3, generator=gen))
         if len(pts) > settings.max_gaussians:
