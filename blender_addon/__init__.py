@@ -35,6 +35,7 @@ MODULES: tuple[str, ...] = (
     "native_render",
     "ui_panel",
     "ui_display",
+    "ui_edit",
 )
 
 # module name -> message of the last import/register/unregister failure (shown in preferences).

@@ -527,7 +527,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Check]]] = {
     "result": {"splats": (True, _splat_map), "metrics": (False, _map), "meta": (False, _map)},
     "error": {"code": (True, _code), "message": (True, _str), "details": (False, _map)},
     "cancel": {},
-    "status": {"jobs": (False, _jobs)},
+    "status": {"jobs": (False, _jobs), "pool": (False, _map)},   # pool: a Ray executor's nodes/queues
     "fetch": {},
     # job_id = the upload id. c->s: open/resume (``files``, ``chunk_size``) or one chunk (``file``,
     # ``offset``, ``sha256``, ``data``); s->c: the upload's state (``have`` after an open).

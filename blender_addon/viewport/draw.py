@@ -248,6 +248,27 @@ def visible_splat_objects(context) -> list:
     return [o for o in context.visible_objects if is_splat_object(o) and display_settings(o).show]
 
 
+#: 3D view (space pointer) -> its own edit-vertex opacity while a splat object is edited in it
+_VERTEX_OPACITY: dict[int, float] = {}
+
+
+def hide_edit_points(space, obj) -> bool:
+    """While splat object ``obj`` is in Edit Mode, Blender's edit-vertex dots are hidden in 3D view
+    ``space`` (``overlay.vertex_opacity`` 0): the selection shows as tinted splats instead. The view's
+    own opacity comes back when the object leaves Edit Mode. Returns whether the dots are hidden."""
+    overlay = getattr(space, "overlay", None)
+    if overlay is None or not hasattr(overlay, "vertex_opacity"):
+        return False
+    key = space.as_pointer()
+    editing = obj is not None and obj.mode == "EDIT" and is_splat_object(obj)
+    if editing and key not in _VERTEX_OPACITY:
+        _VERTEX_OPACITY[key] = float(overlay.vertex_opacity)
+        overlay.vertex_opacity = 0.0
+    elif not editing and key in _VERTEX_OPACITY:
+        overlay.vertex_opacity = _VERTEX_OPACITY.pop(key)
+    return editing
+
+
 def draw_viewport() -> None:
     """POST_VIEW draw handler of the 3D viewport."""
     context = bpy.context
@@ -255,6 +276,7 @@ def draw_viewport() -> None:
     if region is None or rv3d is None:
         return
     try:
+        hide_edit_points(context.space_data, context.active_object)
         objects = visible_splat_objects(context)
         # hidden or deleted objects give their GPU memory back (showing one again re-uploads it);
         # by identity, not count: one deleted and another added in its place frees the first
