@@ -23,9 +23,6 @@ misaligned view.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +33,6 @@ from helpers import psnr as _psnr
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 W, H, FRAMES, USED, STEPS = 320, 240, 36, 12, 600
 
 
@@ -56,25 +52,15 @@ def footage(tmp_path_factory, addon_dir):
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    from test_e2e_train import _free_port
-    port = _free_port()
-    store = tmp_path_factory.mktemp("capture_store")
-    log_path = store.parent / "capture_backend.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                                 "--store", str(store), "--device", "cpu", "--preview-interval", "0.2"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    """``python -m backend serve`` (CPU, a temporary job store, previews every 0.2 s)."""
+    from test_server import ServerProcess
+    srv = ServerProcess(tmp_path_factory.mktemp("capture") / "store", plugins=[],
+                        extra=["--preview-interval", "0.2"]).start()
     try:
-        yield f"tcp://127.0.0.1:{port}", store
+        yield srv.address, srv.store
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        print(f"--- backend log ({log_path}) ---\n" + log_path.read_text()[-3000:])
+        srv.stop()
+        print(f"--- backend log ---\n{srv.log()[-3000:]}")
 
 
 @pytest.fixture
