@@ -120,6 +120,22 @@ def test_status_shows_nodes_and_queue_per_class(front):
     assert pool["queue"] == {}
 
 
+def test_status_command_prints_the_pool(front):
+    """``python -m backend status`` (what an admin runs) shows the nodes, GPU use and queue."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "backend", "status", "--server", front.proc.address],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("jobs: ")
+    assert any(l.startswith("pool: ray at ") and "0/3 GPUs busy on 4 live node(s)" in l
+               for l in lines), out.stdout
+    nodes = [l for l in lines if l.startswith("  node ")]
+    assert len(nodes) == 4 and sum("GPUs 0/1 busy" in l for l in nodes) == 3, out.stdout
+    assert sum("classes 40gb" in l for l in nodes) == 1 and lines[-1] == "  queue: empty"
+
+
 def test_six_train_jobs_spread_over_the_nodes_equal_in_process(front, payload):
     """Six train jobs at once: three run at a time (one per GPU), every node runs some, and each
     result equals the same job run in this process with the same seed, bit for bit."""
@@ -273,7 +289,12 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
         assert int(ja.result_splats().opacities[0]) == 60
     else:
         assert ja.state == "failed" and ja.error[0] == "interrupted", ja
-    pool = front.pool()
-    dead = [n for n in pool["nodes"] if n["node_id"] == where[a]]
-    assert not dead or not dead[0]["alive"]
+    # status says so once Ray's health checks have declared the node dead (~15 s after the kill)
+    deadline = time.monotonic() + 60
+    while True:
+        node = [n for n in front.pool()["nodes"] if n["node_id"] == where[a]]
+        if not node or not node[0]["alive"]:
+            break
+        assert time.monotonic() < deadline, node
+        time.sleep(0.5)
     assert "job" in front.proc.log() and "was lost" in front.proc.log()

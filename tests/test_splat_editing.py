@@ -378,3 +378,34 @@ def test_edit_panel_calls_operators_that_exist(addon_dir, bpy_empty):
             assert getattr(bpy.types, op.idname(), None) is not None, idname        # registered
             assert op.poll() in (True, False)
         assert {"exposure", "contrast", "saturation", "hue", "temperature", "preview"} <= set(panel.layout.props())
+
+
+def test_blenders_own_selection_tools_select_splats(addon, native):
+    """Edit Mode's own selection operators (here select all / none / random, which the click, box,
+    circle and lasso tools write the same way) are the splat selection every tool reads."""
+    import bpy
+    st = addon["splat_state"]
+    obj = _make(addon, "B", Splats.random(200, seed=9), native)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    ops = bpy.ops.pointcloud if native else bpy.ops.mesh
+    ops.select_all(action="DESELECT")
+    assert not st.get_selected(obj).any()
+    ops.select_all(action="SELECT")
+    assert st.get_selected(obj).all()
+    ops.select_all(action="DESELECT")
+    if native:
+        ops.select_random(probability=0.5, seed=3)
+    else:
+        bpy.ops.mesh.select_random(ratio=0.5, seed=3)
+    picked = st.get_selected(obj)
+    assert 40 < picked.sum() < 160
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert np.array_equal(st.get_selected(obj), picked)
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), picked)
+    # and our tools write what Blender's show: hide in Edit Mode (H) is our hide
+    if not native:
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.hide(unselected=False)
+        bpy.ops.object.mode_set(mode="OBJECT")
+        assert np.array_equal(st.get_hidden(obj), picked) and not st.get_selected(obj).any()
