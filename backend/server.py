@@ -230,14 +230,14 @@ class Server:
             _check_payload_finite(payload, "fields.payload")
             if "upload" in msg.fields["params"]:     # a job reading an upload: this client's, complete
                 self.uploads.check_use(msg.fields["params"]["upload"], owner)
-            pos = self.runner.submit(msg.job_id, msg.fields["kind"], msg.fields["params"],
+            pos = self.runner.submit(msg.required_job_id(), msg.fields["kind"], msg.fields["params"],
                                      payload, identity)
             self._reply(identity, Message("accepted", msg.job_id, {"queue_position": pos}))
         elif t == "cancel":
-            entry = self.runner.cancel(msg.job_id, identity)
+            entry = self.runner.cancel(msg.required_job_id(), identity)
             self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
         elif t == "fetch":
-            self._reply(identity, self.runner.fetch(msg.job_id))
+            self._reply(identity, self.runner.fetch(msg.required_job_id()))
         elif t == "upload":
             self._reply(identity, self.uploads.handle(msg, owner))
         else:
