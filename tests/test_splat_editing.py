@@ -292,13 +292,13 @@ def test_color_grade_neutral_identity_and_preview(addon, native, gpu_ready, arti
     g.preview = True
     bpy.context.view_layer.objects.active = obj
     cam = _camera()
-    plain = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_object(
-        obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), (cam.width, cam.height),
-        sync_sort=True, grade=None), cam.width, cam.height)
+    plain = draw_camera_view(obj, cam)
     drawer = draw.SplatDrawer(threaded_sort=False)
     size = (cam.width, cam.height)
-    preview = read_offscreen(lambda: drawer.draw_object(obj, matrices.gl_view_matrix(cam),
-                                                        matrices.gl_projection_matrix(cam), size, sync_sort=True), *size)
+    preview = read_offscreen(lambda: drawer.draw_objects([obj], matrices.gl_view_matrix(cam),
+                                                         matrices.gl_projection_matrix(cam), size, sync_sort=True,
+                                                         preview=True), *size)
+    assert np.array_equal(draw_camera_view(obj, cam), plain)       # offscreen/final renders: the data only
     assert bpy.ops.splatbridge.splat_color_grade() == {"FINISHED"}
     assert (g.exposure, g.saturation) == (0.0, 1.0)            # back to neutral
     obj = bpy.data.objects["G"]
@@ -344,7 +344,9 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     # in Edit Mode the drawer tints the selection by itself (and reads the edit state)
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
-    in_edit = draw_camera_view(obj, cam)
+    in_edit = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_objects(
+        [obj], matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), size, sync_sort=True,
+        preview=True), *size)
     bpy.ops.object.mode_set(mode="OBJECT")
     assert np.abs(in_edit - tinted).max() < 1e-4
     # hidden splats survive save and load, with the locked ones
