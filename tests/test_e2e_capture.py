@@ -314,4 +314,7 @@ def test_an_interrupted_upload_resumes_from_blender(addon, footage, backend, mon
     assert "splatbridge_capture_upload" not in scene
     from splatbridge import job_objects
     job_objects.cancel(bpy.context, rec.job_id)
+    # cancelled before it had anything to return: the record is done with, saying so
     assert connection.wait_for(lambda: connection.find_record(scene, rec.job_id).handled, 120)
+    r = connection.find_record(scene, rec.job_id)
+    assert r.state == "cancelled" and "cancelled" in r.message, (r.state, r.message)
