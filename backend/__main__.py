@@ -10,6 +10,8 @@
                                      (backend.reconstruct.cli: a second output, so its own parser)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
+    python -m backend status [--server ADDR] [JOB_ID]   a running backend's jobs (and a Ray pool's
+                                     nodes, GPU use and queue per class; backend.status_cli)
 
 Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
 `splatbridge-backend serve ...` and so on.
@@ -27,7 +29,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 
@@ -194,7 +196,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
+    "status": lambda argv: _status_main(argv),
 }
+
+
+def _status_main(argv: list[str]) -> int:
+    from backend import status_cli
+    return status_cli.main(argv, _prog())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,13 @@ def _count(obj, data) -> int:
 def _read_flag(obj, mesh_attr: str, attr_name: str, default: bool) -> np.ndarray:
     """A mesh's vertex flag (Blender's own ``.select_vert``/``.hide_vert`` BOOLEAN attributes, absent =
     all False; ~1000x faster than ``vertices.foreach_get``) or a point cloud's BOOLEAN attribute."""
+    if _is_mesh(obj) and obj.mode == "EDIT":
+        # the edit state's flags: flushed to the mesh, read through its vertices (a to_mesh copy drops
+        # them; the attribute API shows the BMesh, whose data is not readable from Python)
+        obj.update_from_editmode()
+        out = np.zeros(len(obj.data.vertices), bool)
+        obj.data.vertices.foreach_get("select" if mesh_attr == MESH_SELECTION else "hide", out)
+        return out
     with _source(obj) as data:
         n = _count(obj, data)
         if _is_mesh(obj):

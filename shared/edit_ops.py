@@ -13,7 +13,7 @@ in the target's space keeps its values bit for bit).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,7 +50,6 @@ def duplicate(splats: Splats, mask: np.ndarray, matrix: np.ndarray | None = None
     idx = np.flatnonzero(m)
     n = len(splats)
     moved = matrix is not None and not _is_identity(matrix)
-    copies = splats.subset(idx) if moved else None
     out = {}
     for f in FIELDS:                             # written once, straight into the joined arrays
         src = getattr(splats, f)
@@ -58,8 +57,8 @@ def duplicate(splats: Splats, mask: np.ndarray, matrix: np.ndarray | None = None
         out[f][:n] = src
         if not moved:                            # indices from flatnonzero are in range: "clip" is unbuffered
             np.take(src, idx, axis=0, out=out[f][n:], mode="clip")
-    if moved:
-        copies.transform_into(matrix, {f: out[f][n:] for f in FIELDS})
+    if matrix is not None and moved:
+        splats.subset(idx).transform_into(matrix, {f: out[f][n:] for f in FIELDS})
     selection = np.zeros(n + len(idx), bool)
     selection[n:] = True
     return Splats._derived(out), selection
@@ -148,7 +147,7 @@ def split_by_labels(splats: Splats, labels: np.ndarray) -> dict[int, Splats]:
         return {int(values[0]): splats.subset(np.arange(len(labels)))}
     order = np.argsort(codes, kind="stable")
     ends = np.cumsum(counts)
-    return {int(v): splats.subset(order[e - c:e]) for v, c, e in zip(values, counts, ends)}
+    return {int(v): splats.subset(order[e - c:e]) for v, c, e in zip(values, counts, ends, strict=True)}
 
 
 __all__ = ["apply_transform", "delete", "duplicate", "merge", "relative_matrix", "separate", "split_by_labels"]

@@ -61,3 +61,26 @@ def test_memory_classes_parse():
     assert class_name(None) == "any"
     with pytest.raises(ValueError, match="'train=big' must look like KIND=GB"):
         parse_memory_classes(["train=big"])
+
+
+def test_status_text_shows_gpu_use_per_node_and_queue_per_class():
+    from backend.status_cli import format_status
+    fields = {"jobs": [{"job_id": "a1", "kind": "train", "state": "running", "step": 5, "total": 9,
+                        "queue_position": 0},
+                       {"job_id": "b2", "kind": "generate", "state": "queued", "step": 0, "total": 0,
+                        "queue_position": 1}],
+              "pool": {"executor": "ray", "address": "head:6379", "queue": {"40gb": 1},
+                       "nodes": [{"node_id": "n" * 40, "address": "10.0.0.2", "alive": True, "gpus": 2,
+                                  "gpus_busy": 1, "classes": ["24gb", "40gb"], "jobs": ["a1"]},
+                                 {"node_id": "m" * 40, "address": "10.0.0.3", "alive": False, "gpus": 1,
+                                  "gpus_busy": 0, "classes": [], "jobs": []}]}}
+    assert format_status(fields).splitlines() == [
+        "jobs: 2",
+        "  a1  train  running  step 5/9",
+        "  b2  generate  queued position 1  step 0/0",
+        "pool: ray at head:6379, 1/2 GPUs busy on 1 live node(s)",
+        f"  node {'n' * 12}  10.0.0.2  GPUs 1/2 busy  classes 24gb,40gb  jobs a1",
+        f"  node {'m' * 12}  10.0.0.3  GPUs 0/1 busy  classes -  jobs -  DEAD",
+        "  queue: 40gb 1",
+    ]
+    assert format_status({"jobs": []}) == "jobs: 0 (none)"      # the in-process runner: no pool
