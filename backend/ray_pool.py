@@ -418,7 +418,7 @@ class RayExecutor(Executor):
                          attempt + 1)
                 try:
                     out = self._follow(job, ref, ctx)
-                except (ray.exceptions.RayError,) as exc:
+                except ray.exceptions.RayError as exc:
                     if isinstance(exc, ray.exceptions.RayTaskError):
                         raise       # not a lost worker: a bug of the task wrapper itself
                     # a node that cannot take the task (dead before Ray's health checks said
