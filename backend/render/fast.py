@@ -775,6 +775,10 @@ def _back(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = No
     return (t.to(dtype) if dtype is not None else t).to(device)
 
 
+def _np32(t: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())
+
+
 def _np64(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy())   # MPS has no float64
 
@@ -798,7 +802,7 @@ class _CompositeTiles(torch.autograd.Function):
         color = np.zeros((height, width, D), m2.dtype)
         alpha = np.zeros((height, width), m2.dtype)
         last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float64)
+        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
         _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
         ctx.arrays = arrays
         ctx.last, ctx.final_t = last, final_t
@@ -815,9 +819,10 @@ class _CompositeTiles(torch.autograd.Function):
         width, height, tile_w = ctx.size
         device, dtype = v_color.device, v_color.dtype
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
-        per = np.zeros((M, 8 + D), np.float64)
+        # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
+        per = np.zeros((M, 8 + D), np.float32)
         _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np(v_color).astype(np.float64), _np(v_alpha)[..., 0].astype(np.float64), per)
+                         _np32(v_color), _np32(v_alpha[..., 0]), per)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -840,7 +845,8 @@ class _ProjectShade(torch.autograd.Function):
         C, N = viewmats.shape[0], means.shape[0]
         np_dtype = _np(means[:0]).dtype
         arrays = [_np64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
-        sh_np = _np64(sh) if sh_degree >= 0 else np.zeros((N, 1, 3))
+        # read as is (float32 in training) and widened to float64 where the kernels use it
+        sh_np = _np(sh) if sh_degree >= 0 else np.zeros((N, 1, 3), np_dtype)
         campos = np.ascontiguousarray(np.linalg.inv(arrays[4])[:, :3, 3])
         means2d = np.zeros((C, N, 2), np_dtype)
         conics = np.zeros((C, N, 3), np_dtype)
