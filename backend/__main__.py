@@ -10,6 +10,8 @@
                                      (backend.reconstruct.cli: a second output, so its own parser)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
+    python -m backend status [--server ADDR] [JOB_ID]   a running backend's jobs (and a Ray pool's
+                                     nodes, GPU use and queue per class; backend.status_cli)
 
 Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
 `splatbridge-backend serve ...` and so on.
@@ -27,7 +29,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 
@@ -93,6 +95,17 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
                    help="disk space the job store leaves free: submits and results that would "
                         "leave less are refused with 'disk_full' (default 256)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where jobs run: 'local' (this process, one job at a time; the default) or "
+                        "'ray' (a Ray cluster, one job per GPU; needs the [ray] extra)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster to join (host:port of 'ray start --head', "
+                        "or 'auto'); none: a one-node cluster in this process")
+    p.add_argument("--memory-class", action="append", default=[], metavar="KIND=GB",
+                   help="with --executor ray: jobs of KIND ask for a GPU with GB of memory (the "
+                        "custom resource gpu_mem_<GB>gb, e.g. generate=40)")
+    p.add_argument("--ray-cpus-per-job", type=float, default=1.0, metavar="N",
+                   help="with --executor ray: CPUs each job holds besides its GPU (default 1)")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -119,9 +132,14 @@ def serve_main(argv: list[str]) -> int:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
+        executor = None
+        if args.executor == "ray":
+            executor = _ray_executor(args)
+        elif args.ray_address or args.memory_class:
+            raise ValueError("--ray-address and --memory-class need --executor ray")
         server = Server(args.bind, args.store, args.device, keys,
                         preview_interval_s=args.preview_interval, retention=retention,
-                        min_free_bytes=int(args.min_free_mb * 2 ** 20))
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20), executor=executor)
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
@@ -129,6 +147,22 @@ def serve_main(argv: list[str]) -> int:
     server.install_signal_handlers()
     server.serve_forever()
     return 0
+
+
+def _ray_executor(args: argparse.Namespace):
+    """The Ray pool of ``serve --executor ray`` (ValueError when Ray is missing or unreachable)."""
+    try:
+        from backend.ray_pool import RayExecutor, parse_memory_classes
+    except ImportError as exc:
+        raise ValueError(f"--executor ray needs Ray ({exc}); install the backend with its [ray] "
+                         "extra, or pin ray from requirements.txt") from None
+    classes = parse_memory_classes(args.memory_class)
+    if not (math.isfinite(args.ray_cpus_per_job) and args.ray_cpus_per_job >= 0):
+        raise ValueError(f"--ray-cpus-per-job must be a number >= 0, got {args.ray_cpus_per_job:g}")
+    try:
+        return RayExecutor(args.ray_address, classes, num_cpus=args.ray_cpus_per_job)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ValueError(f"cannot reach the Ray cluster at {args.ray_address}: {exc}") from None
 
 
 def keys_main(argv: list[str]) -> int:
@@ -162,7 +196,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
+    "status": lambda argv: _status_main(argv),
 }
+
+
+def _status_main(argv: list[str]) -> int:
+    from backend import status_cli
+    return status_cli.main(argv, _prog())
 
 
 def main(argv: list[str] | None = None) -> int:

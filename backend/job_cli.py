@@ -16,10 +16,12 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
+import numpy as np
 import torch
 
 from backend.job_api import JobError, JobResult
@@ -194,11 +196,16 @@ def run_job_cli(job: Callable[[Settings, dict, CliContext], JobResult], params: 
 
 
 def write_cli_result(out: str | Path, result: JobResult) -> Path:
-    """Write the result's splats to ``out`` (format by extension) and ``<out>.json`` (metrics, meta);
-    returns the JSON's path."""
+    """Write the result's splats to ``out`` (format by extension) and ``<out>.json`` (metrics, meta;
+    a top-level array of meta, e.g. segment's ``labels``, as ``<out>.<key>.npy``); returns the JSON's path."""
     from shared.formats import write_splats
     out = Path(out)
     write_splats(out, result.splats)
+    for key, value in result.meta.items():
+        if hasattr(value, "dtype") and hasattr(value, "shape"):
+            path = out.with_suffix(out.suffix + f".{key}.npy")
+            np.save(path, value, allow_pickle=False)
+            print(f"wrote {path} ({value.dtype}{list(value.shape)})", file=sys.stderr)
     meta_path = out.with_suffix(out.suffix + ".json")
     meta_path.write_text(json.dumps({"metrics": result.metrics, "meta": result.meta}, indent=2, default=str))
     print(f"wrote {out} ({len(result.splats)} splats) and {meta_path}", file=sys.stderr)

@@ -26,13 +26,23 @@ import numpy as np
 import zmq
 
 from backend.capabilities import Capabilities, resolve_device
-from backend.jobs import JOB_KINDS, JobKinds, JobRunner
-from shared.jobspec import JobError
+from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
 from backend.uploads import UploadStore, connection_owner
-from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
-                             decode, encode, error_from_exception, make_error, validate_finite)
+from shared.jobspec import JobError
+from shared.protocol import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    Limits,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_from_exception,
+    make_error,
+    validate_finite,
+)
 
 log = logging.getLogger("splatbridge.server")
 
@@ -60,7 +70,7 @@ class Server:
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
                  preview_interval_s: float = 1.0, retention: Retention | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, executor: Executor | None = None):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
@@ -89,7 +99,8 @@ class Server:
         self._ring_lock = threading.Lock()
         self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
-                                retention=Retention() if retention is None else retention)
+                                retention=Retention() if retention is None else retention,
+                                executor=executor)
         self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
                  bind, self.device,
@@ -209,8 +220,11 @@ class Server:
             self._reply(identity, Message("hello", None,
                                           self.capabilities.hello_fields(PROTOCOL_VERSION)))
         elif t == "status":
-            jobs = self.runner.status(msg.job_id)
-            self._reply(identity, Message("status", msg.job_id, {"jobs": jobs}))
+            fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id)}
+            pool = self.runner.pool_status()
+            if pool is not None:          # an executor with a cluster: its nodes and queues
+                fields["pool"] = pool
+            self._reply(identity, Message("status", msg.job_id, fields))
         elif t == "submit":
             payload = msg.fields.get("payload") or {}
             _check_payload_finite(payload, "fields.payload")

@@ -30,10 +30,12 @@ MODULES: tuple[str, ...] = (
     "ops_select",
     "ops_splat_edit",
     "ops_split",
+    "ops_reconstruct",
     "final_render",
     "native_render",
     "ui_panel",
     "ui_display",
+    "ui_edit",
 )
 
 # module name -> message of the last import/register/unregister failure (shown in preferences).

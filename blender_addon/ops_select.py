@@ -54,8 +54,9 @@ def apply(obj, new: np.ndarray, mode: str = "SET") -> np.ndarray:
 
 
 def _local(obj) -> Splats:
+    """The splats of ``obj`` in object space without their higher SH bands (no selection needs them)."""
     with splat_state.object_mode(obj):
-        return splat_object.read_splats_from_object(obj, apply_transform=False)
+        return splat_object.read_splats_from_object(obj, apply_transform=False, sh=False)
 
 
 def world_scale(obj) -> float:

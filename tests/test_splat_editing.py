@@ -75,6 +75,11 @@ def test_select_by(addon, native):
     obj.scale = (2.0, 2.0, 2.0)                       # sizes are asked in world metres
     bpy.context.view_layer.update()
     group = np.repeat(np.arange(4), 100)
+    # selections read the splats without their higher SH bands (the rest bit for bit)
+    full = addon["splat_object"].read_splats_from_object(obj, apply_transform=False)
+    light = addon["splat_object"].read_splats_from_object(obj, apply_transform=False, sh=False)
+    assert full.shN.shape == (400, 3, 3) and light.shN.shape == (400, 0, 3)
+    _equal(light, Splats(full.means, full.quats, full.scales, full.opacities, full.sh0, np.zeros((400, 0, 3), np.float32)))
 
     assert np.array_equal(ops.select_by_opacity(obj, 0.0, 0.1), group == 1)
     assert np.array_equal(ops.select_by_size(obj, 0.3, None), group == 2)        # 0.3 local = 0.6 world
@@ -115,11 +120,20 @@ def test_select_by(addon, native):
     st.set_locked(obj, group == 3)
     assert np.array_equal(ops.select_by_opacity(obj, 0.5, 1.0), group == 2)
     assert np.array_equal(st.get_selected(obj), group == 2)
+    # Edit's "Only Selected Splats" reads the same selection
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), group == 2)
     # the operator path (undo-able), from Edit Mode too
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
     assert bpy.ops.splatbridge.select_opacity(low=0.0, high=0.1) == {"FINISHED"}
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), group == 1)     # live, in Edit Mode
+    # in a 3D view, Blender's edit-vertex dots give way to the tinted splats while editing
+    from types import SimpleNamespace
+    from splatbridge.viewport.draw import hide_edit_points
+    space = SimpleNamespace(overlay=SimpleNamespace(vertex_opacity=0.8), as_pointer=lambda: 1)
+    assert hide_edit_points(space, obj) and space.overlay.vertex_opacity == 0.0
     bpy.ops.object.mode_set(mode="OBJECT")
+    assert not hide_edit_points(space, obj) and space.overlay.vertex_opacity == 0.8
     assert np.array_equal(st.get_selected(obj), group == 1)
 
 
@@ -278,13 +292,13 @@ def test_color_grade_neutral_identity_and_preview(addon, native, gpu_ready, arti
     g.preview = True
     bpy.context.view_layer.objects.active = obj
     cam = _camera()
-    plain = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_object(
-        obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), (cam.width, cam.height),
-        sync_sort=True, grade=None), cam.width, cam.height)
+    plain = draw_camera_view(obj, cam)
     drawer = draw.SplatDrawer(threaded_sort=False)
     size = (cam.width, cam.height)
-    preview = read_offscreen(lambda: drawer.draw_object(obj, matrices.gl_view_matrix(cam),
-                                                        matrices.gl_projection_matrix(cam), size, sync_sort=True), *size)
+    preview = read_offscreen(lambda: drawer.draw_objects([obj], matrices.gl_view_matrix(cam),
+                                                         matrices.gl_projection_matrix(cam), size, sync_sort=True,
+                                                         preview=True), *size)
+    assert np.array_equal(draw_camera_view(obj, cam), plain)       # offscreen/final renders: the data only
     assert bpy.ops.splatbridge.splat_color_grade() == {"FINISHED"}
     assert (g.exposure, g.saturation) == (0.0, 1.0)            # back to neutral
     obj = bpy.data.objects["G"]
@@ -327,6 +341,14 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     # the selected red group turns orange: more green where it is drawn, the rest unchanged
     diff = np.abs(tinted - hidden)[..., :3].sum(-1)
     assert diff.max() > 0.2 and (tinted[..., 1] - hidden[..., 1]).max() > 0.15
+    # in Edit Mode the drawer tints the selection by itself (and reads the edit state)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    in_edit = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_objects(
+        [obj], matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), size, sync_sort=True,
+        preview=True), *size)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert np.abs(in_edit - tinted).max() < 1e-4
     # hidden splats survive save and load, with the locked ones
     st.set_locked(obj, group == 3)
     path = str(artifacts / f"edit_state_{'native' if native else 'mesh'}.blend")
@@ -336,3 +358,76 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     assert np.array_equal(st.get_hidden(obj), group == 2)
     assert np.array_equal(st.get_locked(obj), group == 3)
     assert np.array_equal(st.get_selected(obj), group == 0)
+
+
+def test_edit_panel_calls_operators_that_exist(addon_dir, bpy_empty):
+    """The Edit Splats panel draws (with a splat object active) and every button is a registered
+    operator; the colour grade settings are drawn."""
+    import types
+    import bpy
+    from helpers import RecordingLayout, registered_addon
+    with registered_addon(("splat_object", "viewport", "connection", "ops_select", "ops_splat_edit", "ops_split",
+                           "ui_edit")) as mods:
+        obj = mods["splat_object"].create_splat_object(bpy.context, "P", Splats.random(5))
+        bpy.context.view_layer.objects.active = obj
+        panel = types.SimpleNamespace(layout=RecordingLayout())
+        mods["ui_edit"].SPLATBRIDGE_PT_edit_splats.draw(panel, bpy.context)
+        ops = [n for _, k, n in panel.layout.log if k == "operator"]
+        assert len(ops) >= 20 and "splatbridge.split_by_object" in ops and "splatbridge.splat_color_grade" in ops
+        for idname in ops:
+            group, name = idname.split(".")
+            op = getattr(getattr(bpy.ops, group), name)
+            assert getattr(bpy.types, op.idname(), None) is not None, idname        # registered
+            assert op.poll() in (True, False)
+        assert {"exposure", "contrast", "saturation", "hue", "temperature", "preview"} <= set(panel.layout.props())
+
+
+def test_blenders_own_selection_tools_select_splats(addon, native):
+    """Edit Mode's own selection operators (here select all / none / random, which the click, box,
+    circle and lasso tools write the same way) are the splat selection every tool reads."""
+    import bpy
+    st = addon["splat_state"]
+    obj = _make(addon, "B", Splats.random(200, seed=9), native)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    ops = bpy.ops.pointcloud if native else bpy.ops.mesh
+    ops.select_all(action="DESELECT")
+    assert not st.get_selected(obj).any()
+    ops.select_all(action="SELECT")
+    assert st.get_selected(obj).all()
+    ops.select_all(action="DESELECT")
+    if native:
+        ops.select_random(probability=0.5, seed=3)
+    else:
+        bpy.ops.mesh.select_random(ratio=0.5, seed=3)
+    picked = st.get_selected(obj)
+    assert 40 < picked.sum() < 160
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert np.array_equal(st.get_selected(obj), picked)
+    assert np.array_equal(addon["splat_object"].selected_splats(obj), picked)
+    # and our tools write what Blender's show: hide in Edit Mode (H) is our hide
+    if not native:
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.hide(unselected=False)
+        bpy.ops.object.mode_set(mode="OBJECT")
+        assert np.array_equal(st.get_hidden(obj), picked) and not st.get_selected(obj).any()
+
+
+def test_capture_masks_wait_beside_the_training_job(addon_dir, bpy_empty):
+    """A capture's object-index masks are kept for its training job (a file named in the scene) and
+    removed when the job ends without splats."""
+    import os
+    import types
+    import bpy
+    from helpers import registered_addon
+    with registered_addon(("splat_object", "connection", "ops_select", "ops_splat_edit", "ops_split")) as mods:
+        ops_split = mods["ops_split"]
+        capture = types.SimpleNamespace(labels=np.zeros((2, 4, 4), np.int32), label_names=["A", "B"],
+                                        viewmats=np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)),
+                                        Ks=np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)))
+        ops_split.remember_capture(bpy.context.scene, "job1", capture)
+        info = dict(bpy.context.scene["splatbridge_train_jobs"]["job1"])
+        assert list(info["label_names"]) == ["A", "B"] and os.path.isfile(info["labels_file"])
+        ops_split.forget_capture(bpy.context.scene, "job1")
+        assert not os.path.exists(info["labels_file"])
+        assert "job1" not in dict(bpy.context.scene["splatbridge_train_jobs"])
