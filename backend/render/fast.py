@@ -10,8 +10,8 @@ hand-written backward, behind the reference's input checks, render modes and ``i
 - ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
   backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
   branch-free row loops that LLVM vectorises (in the forward, a Gaussian's rows as one loop);
-  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the per-pixel sums of |d loss / d means2d| in
-  ``info["means2d"].absgrad`` [C,N,2] during backward.
+  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the
+  per-pixel sums of |d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
 
 What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
 (tests/test_render_fast.py): 16x16 tiles, front to back by depth, alpha = min(0.999, o exp(-sigma))
