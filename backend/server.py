@@ -217,8 +217,9 @@ class Server:
     def _dispatch(self, identity: bytes, msg: Message, owner: str = "") -> None:
         t = msg.type
         if t == "hello":
-            self._reply(identity, Message("hello", None,
-                                          self.capabilities.hello_fields(PROTOCOL_VERSION)))
+            fields = self.capabilities.hello_fields(PROTOCOL_VERSION)
+            fields.update(self.runner.executor.hello_facts())     # a pool's GPUs, not the front's
+            self._reply(identity, Message("hello", None, fields))
         elif t == "status":
             fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id)}
             pool = self.runner.pool_status()
