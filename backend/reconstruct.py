@@ -71,6 +71,7 @@ from backend.job_api import JobContext, JobError, JobResult, checked_settings
 from backend.video_frames import VIDEO_EXTENSIONS, extract_frames
 from backend.world_frame import WorldFrame
 from shared.jobspec import Settings
+from shared.protocol import valid_job_id
 from shared.splats import Splats
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -390,12 +391,12 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
 def resolve_model(model: str, ctx: JobContext) -> Path:
     """A previous reconstruct job's model folder: ``model`` is a job id (in this job's store) or a
     folder with transforms.json (the model folder itself, or a folder holding ``model/``)."""
-    candidates = []
     p = Path(model)
-    candidates += [p, p / "model", p / "reconstruct" / "model"]
     job_dir = getattr(ctx, "job_dir", None)
-    if job_dir is not None and "/" not in model and not p.is_absolute():
-        candidates.insert(0, Path(job_dir).parent / model / "reconstruct" / "model")
+    if job_dir is not None and valid_job_id(model):
+        candidates = [Path(job_dir).parent / model / "reconstruct" / "model"]   # a job id: the store only
+    else:
+        candidates = [p, p / "model", p / "reconstruct" / "model"]
     for c in candidates:
         if (c / "transforms.json").is_file():
             return c

@@ -33,7 +33,7 @@ SPEC = register(JobSpec(
                 type="str", optional=True, server_path=True),
         Setting("model", None, "Retrain without solving again: the id of a previous reconstruct job, "
                 "or a folder with its transforms.json (from that job's store folder or --colmap-out)",
-                type="str", optional=True, server_path=True),
+                type="str", optional=True, server_path=True, path_or_id="job"),
         Setting("frames", 150, "Video: how many frames to use, spread over the video (the sharpest "
                 "frame of each stretch)", min=3, max=2000, unit="frames"),
         Setting("max_image_size", 1600, "Longest image side used for features and training "
