@@ -3,11 +3,12 @@
 After the kind's spec has checked the params and payload (``bad_params`` / ``bad_input``), a submit
 is refused with
 
-- ``queue_full`` when the client already has ``max_queued_per_client`` jobs waiting, or the server
-  ``max_queued`` (all clients; the running job does not count);
-- ``too_large`` when the inputs that queued and running jobs hold (in memory until a job starts,
-  then in the job store) would exceed ``max_inputs_bytes``, or when the job's memory estimate is
-  more than the device's memory for jobs.
+- ``too_large`` (it could never run here) when its own inputs are more than ``max_inputs_bytes``,
+  or its memory estimate is more than the device's memory for a job;
+- ``queue_full`` (it may be submitted again later) when the client already has
+  ``max_queued_per_client`` jobs waiting, or the server ``max_queued`` (all clients; running jobs do
+  not count), or when its inputs and those the waiting and running jobs hold (in memory until a
+  job starts, then in the job store) would be more than ``max_inputs_bytes``.
 
 **Memory estimate** (``estimate_job_bytes``, bytes; deliberately simple, and on the high side):
 views ``C x H x W`` cost the images (RGBA u8, about three copies) plus, per rendered pixel, what one
@@ -177,6 +178,17 @@ class Admission:
         ``queued_by_owner``/``queued``: jobs waiting now (this client's, everyone's);
         ``held_inputs``: payload bytes of queued and running jobs; ``inputs``: this job's."""
         caps = self.caps
+        # first what could never run (too_large), then what must wait its turn (queue_full)
+        if caps.max_inputs_bytes and inputs > caps.max_inputs_bytes:
+            raise JobError("too_large", f"this job's inputs ({inputs / MIB:.1f} MiB) are more than the "
+                                        f"server takes ({caps.max_inputs_bytes / MIB:.0f} MiB)")
+        need = estimate_job_bytes(kind, settings, payload, self.device)
+        if need > self.memory:
+            raise JobError("too_large", f"the {kind} job needs about {_gib(need)} of "
+                           f"{'GPU' if self.device == 'cuda' else 'CPU'} memory and this server has "
+                           f"{_gib(self.memory)} for a job: use fewer or smaller views, fewer "
+                           "initial points or a lower max_gaussians"
+                           + (", or a GPU server" if self.device != "cuda" else ""))
         if caps.max_queued_per_client and owner is not None and queued_by_owner >= caps.max_queued_per_client:
             raise JobError("queue_full", f"you already have {queued_by_owner} jobs waiting (at most "
                                          f"{caps.max_queued_per_client} per client): wait for some to "
@@ -185,18 +197,10 @@ class Admission:
             raise JobError("queue_full", f"the server's queue is full ({queued} jobs waiting, at most "
                                          f"{caps.max_queued}); submit again when it has room")
         if caps.max_inputs_bytes and held_inputs + inputs > caps.max_inputs_bytes:
-            raise JobError("too_large" if inputs > caps.max_inputs_bytes else "queue_full",
-                           f"this job's inputs ({inputs / MIB:.1f} MiB) do not fit beside those of the "
-                           f"waiting and running jobs ({held_inputs / MIB:.1f} MiB; at most "
-                           f"{caps.max_inputs_bytes / MIB:.0f} MiB together)"
-                           + ("" if inputs > caps.max_inputs_bytes else "; submit again later"))
-        need = estimate_job_bytes(kind, settings, payload, self.device)
-        if need > self.memory:
-            raise JobError("too_large", f"the {kind} job needs about {_gib(need)} of "
-                           f"{'GPU' if self.device == 'cuda' else 'CPU'} memory and this server has "
-                           f"{_gib(self.memory)} for a job: use fewer or smaller views, fewer "
-                           "initial points or a lower max_gaussians"
-                           + (", or a GPU server" if self.device != "cuda" else ""))
+            raise JobError("queue_full", f"this job's inputs ({inputs / MIB:.1f} MiB) do not fit beside "
+                                         f"those of the waiting and running jobs ({held_inputs / MIB:.1f} "
+                                         f"MiB; at most {caps.max_inputs_bytes / MIB:.0f} MiB together); "
+                                         "submit again later")
         return need
 
 
