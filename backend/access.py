@@ -28,8 +28,9 @@ store, with one message that does not depend on whether the path exists. Without
 CurveZMQ clients may name no server path at all, and local clients any path the server's user can
 read except the job store. Relative paths are taken inside the roots (the first root where the
 path exists), never from the server's working directory; a relative ``images_dir`` is taken inside
-the dataset. Settings whose value may instead be an id (``Setting.path_or_id``: ``"hub"`` for a
-Hugging Face model id ``org/name``, ``"job"`` for an earlier job of the same owner) keep such ids.
+the dataset. Settings whose value may instead be a Hugging Face model id (``Setting.path_or_id``
+``"hub"``: ``org/name``, matched in full) keep such ids; a ``Setting.job_ref`` (an earlier job's id,
+e.g. reconstruct's ``from_job``) must name a job of the caller's.
 Paths inside a dataset (``file_path``, ``ply_file_path``, COLMAP image names) are confined to the
 dataset's folder by ``backend.datasets``.
 """
@@ -216,21 +217,19 @@ class PathPolicy:
         changes: dict[str, Any] = {}
         dataset: Path | None = None
         for s in spec.settings:
-            if not s.server_path:
-                continue
             value = settings.get(s.name)
-            if value is None or value == "":
+            if value is None or value == "" or not (s.server_path or getattr(s, "job_ref", False)):
                 continue
             if not isinstance(value, str):
                 raise JobError("bad_params", f"{spec.kind} setting {s.name} must be text")
-            alias = getattr(s, "path_or_id", "")
-            if alias == "hub" and HUB_ID.fullmatch(value) and not value.startswith("."):
+            if getattr(s, "job_ref", False):             # an earlier job: the caller's own only
+                if not (valid_job_id(value) and self.job_exists is not None
+                        and self.job_exists(caller.sees, value)):
+                    raise JobError("bad_params", f"{spec.kind} setting {s.name}={value[:80]!r}: no "
+                                                 "such job of yours on this server")
+                continue
+            if getattr(s, "path_or_id", "") == "hub" and HUB_ID.fullmatch(value):
                 continue                                  # a model hub id, not a path
-            if alias == "job" and valid_job_id(value):
-                if self.job_exists is not None and self.job_exists(caller.sees, value):
-                    continue                              # the caller's own earlier job
-                raise JobError("bad_params", f"{spec.kind} setting {s.name}={value!r}: no such job "
-                                             "of yours on this server")
             base = None
             if s.name == "images_dir" and dataset is not None and not Path(value).is_absolute():
                 base = dataset if dataset.is_dir() else dataset.parent

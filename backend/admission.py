@@ -22,7 +22,8 @@ size on disk; a hub id: 3 GiB on CUDA in fp16, 6 GiB on the CPU in fp32). Train 
 **The device's memory for jobs** is measured once, when the server starts (so a running job does
 not make the next submit look too big): on CUDA the GPU's free memory; on the CPU the least of the
 machine's available memory, the cgroup's limit minus its use, and ``RLIMIT_AS`` minus the server's
-address space; ``serve --max-job-memory-gb`` overrides it.
+address space; ``serve --max-job-memory-gb`` overrides it. With ``--executor ray`` the jobs run on
+other machines, so only ``--max-job-memory-gb`` applies (no check without it).
 """
 from __future__ import annotations
 
@@ -167,10 +168,12 @@ def _gib(n: float) -> str:
 class Admission:
     """Applies ``Caps`` and the memory estimate at submit (socket thread)."""
 
-    def __init__(self, device: str, caps: Caps = Caps()):
+    def __init__(self, device: str, caps: Caps = Caps(), measure: bool = True):
+        """``measure=False`` (jobs run elsewhere, e.g. on a Ray cluster): the memory check uses
+        ``caps.max_job_memory_bytes`` only, none when it is 0."""
         self.device = device
         self.caps = caps
-        self.memory = caps.max_job_memory_bytes or device_memory(device)
+        self.memory = caps.max_job_memory_bytes or (device_memory(device) if measure else 0)
 
     def check(self, kind: str, settings: Settings, payload: Mapping[str, Any], owner: str | None,
               queued_by_owner: int, queued: int, held_inputs: int, inputs: int) -> int:
@@ -183,7 +186,7 @@ class Admission:
             raise JobError("too_large", f"this job's inputs ({inputs / MIB:.1f} MiB) are more than the "
                                         f"server takes ({caps.max_inputs_bytes / MIB:.0f} MiB)")
         need = estimate_job_bytes(kind, settings, payload, self.device)
-        if need > self.memory:
+        if self.memory and need > self.memory:
             raise JobError("too_large", f"the {kind} job needs about {_gib(need)} of "
                            f"{'GPU' if self.device == 'cuda' else 'CPU'} memory and this server has "
                            f"{_gib(self.memory)} for a job: use fewer or smaller views, fewer "

@@ -70,11 +70,10 @@ import numpy as np
 from backend.job_api import JobContext, JobError, JobResult, checked_settings
 from backend.video_frames import VIDEO_EXTENSIONS, extract_frames
 from backend.world_frame import WorldFrame
+from shared.jobkinds.reconstruct import PHOTO_EXTENSIONS
 from shared.jobspec import Settings
-from shared.protocol import valid_job_id
 from shared.splats import Splats
 
-PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MIN_IMAGES = 3
 MIN_FEATURES = 100          # fewer keypoints than this: the image counts as "no features"
 EXHAUSTIVE_MAX = 120        # 'auto' matches every pair up to this many photos
@@ -388,20 +387,21 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
     return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
 
 
-def resolve_model(model: str, ctx: JobContext) -> Path:
-    """A previous reconstruct job's model folder: ``model`` is a job id (in this job's store) or a
-    folder with transforms.json (the model folder itself, or a folder holding ``model/``)."""
-    p = Path(model)
-    job_dir = getattr(ctx, "job_dir", None)
-    if job_dir is not None and valid_job_id(model):
-        candidates = [Path(job_dir).parent / model / "reconstruct" / "model"]   # a job id: the store only
-    else:
-        candidates = [p, p / "model", p / "reconstruct" / "model"]
-    for c in candidates:
+def resolve_model(settings: Any, ctx: JobContext) -> Path:
+    """The solved model folder to retrain on: ``from_job`` (a reconstruct job in this job's store) or
+    ``model`` (the model folder itself, or a folder holding ``model/`` or ``reconstruct/model``)."""
+    if settings.from_job is not None:
+        folder = Path(ctx.job_dir).parent / settings.from_job / "reconstruct" / "model"
+        if (folder / "transforms.json").is_file():
+            return folder
+        raise JobError("bad_params", f"from_job {settings.from_job!r}: no solved model of that job in the "
+                                     "job store (not a reconstruct job, not finished solving, or freed)")
+    p = Path(settings.model)
+    for c in (p, p / "model", p / "reconstruct" / "model"):
         if (c / "transforms.json").is_file():
             return c
-    raise JobError("bad_params", f"model {model!r}: no solved model found (neither a reconstruct job id "
-                                 "in this store nor a folder with transforms.json)")
+    raise JobError("bad_params", f"model {settings.model!r}: no transforms.json there (expected a "
+                                 "reconstruct job's model folder)")
 
 
 def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
@@ -411,8 +411,8 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
     info: dict[str, Any] = {}
     sol: Solve | None = None
     try:
-        if settings.model is not None:
-            model_dir = resolve_model(settings.model, ctx)
+        if settings.source is None:
+            model_dir = resolve_model(settings, ctx)
             transforms = json.loads((model_dir / "transforms.json").read_text())
             info.update(reused_model=str(model_dir), source_kind=transforms.get("source_kind"),
                         unregistered=[Path(u).name for u in transforms.get("unregistered", [])],
@@ -484,6 +484,10 @@ def run_reconstruct_job(params: Settings | dict, payload: dict, ctx: JobContext)
     """The ``reconstruct`` job kind (``shared/jobkinds/reconstruct.py``); files go to
     ``<job folder>/reconstruct/``."""
     settings = checked_settings("reconstruct", params, payload)
+    if settings.upload is not None:      # files the client uploaded: read them where they lie
+        from backend.uploads import upload_source
+        settings = settings.replace(source=str(upload_source(Path(ctx.job_dir).parent, settings.upload)),
+                                    upload=None)
     return reconstruct(settings, ctx, Path(ctx.job_dir) / "reconstruct")
 
 
@@ -503,7 +507,7 @@ def cli(argv: list[str]) -> int:
                    help="keep the solve here (images, COLMAP database/log/models, transforms.json); "
                         "default: a temporary folder")
     for s in SPEC.settings:
-        if s.name in ("source", "model"):
+        if s.name in ("source", "upload", "model", "from_job"):
             continue
         flag = "--" + s.name.replace("_", "-")
         help_text = s.description.replace("%", "%%")    # argparse formats help with %: "90 % of" crashed --help
@@ -514,7 +518,8 @@ def cli(argv: list[str]) -> int:
         p.add_argument(flag, **kw)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
-    params = {s.name: getattr(args, s.name) for s in SPEC.settings if s.name not in ("source", "model")}
+    params = {s.name: getattr(args, s.name) for s in SPEC.settings
+              if s.name not in ("source", "upload", "model", "from_job")}
     params["source"] = str(Path(args.source).resolve())
     try:
         settings = checked_settings("reconstruct", params)

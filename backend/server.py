@@ -36,17 +36,18 @@ from backend.access import (Caller, PathPolicy, Sessions, frame_fd, local_owner,
                             owner_of_frame)
 from backend.admission import Admission, Caps
 from backend.capabilities import Capabilities, resolve_device
-from backend.jobs import JOB_KINDS, JobKinds, JobRunner
+from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
 from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention, payload_bytes
+from backend.uploads import UploadStore
 from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
                              decode, encode, error_from_exception, make_error, validate_finite)
 
 log = logging.getLogger("splatbridge.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-_CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch")
+_CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "upload")
 _CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 
@@ -86,8 +87,9 @@ class Server:
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
                  preview_interval_s: float = 1.0, retention: Retention | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, data_roots: tuple = (),
-                 admins: frozenset[str] | set[str] = frozenset(), caps: Caps | None = None):
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, executor: Executor | None = None,
+                 data_roots: tuple = (), admins: frozenset[str] | set[str] = frozenset(),
+                 caps: Caps | None = None):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
@@ -97,7 +99,8 @@ class Server:
         self.admins = frozenset(admins)
         self.sessions = Sessions()
         self.paths = PathPolicy(data_roots, store_dir, job_exists=self._job_exists)
-        self.admission = Admission(self.device, caps or Caps())
+        # the memory estimate is checked against this machine only when jobs run here
+        self.admission = Admission(self.device, caps or Caps(), measure=executor is None)
         self._outbox: queue.Queue[tuple[bytes, list]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -122,7 +125,9 @@ class Server:
         self._ring_lock = threading.Lock()
         self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
-                                retention=Retention() if retention is None else retention)
+                                retention=Retention() if retention is None else retention,
+                                executor=executor)
+        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
                  bind, self.device,
                  f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
@@ -283,7 +288,7 @@ class Server:
                                              msg.job_id))
 
     def _job_exists(self, viewer: str | None, job_id: str) -> bool:
-        """Whether the store has ``job_id`` and ``viewer`` may see it (reconstruct's ``model``)."""
+        """Whether the store has ``job_id`` and ``viewer`` may see it (a ``job_ref`` setting)."""
         try:
             rec = self.runner.store.read(job_id)
         except (JobError, OSError, ValueError):
@@ -297,12 +302,17 @@ class Server:
             self._reply(identity, Message("hello", None,
                                           self.capabilities.hello_fields(PROTOCOL_VERSION)))
         elif t == "status":
-            jobs = self.runner.status(msg.job_id, viewer=caller.sees)
-            self._reply(identity, Message("status", msg.job_id, {"jobs": jobs}))
+            fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id, viewer=caller.sees)}
+            pool = self.runner.pool_status()
+            if pool is not None:          # an executor with a cluster: its nodes and queues
+                fields["pool"] = pool
+            self._reply(identity, Message("status", msg.job_id, fields))
         elif t == "submit":
             payload = msg.fields.get("payload") or {}
             _check_payload_finite(payload, "fields.payload")
             kind = msg.fields["kind"]
+            if "upload" in msg.fields["params"]:     # a job reading an upload: this client's, complete
+                self.uploads.check_use(msg.fields["params"]["upload"], caller.owner)
 
             def admit(spec, settings):
                 settings = self.paths.check(caller, spec, settings)
@@ -319,6 +329,8 @@ class Server:
             self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
         elif t == "fetch":
             self._reply(identity, self.runner.fetch(msg.job_id, viewer=caller.sees))
+        elif t == "upload":
+            self._reply(identity, self.uploads.handle(msg, caller.owner))
         else:
             self._reply(identity, make_error(
                 "unexpected_type", f"the server does not accept {t!r} messages; clients send "
