@@ -445,3 +445,15 @@ def test_under_a_memory_cap_the_server_refuses_a_flood_of_big_submits(tmp_path):
             assert len(job.result_splats()) > 0
     finally:
         assert srv.stop() == 0, srv.log()[-3000:]
+
+
+def test_from_job_must_be_one_of_the_callers_jobs(tmp_path):
+    spec = get_spec("reconstruct")
+    jobs = {("curve:A", "abc123"), ("curve:B", "def456")}
+    policy = PathPolicy([], tmp_path / "store",
+                        job_exists=lambda viewer, jid: any(j == jid and viewer in (None, o) for o, j in jobs))
+    assert policy.check(Caller("curve:A"), spec, spec.validate({"from_job": "abc123"})).from_job == "abc123"
+    assert policy.check(Caller("curve:root", admin=True), spec, spec.validate({"from_job": "def456"}))
+    for jid in ("def456", "nope99"):
+        with pytest.raises(JobError, match="no such job of yours"):
+            policy.check(Caller("curve:A"), spec, spec.validate({"from_job": jid}))
