@@ -39,11 +39,11 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from shared.jobspec import JobError, JobSpec, Settings
 from shared.protocol import valid_job_id
@@ -151,8 +151,9 @@ class PathPolicy:
 
     def __init__(self, roots: Iterable[str | os.PathLike] = (), store: str | os.PathLike | None = None,
                  job_exists: Callable[[str | None, str], bool] | None = None):
-        self.roots = [Path(os.path.realpath(r)) for r in roots]
-        for given, real in zip(roots, self.roots):
+        given_roots = list(roots)
+        self.roots = [Path(os.path.realpath(r)) for r in given_roots]
+        for given, real in zip(given_roots, self.roots, strict=True):
             if not real.is_dir():
                 raise ValueError(f"--data-root {given}: not a folder")
         self.store = Path(os.path.realpath(store)) if store is not None else None

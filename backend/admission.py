@@ -27,11 +27,11 @@ other machines, so only ``--max-job-memory-gb`` applies (no check without it).
 """
 from __future__ import annotations
 
-import os
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from shared.jobspec import JobError, Settings
 

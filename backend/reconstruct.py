@@ -382,7 +382,7 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
         raise JobError("bad_dataset", str(exc)) from None
     ts = TRAIN.make(steps=max(1, settings.steps), sh_degree=settings.sh_degree,
                     max_gaussians=settings.max_gaussians, holdout_every=settings.holdout_every,
-                    seed=settings.seed, random_background=False)
+                    seed=settings.seed, random_background=False, preview_every=settings.preview_every)
     images = data.images[..., :3]           # opaque photos: no alpha, no alpha loss
     return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
 

@@ -32,17 +32,26 @@ from typing import Any
 import numpy as np
 import zmq
 
-from backend.access import (Caller, PathPolicy, Sessions, frame_fd, local_owner, may_see,
-                            owner_of_frame)
+from backend.access import Caller, PathPolicy, Sessions, frame_fd, local_owner, may_see, owner_of_frame
 from backend.admission import Admission, Caps
 from backend.capabilities import Capabilities, resolve_device
 from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
-from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention, payload_bytes
 from backend.uploads import UploadStore
-from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
-                             decode, encode, error_from_exception, make_error, validate_finite)
+from shared.jobspec import JobError
+from shared.protocol import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    Limits,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_from_exception,
+    make_error,
+    validate_finite,
+)
 
 log = logging.getLogger("splatbridge.server")
 
@@ -101,7 +110,7 @@ class Server:
         self.paths = PathPolicy(data_roots, store_dir, job_exists=self._job_exists)
         # the memory estimate is checked against this machine only when jobs run here
         self.admission = Admission(self.device, caps or Caps(), measure=executor is None)
-        self._outbox: queue.Queue[tuple[bytes, list]] = queue.Queue()
+        self._outbox: queue.Queue[tuple[Peer | bytes, list]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth = None
@@ -138,7 +147,7 @@ class Server:
                  self.admission.memory / 2 ** 30, self.device)
 
     # -- thread-safe hand-over from the worker ----------------------------------------------------
-    def _post(self, identity: "Peer | bytes", frames: list) -> None:
+    def _post(self, identity: Peer | bytes, frames: list) -> None:
         self._outbox.put((identity, frames))
         with self._ring_lock:
             try:

@@ -30,6 +30,7 @@ MODULES: tuple[str, ...] = (
     "ops_select",
     "ops_splat_edit",
     "ops_split",
+    "ops_reconstruct",
     "final_render",
     "native_render",
     "ui_panel",

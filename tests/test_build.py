@@ -345,6 +345,7 @@ NOT_COMPAT = {
     "test_build.py": "builds the add-on zip with the main venv's Blender validator",
     "test_demo.py": "the demo trains splats (torch) in its backend",
     "test_e2e_train.py": "trains splats (torch) in its backend subprocess",
+    "test_e2e_capture.py": "solves cameras (pycolmap) and trains splats (torch) in its backend subprocess",
     "test_backend_process.py": "starts `python -m backend serve` from the test's interpreter",
     "test_backend_install.py": "installs the backend's requirements with Blender's Python (this machine's local "
                                "CPU torch wheel is cp311: bpy 5.0.1's) and trains through it",

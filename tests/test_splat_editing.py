@@ -292,13 +292,13 @@ def test_color_grade_neutral_identity_and_preview(addon, native, gpu_ready, arti
     g.preview = True
     bpy.context.view_layer.objects.active = obj
     cam = _camera()
-    plain = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_object(
-        obj, matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), (cam.width, cam.height),
-        sync_sort=True, grade=None), cam.width, cam.height)
+    plain = draw_camera_view(obj, cam)
     drawer = draw.SplatDrawer(threaded_sort=False)
     size = (cam.width, cam.height)
-    preview = read_offscreen(lambda: drawer.draw_object(obj, matrices.gl_view_matrix(cam),
-                                                        matrices.gl_projection_matrix(cam), size, sync_sort=True), *size)
+    preview = read_offscreen(lambda: drawer.draw_objects([obj], matrices.gl_view_matrix(cam),
+                                                         matrices.gl_projection_matrix(cam), size, sync_sort=True,
+                                                         preview=True), *size)
+    assert np.array_equal(draw_camera_view(obj, cam), plain)       # offscreen/final renders: the data only
     assert bpy.ops.splatbridge.splat_color_grade() == {"FINISHED"}
     assert (g.exposure, g.saturation) == (0.0, 1.0)            # back to neutral
     obj = bpy.data.objects["G"]
@@ -344,7 +344,9 @@ def test_drawing_skips_hidden_and_tints_the_selection(addon, native, gpu_ready, 
     # in Edit Mode the drawer tints the selection by itself (and reads the edit state)
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
-    in_edit = draw_camera_view(obj, cam)
+    in_edit = read_offscreen(lambda: draw.SplatDrawer(threaded_sort=False).draw_objects(
+        [obj], matrices.gl_view_matrix(cam), matrices.gl_projection_matrix(cam), size, sync_sort=True,
+        preview=True), *size)
     bpy.ops.object.mode_set(mode="OBJECT")
     assert np.abs(in_edit - tinted).max() < 1e-4
     # hidden splats survive save and load, with the locked ones
@@ -409,3 +411,23 @@ def test_blenders_own_selection_tools_select_splats(addon, native):
         bpy.ops.mesh.hide(unselected=False)
         bpy.ops.object.mode_set(mode="OBJECT")
         assert np.array_equal(st.get_hidden(obj), picked) and not st.get_selected(obj).any()
+
+
+def test_capture_masks_wait_beside_the_training_job(addon_dir, bpy_empty):
+    """A capture's object-index masks are kept for its training job (a file named in the scene) and
+    removed when the job ends without splats."""
+    import os
+    import types
+    import bpy
+    from helpers import registered_addon
+    with registered_addon(("splat_object", "connection", "ops_select", "ops_splat_edit", "ops_split")) as mods:
+        ops_split = mods["ops_split"]
+        capture = types.SimpleNamespace(labels=np.zeros((2, 4, 4), np.int32), label_names=["A", "B"],
+                                        viewmats=np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)),
+                                        Ks=np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)))
+        ops_split.remember_capture(bpy.context.scene, "job1", capture)
+        info = dict(bpy.context.scene["splatbridge_train_jobs"]["job1"])
+        assert list(info["label_names"]) == ["A", "B"] and os.path.isfile(info["labels_file"])
+        ops_split.forget_capture(bpy.context.scene, "job1")
+        assert not os.path.exists(info["labels_file"])
+        assert "job1" not in dict(bpy.context.scene["splatbridge_train_jobs"])

@@ -179,12 +179,13 @@ class SplatDrawer:
     # -- drawing ------------------------------------------------------------------------------
     def draw_object(self, obj, view_matrix, proj_matrix, viewport_size: tuple[int, int],
                     settings: Optional[DisplaySettings] = None, sync_sort: bool = False,
-                    view_key: int = 0, grade: Optional[tuple] | str = "auto",
-                    show_state: Optional[bool] = None) -> None:
+                    view_key: int = 0, grade: Optional[tuple] | str = None,
+                    show_state: Optional[bool] = False) -> None:
         """Draw splat object ``obj`` for OpenGL ``view_matrix`` / ``proj_matrix`` (4x4) into the
-        bound framebuffer of ``viewport_size`` pixels. ``grade`` "auto": the preview ``GRADE_PREVIEW``
-        gives (or an explicit (A, b, only_selected) / None); ``show_state`` None: tint the selection
-        when ``obj`` is in Edit Mode."""
+        bound framebuffer of ``viewport_size`` pixels. ``grade``: a colour grade previewed on it,
+        (A, b, only_selected), or "auto": what ``GRADE_PREVIEW`` gives; ``show_state``: tint selected
+        and locked splats (None: when ``obj`` is in Edit Mode). The defaults draw the data as it is
+        (offscreen renders, final renders); the viewport asks for "auto" and None."""
         settings = display_settings(obj) if settings is None else settings
         if isinstance(grade, str):
             grade = GRADE_PREVIEW(obj) if GRADE_PREVIEW is not None else None
@@ -202,15 +203,17 @@ class SplatDrawer:
                       grade, show_state)
 
     def draw_objects(self, objects, view_matrix, proj_matrix, viewport_size: tuple[int, int],
-                     sync_sort: bool = False, view_key: int = 0) -> None:
-        """Draw several splat objects, the one whose centre is farthest from the camera first."""
+                     sync_sort: bool = False, view_key: int = 0, preview: bool = False) -> None:
+        """Draw several splat objects, the one whose centre is farthest from the camera first;
+        ``preview``: with the viewport's grade preview and Edit Mode tint (``draw_object``)."""
         view = np.asarray(view_matrix, dtype=np.float64)
 
         def depth(obj) -> float:
             centre = np.asarray(obj.matrix_world, dtype=np.float64)[:3, 3]
             return float((view @ np.append(centre, 1.0))[2])      # more negative = farther
         for obj in sorted(objects, key=depth):
-            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort, view_key=view_key)
+            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort, view_key=view_key,
+                             grade="auto" if preview else None, show_state=None if preview else False)
 
     def prune(self, alive_objects) -> None:
         """Forget objects and meshes that no longer exist (frees their GPU memory)."""
@@ -283,7 +286,7 @@ def draw_viewport() -> None:
         DRAWER.release_unseen(objects)
         if objects:
             DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height),
-                                view_key=rv3d.as_pointer())
+                                view_key=rv3d.as_pointer(), preview=True)
     except Exception as exc:  # a broken object must not kill every redraw: report once per message
         _report_once(f"SplatBridge viewport: {exc}")
 

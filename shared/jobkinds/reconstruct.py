@@ -69,6 +69,8 @@ SPEC = register(JobSpec(
                 "uses them at max_image_size)", min=1, max=16, advanced=True),
         Setting("holdout_every", 8, "Every n-th registered view is held out of training and scored "
                 "(eval PSNR); 0 trains on all", min=0, max=1000, advanced=True),
+        Setting("preview_every", 500, "Training steps between live previews of the splats (0: none)",
+                min=0, max=1_000_000, unit="steps", advanced=True),
         Setting("sh_degree", 3, "Spherical-harmonics degree of the splats", min=0, max=3, advanced=True),
         Setting("max_gaussians", 1_000_000, "Cap on the number of splats", min=1, max=50_000_000,
                 advanced=True),
