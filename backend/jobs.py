@@ -317,6 +317,10 @@ class Executor:
     def cancel(self, job: Job) -> None:
         """A cancel of a running job (``job.stop`` is already set): pass it on to the worker."""
 
+    def hello_facts(self) -> dict[str, Any]:
+        """``hello`` fields that differ from this process's own device (a pool's GPUs)."""
+        return {}
+
     def describe(self, queue: list[Job]) -> dict | None:
         """What ``status`` adds about the compute, given the queued jobs (``None``: nothing)."""
         return None

@@ -308,8 +308,9 @@ class Server:
         t = msg.type
         peer = Peer(identity, caller.owner)
         if t == "hello":
-            self._reply(identity, Message("hello", None,
-                                          self.capabilities.hello_fields(PROTOCOL_VERSION)))
+            fields = self.capabilities.hello_fields(PROTOCOL_VERSION)
+            fields.update(self.runner.executor.hello_facts())     # a pool's GPUs, not the front's
+            self._reply(identity, Message("hello", None, fields))
         elif t == "status":
             fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id, viewer=caller.sees)}
             pool = self.runner.pool_status()
