@@ -23,17 +23,18 @@ All images of a dataset must have one size (the trainer renders one size). Error
 from __future__ import annotations
 
 import json
+import os
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from shared.cameras import BLENDER_TO_OPENCV
-from shared.formats._common import (SplatFormatError, column, read_ply_elements,
-                                     read_ply_header)
+from shared.formats._common import SplatFormatError, column, read_ply_elements, read_ply_header
 from shared.rotations import quat_to_matrix
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".exr")
@@ -52,8 +53,8 @@ class Dataset:
     images: np.ndarray                 # u8[C,H,W,4]
     viewmats: np.ndarray               # f32[C,4,4] OpenCV world-to-camera
     Ks: np.ndarray                     # f32[C,3,3] pixels
-    points: Optional[np.ndarray]       # f32[P,3] or None
-    colors: Optional[np.ndarray]       # u8[P,3] or None
+    points: np.ndarray | None          # f32[P,3] or None
+    colors: np.ndarray | None          # u8[P,3] or None
     names: list[str]
 
     @property
@@ -88,7 +89,7 @@ def read_image_rgba(path: Path, downscale: int = 1) -> np.ndarray:
 
 def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> np.ndarray:
     h, w = images[0].shape[:2]
-    for img, name in zip(images, names):
+    for img, name in zip(images, names, strict=True):
         if img.shape[:2] != (h, w):
             raise DatasetError(f"{source}: frame {name!r} is {img.shape[1]}x{img.shape[0]} px but "
                                f"frame {names[0]!r} is {w}x{h} px; all images must have one size")
@@ -97,25 +98,45 @@ def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> n
 
 # -- transforms.json --------------------------------------------------------------------------------
 
-def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
-    p = base / file_path
+def confined(base: Path, rel: str, what: str, source: Path) -> Path:
+    """``base / rel`` for a path a dataset file names (``file_path``, ``ply_file_path``, a COLMAP
+    image name): it must stay inside the dataset's folder ``base``. Absolute paths, ``..`` and
+    symbolic links that lead out of ``base`` raise ``DatasetError`` (a dataset must not make the
+    server read files elsewhere on its disk)."""
+    text = str(rel).replace("\\", "/")
+    parts = text.split("/")
+    if (not text or "\0" in text or Path(text).is_absolute() or text.startswith("/")
+            or (len(text) > 1 and text[1] == ":") or ".." in parts):
+        raise DatasetError(f"{source}: {what} {rel!r} must be a relative path inside the dataset "
+                           "folder (no absolute paths, no '..')")
+    p = base / text
+    real_base = Path(os.path.realpath(base))
+    real = Path(os.path.realpath(p))
+    if real != real_base and real_base not in real.parents:
+        raise DatasetError(f"{source}: {what} {rel!r} leads out of the dataset folder through a "
+                           "symbolic link")
+    return p
+
+
+def _resolve_image(base: Path, file_path: str, source: Path) -> Path | None:
+    p = confined(base, file_path, "file_path", source)
     if p.suffix and p.is_file():
         return p
     for ext in IMAGE_EXTENSIONS:
         q = p.with_name(p.name + ext)
         if q.is_file():
-            return q
+            return confined(base, f"{file_path}{ext}", "file_path", source)
     return p if p.is_file() else None
 
 
-def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
+def _poll(should_stop: Callable[[], bool] | None) -> None:
     """Raise ``DatasetCancelled`` once ``should_stop()`` is true (polled per image)."""
     if should_stop is not None and should_stop():
         raise DatasetCancelled("cancelled while reading the dataset")
 
 
 def load_transforms(path: str | Path, downscale: int = 1,
-                    should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                    should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a ``transforms.json`` file (see the module docstring). ``should_stop`` is polled
     before each image (``DatasetCancelled``)."""
     path = Path(path)
@@ -140,15 +161,15 @@ def load_transforms(path: str | Path, downscale: int = 1,
         label = f"frame {i} ({fr.get('file_path', '?')})"
         if "file_path" not in fr or "transform_matrix" not in fr:
             raise DatasetError(f"{path}: {label} lacks file_path or transform_matrix")
-        img_path = _resolve_image(base, str(fr["file_path"]))
+        img_path = _resolve_image(base, str(fr["file_path"]), path)
         if img_path is None:
             raise DatasetError(f"{path}: {label}: image {base / fr['file_path']} not found "
                                f"(also tried the extensions {', '.join(IMAGE_EXTENSIONS[:4])})")
         img = read_image_rgba(img_path, downscale)
         h, w = img.shape[:2]
 
-        def get(key: str):
-            return fr.get(key, meta.get(key))
+        def get(key: str, frame: dict = fr) -> Any:     # the frame's own value, else the file's
+            return frame.get(key, meta.get(key))
 
         fw, fh = get("w"), get("h")
         if fw is not None and fh is not None and not (
@@ -192,11 +213,11 @@ def load_transforms(path: str | Path, downscale: int = 1,
     points = colors = None
     ply = meta.get("ply_file_path")
     if ply:
-        points, colors = _read_point_ply(base / ply)
+        points, colors = _read_point_ply(confined(base, str(ply), "ply_file_path", path))
     elif (base / BLENDERNERF_POINTS).is_file():
         # BlenderNeRF (and the 3DGS reference loader) put the initial points beside transforms.json
         # under this name, without a ply_file_path key
-        points, colors = _read_point_ply(base / BLENDERNERF_POINTS)
+        points, colors = _read_point_ply(confined(base, BLENDERNERF_POINTS, "points file", path))
     return Dataset(imgs, np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32),
                    points, colors, names)
 
@@ -205,7 +226,7 @@ def load_transforms(path: str | Path, downscale: int = 1,
 BLENDERNERF_POINTS = "points3d.ply"
 
 
-def _read_point_ply(path: Path) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _read_point_ply(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
     """x/y/z (+ uchar red/green/blue) of the vertex element of a point PLY (nerfstudio's
     ``ply_file_path``), read with the shared PLY reader; (None, None) when the file is missing."""
     if not path.is_file():
@@ -314,14 +335,14 @@ def read_points3d_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _data_lines(path: Path) -> list[str]:
     try:
-        return [l.rstrip("\n") for l in path.read_text().splitlines() if not l.startswith("#")]
+        return [line.rstrip("\n") for line in path.read_text().splitlines() if not line.startswith("#")]
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
 
 
 def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
     cams = {}
-    for ln, line in enumerate(_data_lines(path)):
+    for line in _data_lines(path):
         parts = line.split()
         if not parts:
             continue
@@ -397,7 +418,7 @@ def _colmap_intrinsics(cam: ColmapCamera, source: Path) -> tuple[float, float, f
     return (p[0], p[0], p[1], p[2]) if one_focal else (p[0], p[1], p[2], p[3])
 
 
-def find_colmap_model(root: Path) -> Optional[Path]:
+def find_colmap_model(root: Path) -> Path | None:
     """The folder holding cameras.{bin,txt} under ``root`` (root, sparse/0, sparse, colmap/sparse/0)."""
     for d in (root, root / "sparse" / "0", root / "sparse", root / "colmap" / "sparse" / "0"):
         if (d / "cameras.bin").is_file() or (d / "cameras.txt").is_file():
@@ -406,7 +427,7 @@ def find_colmap_model(root: Path) -> Optional[Path]:
 
 
 def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
-                should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a COLMAP sparse model (binary preferred when both exist) and its images
     (``should_stop`` is polled before each image: ``DatasetCancelled``).
 
@@ -430,7 +451,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
             if parent.name == "sparse":
                 root = parent.parent
                 break
-        images_dir = root / "images"
+        images_dir = confined(root, "images", "image folder", model_dir)
     images_dir = Path(images_dir)
     imgs.sort(key=lambda im: im.name)
     images, viewmats, Ks, names = [], [], [], []
@@ -441,7 +462,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
                                f"which {cam_path.name} does not define")
         cam = cams[im.camera_id]
         fx, fy, cx, cy = _colmap_intrinsics(cam, cam_path)
-        file = images_dir / im.name
+        file = confined(images_dir, im.name, "image name", img_path)
         if not file.is_file():
             raise DatasetError(f"{img_path}: image {im.name!r}: file {file} not found")
         rgba = read_image_rgba(file, downscale)
@@ -469,7 +490,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
 
 
 def load_dataset(path: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
-                 split: str = "train", should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                 split: str = "train", should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load whatever ``path`` is: a transforms json file, a folder with ``transforms.json`` (or
     ``transforms_<split>.json``, as NeRF synthetic has), or a COLMAP dataset / model folder.
     ``should_stop`` (polled before each image) ends the reading with ``DatasetCancelled``."""
@@ -484,9 +505,10 @@ def load_dataset(path: str | Path, images_dir: str | Path | None = None, downsca
         raise DatasetError(f"{path}: no such file or folder")
     for name in ("transforms.json", f"transforms_{split}.json"):
         if (path / name).is_file():
-            return load_transforms(path / name, downscale, should_stop)
+            return load_transforms(confined(path, name, "file", path), downscale, should_stop)
     model = find_colmap_model(path)
     if model is not None:
+        confined(path, os.path.relpath(model, path), "COLMAP model folder", path)
         return load_colmap(model, images_dir, downscale, should_stop)
     raise DatasetError(f"{path}: found neither transforms.json / transforms_{split}.json nor a COLMAP "
                        "model (cameras.bin or cameras.txt in the folder, sparse/0 or sparse)")

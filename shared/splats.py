@@ -13,15 +13,19 @@ Activation (exp, sigmoid, normalise) happens here and only here on the numpy sid
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
 from .rotations import decompose_similarity, matrix_to_quat, quat_multiply
-from .sh import REST_COUNT, degree_from_rest_count, rgb_to_sh0, rotate_sh, sh0_to_rgb
+from .sh import REST_COUNT, apply_sh_rotation, degree_from_rest_count, rgb_to_sh0, sh0_to_rgb, sh_rotation_operator
 
 FIELDS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+
+#: rows per block in row-blocked loops (transforms): a block's float64 temporaries stay in the L2 cache,
+#: several times faster at 1M splats than whole-array temporaries
+BLOCK = 16384
 
 
 class SplatError(ValueError):
@@ -58,6 +62,17 @@ def _as_f32(field: str, value: object, shape_text: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+_ONES = np.ones(0, np.float32)
+
+
+def _ones(n: int) -> np.ndarray:
+    """float32 ones [n] (a view of one cached array)."""
+    global _ONES
+    if len(_ONES) < n:
+        _ONES = np.ones(n, np.float32)
+    return _ONES[:n]
+
+
 @dataclass(eq=False)
 class Splats:
     """A set of 3D Gaussians. Construction validates shapes, dtypes and finiteness.
@@ -71,15 +86,17 @@ class Splats:
     scales: np.ndarray
     opacities: np.ndarray
     sh0: np.ndarray
-    shN: np.ndarray | None = None
+    shN: np.ndarray         # always an array once built: None at construction means degree 0 (zeros [N, 0, 3])
 
-    def __post_init__(self) -> None:
+    # Written out rather than generated: ``shN`` accepts None, but the attribute is never None.
+    def __init__(self, means: np.ndarray, quats: np.ndarray, scales: np.ndarray, opacities: np.ndarray,
+                 sh0: np.ndarray, shN: np.ndarray | None = None) -> None:
+        self.means, self.quats, self.scales, self.opacities, self.sh0 = means, quats, scales, opacities, sh0
         self.means = _as_f32("means", self.means, "[N, 3]")
         n = self.means.shape[0] if self.means.ndim == 2 else -1
         if self.means.ndim != 2 or self.means.shape[1] != 3:
             raise SplatError("means", f"shape {self.means.shape} is not [N, 3]")
-        if self.shN is None:
-            self.shN = np.zeros((n, 0, 3), np.float32)
+        self.shN = np.zeros((n, 0, 3), np.float32) if shN is None else shN
         expected = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
         for field, shape in expected.items():
             arr = _as_f32(field, getattr(self, field), str(list(shape)).replace(str(n), "N", 1))
@@ -132,7 +149,7 @@ class Splats:
 
     @classmethod
     def from_activated(cls, means: np.ndarray, quats: np.ndarray, scales: np.ndarray,
-                       alphas: np.ndarray, colors: np.ndarray, shN: np.ndarray | None = None) -> "Splats":
+                       alphas: np.ndarray, colors: np.ndarray, shN: np.ndarray | None = None) -> Splats:
         """Build from linear scales (m), opacities in 0..1 and base RGB in 0..1."""
         scales = np.asarray(scales, dtype=np.float64)
         if (scales <= 0).any():
@@ -145,15 +162,16 @@ class Splats:
         return {f: getattr(self, f) for f in FIELDS}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Splats:
         """Inverse of :meth:`to_arrays`; ``shN`` may be absent (degree 0)."""
         missing = [f for f in FIELDS[:-1] if f not in arrays]
         if missing:
             raise SplatError(missing[0], "missing from the splat data")
-        return cls(**{f: arrays.get(f) for f in FIELDS})
+        return cls(arrays["means"], arrays["quats"], arrays["scales"], arrays["opacities"], arrays["sh0"],
+                   arrays.get("shN"))
 
     @classmethod
-    def _derived(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+    def _derived(cls, arrays: Mapping[str, np.ndarray]) -> Splats:
         """Splats from arrays derived from valid splats by selecting, copying or joining rows (finite,
         float32, consistent shapes by construction): skips the validation pass, which at 1M splats
         costs more than the copy itself."""
@@ -162,21 +180,26 @@ class Splats:
             setattr(out, f, np.ascontiguousarray(arrays[f], dtype=np.float32))
         return out
 
-    def copy(self) -> "Splats":
+    def copy(self) -> Splats:
         return Splats._derived({f: getattr(self, f).copy() for f in FIELDS})
 
     # -- set operations -----------------------------------------------------------------
-    def subset(self, index: np.ndarray | slice) -> "Splats":
-        """Splats selected by a boolean mask [N], integer indices or a slice."""
+    def subset(self, index: np.ndarray | slice) -> Splats:
+        """Splats selected by a boolean mask [N], integer indices or a slice (a slice gives views)."""
         if not isinstance(index, slice):
             index = np.asarray(index)
             if index.dtype == bool and index.shape != (len(self),):
                 raise SplatError("index", f"mask shape {index.shape} does not match N={len(self)}")
             if index.ndim != 1:
                 raise SplatError("index", f"select with a 1-D mask or index array, got shape {index.shape}")
+            if index.dtype == bool:
+                index = np.flatnonzero(index)
+            if index.dtype.kind == "i":
+                # one gather per field: 3-5x faster than boolean indexing of [N, K, 3] rows, same values
+                return Splats._derived({f: np.take(getattr(self, f), index, axis=0) for f in FIELDS})
         return Splats._derived({f: getattr(self, f)[index] for f in FIELDS})
 
-    def with_sh_degree(self, degree: int) -> "Splats":
+    def with_sh_degree(self, degree: int) -> Splats:
         """Same splats with SH truncated or zero-padded to ``degree``."""
         if degree not in REST_COUNT:
             raise SplatError("shN", f"SH degree {degree} is not in 0..3")
@@ -184,10 +207,10 @@ class Splats:
         shN = np.zeros((len(self), k, 3), np.float32)
         keep = min(k, self.shN.shape[1])
         shN[:, :keep] = self.shN[:, :keep]
-        return Splats(self.means, self.quats, self.scales, self.opacities, self.sh0, shN)
+        return Splats._derived({**self.to_arrays(), "shN": shN})      # valid rows, zero padding
 
     @staticmethod
-    def concatenate(parts: Iterable["Splats"]) -> "Splats":
+    def concatenate(parts: Iterable[Splats]) -> Splats:
         """One set holding all ``parts``; SH is padded to the highest degree among them."""
         parts = list(parts)
         if not parts:
@@ -197,21 +220,54 @@ class Splats:
         return Splats._derived({f: np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS})
 
     # -- geometry -------------------------------------------------------------------------
-    def transform(self, matrix: np.ndarray) -> "Splats":
+    def transform(self, matrix: np.ndarray) -> Splats:
         """Apply a 4x4 similarity (rotation, uniform scale, translation) in world space.
 
         Means move, quaternions and SH coefficients rotate, log scales shift by log(scale).
         Shear, non-uniform scale and mirroring raise :class:`SplatError`.
         """
+        out = {f: np.empty_like(getattr(self, f)) for f in FIELDS}
+        self.transform_into(matrix, out)
+        return Splats._derived(out)
+
+    def transform_into(self, matrix: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """:meth:`transform` written into preallocated float32 arrays ``out`` (by field name: row slices
+        of larger arrays, e.g. a merge's output; ``out["shN"]`` may hold more coefficients than this set:
+        only the first K are written). The results are checked as the constructor checks them
+        (``SplatError`` for values that overflow to Inf), per block while they are in cache.
+        ``out`` may be this set's own arrays (in place)."""
         try:
             rotation, scale, translation = decompose_similarity(matrix)
         except ValueError as exc:
             raise SplatError("transform", str(exc)) from None
-        means = (self.means.astype(np.float64) @ (rotation.T * scale) + translation).astype(np.float32)
-        quats = quat_multiply(matrix_to_quat(rotation), self.quats).astype(np.float32)
-        scales = self.scales + np.float32(np.log(scale))
-        shN = rotate_sh(self.shN, rotation) if self.sh_degree > 0 else self.shN.copy()
-        return Splats(means, quats, scales, self.opacities.copy(), self.sh0.copy(), shN)
+        lin = rotation.T * scale
+        q = matrix_to_quat(rotation)
+        log_scale = np.float32(np.log(scale))
+        k = self.shN.shape[1]
+        operator = sh_rotation_operator(rotation, self.sh_degree) if k else []
+        n, ok = len(self), True
+        for c0 in range(0, n, BLOCK):
+            sl = slice(c0, min(n, c0 + BLOCK))
+            means = out["means"][sl]
+            means[...] = self.means[sl].astype(np.float64) @ lin + translation
+            quat_multiply(q, self.quats[sl], out=out["quats"][sl])
+            np.add(self.scales[sl], log_scale, out=out["scales"][sl])
+            out["opacities"][sl] = self.opacities[sl]
+            out["sh0"][sl] = self.sh0[sl]
+            if k:
+                apply_sh_rotation(operator, self.shN[sl], out["shN"][sl])
+            # the inputs are valid: only overflow can make the outputs invalid. A finite sum of a block
+            # (a BLAS dot with ones, while the block is in cache) proves every entry finite (NaN and Inf
+            # propagate); a non-finite one (also a mere overflow of the sum) sends it to the full check
+            if ok:
+                for f in ("means", "quats", "scales", "shN")[: 4 if k else 3]:
+                    flat = out[f][sl].reshape(-1)
+                    if not np.isfinite(np.dot(flat, _ones(len(flat)))):
+                        ok = False
+                quats = out["quats"][sl]
+                ok = ok and bool((np.einsum("ij,ij->i", quats, quats) > 0).all())
+        if not ok:                                  # the constructor's checks and its exact error
+            Splats(**{f: out[f] if f != "shN" else out[f][:, :k] for f in FIELDS})
 
     def bounds(self, sigmas: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned (min, max) corners, f64[3] each; ``sigmas`` > 0 pads each splat by that
@@ -222,7 +278,7 @@ class Splats:
         return (np.min(self.means - pad, axis=0).astype(np.float64),
                 np.max(self.means + pad, axis=0).astype(np.float64))
 
-    def allclose(self, other: "Splats", atol: float = 1e-6) -> bool:
+    def allclose(self, other: Splats, atol: float = 1e-6) -> bool:
         """Field-by-field comparison with an absolute tolerance (same N and SH degree)."""
         return all(getattr(self, f).shape == getattr(other, f).shape
                    and np.allclose(getattr(self, f), getattr(other, f), atol=atol, rtol=0)
@@ -231,7 +287,7 @@ class Splats:
     # -- test and benchmark data ------------------------------------------------------------
     @classmethod
     def random(cls, n: int, sh_degree: int = 0, seed: int = 0, extent: float = 1.0,
-               scale: float = 0.02) -> "Splats":
+               scale: float = 0.02) -> Splats:
         """Deterministic random splats in a cube of half-size ``extent`` (tests, benchmarks)."""
         rng = np.random.default_rng(seed)
         k = REST_COUNT[sh_degree]

@@ -9,9 +9,9 @@ hand-written backward, behind the reference's input checks, render modes and ``i
 - ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
 - ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
   backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
-  branch-free 16-lane row loops that LLVM vectorises; gradients to means2d, conics, colours,
-  opacities, and (``absgrad=True``, as gsplat) the per-pixel sums of |d loss / d means2d| in
-  ``info["means2d"].absgrad`` [C,N,2] during backward.
+  branch-free row loops that LLVM vectorises (in the forward, a Gaussian's rows as one loop);
+  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the
+  per-pixel sums of |d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
 
 What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
 (tests/test_render_fast.py): 16x16 tiles, front to back by depth, alpha = min(0.999, o exp(-sigma))
@@ -31,15 +31,15 @@ import math
 import os
 import threading
 import types
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import (ALPHA_MAX, ALPHA_THRESHOLD, RADIUS_SIGMAS, T_STOP, TILE_SIZE, project_and_shade,
-                        rasterize_with)
+from .reference import ALPHA_MAX, ALPHA_THRESHOLD, RADIUS_SIGMAS, T_STOP, TILE_SIZE, project_and_shade, rasterize_with
 
 _JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")   # numpy: no branch per division
 
@@ -525,6 +525,13 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     by0 = max(y0, math.ceil(my - radii[g, 1] - 0.5))
     by1 = min(y1, math.floor(my + radii[g, 1] - 0.5) + 1)
     sig_max = math.log(max(op, ALPHA_THRESHOLD) * 255.0) + 1e-3   # beyond it alpha < 1/255
+    # only rows that the ellipse 0.5 (a dx^2 + c dy^2) + b dx dy <= sig_max reaches: there
+    # |dy| <= sqrt(2 sig_max a / (a c - b^2)) (elsewhere every pixel's alpha is below 1/255)
+    det = float(ca) * float(cc) - float(cb) * float(cb)
+    if det > 0.0 and ca > 0.0:
+        ext = math.sqrt(2.0 * sig_max * float(ca) / det)
+        by0 = max(by0, math.ceil(float(my) - ext - 0.5 - 1e-3))
+        by1 = min(by1, math.floor(float(my) + ext - 0.5 + 1e-3) + 1)
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
@@ -535,9 +542,10 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
     Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
 
     Each tile walks its Gaussians front to back, over the rows of a Gaussian's box (``radii``)
-    where its alpha can reach 1/255 (``_row_span``), testing every pixel of those rows as the
-    reference does. The row loops are branch-free float32 over all 16 lanes so that LLVM
-    vectorises them fully; a finished pixel carries its transmittance negated."""
+    that its ellipse alpha >= 1/255 reaches (``_gaussian_rows``), testing every pixel of those
+    rows as the reference does. Those rows' pixels are one branch-free float32 loop (not one
+    16-lane loop per row: several vectors in flight); a finished pixel carries its transmittance
+    negated."""
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
@@ -547,14 +555,17 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
         x1 = min(x0 + TILE_SIZE, width)
         y1 = min(y0 + TILE_SIZE, height)
         start = tile_offsets[tile]
-        T = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))       # pixels outside the image: done
-        T[:y1 - y0, :x1 - x0] = _F(1.0)
-        acc = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        last = np.zeros((TILE_SIZE, TILE_SIZE), np.int32)
-        w = np.zeros(TILE_SIZE, _F)
-        xs = np.empty(TILE_SIZE, _F)
-        for i in range(TILE_SIZE):
-            xs[i] = _F(x0 + i + 0.5)
+        T2 = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))      # pixels outside the image: done
+        T2[:y1 - y0, :x1 - x0] = _F(1.0)
+        T = T2.reshape(TILE_SIZE * TILE_SIZE)                # the tile's pixels row by row
+        acc = np.zeros((D, TILE_SIZE * TILE_SIZE), _F)
+        last = np.zeros(TILE_SIZE * TILE_SIZE, np.int32)
+        w = np.zeros(TILE_SIZE * TILE_SIZE, _F)
+        xs = np.empty(TILE_SIZE * TILE_SIZE, _F)             # pixel centres
+        ys = np.empty(TILE_SIZE * TILE_SIZE, _F)
+        for i in range(TILE_SIZE * TILE_SIZE):
+            xs[i] = _F(x0 + i % TILE_SIZE + 0.5)
+            ys[i] = _F(y0 + i // TILE_SIZE + 0.5)
         n_live = (x1 - x0) * (y1 - y0)
         for k in range(cnt):
             if n_live <= 0:
@@ -562,42 +573,44 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
             g = gid[start + k]
             mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
                 g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            for py in range(by0, by1):
-                dy = my - _F(py + 0.5)
-                sx0, sx1 = _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1)
-                if sx0 >= sx1:
-                    continue
-                Tr = T[py - y0]
-                lr = last[py - y0]
-                stopped = 0
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
-                    t = Tr[lx]
-                    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
-                    nt = t * (_F(1.0) - alpha)
-                    stop = ok & (nt <= _F(T_STOP))
-                    use = ok & (nt > _F(T_STOP))
-                    w[lx] = alpha * t if use else _F(0.0)
-                    Tr[lx] = -t if stop else (nt if use else t)
-                    lr[lx] = k + 1 if use else lr[lx]
-                    stopped += 1 if stop else 0
-                n_live -= stopped
-                for d in range(D):
-                    cd = _F(colors[g, d])
-                    ar = acc[d, py - y0]
-                    for lx in range(TILE_SIZE):
-                        ar[lx] += cd * w[lx]
+            if by0 >= by1:
+                continue
+            # all pixels of the rows the Gaussian can reach, as one loop: several vectors in flight
+            i0 = (by0 - y0) * TILE_SIZE
+            i1 = (by1 - y0) * TILE_SIZE
+            stopped = 0
+            # slices: indices from 0 let LLVM drop the negative-index wraparound and vectorise
+            xs_, ys_, T_, w_, last_ = xs[i0:i1], ys[i0:i1], T[i0:i1], w[i0:i1], last[i0:i1]
+            for i in range(i1 - i0):
+                dx = mx - xs_[i]
+                dy = my - ys_[i]
+                sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
+                t = T_[i]
+                ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
+                nt = t * (_F(1.0) - alpha)
+                stop = ok & (nt <= _F(T_STOP))
+                use = ok & (nt > _F(T_STOP))
+                w_[i] = alpha * t if use else _F(0.0)
+                T_[i] = -t if stop else (nt if use else t)
+                last_[i] = k + 1 if use else last_[i]
+                stopped += 1 if stop else 0
+            n_live -= stopped
+            for d in range(D):
+                cd = _F(colors[g, d])
+                ar = acc[d, i0:i1]
+                for i in range(i1 - i0):
+                    ar[i] += cd * w_[i]
         for py in range(y0, y1):
             for px in range(x0, x1):
                 ly = py - y0
                 lx = px - x0
+                i = ly * TILE_SIZE + lx
                 for d in range(D):
-                    out_color[py, px, d] = acc[d, ly, lx]
-                t = abs(T[ly, lx])
+                    out_color[py, px, d] = acc[d, i]
+                t = abs(T[i])
                 out_alpha[py, px] = 1.0 - t
-                out_last[py, px] = last[ly, lx]
+                out_last[py, px] = last[i]
                 out_t[py, px] = t
 
 
@@ -769,10 +782,14 @@ def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu").numpy())
 
 
-def _back(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = None) -> Tensor:
+def _back(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """A kernel result as a tensor of ``dtype`` on ``device`` (cast on the CPU: MPS has no float64)."""
     t = torch.from_numpy(a)
     return (t.to(dtype) if dtype is not None else t).to(device)
+
+
+def _np32(t: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())
 
 
 def _np64(t: Tensor) -> np.ndarray:
@@ -785,7 +802,7 @@ class _CompositeTiles(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: Optional[tuple[int, Tensor]]) -> tuple[Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -798,7 +815,7 @@ class _CompositeTiles(torch.autograd.Function):
         color = np.zeros((height, width, D), m2.dtype)
         alpha = np.zeros((height, width), m2.dtype)
         last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float64)
+        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
         _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
         ctx.arrays = arrays
         ctx.last, ctx.final_t = last, final_t
@@ -815,9 +832,10 @@ class _CompositeTiles(torch.autograd.Function):
         width, height, tile_w = ctx.size
         device, dtype = v_color.device, v_color.dtype
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
-        per = np.zeros((M, 8 + D), np.float64)
+        # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
+        per = np.zeros((M, 8 + D), np.float32)
         _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np(v_color).astype(np.float64), _np(v_alpha)[..., 0].astype(np.float64), per)
+                         _np32(v_color), _np32(v_alpha[..., 0]), per)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -836,11 +854,12 @@ class _ProjectShade(torch.autograd.Function):
     def forward(ctx, means: Tensor, quats: Tensor, scales: Tensor, sh: Tensor, opacities: Tensor,
                 viewmats: Tensor, Ks: Tensor, width: int, height: int, eps2d: float, near: float,
                 far: float, sh_degree: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        device, dtype = means.device, means.dtype
+        device = means.device
         C, N = viewmats.shape[0], means.shape[0]
         np_dtype = _np(means[:0]).dtype
         arrays = [_np64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
-        sh_np = _np64(sh) if sh_degree >= 0 else np.zeros((N, 1, 3))
+        # read as is (float32 in training) and widened to float64 where the kernels use it
+        sh_np = _np(sh) if sh_degree >= 0 else np.zeros((N, 1, 3), np_dtype)
         campos = np.ascontiguousarray(np.linalg.inv(arrays[4])[:, :3, 3])
         means2d = np.zeros((C, N, 2), np_dtype)
         conics = np.zeros((C, N, 3), np_dtype)
@@ -870,7 +889,8 @@ class _ProjectShade(torch.autograd.Function):
         _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.sh, sh_degree,
                           ctx.campos, ctx.radii, ctx.colors, _np64(v_means2d), _np64(v_conics),
                           _np64(v_depths), _np64(v_colors), g_means, g_quats, g_scales, g_sh)
-        t = lambda a: _back(a, device, dtype)
+        def t(a: np.ndarray) -> Tensor:
+            return _back(a, device, dtype)
         return (t(g_means), t(g_quats), t(g_scales), t(g_sh) if sh_degree >= 0 else None, None,
                 None, None, None, None, None, None, None, None)
 
@@ -878,7 +898,7 @@ class _ProjectShade(torch.autograd.Function):
 def project_and_shade_fast(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
     Ks: Tensor, width: int, height: int, eps2d: float = 0.3, near_plane: float = 0.01,
-    far_plane: float = 1e10, antialiased: bool = False, sh_degree: Optional[int] = None,
+    far_plane: float = 1e10, antialiased: bool = False, sh_degree: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``reference.project_and_shade`` by the Numba kernels where they apply (classic mode; SH of
     degree <= 3 shared by all cameras, or plain colours); otherwise the reference's torch code."""
@@ -913,8 +933,8 @@ def rasterize_fast(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
     packed: bool = False,
@@ -929,7 +949,7 @@ def rasterize_fast(
         target = (cam, full_means2d) if absgrad else None
         return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target)
 
-    return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors, viewmats, Ks,
-                          width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+    return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors,
+                          viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
                           sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
                           rasterize_mode=rasterize_mode, packed=packed)
