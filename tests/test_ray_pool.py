@@ -302,10 +302,12 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
     pts = np.ones((4, 3), np.float32)
     kill = {n.node_id: n for n in cluster.gpu_nodes}
     with front.proc.client() as c:
+        b = c.submit("sleep", {"steps": 150, "dt": 0.05}, {"points": pts * 2})
+        drain_until(c, lambda: c.jobs[b].step >= 1, 60)
         a = c.submit("sleep", {"steps": 60, "dt": 0.05}, {"points": pts})
-        b = c.submit("sleep", {"steps": 60, "dt": 0.05}, {"points": pts * 2})
-        drain_until(c, lambda: c.jobs[a].step >= 2 and c.jobs[b].step >= 2, 60)
-        first, node_b = _node_of(front, a), _node_of(front, b)
+        drain_until(c, lambda: c.jobs[a].step >= 2, 60)
+        first, node_b = _node_of(front, a), _node_of(front, b)      # both still running
+        assert first and node_b, front.pool()
         cluster.remove_node(kill[first], allow_graceful=False)
         ja, jb = run_until(c, a, 90), run_until(c, b, 90)
         assert jb.state == "done" and jb.meta["node"] == node_b
@@ -313,6 +315,7 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
         assert ja.state == "done", ja.error
         assert ja.meta["node"] not in (first, node_b)
         assert int(ja.result_splats().opacities[0]) == 60        # all its steps, from the rerun
+        assert int(jb.result_splats().opacities[0]) == 150
 
         # one retry only: a job that loses its node twice is reported interrupted
         j = c.submit("sleep", {"steps": 400, "dt": 0.05}, {"points": pts})
