@@ -111,7 +111,7 @@ def run_plain(data: dict[str, Any], pts: np.ndarray, rgb: np.ndarray, checkpoint
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     extent = scene_scale(data["vm"])
-    params = init_params(torch.from_numpy(pts).to(device), torch.from_numpy(rgb).float() / 255.0, s,
+    params = init_params(torch.tensor(pts, device=device), torch.from_numpy(rgb).float() / 255.0, s,
                          1e-7 * extent, gen)
     optimizers = make_optimizers(params, s, extent)
     sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / max_steps))

@@ -150,6 +150,30 @@ def render_scene(name: str, size: int, views: int, samples: int, points: int) ->
             "Ks": np.stack(Ks).astype(np.float32), "points": pts.astype(np.float32), "colors": cols}
 
 
+def write_transforms(arrays: dict[str, np.ndarray], folder: Path) -> Path:
+    """Write a scene as a transforms.json dataset without initial points (PNG images,
+    camera-to-world in Blender's convention, pixel intrinsics), as a user would give
+    ``python -m backend train``. Returns the transforms.json path."""
+    import json
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from shared.cameras import BLENDER_TO_OPENCV
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, (img, w2c, K) in enumerate(zip(arrays["images"], arrays["viewmats"], arrays["Ks"])):
+        Image.fromarray(img).save(folder / "images" / f"{i:03d}.png")
+        c2w = np.linalg.inv(w2c.astype(np.float64)) @ BLENDER_TO_OPENCV
+        frames.append({"file_path": f"images/{i:03d}.png", "transform_matrix": c2w.tolist(),
+                       "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                       "w": int(img.shape[1]), "h": int(img.shape[0])})
+    path = folder / "transforms.json"
+    path.write_text(json.dumps({"camera_model": "PINHOLE", "frames": frames}, indent=1))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64)
