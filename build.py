@@ -9,8 +9,9 @@
     python3 build.py compat [ARGS]    the add-on's torch-free tests on the newest Blender (bpy from PyPI, Python
                                       3.13, its own venv .venv-blender-latest); CI runs it after `test`
 
-The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`)
-and wheels of pyzmq, msgpack and zstandard for every platform Blender ships on (Linux x86_64, Windows amd64,
+The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`),
+the backend's source in `backend_source/` (backend/, shared/, requirements-backend.txt, pyproject.toml: what
+the add-on's Install Local Backend installs and runs) and wheels of pyzmq, msgpack and zstandard for every platform Blender ships on (Linux x86_64, Windows amd64,
 macOS arm64 and x86_64) and for both Pythons Blender 4.2+ uses (3.11 up to Blender 5.0, 3.13 from
 5.1). Downloaded wheels are cached in dist/wheel-cache, so a rebuild needs no network.
 """
@@ -86,22 +87,45 @@ def venv_python(venv: Path | None = None) -> Path:
     return venv / "bin" / "python"
 
 
+@functools.lru_cache(maxsize=None)
+def _installer():
+    """The add-on's installer module (standard library only, no bpy): the one place of requirement parsing
+    and of finding a local CPU build of torch, shared with the add-on's Install Local Backend."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_splatbridge_installer", ADDON_SRC / "installer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module      # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def requirement_files(path: Path | None = None) -> list[Path]:
+    """``path`` (default requirements.txt) and the requirements files it includes (``-r FILE``),
+    recursively, in order."""
+    path = REQUIREMENTS if path is None else path
+    files = [path]
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r"\s*(?:-r|--requirement)\s*(\S+)\s*(?:#.*)?", line)
+        if m:
+            files += [f for f in requirement_files(path.parent / m.group(1)) if f not in files]
+    return files
+
+
 def requirements_hash() -> str:
-    """Hash of what a finished setup depends on: requirements.txt, the venv Python, the schema."""
+    """Hash of what a finished setup depends on: requirements.txt and what it includes, the venv Python,
+    the schema."""
     h = hashlib.sha256()
-    h.update(REQUIREMENTS.read_bytes())
+    for path in requirement_files():
+        h.update(path.read_bytes())
     h.update(f"py{VENV_PYTHON}-schema{SETUP_SCHEMA}".encode())
     return h.hexdigest()
 
 
 def pinned_versions() -> dict[str, str]:
-    """`name==version` pins of requirements.txt, names lower-cased."""
+    """`name==version` pins of requirements.txt and the files it includes, names lower-cased."""
     pins: dict[str, str] = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)", line)
-        if m:
-            pins[m.group(1).lower()] = m.group(2)
+    for path in requirement_files():
+        pins.update(_installer().parse_pins(path.read_text()))
     return pins
 
 
@@ -129,20 +153,7 @@ def _installed_version(python: Path, dist: str) -> str | None:
 
 def _pip_find_links() -> list[Path]:
     """Local folders pip is configured to take wheels from (PIP_FIND_LINKS / pip.conf find-links)."""
-    values = [os.environ.get("PIP_FIND_LINKS", "")]
-    try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                             text=True, timeout=60).stdout
-        values += [ln.split("=", 1)[1].strip("'\"") for ln in out.splitlines() if "find-links" in ln]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    dirs = []
-    for value in values:
-        for item in value.split():
-            item = item.removeprefix("file://")
-            if item and Path(item).is_dir():
-                dirs.append(Path(item))
-    return dirs
+    return _installer().pip_find_links(sys.executable)
 
 
 def _torch_cpu_constraint(python: Path, tmp: Path) -> list[str]:
@@ -154,12 +165,12 @@ def _torch_cpu_constraint(python: Path, tmp: Path) -> list[str]:
     version = pinned_versions().get("torch")
     if version is None or _installed_version(python, "torch") is not None:
         return []
-    for folder in _pip_find_links():
-        if any(folder.glob(f"torch-{version}+cpu-*.whl")):
-            path = tmp / "torch-cpu-constraint.txt"
-            path.write_text(f"torch=={version}+cpu\n")
-            log(f"torch {version}: using the CPU build found in {folder}")
-            return ["-c", str(path)]
+    wheel = _installer().local_cpu_wheel(version, _pip_find_links(), VENV_PYTHON)
+    if wheel is not None:
+        path = tmp / "torch-cpu-constraint.txt"
+        path.write_text(f"torch=={version}+cpu\n")
+        log(f"torch {version}: using the CPU build found in {wheel.parent}")
+        return ["-c", str(path)]
     log(f"note: no local CPU build of torch {version}; pip takes PyPI's default build")
     return []
 
@@ -544,7 +555,8 @@ def _walk(src: Path, prefix: str) -> list[tuple[Path, str]]:
 
 
 def _addon_files() -> list[tuple[Path, str]]:
-    """(source file, path in the zip) for the add-on code and the vendored shared package.
+    """(source file, path in the zip) for the add-on code, the vendored shared package and the backend's
+    source (``_backend_source_files``).
 
     ``blender_addon/shared`` is a committed relative symlink to ``../shared``, so that the source tree's
     ``from .shared import ...`` resolves for editors and type checkers; the zip and the assembled add-on
@@ -565,7 +577,19 @@ def _addon_files() -> list[tuple[Path, str]]:
         if entry.is_symlink():
             raise BuildError(f"{entry} is a symbolic link: the add-on must hold real files")
         files += _walk(entry, entry.name + "/") if entry.is_dir() else [(entry, entry.name)]
-    return files + _walk(SHARED_SRC, "shared/")
+    return files + _walk(SHARED_SRC, "shared/") + _backend_source_files()
+
+
+# The backend's source inside the extension: what Install Local Backend installs the requirements of and
+# what the local backend then runs (also `pip install` -able: pyproject.toml and the README come along).
+BACKEND_SOURCE_DIR = "backend_source"
+BACKEND_REQUIREMENTS = ROOT / "requirements-backend.txt"
+
+
+def _backend_source_files() -> list[tuple[Path, str]]:
+    prefix = BACKEND_SOURCE_DIR + "/"
+    return (_walk(ROOT / "backend", prefix + "backend/") + _walk(SHARED_SRC, prefix + "shared/")
+            + [(ROOT / name, prefix + name) for name in (BACKEND_REQUIREMENTS.name, "pyproject.toml", "README.md")])
 
 
 def assemble_addon(dest: Path) -> Path:
@@ -679,7 +703,9 @@ def validate_addon_zip(path: Path) -> list[str]:
         links = [i.filename for i in zf.infolist() if (i.external_attr >> 16) & 0o170000 == 0o120000]
     if links:
         problems.append(f"symbolic links in the zip: {links}")
-    for required in ("__init__.py", "shared/__init__.py", "build_info.json"):
+    for required in ("__init__.py", "shared/__init__.py", "build_info.json",
+                     *(f"{BACKEND_SOURCE_DIR}/{f}" for f in ("backend/__main__.py", "shared/__init__.py",
+                                                             BACKEND_REQUIREMENTS.name, "pyproject.toml"))):
         if required not in names:
             problems.append(f"{required} is not in the zip")
     problems += _blender_validate(path)

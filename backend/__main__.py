@@ -11,6 +11,9 @@
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
 
+Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
+`splatbridge-backend serve ...` and so on.
+
 Each subcommand imports its module only when it runs, so a missing dependency of one (e.g.
 diffusers) does not break the others.
 """
@@ -24,7 +27,15 @@ import os
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m backend {serve,train,generate,edit,reconstruct,prefetch,keys} [options]  (-h for help)"
+
+def _prog() -> str:
+    """How the user ran us: the installed command's name, else ``python -m backend``."""
+    name = os.path.basename(sys.argv[0] or "")
+    return "splatbridge-backend" if name.removesuffix(".exe") == "splatbridge-backend" else "python -m backend"
+
+
+def usage() -> str:
+    return f"usage: {_prog()} {{{','.join(COMMANDS)}}} [options]  (-h for help)"
 
 
 def _setup_logging() -> None:
@@ -34,7 +45,7 @@ def _setup_logging() -> None:
 
 def serve_main(argv: list[str]) -> int:
     from backend.server import DEFAULT_BIND
-    p = argparse.ArgumentParser(prog="python -m backend serve",
+    p = argparse.ArgumentParser(prog=f"{_prog()} serve",
                                 description="Run the SplatBridge backend server.")
     p.add_argument("--bind", default=DEFAULT_BIND,
                    help=f"ZeroMQ address to bind (default {DEFAULT_BIND}); a non-loopback "
@@ -60,6 +71,9 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--max-store-gb", type=float, default=20.0, metavar="GIB",
                    help="while the job store is larger, free the oldest finished jobs first (0: no "
                         "limit; default 20). The newest finished job is always kept")
+    p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
+                   help="disk space the job store leaves free: submits and results that would "
+                        "leave less are refused with 'disk_full' (default 256)")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -85,12 +99,14 @@ def serve_main(argv: list[str]) -> int:
                 raise ValueError(f"--job-kind {spec!r} must look like NAME=package.module:function")
             JOB_KINDS.register(name, target)
         from backend.store import Retention
-        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb)):
+        for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb),
+                            ("--min-free-mb", args.min_free_mb)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
-                        preview_interval_s=args.preview_interval, retention=retention)
+                        preview_interval_s=args.preview_interval, retention=retention,
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20))
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
@@ -101,7 +117,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 def keys_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend keys",
+    p = argparse.ArgumentParser(prog=f"{_prog()} keys",
                                 description="Write a CurveZMQ key pair (NAME.key public, "
                                             "NAME.key_secret secret) into DIR.")
     p.add_argument("dir")
@@ -140,11 +156,11 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        print(__doc__.strip() if argv else usage(), file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"splatbridge: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        print(f"splatbridge: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
         return 2
     return COMMANDS[cmd](rest)
 

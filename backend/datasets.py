@@ -27,7 +27,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
@@ -41,6 +41,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", "
 
 class DatasetError(ValueError):
     """A dataset that cannot be loaded; the message names the file (and frame) at fault."""
+
+
+class DatasetCancelled(Exception):
+    """Reading stopped because ``should_stop()`` became true."""
 
 
 @dataclass
@@ -104,8 +108,16 @@ def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def load_transforms(path: str | Path, downscale: int = 1) -> Dataset:
-    """Load a ``transforms.json`` file (see the module docstring)."""
+def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
+    """Raise ``DatasetCancelled`` once ``should_stop()`` is true (polled per image)."""
+    if should_stop is not None and should_stop():
+        raise DatasetCancelled("cancelled while reading the dataset")
+
+
+def load_transforms(path: str | Path, downscale: int = 1,
+                    should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+    """Load a ``transforms.json`` file (see the module docstring). ``should_stop`` is polled
+    before each image (``DatasetCancelled``)."""
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -124,6 +136,7 @@ def load_transforms(path: str | Path, downscale: int = 1) -> Dataset:
     warned = False
     images, viewmats, Ks, names = [], [], [], []
     for i, fr in enumerate(frames):
+        _poll(should_stop)
         label = f"frame {i} ({fr.get('file_path', '?')})"
         if "file_path" not in fr or "transform_matrix" not in fr:
             raise DatasetError(f"{path}: {label} lacks file_path or transform_matrix")
@@ -392,8 +405,10 @@ def find_colmap_model(root: Path) -> Optional[Path]:
     return None
 
 
-def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, downscale: int = 1) -> Dataset:
-    """Load a COLMAP sparse model (binary preferred when both exist) and its images.
+def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
+                should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+    """Load a COLMAP sparse model (binary preferred when both exist) and its images
+    (``should_stop`` is polled before each image: ``DatasetCancelled``).
 
     ``images_dir`` defaults to ``<dataset root>/images``, the root being the folder above
     ``sparse/``."""
@@ -420,6 +435,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
     imgs.sort(key=lambda im: im.name)
     images, viewmats, Ks, names = [], [], [], []
     for im in imgs:
+        _poll(should_stop)
         if im.camera_id not in cams:
             raise DatasetError(f"{img_path}: image {im.name!r} refers to camera {im.camera_id}, "
                                f"which {cam_path.name} does not define")
@@ -453,23 +469,24 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
 
 
 def load_dataset(path: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
-                 split: str = "train") -> Dataset:
+                 split: str = "train", should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
     """Load whatever ``path`` is: a transforms json file, a folder with ``transforms.json`` (or
-    ``transforms_<split>.json``, as NeRF synthetic has), or a COLMAP dataset / model folder."""
+    ``transforms_<split>.json``, as NeRF synthetic has), or a COLMAP dataset / model folder.
+    ``should_stop`` (polled before each image) ends the reading with ``DatasetCancelled``."""
     path = Path(path)
     if downscale < 1:
         raise DatasetError(f"downscale must be >= 1, got {downscale}")
     if path.is_file():
         if path.suffix == ".json":
-            return load_transforms(path, downscale)
+            return load_transforms(path, downscale, should_stop)
         raise DatasetError(f"{path}: not a transforms .json file or a dataset folder")
     if not path.is_dir():
         raise DatasetError(f"{path}: no such file or folder")
     for name in ("transforms.json", f"transforms_{split}.json"):
         if (path / name).is_file():
-            return load_transforms(path / name, downscale)
+            return load_transforms(path / name, downscale, should_stop)
     model = find_colmap_model(path)
     if model is not None:
-        return load_colmap(model, images_dir, downscale)
+        return load_colmap(model, images_dir, downscale, should_stop)
     raise DatasetError(f"{path}: found neither transforms.json / transforms_{split}.json nor a COLMAP "
                        "model (cameras.bin or cameras.txt in the folder, sparse/0 or sparse)")

@@ -361,6 +361,8 @@ def run_edit_job(params: Settings | dict, payload: dict, ctx: JobContext,
     device = torch.device(ctx.device)
 
     def stage(text: str) -> None:       # step 0 of 0: what the job does before its steps start
+        if ctx.should_stop():           # each set-up stage starts with a cancel check
+            raise JobError("cancelled", f"cancelled before {text}; nothing was edited yet")
         ctx.report(0, 0, {"stage": text})
 
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from backend.job_api import JobError, JobFunction, JobResult
-from backend.store import JobStore, Retention
+from backend.store import JobStore, Retention, StoreError, is_disk_full, payload_bytes
 from shared.jobkinds import load_builtin
 from shared.jobspec import JobSpec, Settings, all_specs
 from shared.protocol import Message, ProtocolError, encode, make_error
@@ -296,10 +296,14 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
         self._closing = False
-        interrupted = store.mark_interrupted()
-        if interrupted:
-            log.warning("marked %d job(s) interrupted by the last shutdown: %s",
-                        len(interrupted), ", ".join(interrupted))
+        recovered = store.recover()
+        for what, label in (("interrupted", "marked interrupted by the last shutdown"),
+                            ("adopted", "finished from the result the last run saved"),
+                            ("orphans", "given a failed record (created without one)"),
+                            ("cleaned", "temporary files and folders removed")):
+            if recovered[what]:
+                log.warning("job store: %d %s: %s", len(recovered[what]), label,
+                            ", ".join(recovered[what][:20]))
         self._prune()
         self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._thread.start()
@@ -318,7 +322,7 @@ class JobRunner:
             if job_id in self._jobs:
                 raise JobError("duplicate_job", f"job id {job_id} is already in use; "
                                   "make a new id for a new job")
-        self.store.create(job_id, kind, settings.to_meta())
+        self.store.create(job_id, kind, settings.to_meta(), reserve_bytes=payload_bytes(payload))
         job = Job(job_id, kind, params, payload, identity, settings)
         with self._cond:
             self._jobs[job_id] = job
@@ -341,8 +345,11 @@ class JobRunner:
                 job.state = "cancelled"
                 job.payload = None
                 job.error = {"code": "cancelled", "message": "cancelled before it started"}
-                self.store.update(job_id, state="cancelled", finished=time.time(),
-                                  error=job.error)
+                try:
+                    self.store.update(job_id, state="cancelled", finished=time.time(),
+                                      error=job.error)
+                except (OSError, StoreError) as exc:    # recovery marks it at the next start
+                    log.error("job %s: its record in the store was not updated: %s", job_id, exc)
                 log.info("job %s cancelled while queued", job_id)
                 entry = job.entry(None)
                 submitter = job.identity
@@ -391,8 +398,12 @@ class JobRunner:
                 return make_error("not_finished", f"job {job_id} is {rec['state']}", job_id)
             if rec.get("pruned"):
                 return make_error("no_result", _pruned_message(job_id, rec), job_id)
+            saved = rec.get("result_error") or {}
+            err = rec.get("error") or {}
             why = ("it was cancelled before it started" if rec.get("started") is None else
-                   "the server could not save it; see the server log")
+                   err.get("message", "cancelled") if err.get("code") == "cancelled" else
+                   f"the server could not save it: {saved['message']}" if saved.get("message")
+                   else "the server could not save it; see the server log")
             return make_error("no_result", f"job {job_id} is {rec['state']} and has no result "
                               f"({why})", job_id)
         try:
@@ -490,18 +501,30 @@ class JobRunner:
                     job.payload = None
             self._prune()
 
-    def _fail(self, job: Job, code: str, message: str) -> None:
-        job.state = "failed"
+    def _fail(self, job: Job, code: str, message: str, state: str = "failed") -> None:
+        """End ``job`` without a result and tell its client, even when the store cannot record
+        it (a full disk): the client's job must never stay queued or running."""
+        job.state = state
         job.error = {"code": code, "message": message}
-        self.store.update(job.job_id, state="failed", finished=time.time(), error=job.error,
-                          step=job.step, total=job.total)
-        log.warning("job %s failed (%s): %s", job.job_id, code, message)
+        try:
+            self.store.update(job.job_id, state=state, finished=time.time(), error=job.error,
+                              step=job.step, total=job.total)
+        except (OSError, StoreError) as exc:
+            log.error("job %s: its record in the store was not updated: %s", job.job_id, exc)
+        log.warning("job %s %s (%s): %s", job.job_id, state, code, message)
         if job.identity is not None:
             self._send(job.identity, encode(make_error(code, message, job.job_id)))
 
     def _run(self, job: Job) -> None:
         t0 = time.monotonic()
-        self.store.update(job.job_id, state="running", started=time.time())
+        try:
+            self.store.update(job.job_id, state="running", started=time.time())
+        except OSError as exc:
+            code = "disk_full" if is_disk_full(exc) else "job_failed"
+            self._fail(job, code, f"the job store cannot record the job's start ({exc}); "
+                       + ("free disk space on the server and submit it again" if is_disk_full(exc)
+                          else "see the server log"))
+            return
         log.info("job %s (%s) started on %s", job.job_id, job.kind, self.device)
         # Writable copies: the decoded arrays are read-only views of the zmq frames.
         payload = {k: np.array(v) if isinstance(v, np.ndarray) else v
@@ -509,7 +532,7 @@ class JobRunner:
         job.payload = None
         try:
             self.store.save_inputs(job.job_id, payload)
-        except OSError as exc:      # a full disk must not lose the job itself
+        except (OSError, StoreError) as exc:  # a full disk must not lose the job itself
             log.warning("job %s: inputs not saved: %s", job.job_id, exc)
         try:
             func = self.kinds.function(job.kind)
@@ -536,6 +559,10 @@ class JobRunner:
             frames = encode(Message("result", job.job_id, {
                 "splats": result.splats.to_arrays(), "metrics": metrics, "meta": meta}))
         except JobError as exc:
+            if exc.code == "cancelled":     # stopped in a set-up stage: nothing to keep
+                del payload, ctx
+                self._fail(job, "cancelled", exc.message, state="cancelled")
+                return
             failure, oom = (exc.code, exc.message), exc.code == "out_of_memory"
         except ProtocolError as exc:
             failure = ("bad_result", f"the {job.kind} job's result cannot be sent: {exc.message}")
@@ -560,15 +587,24 @@ class JobRunner:
             self._fail(job, *failure)
             return
         state = "cancelled" if cancelled else "done"
-        try:
-            self.store.save_result(job.job_id, result.splats, metrics, meta)
-        except OSError as exc:      # e.g. a full disk: the client still gets its splats
+        changes = {"state": state, "finished": time.time(), "metrics": metrics,
+                   "step": job.step, "total": job.total}
+        try:    # the result carries its record update: recovery adopts it after a crash
+            self.store.save_result(job.job_id, result.splats, metrics, meta, record=changes)
+        except (OSError, StoreError) as exc:  # e.g. a full disk: the client still gets its splats
             log.error("job %s: result not saved in the store (fetch will not find it): %s",
                       job.job_id, exc)
+            code = exc.code if isinstance(exc, StoreError) else (
+                "disk_full" if is_disk_full(exc) else "store_failed")
+            why = exc.message if isinstance(exc, StoreError) else str(exc)
+            changes["result_error"] = {"code": code, "message": why}
+            meta["stored"] = False          # the client is told it cannot fetch it again
+            meta["store_error"] = why
+            frames = encode(Message("result", job.job_id, {
+                "splats": result.splats.to_arrays(), "metrics": metrics, "meta": meta}))
         try:
-            self.store.update(job.job_id, state=state, finished=time.time(), metrics=metrics,
-                              step=job.step, total=job.total)
-        except OSError as exc:
+            self.store.update(job.job_id, **changes)
+        except (OSError, StoreError) as exc:
             log.error("job %s: its record in the store was not updated: %s", job.job_id, exc)
         job.state = state           # only now: a fetch after "done" must find the stored result
         log.info("job %s %s in %.1f s (%d splats)", job.job_id, job.state,

@@ -7,7 +7,7 @@ normalises quaternions itself).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -49,15 +49,26 @@ def activated(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Ten
     return params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"])
 
 
-def knn_mean_distance(points: Tensor, k: int = 3, chunk_elems: int = 1 << 24) -> Tensor:
-    """RMS distance of each point to its ``k`` nearest neighbours [P] (simple_trainer's init)."""
+def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 32768,
+                      should_stop: Callable[[], bool] | None = None) -> Tensor:
+    """RMS distance of each point to its ``k`` nearest other points [P] (simple_trainer's init),
+    in the points' units. A KD-tree (scipy's cKDTree): O(P log P), queried in chunks of ``chunk``
+    points with ``should_stop`` polled between them (``JobError('cancelled')`` when true)."""
+    from scipy.spatial import cKDTree
+
+    from shared.jobspec import JobError
+
     n = len(points)
     if n < 2:
         return torch.ones(n, device=points.device)
     k = min(k, n - 1)
-    rows = max(1, chunk_elems // n)
-    out = []
-    for s in range(0, n, rows):
-        d2 = torch.cdist(points[s:s + rows], points).square()
-        out.append(torch.topk(d2, k + 1, largest=False).values[:, 1:].mean(-1))
-    return torch.cat(out).sqrt()
+    pts = points.detach().to("cpu", torch.float64).numpy()
+    tree = cKDTree(pts)
+    out = np.empty(n, np.float64)
+    for s in range(0, n, chunk):
+        if should_stop is not None and should_stop():
+            raise JobError("cancelled", f"cancelled while setting up the {n} initial Gaussians "
+                           "(nearest-neighbour scales); nothing was trained yet")
+        d, _ = tree.query(pts[s:s + chunk], k=k + 1)     # column 0: the point itself (or a twin)
+        out[s:s + chunk] = np.sqrt(np.mean(np.square(d[:, 1:]), axis=1))
+    return torch.from_numpy(out).to(points.device, torch.float32)

@@ -387,20 +387,21 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
     return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
 
 
-def resolve_model(model: str, ctx: JobContext) -> Path:
-    """A previous reconstruct job's model folder: ``model`` is a job id (in this job's store) or a
-    folder with transforms.json (the model folder itself, or a folder holding ``model/``)."""
-    candidates = []
-    p = Path(model)
-    candidates += [p, p / "model", p / "reconstruct" / "model"]
-    job_dir = getattr(ctx, "job_dir", None)
-    if job_dir is not None and "/" not in model and not p.is_absolute():
-        candidates.insert(0, Path(job_dir).parent / model / "reconstruct" / "model")
-    for c in candidates:
+def resolve_model(settings: Any, ctx: JobContext) -> Path:
+    """The solved model folder to retrain on: ``from_job`` (a reconstruct job in this job's store) or
+    ``model`` (the model folder itself, or a folder holding ``model/`` or ``reconstruct/model``)."""
+    if settings.from_job is not None:
+        folder = Path(ctx.job_dir).parent / settings.from_job / "reconstruct" / "model"
+        if (folder / "transforms.json").is_file():
+            return folder
+        raise JobError("bad_params", f"from_job {settings.from_job!r}: no solved model of that job in the "
+                                     "job store (not a reconstruct job, not finished solving, or freed)")
+    p = Path(settings.model)
+    for c in (p, p / "model", p / "reconstruct" / "model"):
         if (c / "transforms.json").is_file():
             return c
-    raise JobError("bad_params", f"model {model!r}: no solved model found (neither a reconstruct job id "
-                                 "in this store nor a folder with transforms.json)")
+    raise JobError("bad_params", f"model {settings.model!r}: no transforms.json there (expected a "
+                                 "reconstruct job's model folder)")
 
 
 def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
@@ -410,8 +411,8 @@ def reconstruct(settings: Any, ctx: JobContext, root: Path) -> JobResult:
     info: dict[str, Any] = {}
     sol: Solve | None = None
     try:
-        if settings.model is not None:
-            model_dir = resolve_model(settings.model, ctx)
+        if settings.source is None:
+            model_dir = resolve_model(settings, ctx)
             transforms = json.loads((model_dir / "transforms.json").read_text())
             info.update(reused_model=str(model_dir), source_kind=transforms.get("source_kind"),
                         unregistered=[Path(u).name for u in transforms.get("unregistered", [])],
@@ -502,17 +503,18 @@ def cli(argv: list[str]) -> int:
                    help="keep the solve here (images, COLMAP database/log/models, transforms.json); "
                         "default: a temporary folder")
     for s in SPEC.settings:
-        if s.name in ("source", "model"):
+        if s.name in ("source", "model", "from_job"):
             continue
         flag = "--" + s.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": d[s.name], "help": s.description + (" (advanced)" if s.advanced else "")}
+        help_text = s.description.replace("%", "%%")    # argparse formats help with %: "90 % of" crashed --help
+        kw: dict[str, Any] = {"default": d[s.name], "help": help_text + (" (advanced)" if s.advanced else "")}
         if s.choices:
             kw["choices"] = s.choices
         kw["type"] = {"int": int, "float": float, "str": str}[s.type]
         p.add_argument(flag, **kw)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
-    params = {s.name: getattr(args, s.name) for s in SPEC.settings if s.name not in ("source", "model")}
+    params = {s.name: getattr(args, s.name) for s in SPEC.settings if s.name not in ("source", "model", "from_job")}
     params["source"] = str(Path(args.source).resolve())
     try:
         settings = checked_settings("reconstruct", params)

@@ -29,7 +29,7 @@ from backend.capabilities import Capabilities, resolve_device
 from backend.jobs import JOB_KINDS, JobKinds, JobRunner
 from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
-from backend.store import JobStore, Retention
+from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
 from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
                              decode, encode, error_from_exception, make_error, validate_finite)
 
@@ -58,7 +58,8 @@ class Server:
     def __init__(self, bind: str = DEFAULT_BIND, store_dir: str | Path = "splatbridge-jobs",
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
-                 preview_interval_s: float = 1.0, retention: Retention | None = None):
+                 preview_interval_s: float = 1.0, retention: Retention | None = None,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
@@ -85,7 +86,7 @@ class Server:
         self._ring = self._ctx.socket(zmq.PUSH)
         self._ring.connect(self._doorbell_addr)
         self._ring_lock = threading.Lock()
-        self.runner = JobRunner(JobStore(store_dir), self.device, self._post, kinds=kinds,
+        self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
                                 retention=Retention() if retention is None else retention)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
@@ -135,10 +136,16 @@ class Server:
                             parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(parts)
+                        self._handle_safely(parts)
                         self._drain_outbox()
         finally:
             self._shutdown()
+
+    def _handle_safely(self, parts: list) -> None:
+        try:
+            self._handle(parts)
+        except Exception:     # e.g. the error reply itself failed: log it, keep serving
+            log.error("error answering a message:\n%s", traceback.format_exc())
 
     def _drain_outbox(self) -> None:
         while True:
@@ -157,13 +164,17 @@ class Server:
     def _reply(self, identity: bytes, msg: Message) -> None:
         try:
             frames = encode(msg, self.limits)
-        except ProtocolError as exc:
-            log.error("reply %s could not be encoded: %s", msg.type, exc)
+        except Exception as exc:
+            log.error("reply %s could not be encoded:\n%s", msg.type, traceback.format_exc())
             frames = encode(make_error("internal_error", f"the server could not encode its "
-                                       f"{msg.type} reply: {exc.message}", msg.job_id))
+                                       f"{msg.type} reply: {type(exc).__name__}: {exc}",
+                                       msg.job_id))
         self._send_frames(identity, frames)
 
     def _handle(self, parts: list) -> None:
+        """Answer one request. Whatever the message holds, it costs at most one error reply:
+        a protocol fault gets its code, anything else ``internal_error`` with the traceback
+        in the log; the loop goes on."""
         identity = parts[0].bytes
         frames = parts[1:]
         try:
@@ -171,6 +182,12 @@ class Server:
         except ProtocolError as exc:
             log.info("rejected message from %s: %s", identity.hex(), exc)
             self._reply(identity, error_from_exception(exc))
+            return
+        except Exception as exc:     # a decoder bug must cost one reply, not the server
+            log.error("error decoding a message from %s:\n%s", identity.hex(),
+                      traceback.format_exc())
+            self._reply(identity, make_error("internal_error", f"the server failed to read the "
+                                             f"message: {type(exc).__name__}: {exc}"))
             return
         try:
             self._dispatch(identity, msg)

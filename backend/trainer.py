@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -148,16 +148,17 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
 
 
 def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
-                generator: torch.Generator) -> dict[str, torch.nn.Parameter]:
+                generator: torch.Generator,
+                should_stop: Optional[Callable[[], bool]] = None) -> dict[str, torch.nn.Parameter]:
     """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
-    base colours ``rgb`` [N,3] in 0..1."""
+    base colours ``rgb`` [N,3] in 0..1; ``should_stop`` is polled while the scales are set up."""
     n = len(points)
     mcmc = settings.strategy == "mcmc"
     init_opa = settings.init_opacity if settings.init_opacity is not None else (0.5 if mcmc else 0.1)
     # (gsplat's MCMC preset uses 0.1, meant for dense SfM points and 30k steps; with sparse mesh
     # samples and short runs it leaves holes: 22 dB instead of 38 dB on the test torus)
     init_scale = settings.init_scale
-    dist = knn_mean_distance(points).clamp_min(scale_floor)
+    dist = knn_mean_distance(points, should_stop=should_stop).clamp_min(scale_floor)
     scales = torch.log(dist * init_scale)[:, None].repeat(1, 3)
     quats = torch.rand(n, 4, generator=generator).to(points.device)
     opac = torch.full((n,), float(logit(np.float32(init_opa))), device=points.device)
@@ -214,6 +215,11 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     """
     settings = checked_settings("train", settings)
     ctx = ctx or NullContext()
+
+    def poll_cancel(stage: str) -> None:
+        """Every set-up stage ends here: a cancel before the steps leaves nothing to keep."""
+        if ctx.should_stop():
+            raise JobError("cancelled", f"cancelled while {stage}; nothing was trained yet")
     device = torch.device(ctx.device)
     settings = for_device(settings, device.type)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
@@ -235,6 +241,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     holdout = [i for i in range(C) if k > 1 and C > 1 and i % k == 0]
     train_ids = [i for i in range(C) if i not in holdout]
     extent = scene_scale(vm)
+    poll_cancel("loading the images")
 
     if points is not None:
         # a copy: the parameters are optimised in place and must not write into the caller's array
@@ -248,7 +255,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
         n0 = min(settings.init_points, settings.max_gaussians)
         pts = random_init_points(n0, vm, Kt, W, H, gen)
         rgb = torch.rand(len(pts), 3, generator=gen)
-    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen)
+    poll_cancel("choosing the initial points")
+    params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)
     optimizers = make_optimizers(params, settings, extent)
     means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
 
@@ -263,6 +271,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
                                 refine_stop_iter=sched["refine_stop"], refine_every=sched["refine_every"])
         state = strategy.initialize_state()
     strategy.check_sanity(params, optimizers)
+    poll_cancel("setting up the optimiser")
 
     # the per-step random choices, drawn up front from the seeded generator
     epochs = math.ceil(settings.steps / max(1, len(train_ids)))
@@ -390,13 +399,17 @@ def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
                        images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
     """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
     add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
-    from backend.datasets import DatasetError, load_dataset
+    from backend.datasets import DatasetCancelled, DatasetError, load_dataset
 
     ctx.report(0, 0, {"stage": f"reading the dataset {path}"})     # big datasets take a while
     try:
-        data = load_dataset(path, images_dir=images_dir, downscale=downscale)
+        data = load_dataset(path, images_dir=images_dir, downscale=downscale,
+                            should_stop=ctx.should_stop)
     except DatasetError as exc:
         raise JobError("bad_dataset", str(exc)) from None
+    except DatasetCancelled:
+        raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
+                       "yet") from None
     result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
     result.meta["dataset_path"] = path
     return result

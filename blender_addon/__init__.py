@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "viewport",
     "connection",
     "backend_process",
+    "install_ops",
     "rig",
     "capture",
     "webp_codec",

@@ -370,15 +370,21 @@ class SPLATBRIDGE_OT_backend_show_log(bpy.types.Operator):
     bl_label = "Show Backend Log"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        text = sync_log_text()
-        if text is None:
-            self.report({"WARNING"}, "The local backend has not been started")
-            return {"CANCELLED"}
-        space = getattr(context, "space_data", None)
-        if space is not None and space.type == "TEXT_EDITOR":
-            space.text = text
-        self.report({"INFO"}, f"Backend log is in the text \"{LOG_TEXT_NAME}\"")
-        return {"FINISHED"}
+        return show_log_text(self, context, sync_log_text(), "The local backend has not been started")
+
+
+def show_log_text(operator: bpy.types.Operator, context: bpy.types.Context, text: bpy.types.Text | None,
+                  missing: str) -> set[str]:
+    """A log operator's end: ``text`` shown in the Text Editor it ran from (if so) and its name reported, or
+    the warning ``missing`` when there is no log yet."""
+    if text is None:
+        operator.report({"WARNING"}, missing)
+        return {"CANCELLED"}
+    space = getattr(context, "space_data", None)
+    if space is not None and space.type == "TEXT_EDITOR":
+        space.text = text
+    operator.report({"INFO"}, f"The log is in the text \"{text.name}\" (Text Editor)")
+    return {"FINISHED"}
 
 
 classes = (SPLATBRIDGE_OT_backend_start, SPLATBRIDGE_OT_backend_stop, SPLATBRIDGE_OT_backend_show_log)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
-from . import ERRORS, backend_process, connection
+from . import ERRORS, backend_process, connection, install_ops
 from .prefs import ADDON_PACKAGE, DEFAULTS, DefaultSettings, get_prefs, get_settings
 
 __all__ = ["ADDON_PACKAGE", "DefaultSettings", "SplatBridgePreferences", "get_prefs", "get_settings"]
@@ -81,6 +81,25 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
                     "first; the newest finished job is always kept. 0: no limit",
         default=DEFAULTS.job_store_max_gb, min=0.0, soft_max=1000.0,
     )
+    install_folder: StringProperty(
+        name="Install Folder",
+        description="Where Install Local Backend creates the backend's Python environment. Empty: this "
+                    "extension's folder in your Blender user data",
+        subtype="DIR_PATH", default="",
+    )
+    install_python: StringProperty(
+        name="Python for Install",
+        description="Python 3.11-3.13 to create the backend's environment with. Empty: Blender's own, else "
+                    "one found on PATH or in the usual install folders",
+        subtype="FILE_PATH", default="",
+    )
+    torch_index: StringProperty(
+        name="PyTorch Wheel Index",
+        description="Base address of PyTorch's wheel index (as its install selector shows it, without the "
+                    "final cu128/cpu part: the installer appends the build for your GPU). Empty: PyPI's "
+                    "torch (CUDA build on Linux, CPU build on Windows, MPS on Apple silicon)",
+        default="",
+    )
     curve_server_key: StringProperty(
         name="Server Public Key",
         description="CurveZMQ: the backend's public key certificate (server.key), needed for a "
@@ -120,6 +139,8 @@ class SplatBridgePreferences(bpy.types.AddonPreferences):
         row.operator("splatbridge.backend_start", text="Start", icon="PLAY")
         row.operator("splatbridge.backend_stop", text="Stop", icon="CANCEL")
         row.operator("splatbridge.backend_show_log", text="Log", icon="TEXT")
+
+        install_ops.draw_install(layout, self)
 
         box = layout.box()
         box.label(text="Security (CurveZMQ, for a backend beyond loopback)", icon="LOCKED")

@@ -29,6 +29,9 @@ class DefaultSettings:
     job_store: str = ""
     job_store_keep_days: float = 30.0
     job_store_max_gb: float = 20.0
+    install_folder: str = ""
+    install_python: str = ""
+    torch_index: str = ""
     curve_server_key: str = ""
     curve_client_key: str = ""
 

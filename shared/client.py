@@ -234,21 +234,35 @@ class BackendClient:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            # Whatever a reply holds, it costs one local bad_reply event, never the caller's
+            # timer (inside Blender an exception here would stop the add-on's polling).
             try:
                 msg = decode(frames, self.limits)
             except ProtocolError as exc:
-                msg = make_error(LOCAL_BAD_REPLY_CODE, f"the backend sent a message this client "
-                                 f"cannot read: {exc}", exc.job_id)
-                msg.fields["local"] = True
-                out.append(msg)
+                out.append(self._bad_reply(f"cannot read: {exc}", exc.job_id))
                 continue
-            self._on_reply(msg)
+            except Exception as exc:
+                out.append(self._bad_reply(f"cannot read ({type(exc).__name__}: {exc})", None))
+                continue
+            try:
+                self._on_reply(msg)
+            except Exception as exc:
+                out.append(self._bad_reply(f"cannot apply: {msg.type} "
+                                           f"({type(exc).__name__}: {exc})", msg.job_id))
+                continue
             out.append(msg)
         out.extend(self._expire())
         if (self.heartbeat_s is not None and not self._pending
                 and time.monotonic() - self._last_heartbeat >= self.heartbeat_s):
             self.status()
         return out
+
+    @staticmethod
+    def _bad_reply(what: str, job_id: str | None) -> Message:
+        msg = make_error(LOCAL_BAD_REPLY_CODE, f"the backend sent a message this client {what}",
+                         job_id)
+        msg.fields["local"] = True
+        return msg
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block (CLIs, tests) polling until ``predicate()`` is true or ``timeout`` seconds
@@ -336,7 +350,8 @@ class BackendClient:
             job.error = (f["code"], f["message"])
             if job.state not in ("done", "cancelled") and f["code"] not in (
                     "not_finished", "duplicate_job"):
-                job.state = "failed"
+                # "cancelled": stopped in a set-up stage, before there was anything to return
+                job.state = "cancelled" if f["code"] == "cancelled" else "failed"
         elif msg.type == "status":
             for entry in f.get("jobs", []):
                 job = self.jobs.get(entry["job_id"])

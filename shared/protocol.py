@@ -8,7 +8,9 @@ A message is a ZeroMQ multipart message::
 An array anywhere inside ``fields`` (in maps or lists, at any depth) is written in the header as
 ``{"__nd__": [dtype, shape, frame_index]}``; ``frame_index`` counts the frames that follow the
 header (0 = frame 1 of the multipart message). Each frame is referenced exactly once.
-Allowed dtypes: ``bool, u1, i4, u4, i8, f2, f4, f8`` (little-endian only).
+Allowed dtypes: ``bool, u1, i4, u4, i8, f2, f4, f8`` (little-endian only). Arrays with zero
+elements are allowed, but every dimension of every array, empty or not, is at most
+``max_dimension(itemsize, limits)`` (``bad_array`` otherwise), on encode and on decode.
 
 ``encode`` hands out memoryviews of the arrays themselves (no copy unless an array is not
 C-contiguous or not little-endian); ``decode`` wraps the frames with ``np.frombuffer`` (zero copy,
@@ -54,8 +56,22 @@ DTYPES: dict[str, np.dtype] = {
 _WIRE_NAME = {(dt.kind, dt.itemsize): name for name, dt in DTYPES.items()}
 _ND = "__nd__"
 _MAX_NDIM = 32                                   # numpy's own limit
-_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # also a folder name in the job store
-_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Patterns are used with fullmatch: "$" would also match before a final newline ("abc\n").
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also a folder name in the job store
+_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def valid_job_id(job_id: Any) -> bool:
+    """True for a string of 1-64 characters of ``[A-Za-z0-9_-]`` (nothing else, no newline):
+    the rule for job ids on the wire and for job folder names in the store."""
+    return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def max_dimension(itemsize: int, limits: "Limits") -> int:
+    """The largest length one array dimension may have: the number of ``itemsize``-byte elements
+    in ``limits.max_array_bytes``. Applies to every dimension, also of arrays with zero elements
+    (``[0, 2**62]`` holds 0 bytes but no buffer can back such a shape)."""
+    return limits.max_array_bytes // max(1, itemsize)
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,7 @@ def _pack_value(value: Any, path: str, frames: list, limits: Limits, depth: int)
         if arr.nbytes > limits.max_array_bytes:
             raise SizeLimitExceeded(f"{path}: array of {arr.nbytes} bytes exceeds the "
                                     f"{limits.max_array_bytes}-byte limit")
+        _check_dimensions(arr.shape, arr.dtype.itemsize, name, path, limits)
         frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
         return {_ND: [name, list(arr.shape), len(frames) - 2]}
     if depth > limits.max_depth:
@@ -264,6 +281,18 @@ def _check_sizes(views: Sequence[Any], limits: Limits, job_id: str | None) -> No
                                 f"{limits.max_total_bytes}-byte limit", job_id)
 
 
+def _check_dimensions(shape: Sequence[int], itemsize: int, name: str, path: str,
+                      limits: Limits) -> None:
+    """The zero-size rule, on both ends: arrays with no elements are allowed, but every
+    dimension, zero-size array or not, is at most ``max_dimension`` (a ``bad_array`` error)."""
+    bound = max_dimension(itemsize, limits)
+    for axis, d in enumerate(shape):
+        if d > bound:
+            raise BadArray(f"{path}: dimension {axis} of shape {tuple(shape)} {name} is {d}, over "
+                           f"the limit of {bound} (the {limits.max_array_bytes}-byte array limit "
+                           f"in {itemsize}-byte elements; this applies to empty arrays too)")
+
+
 class _Unpacker:
     """Replaces ``__nd__`` references by arrays over the frames, checking every reference."""
 
@@ -312,6 +341,7 @@ class _Unpacker:
         if nbytes > self.limits.max_array_bytes:
             raise SizeLimitExceeded(f"{path}: declared shape {tuple(shape)} {name} is {nbytes} "
                                     f"bytes, over the {self.limits.max_array_bytes}-byte limit")
+        _check_dimensions(shape, dtype.itemsize, name, path, self.limits)   # empty arrays too
         if type(index) is not int or not 0 <= index < len(self.views):
             raise BadArray(f"{path}: frame index {index!r} out of range "
                            f"(the message has {len(self.views)} array frames)")
@@ -322,7 +352,10 @@ class _Unpacker:
         if view.nbytes != nbytes:
             raise BadArray(f"{path}: frame {index} has {view.nbytes} bytes but shape "
                            f"{tuple(shape)} {name} needs {nbytes}")
-        arr = np.frombuffer(view, dtype=dtype).reshape(shape)
+        try:        # the checks above make this safe; kept so numpy can never stop a server
+            arr = np.frombuffer(view, dtype=dtype).reshape(shape)
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+            raise BadArray(f"{path}: shape {tuple(shape)} {name} cannot be made: {exc}") from None
         if name == "bool" and arr.size and np.frombuffer(view, np.uint8).max() > 1:
             raise BadArray(f"{path}: bool array holds bytes other than 0 and 1")
         return arr
@@ -349,7 +382,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     if not isinstance(header, dict):
         raise MalformedHeader(f"header must be a msgpack map, got {type(header).__name__}")
     job_id = header.get("job_id")
-    job_id_hint = job_id if isinstance(job_id, str) and _JOB_ID_RE.match(job_id) else None
+    job_id_hint = job_id if valid_job_id(job_id) else None
     keys = set(header)
     expected = {"type", "v", "job_id", "fields"}
     if keys != expected:
@@ -410,7 +443,7 @@ _map = _typed("a map", lambda v: isinstance(v, dict))
 _list = _typed("a list", lambda v: isinstance(v, (list, tuple)))
 _str_list = _typed("a list of strings",
                    lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v))
-_code = _typed("a short lowercase tag", lambda v: isinstance(v, str) and bool(_CODE_RE.match(v)))
+_code = _typed("a short lowercase tag", lambda v: isinstance(v, str) and _CODE_RE.fullmatch(v) is not None)
 
 
 def _optional(check: Check) -> Check:
@@ -496,7 +529,7 @@ def _check_type_and_job_id(mtype: Any, job_id: Any, hint: str | None) -> None:
     if job_id is None:
         if mtype in _NEEDS_JOB_ID:
             raise MissingField(f"job_id: a {mtype} message needs a job_id")
-    elif not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+    elif not valid_job_id(job_id):
         raise BadField(f"job_id: {_short(job_id)} is not 1-64 characters of [A-Za-z0-9_-]")
 
 

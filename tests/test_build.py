@@ -88,6 +88,36 @@ def test_shared_package_and_addon_code_are_inside(built_addon):
     assert str(ROOT) in info  # where the local backend's source is found by default
 
 
+def test_backend_source_is_inside_byte_for_byte(built_addon):
+    """The extension carries the backend's source for Install Local Backend: backend/, shared/, the pinned
+    requirements and pyproject.toml, under backend_source/, each file equal to the repository's."""
+    expected = [p for d in ("backend", "shared") for p in sorted((ROOT / d).rglob("*"))
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    expected += [ROOT / "requirements-backend.txt", ROOT / "pyproject.toml", ROOT / "README.md"]
+    with zipfile.ZipFile(built_addon) as zf:
+        inside = {n for n in zf.namelist() if n.startswith("backend_source/")}
+        for path in expected:
+            name = "backend_source/" + path.relative_to(ROOT).as_posix()
+            assert zf.read(name) == path.read_bytes(), f"{name} differs from the repository's"
+    assert inside == {"backend_source/" + p.relative_to(ROOT).as_posix() for p in expected}
+
+
+def test_requirements_include_the_backend_pins(tmp_path, monkeypatch):
+    """requirements.txt includes requirements-backend.txt (-r): its pins count for setup and the wheels,
+    and a change there redoes setup."""
+    for name in ("requirements.txt", "requirements-backend.txt"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    monkeypatch.setattr(build, "REQUIREMENTS", tmp_path / "requirements.txt")
+    assert build.requirement_files() == [tmp_path / "requirements.txt", tmp_path / "requirements-backend.txt"]
+    pins = build.pinned_versions()
+    assert {"torch", "gsplat", "pyzmq", "msgpack", "bpy", "pytest"} <= set(pins)
+    before = build.requirements_hash()
+    backend = tmp_path / "requirements-backend.txt"
+    backend.write_text(backend.read_text().replace(f"msgpack=={pins['msgpack']}", "msgpack==0.0.1"))
+    assert build.pinned_versions()["msgpack"] == "0.0.1"
+    assert build.requirements_hash() != before
+
+
 def test_blender_validator_accepts_the_zip(built_addon):
     script = build.blender_ext_script()
     assert script is not None, "bpy's blender_ext.py not found in the venv"
@@ -316,6 +346,8 @@ NOT_COMPAT = {
     "test_demo.py": "the demo trains splats (torch) in its backend",
     "test_e2e_train.py": "trains splats (torch) in its backend subprocess",
     "test_backend_process.py": "starts `python -m backend serve` from the test's interpreter",
+    "test_backend_install.py": "installs the backend's requirements with Blender's Python (this machine's local "
+                               "CPU torch wheel is cp311: bpy 5.0.1's) and trains through it",
 }
 
 

@@ -22,7 +22,7 @@ BASIC = {
               "dataset_path"},
     "generate": {"prompt", "negative_prompt", "init", "seed", "steps", "guidance_scale"},
     "edit": {"prompt", "seed", "steps", "text_guidance", "image_guidance"},
-    "reconstruct": {"source", "model", "frames", "max_image_size", "quality", "steps", "seed"},
+    "reconstruct": {"source", "model", "from_job", "frames", "max_image_size", "quality", "steps", "seed"},
 }
 
 

@@ -601,6 +601,24 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
                 out_t[py, px] = t
 
 
+@numba.njit(**_JIT)
+def _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc):
+    """Add one pixel's gradients to lane ``lx`` of ``lane`` [8,16] (means2d x, y, |x|, |y|, conic
+    a, b, c, opacity), from ``v_am`` = d loss / d alpha (0 where the Gaussian did not contribute
+    or its alpha was clamped), raw = o exp(-sigma), vis = exp(-sigma), dx, dy = mean - pixel."""
+    v_sigma = -raw * v_am
+    gx = v_sigma * (ca * dx + cb * dy)
+    gy = v_sigma * (cb * dx + cc * dy)
+    lane[0, lx] += gx
+    lane[1, lx] += gy
+    lane[2, lx] += abs(gx)
+    lane[3, lx] += abs(gy)
+    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
+    lane[5, lx] += v_sigma * dx * dy
+    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
+    lane[7, lx] += vis * v_am
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _lane_sums(lane, lane_c, out):
     """out[:7] and out[7+D] = the row sums of ``lane`` [8,16], out[7:7+D] = those of ``lane_c``
@@ -676,6 +694,33 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                 Tr = T[ly]
                 lr = lst[ly]
                 tv = tva[ly]
+                if D == 3:
+                    # RGB, the trainer's case: the three passes below fused into one lane loop
+                    c0, c1, c2 = _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2])
+                    v0, v1, v2 = vc[0, ly], vc[1, ly], vc[2, ly]
+                    b0, b1, b2 = buf[0, ly], buf[1, ly], buf[2, ly]
+                    for lx in range(TILE_SIZE):
+                        dx = mx - xs[lx]
+                        sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                        vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
+                        raw = op * vis
+                        alpha = min(_F(ALPHA_MAX), raw)
+                        ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (k < lr[lx])
+                        ra = _F(1.0) / (_F(1.0) - alpha)
+                        t = Tr[lx] * ra if ok else Tr[lx]
+                        Tr[lx] = t
+                        wgt = alpha * t if ok else _F(0.0)
+                        va = (tv[lx] * ra + (c0 * t - b0[lx] * ra) * v0[lx] + (c1 * t - b1[lx] * ra) * v1[lx]
+                              + (c2 * t - b2[lx] * ra) * v2[lx])
+                        lane_c[0, lx] += wgt * v0[lx]
+                        lane_c[1, lx] += wgt * v1[lx]
+                        lane_c[2, lx] += wgt * v2[lx]
+                        b0[lx] += c0 * wgt
+                        b1[lx] += c1 * wgt
+                        b2[lx] += c2 * wgt
+                        v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
+                        _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
+                    continue
                 for lx in range(TILE_SIZE):
                     dx = mx - xs[lx]
                     sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
@@ -707,17 +752,7 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                     raw = op * vis
                     # only where this Gaussian contributed (alpha > 0) and alpha was not clamped
                     v_am = v_a[lx] if (al[lx] > _F(0.0)) & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                    v_sigma = -raw * v_am
-                    gx = v_sigma * (ca * dx + cb * dy)
-                    gy = v_sigma * (cb * dx + cc * dy)
-                    lane[0, lx] += gx
-                    lane[1, lx] += gy
-                    lane[2, lx] += abs(gx)
-                    lane[3, lx] += abs(gy)
-                    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
-                    lane[5, lx] += v_sigma * dx * dy
-                    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
-                    lane[7, lx] += vis * v_am
+                    _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
             _lane_sums(lane, lane_c, per[start + k])
 
 

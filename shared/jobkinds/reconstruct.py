@@ -2,11 +2,14 @@
 
 The backend module is ``backend.reconstruct`` (``run_reconstruct_job``). The job reads its input from
 the backend's disk (``source``: a folder of photos or a video file), or reuses the solved model of an
-earlier reconstruct job (``model``: that job's id, or a folder holding its ``transforms.json``), so a
-retrain with other training settings needs no new solve. Files it leaves in the job store and the
-result's ``meta`` are described in ``backend/reconstruct.py``'s docstring.
+earlier reconstruct job (``from_job``: that job's id; ``model``: a folder holding its
+``transforms.json``), so a retrain with other training settings needs no new solve. Files it
+leaves in the job store and the result's ``meta`` are described in ``backend/reconstruct.py``'s
+docstring.
 """
 from __future__ import annotations
+
+import re
 
 from ..jobspec import JobError, JobSpec, Setting, Settings, register
 from ._common import seed_setting
@@ -16,10 +19,13 @@ MATCHERS = ("auto", "sequential", "exhaustive")
 
 
 def _check(s: Settings) -> None:
-    if (s.source is None) == (s.model is None):
+    given = [name for name in ("source", "model", "from_job") if s[name] is not None]
+    if len(given) != 1:
         raise JobError("bad_params", "reconstruct needs exactly one of 'source' (photos folder or video "
-                                     "file to solve) and 'model' (a previous reconstruct job's id or "
-                                     "model folder to retrain on)")
+                                     "file to solve), 'model' (a solved model folder to retrain on) and "
+                                     f"'from_job' (a previous reconstruct job's id); got {given or 'none'}")
+    if s.from_job is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.from_job):
+        raise JobError("bad_params", f"reconstruct setting from_job={s.from_job!r}: expected a job id")
 
 
 SPEC = register(JobSpec(
@@ -31,9 +37,11 @@ SPEC = register(JobSpec(
     settings=(
         Setting("source", None, "A folder of photos (JPEG/PNG) or a video file on the backend's disk",
                 type="str", optional=True, server_path=True),
-        Setting("model", None, "Retrain without solving again: the id of a previous reconstruct job, "
-                "or a folder with its transforms.json (from that job's store folder or --colmap-out)",
+        Setting("model", None, "Retrain without solving again: a solved model folder with its "
+                "transforms.json (<job folder>/reconstruct/model, or the CLI's --colmap-out)",
                 type="str", optional=True, server_path=True),
+        Setting("from_job", None, "Retrain without solving again: the id of a previous reconstruct job "
+                "on this backend", type="str", optional=True, label="From Job"),
         Setting("frames", 150, "Video: how many frames to use, spread over the video (the sharpest "
                 "frame of each stretch)", min=3, max=2000, unit="frames"),
         Setting("max_image_size", 1600, "Longest image side used for features and training "
