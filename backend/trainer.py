@@ -451,7 +451,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--holdout-every", type=int, default=d.holdout_every)
     p.add_argument("--init-points", type=int, default=d.init_points,
                    help="random initial Gaussians when the dataset has no points (default: 50,000 on a "
-                        "CUDA GPU, 5,000 on the CPU)")
+                        "CUDA GPU, 2,000 on the CPU)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--images", default=None, help="COLMAP image folder (default: DATA/images)")

@@ -83,7 +83,7 @@ def test_train_params_are_what_changed_and_the_dataset_settings_stay_out_of_a_ca
     bpy = bpy_empty
     jk, ops_train = addon["ops_train"].job_kinds, addon["ops_train"]
     s = bpy.context.scene.splatbridge_train
-    s.steps, s.holdout_every, s.use_init_opacity, s.init_opacity = 150, 0, True, 0.3
+    s.use_steps, s.steps, s.holdout_every, s.use_init_opacity, s.init_opacity = True, 150, 0, True, 0.3
     s.dataset_path, s.downscale = "/data/set", 2
     sub = jk.Submission(bpy.context, ops_train.UI, s, jk.spec_props.params(s, ops_train.UI.spec(), validate=False),
                         source=ops_train.CaptureResult.__new__(ops_train.CaptureResult))

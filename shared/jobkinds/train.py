@@ -35,7 +35,7 @@ SETTINGS = (
     Setting("downscale", 1, "Load the dataset's images at 1/n size (intrinsics follow)", min=1, max=64,
             advanced=True),
     Setting("init_points", None, "Random initial Gaussians when no points are given (null: per device, "
-            "50,000 on a CUDA GPU, 5,000 on the CPU)", type="int", optional=True, min=1, max=20_000_000,
+            "50,000 on a CUDA GPU, 2,000 on the CPU)", type="int", optional=True, min=1, max=20_000_000,
             advanced=True),
     Setting("init_opacity", None, "Initial opacity (null: 0.1 for 'default', 0.5 for 'mcmc')", type="float",
             optional=True, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True, advanced=True),
@@ -108,7 +108,7 @@ def check_payload(s: Settings, payload: Mapping[str, Any]) -> None:
 # run that finishes in minutes at 64-256 px (bench/quality.py: the CPU curve flattens after ~3k).
 DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
     "cuda": {"steps": 7000, "init_points": 50_000},
-    "cpu": {"steps": 3000, "init_points": 5_000},
+    "cpu": {"steps": 3000, "init_points": 2_000},
 }
 
 
