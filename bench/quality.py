@@ -253,15 +253,20 @@ def main(argv: list[str] | None = None) -> int:
                     vm=torch.from_numpy(data["viewmats"]).to(device), Ks_t=torch.from_numpy(data["Ks"]).to(device))
         pts, rgb = initial_points(data, args.init, args.init_points, args.seed)
         log(f"scene {name}: {len(data['images'])} views, {len(pts)} initial points")
+        def save() -> None:          # after every row: a run cut short by a time limit keeps its figures
+            if args.json:
+                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                 "rows": rows}, indent=1))
+
         if "plain" in args.loops:
             rows += [dict(r, scene=name) for r in run_plain(data, pts, rgb, steps, args)]
+            save()
         for strategy in ("default", "mcmc"):
             if strategy in args.loops:
                 for s in steps:
                     rows.append(dict(run_ours(data, pts, rgb, s, strategy, args, extra), scene=name))
+                    save()
     print(table(rows, steps))
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     return 0
 
 
