@@ -296,7 +296,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     step_s = step_seconds_from_probe(probe_s)
     estimate_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_s, len(pts))
     where = "this GPU" if device.type == "cuda" else f"this CPU ({threads} thread{'s' * (threads > 1)})"
-    ctx.report(0, 0, {"stage": f"{format_duration(estimate_s)} on {where}: {settings.steps} steps, "
+    ctx.report(0, 0, {"stage": f"{format_duration(estimate_s)} on {where} (estimate {estimate_s:.0f} s): "
+                               f"{settings.steps} steps, "
                                f"{len(pts)} initial Gaussians, {W}x{H} px, {len(train_ids)} training views",
                       "estimate_s": estimate_s})
 
