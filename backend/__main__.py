@@ -3,19 +3,23 @@
     python -m backend serve [--bind tcp://127.0.0.1:5555] [--store DIR] [--device auto|cpu|cuda]
                             [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
                             [--job-module package.module ...] [--job-kind NAME=package.module:function ...]
-    python -m backend train ...      (backend.trainer.cli)
-    python -m backend generate ...   (backend.generate.cli)
-    python -m backend edit ...       (backend.edit.cli)
+    python -m backend <kind> ... --out FILE    run one job here: train, generate, edit, and every
+                                               other registered kind (backend.job_cli; -h lists the
+                                               kind's settings from its spec)
     python -m backend reconstruct PHOTOS_DIR_OR_VIDEO --out scene.ply --cameras-out cameras.json
-                                     (backend.reconstruct.cli)
+                                     (backend.reconstruct.cli: a second output, so its own parser)
     python -m backend prefetch ...   (backend.models.prefetch_cli)
     python -m backend keys DIR [--name NAME]   write a CurveZMQ key pair
+    python -m backend status [--server ADDR] [JOB_ID]   a running backend's jobs (and a Ray pool's
+                                     nodes, GPU use and queue per class; backend.status_cli)
 
 Installed as a package (`pip install ./`, see docs/DEPLOYING.md) the same commands are
 `splatbridge-backend serve ...` and so on.
 
-Each subcommand imports its module only when it runs, so a missing dependency of one (e.g.
-diffusers) does not break the others.
+Extra job kinds (a spec module that registers a JobSpec whose runner is a job function): list their
+modules in the environment variable SPLATBRIDGE_JOB_MODULES (comma-separated) for every command, or
+pass ``serve --job-module MODULE``. Each subcommand imports its module only when it runs, so a missing
+dependency of one (e.g. diffusers) does not break the others.
 """
 from __future__ import annotations
 
@@ -27,6 +31,22 @@ import os
 import sys
 from typing import Callable
 
+JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
+
+
+def load_job_modules(names: list[str]) -> list[str]:
+    """Import the built-in job kinds' specs and the modules ``names`` plus those listed in
+    $SPLATBRIDGE_JOB_MODULES (each registers its kinds); returns the registered kinds. ValueError
+    naming a module that cannot be imported."""
+    from shared.jobkinds import load_builtin
+    env = [n.strip() for n in os.environ.get(JOB_MODULES_ENV, "").split(",") if n.strip()]
+    for name in [*env, *names]:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ValueError(f"job module {name}: cannot import it ({exc})") from None
+    return [spec.kind for spec in load_builtin()]
+
 
 def _prog() -> str:
     """How the user ran us: the installed command's name, else ``python -m backend``."""
@@ -35,7 +55,8 @@ def _prog() -> str:
 
 
 def usage() -> str:
-    return f"usage: {_prog()} {{{','.join(COMMANDS)}}} [options]  (-h for help)"
+    return f"usage: {_prog()} {{serve,<job kind>,{','.join(c for c in COMMANDS if c != 'serve')}}} [options]  " \
+           f"(-h for help)"
 
 
 def _setup_logging() -> None:
@@ -74,6 +95,17 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
                    help="disk space the job store leaves free: submits and results that would "
                         "leave less are refused with 'disk_full' (default 256)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where jobs run: 'local' (this process, one job at a time; the default) or "
+                        "'ray' (a Ray cluster, one job per GPU; needs the [ray] extra)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster to join (host:port of 'ray start --head', "
+                        "or 'auto'); none: a one-node cluster in this process")
+    p.add_argument("--memory-class", action="append", default=[], metavar="KIND=GB",
+                   help="with --executor ray: jobs of KIND ask for a GPU with GB of memory (the "
+                        "custom resource gpu_mem_<GB>gb, e.g. generate=40)")
+    p.add_argument("--ray-cpus-per-job", type=float, default=1.0, metavar="N",
+                   help="with --executor ray: CPUs each job holds besides its GPU (default 1)")
     args = p.parse_args(argv)
     _setup_logging()
     log = logging.getLogger("splatbridge.server")
@@ -88,11 +120,7 @@ def serve_main(argv: list[str]) -> int:
             raise SecurityError("CurveZMQ needs both --curve-secret and --curve-allow")
         keys = load_server_keys(args.curve_secret, args.curve_allow) if args.curve_secret \
             else None
-        for module in args.job_module:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise ValueError(f"--job-module {module}: cannot import it ({exc})") from None
+        load_job_modules(args.job_module)
         for spec in args.job_kind:
             name, sep, target = spec.partition("=")
             if not sep or not name:
@@ -104,9 +132,14 @@ def serve_main(argv: list[str]) -> int:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
+        executor = None
+        if args.executor == "ray":
+            executor = _ray_executor(args)
+        elif args.ray_address or args.memory_class:
+            raise ValueError("--ray-address and --memory-class need --executor ray")
         server = Server(args.bind, args.store, args.device, keys,
                         preview_interval_s=args.preview_interval, retention=retention,
-                        min_free_bytes=int(args.min_free_mb * 2 ** 20))
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20), executor=executor)
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)
@@ -114,6 +147,22 @@ def serve_main(argv: list[str]) -> int:
     server.install_signal_handlers()
     server.serve_forever()
     return 0
+
+
+def _ray_executor(args: argparse.Namespace):
+    """The Ray pool of ``serve --executor ray`` (ValueError when Ray is missing or unreachable)."""
+    try:
+        from backend.ray_pool import RayExecutor, parse_memory_classes
+    except ImportError as exc:
+        raise ValueError(f"--executor ray needs Ray ({exc}); install the backend with its [ray] "
+                         "extra, or pin ray from requirements.txt") from None
+    classes = parse_memory_classes(args.memory_class)
+    if not (math.isfinite(args.ray_cpus_per_job) and args.ray_cpus_per_job >= 0):
+        raise ValueError(f"--ray-cpus-per-job must be a number >= 0, got {args.ray_cpus_per_job:g}")
+    try:
+        return RayExecutor(args.ray_address, classes, num_cpus=args.ray_cpus_per_job)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ValueError(f"cannot reach the Ray cluster at {args.ray_address}: {exc}") from None
 
 
 def keys_main(argv: list[str]) -> int:
@@ -144,13 +193,16 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "serve": serve_main,
-    "train": _lazy("backend.trainer", "cli"),
-    "generate": _lazy("backend.generate", "cli"),
-    "edit": _lazy("backend.edit", "cli"),
     "reconstruct": _lazy("backend.reconstruct", "cli"),
     "prefetch": _lazy("backend.models", "prefetch_cli"),
     "keys": keys_main,
+    "status": lambda argv: _status_main(argv),
 }
+
+
+def _status_main(argv: list[str]) -> int:
+    from backend import status_cli
+    return status_cli.main(argv, _prog())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +211,28 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() if argv else usage(), file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"splatbridge: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
+    if cmd in COMMANDS:
+        return COMMANDS[cmd](rest)
+    try:
+        kinds = load_job_modules([])
+    except ValueError as exc:
+        print(f"splatbridge: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    if cmd not in kinds:
+        print(f"splatbridge: unknown command {cmd!r} (job kinds: {', '.join(kinds)})\n{usage()}",
+              file=sys.stderr)
+        return 2
+    return _job_cli(cmd, rest)
+
+
+def _job_cli(kind: str, argv: list[str]) -> int:
+    try:
+        from backend import job_cli
+    except ImportError as exc:
+        print(f"splatbridge: backend.job_cli cannot be imported: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    return job_cli.main(kind, argv, _prog())
 
 
 if __name__ == "__main__":

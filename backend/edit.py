@@ -11,7 +11,7 @@ The job (``run_edit_job``, job kind "edit") and the command line (``python -m ba
    colour (``background``): the edited images are whole pictures, background included.
 2. **Dataset**: the input splats rendered from the views (the *originals*); the dataset starts as a copy.
    Before the steps, ``initial_edits`` views are edited (-1: all of them; 0: pure Instruct-NeRF2NeRF).
-3. **Fine-tune** all splat parameters from the input (Adam with the trainer's ``make_optimizers``,
+3. **Fine-tune** all splat parameters from the input (Adam with ``backend.optim.make_optimizers``,
    L1 + 0.2 D-SSIM from ``backend.losses``), one random dataset view per step; every ``edit_every`` steps
    the next dataset view (round robin) is replaced by the editor's edit of the *current* render of that
    view, conditioned on its original render (Iterative Dataset Update).
@@ -27,7 +27,6 @@ Everything that determines the result (seed and all settings) is in ``JobResult.
 from __future__ import annotations
 
 import abc
-import argparse
 import math
 import time
 from pathlib import Path
@@ -39,14 +38,13 @@ from torch import Tensor
 
 from backend.camera_sampling import ViewBatch, fixed_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
-from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
+from backend.job_cli import KindCli, Positional
 from backend.losses import photometric_loss
 from backend.models import cuda_oom_guard, load_pipeline
 from backend.optim import make_optimizers
+from backend.optim_loop import LoopResult, run_steps
 from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
-from backend.progress import StepRate
 from backend.render import rasterize
-from shared.jobkinds.edit import SPEC
 from shared.jobspec import Settings
 from shared.splats import SplatError, Splats
 
@@ -272,15 +270,9 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
                                                          gamma=0.1 ** (1.0 / max(1, settings.steps)))
     order = torch.randint(0, n, (settings.steps,), generator=gen).tolist()
-    meter = StepRate(settings.steps)
-    last_preview = time.perf_counter()
-    loss_value, loss_ema = float("nan"), None
-    step = 0
-    t1 = time.perf_counter()
-    for step in range(settings.steps):
-        if cancelled or ctx.should_stop():
-            cancelled = True
-            break
+    last = {"loss": float("nan"), "ema": None}
+
+    def one_step(step: int) -> dict[str, Any]:
         if step % settings.edit_every == 0 and (step > 0 or first == 0):
             edit_next()
         i = order[step]
@@ -292,23 +284,16 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             means_decay.step()
-        loss_value = float(loss.detach())
-        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
-        done = step + 1
-        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
-                   "edits": float(edits)}
-        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
-                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
-        preview = None
-        if want_preview and done < settings.steps:
-            preview = tensors_to_splats(params)
-            last_preview = time.perf_counter()
-        ctx.report(done, settings.steps, metrics, preview)
-    else:
-        step = settings.steps
-    elapsed = time.perf_counter() - t1
-    info = {"steps_done": step, "edits": edits, "cancelled": cancelled, "seconds": time.perf_counter() - t0,
-            "first_edits_seconds": t_first, "steps_per_s": step / max(elapsed, 1e-9), "final_loss": loss_value,
+        last["loss"] = float(loss.detach())
+        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        return {"loss": last["ema"], "num_gaussians": len(params["means"]), "edits": edits}
+
+    loop = LoopResult(cancelled=True) if cancelled else run_steps(
+        settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
+        preview_every=settings.preview_every, auto_preview_s=1.0)
+    info = {"steps_done": loop.steps_done, "edits": edits, "cancelled": loop.cancelled,
+            "seconds": time.perf_counter() - t0, "first_edits_seconds": t_first,
+            "steps_per_s": loop.mean_steps_per_s, "final_loss": last["loss"],
             "num_gaussians": len(params["means"]), "radius": radius}
     return tensors_to_splats(params), info
 
@@ -388,47 +373,16 @@ def _meta(settings: Settings, device: torch.device, info: dict) -> dict[str, Any
             "method": "Instruct-NeRF2NeRF Iterative Dataset Update on Gaussian splats (InstructPix2Pix edits)"}
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``python -m backend edit in.ply "make it look like bronze" --out out.ply [options]``. Writes the splats
-    (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
+def _cli_payload(args: Any, settings: Settings) -> dict:
     from shared.formats import read_splats
-
-    d = SPEC.defaults()
-    ap = argparse.ArgumentParser(prog="python -m backend edit",
-                                 description="Edit Gaussian splats with a text instruction (Instruct-NeRF2NeRF).")
-    ap.add_argument("input", help="splat file to edit (.ply, .splat, ...)")
-    ap.add_argument("prompt", help="the instruction, e.g. 'make it look like bronze'")
-    ap.add_argument("--out", required=True, help="output file (.ply, .splat, ...)")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--num-views", type=int, default=d.num_views)
-    ap.add_argument("--resolution", type=int, default=d.resolution)
-    ap.add_argument("--edit-every", type=int, default=d.edit_every)
-    ap.add_argument("--initial-edits", type=int, default=d.initial_edits, help="-1: all views, 0: none")
-    ap.add_argument("--text-guidance", type=float, default=d.text_guidance)
-    ap.add_argument("--image-guidance", type=float, default=d.image_guidance)
-    ap.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps)
-    ap.add_argument("--t-min", type=float, default=d.t_min)
-    ap.add_argument("--t-max", type=float, default=d.t_max)
-    ap.add_argument("--edit-model", default=d.edit_model, help="Hugging Face id or local folder (InstructPix2Pix)")
-    ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    a = ap.parse_args(argv)
-    device = cli_device(a.device)
-    if device is None:
-        return 2
-    params = {"prompt": a.prompt, "seed": a.seed, "steps": a.steps, "num_views": a.num_views,
-              "resolution": a.resolution, "edit_every": a.edit_every, "initial_edits": a.initial_edits,
-              "text_guidance": a.text_guidance, "image_guidance": a.image_guidance,
-              "diffusion_steps": a.diffusion_steps, "t_min": a.t_min, "t_max": a.t_max,
-              "edit_model": a.edit_model, "low_memory": a.low_memory}
     try:
-        try:
-            splats = read_splats(Path(a.input))
-        except (OSError, ValueError) as exc:
-            raise JobError("bad_input", f"cannot read {a.input}: {exc}") from None
-        result = run_job_cli(run_edit_job, params, {"splats": splats.to_arrays()}, device)
-    except JobError as exc:
-        return report_job_error(exc)
-    write_cli_result(a.out, result)
-    return 0
+        splats = read_splats(Path(args.input))
+    except (OSError, ValueError) as exc:
+        raise JobError("bad_input", f"cannot read {args.input}: {exc}") from None
+    return {"splats": splats.to_arrays()}
+
+
+# python -m backend edit in.ply "make it look like bronze" --out out.ply [settings] (backend.job_cli)
+CLI = KindCli(positionals=(Positional("input", "splat file to edit (.ply, .splat, ...)"),
+                           Positional("prompt", "the instruction, e.g. 'make it look like bronze'", setting="prompt")),
+              payload=_cli_payload)

@@ -22,7 +22,6 @@ Everything that determines the result (seed and all settings) is in ``JobResult.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,15 +32,14 @@ from torch import Tensor
 
 from backend.camera_sampling import CameraRanges, ViewBatch, sample_views
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
-from backend.job_cli import cli_device, report_job_error, run_job_cli, write_cli_result
+from backend.job_cli import KindCli, Positional
 from backend.models import cuda_oom_guard, cudnn_autotune, load_pipeline
 from backend.optim import make_optimizers
+from backend.optim_loop import run_steps
 from backend.params import activated, knn_mean_distance, sh_coeffs, splats_to_tensors, tensors_to_splats
-from backend.progress import StepRate
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
 from backend.strategies import CappedDefaultStrategy
-from shared.jobkinds.generate import INIT_MODES, SPEC
 from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import Splats, logit
@@ -272,18 +270,10 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
     if densify:
         strategy.check_sanity(params, optimizers)
     calibrated = False
+    last = {"loss": float("nan"), "ema": None}
 
-    t0 = time.perf_counter()
-    meter = StepRate(settings.steps)
-    last_preview = -1e9
-    loss_value = float("nan")
-    step = 0
-    cancelled = False
-    loss_ema = None
-    for step in range(settings.steps):
-        if ctx.should_stop():
-            cancelled = True
-            break
+    def one_step(step: int) -> dict[str, Any]:
+        nonlocal calibrated
         views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
         t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
         pre = (lambda info: strategy.step_pre_backward(params, optimizers, state, step, info)) if densify else None
@@ -306,26 +296,18 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
                         strategy.grow_grad2d = float(torch.quantile(avg.float().cpu(), settings.densify_grad_quantile))
                         calibrated = True
                 strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-        loss_value = float(loss.detach())
-        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
-        done = step + 1
-        metrics = {"loss": loss_ema, "num_gaussians": float(len(params["means"])), **meter.update(done),
-                   "t": float(t.float().mean())}
-        want_preview = (settings.preview_every and done % settings.preview_every == 0) or \
-                       (not settings.preview_every and time.perf_counter() - last_preview >= 1.0)
-        preview = None
-        if want_preview and done < settings.steps:
-            preview = tensors_to_splats(params)
-            if preview_transform is not None:
-                preview = preview_transform(preview)
-            last_preview = time.perf_counter()
-        ctx.report(done, settings.steps, metrics, preview)
-    else:
-        step = settings.steps
-    elapsed = time.perf_counter() - t0
-    steps_done = step
-    info = {"steps_done": steps_done, "cancelled": cancelled, "seconds": elapsed,
-            "steps_per_s": steps_done / max(elapsed, 1e-9), "final_loss": loss_value,
+        last["loss"] = float(loss.detach())
+        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        return {"loss": last["ema"], "num_gaussians": len(params["means"]), "t": t.float().mean()}
+
+    def snapshot() -> Splats:
+        preview = tensors_to_splats(params)
+        return preview_transform(preview) if preview_transform is not None else preview
+
+    loop = run_steps(settings.steps, one_step, ctx, snapshot=snapshot, preview_every=settings.preview_every,
+                     auto_preview_s=1.0)
+    info = {"steps_done": loop.steps_done, "cancelled": loop.cancelled, "seconds": loop.seconds,
+            "steps_per_s": loop.mean_steps_per_s, "final_loss": last["loss"],
             "num_gaussians": len(params["means"]), "grow_grad2d": strategy.grow_grad2d if densify else None}
     return tensors_to_splats(params), info
 
@@ -404,51 +386,18 @@ def _load_init_points(path: str) -> dict[str, np.ndarray]:
     return {"points": s.means.astype(np.float32), "colors": np.round(s.base_colors() * 255).astype(np.uint8)}
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``python -m backend generate "a ceramic teapot" --out teapot.ply [options]``. Writes the splats
-    (format by extension) and ``<out>.json`` with all settings and metrics. Returns the exit code."""
-    d = SPEC.defaults()
-    ap = argparse.ArgumentParser(prog="python -m backend generate",
-                                 description="Generate a Gaussian-splat asset from a text prompt (SDS).")
-    ap.add_argument("prompt")
-    ap.add_argument("--out", required=True, help="output file (.ply, .splat, ...)")
-    ap.add_argument("--negative-prompt", default=d.negative_prompt)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
-    ap.add_argument("--resolution", type=int, default=d.resolution)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--init", choices=INIT_MODES, default=d.init)
-    ap.add_argument("--init-points", metavar="FILE", help="for --init mesh: .npz (points, colors) or a splat file")
-    ap.add_argument("--guidance-model", default=d.guidance_model, help="Hugging Face id or local folder")
-    ap.add_argument("--prior-model", default=d.prior_model, help="Hugging Face id or local folder (Shap-E)")
-    ap.add_argument("--num-points", type=int, default=d.num_points)
-    ap.add_argument("--sh-degree", type=int, default=d.sh_degree)
-    ap.add_argument("--encode-resolution", type=int, default=d.encode_resolution)
-    ap.add_argument("--prior-steps", type=int, default=d.prior_steps)
-    ap.add_argument("--prior-grid-size", type=int, default=d.prior_grid_size)
-    ap.add_argument("--no-view-dependent", action="store_true")
-    ap.add_argument("--no-densify", action="store_true")
-    ap.add_argument("--low-memory", action="store_true", help="attention slicing + CPU offload (small GPUs)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    a = ap.parse_args(argv)
-    device = cli_device(a.device)
-    if device is None:
-        return 2
-    params = {"prompt": a.prompt, "negative_prompt": a.negative_prompt, "seed": a.seed, "steps": a.steps,
-              "guidance_scale": a.guidance_scale, "resolution": a.resolution, "batch_size": a.batch_size,
-              "init": a.init, "guidance_model": a.guidance_model, "prior_model": a.prior_model,
-              "num_points": a.num_points, "sh_degree": a.sh_degree, "encode_resolution": a.encode_resolution,
-              "prior_steps": a.prior_steps, "prior_grid_size": a.prior_grid_size,
-              "view_dependent": not a.no_view_dependent, "densify": not a.no_densify, "low_memory": a.low_memory}
-    payload: dict = {}
-    try:
-        if a.init == "mesh":
-            if not a.init_points:
-                raise JobError("bad_params", "--init mesh needs --init-points FILE")
-            payload = _load_init_points(a.init_points)
-        result = run_job_cli(run_generate_job, params, payload, device)
-    except JobError as exc:
-        return report_job_error(exc)
-    write_cli_result(a.out, result)
-    return 0
+def _cli_payload(args: Any, settings: Settings) -> dict:
+    if settings.init != "mesh":
+        if args.init_points:
+            raise JobError("bad_params", "--init-points is for --init mesh")
+        return {}
+    if not args.init_points:
+        raise JobError("bad_params", "--init mesh needs --init-points FILE")
+    return _load_init_points(args.init_points)
+
+
+# python -m backend generate "a ceramic teapot" --out teapot.ply [settings] (backend.job_cli)
+CLI = KindCli(positionals=(Positional("prompt", "what to generate, e.g. 'a ceramic teapot'", setting="prompt"),),
+              options=((("--init-points",), {"metavar": "FILE", "help": "for --init mesh: .npz (points, colors) "
+                                                                        "or a splat file"}),),
+              payload=_cli_payload)

@@ -278,13 +278,60 @@ def _pruned_message(job_id: str, rec: dict) -> str:
             f"with larger --keep-days / --max-store-gb")
 
 
+class Executor:
+    """Where the runner's jobs run: the seam between the front (socket, validation, queue, job
+    store, retention: ``JobRunner``) and the compute. This base class is the in-process executor,
+    the default: the job function runs in this process, one job at a time. ``backend.ray_pool``
+    has the other one (a Ray cluster, one job per GPU).
+
+    The runner calls ``pick`` under its lock to choose the next queued job to start (``None``:
+    none can start now; it asks again when a job ends, a job is queued, or ``poll_s`` passed),
+    then ``run`` on a thread of its own (``concurrent``) or on its worker thread.
+    """
+
+    name = "in-process"
+    concurrent = False              # True: ``run`` of several jobs at once, each on its own thread
+    poll_s: float | None = None     # ask ``pick`` again this often even without a wake-up
+
+    def attach(self, runner: "JobRunner") -> None:
+        self.runner = runner
+
+    def pick(self, queue: deque[Job], running: Mapping[str, Job]) -> Job | None:
+        """The queued job to start now: FIFO, one at a time."""
+        return queue[0] if queue and not running else None
+
+    def run(self, job: Job, payload: dict, ctx: RunnerContext) -> JobResult:
+        """Run ``job`` to its ``JobResult``; errors as the job function raises them."""
+        kinds = self.runner.kinds
+        try:
+            func = kinds.function(job.kind)
+        except Exception as exc:
+            raise JobError("job_unavailable", f"the {job.kind!r} job cannot run on this server: "
+                           f"importing {kinds.target(job.kind)} failed "
+                           f"({type(exc).__name__}: {exc})") from None
+        return func(job.settings, payload, ctx)
+
+    def cancel(self, job: Job) -> None:
+        """A cancel of a running job (``job.stop`` is already set): pass it on to the worker."""
+
+    def describe(self, queue: list[Job]) -> dict | None:
+        """What ``status`` adds about the compute, given the queued jobs (``None``: nothing)."""
+        return None
+
+    def close(self) -> None:
+        """Release the compute (after the runner stopped its jobs)."""
+
+
 class JobRunner:
-    """FIFO queue + one worker thread (one job per GPU at a time) + the job store."""
+    """FIFO queue + the job store; jobs run on an ``Executor`` (by default in this process, one
+    at a time on a worker thread)."""
 
     def __init__(self, store: JobStore, device: str, send: Send,
                  kinds: JobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
-                 recent_jobs: int = 50, retention: Retention | None = Retention()):
+                 recent_jobs: int = 50, retention: Retention | None = Retention(),
+                 executor: Executor | None = None):
         self.store = store
+        self.executor = executor if executor is not None else Executor()
         self.retention = retention
         self.device = device
         self.kinds = kinds
@@ -294,7 +341,8 @@ class JobRunner:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._running: Job | None = None
+        self._running: dict[str, Job] = {}
+        self._threads: list[threading.Thread] = []
         self._closing = False
         recovered = store.recover()
         for what, label in (("interrupted", "marked interrupted by the last shutdown"),
@@ -305,6 +353,7 @@ class JobRunner:
                 log.warning("job store: %d %s: %s", len(recovered[what]), label,
                             ", ".join(recovered[what][:20]))
         self._prune()
+        self.executor.attach(self)
         self._thread = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._thread.start()
 
@@ -355,6 +404,7 @@ class JobRunner:
                 submitter = job.identity
             elif job.state == "running":
                 job.stop.set()
+                self.executor.cancel(job)
                 log.info("job %s: cancel requested", job_id)
                 return job.entry(0)
             else:
@@ -447,13 +497,23 @@ class JobRunner:
                 if job.identity is not None:
                     self._send(job.identity, encode(make_error(
                         job.error["code"], job.error["message"], job.job_id)))
-            if self._running is not None:
-                log.info("shutdown: stopping job %s", self._running.job_id)
-                self._running.stop.set()
+            for job in self._running.values():
+                log.info("shutdown: stopping job %s", job.job_id)
+                job.stop.set()
+                self.executor.cancel(job)
             self._cond.notify_all()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.error("the running job did not stop within %.0f s", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in [self._thread, *self._threads]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("the running job did not stop within %.0f s", timeout_s)
+        self.executor.close()
+
+    def pool_status(self) -> dict | None:
+        """The executor's part of a ``status`` reply (per-node GPU use, queue per class)."""
+        with self._cond:
+            queue = list(self._queue)
+        return self.executor.describe(queue)
 
     # -- internals --------------------------------------------------------------------------------
     def _record(self, job_id: str) -> dict:
@@ -472,34 +532,48 @@ class JobRunner:
             i = self._queue.index(job)
         except ValueError:
             return 0        # taken off the queue by the worker, about to run
-        return i + (1 if self._running is not None else 0)
+        return i + (1 if self._running else 0)
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if self._closing:
-                    return
-                job = self._queue.popleft()
+                while True:
+                    if self._closing:
+                        return
+                    job = self.executor.pick(self._queue, self._running) if self._queue else None
+                    if job is not None:
+                        break
+                    self._cond.wait(self.executor.poll_s)
+                self._queue.remove(job)
                 job.state = "running"
-                self._running = job
-            try:
-                self._run(job)
-            except Exception as exc:    # the runner itself must survive anything a job does
-                log.error("job %s: runner error\n%s", job.job_id, traceback.format_exc())
-                if job.state == "running":      # never leave a job (and its client) hanging
-                    try:
-                        self._fail(job, "job_failed", f"the server failed running the {job.kind} "
-                                   f"job: {type(exc).__name__}: {exc}")
-                    except Exception:
-                        log.error("job %s: could not report the failure\n%s", job.job_id,
-                                  traceback.format_exc())
-            finally:
-                with self._cond:
-                    self._running = None
-                    job.payload = None
-            self._prune()
+                self._running[job.job_id] = job
+            if self.executor.concurrent:
+                t = threading.Thread(target=self._run_guarded, args=(job,), daemon=True,
+                                     name=f"job-{job.job_id}")
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
+                t.start()
+            else:
+                self._run_guarded(job)
+
+    def _run_guarded(self, job: Job) -> None:
+        """``_run`` that never lets an exception out, never leaves a job hanging."""
+        try:
+            self._run(job)
+        except Exception as exc:    # the runner itself must survive anything a job does
+            log.error("job %s: runner error\n%s", job.job_id, traceback.format_exc())
+            if job.state == "running":      # never leave a job (and its client) hanging
+                try:
+                    self._fail(job, "job_failed", f"the server failed running the {job.kind} "
+                               f"job: {type(exc).__name__}: {exc}")
+                except Exception:
+                    log.error("job %s: could not report the failure\n%s", job.job_id,
+                              traceback.format_exc())
+        finally:
+            with self._cond:
+                self._running.pop(job.job_id, None)
+                job.payload = None
+                self._cond.notify_all()
+        self._prune()
 
     def _fail(self, job: Job, code: str, message: str, state: str = "failed") -> None:
         """End ``job`` without a result and tell its client, even when the store cannot record
@@ -534,19 +608,12 @@ class JobRunner:
             self.store.save_inputs(job.job_id, payload)
         except (OSError, StoreError) as exc:  # a full disk must not lose the job itself
             log.warning("job %s: inputs not saved: %s", job.job_id, exc)
-        try:
-            func = self.kinds.function(job.kind)
-        except Exception as exc:
-            self._fail(job, "job_unavailable", f"the {job.kind!r} job cannot run on this "
-                       f"server: importing {self.kinds.target(job.kind)} failed "
-                       f"({type(exc).__name__}: {exc})")
-            return
         ctx = RunnerContext(job, self.store.job_dir(job.job_id), self.device, self._send,
                             preview_interval_s=self._preview_interval_s)
         failure: tuple[str, str] | None = None
         oom = False
         try:
-            result = func(job.settings, payload, ctx)
+            result = self.executor.run(job, payload, ctx)
             if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
                 raise TypeError(f"the {job.kind} job returned {type(result).__name__}, "
                                 "not a JobResult with Splats")

@@ -70,10 +70,10 @@ import numpy as np
 from backend.job_api import JobContext, JobError, JobResult, checked_settings
 from backend.video_frames import VIDEO_EXTENSIONS, extract_frames
 from backend.world_frame import WorldFrame
+from shared.jobkinds.reconstruct import PHOTO_EXTENSIONS
 from shared.jobspec import Settings
 from shared.splats import Splats
 
-PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MIN_IMAGES = 3
 MIN_FEATURES = 100          # fewer keypoints than this: the image counts as "no features"
 EXHAUSTIVE_MAX = 120        # 'auto' matches every pair up to this many photos
@@ -382,7 +382,7 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
         raise JobError("bad_dataset", str(exc)) from None
     ts = TRAIN.make(steps=max(1, settings.steps), sh_degree=settings.sh_degree,
                     max_gaussians=settings.max_gaussians, holdout_every=settings.holdout_every,
-                    seed=settings.seed, random_background=False)
+                    seed=settings.seed, random_background=False, preview_every=settings.preview_every)
     images = data.images[..., :3]           # opaque photos: no alpha, no alpha loss
     return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
 
@@ -484,6 +484,10 @@ def run_reconstruct_job(params: Settings | dict, payload: dict, ctx: JobContext)
     """The ``reconstruct`` job kind (``shared/jobkinds/reconstruct.py``); files go to
     ``<job folder>/reconstruct/``."""
     settings = checked_settings("reconstruct", params, payload)
+    if settings.upload is not None:      # files the client uploaded: read them where they lie
+        from backend.uploads import upload_source
+        settings = settings.replace(source=str(upload_source(Path(ctx.job_dir).parent, settings.upload)),
+                                    upload=None)
     return reconstruct(settings, ctx, Path(ctx.job_dir) / "reconstruct")
 
 
@@ -503,7 +507,7 @@ def cli(argv: list[str]) -> int:
                    help="keep the solve here (images, COLMAP database/log/models, transforms.json); "
                         "default: a temporary folder")
     for s in SPEC.settings:
-        if s.name in ("source", "model", "from_job"):
+        if s.name in ("source", "upload", "model", "from_job"):
             continue
         flag = "--" + s.name.replace("_", "-")
         help_text = s.description.replace("%", "%%")    # argparse formats help with %: "90 % of" crashed --help
@@ -514,7 +518,8 @@ def cli(argv: list[str]) -> int:
         p.add_argument(flag, **kw)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
-    params = {s.name: getattr(args, s.name) for s in SPEC.settings if s.name not in ("source", "model", "from_job")}
+    params = {s.name: getattr(args, s.name) for s in SPEC.settings
+              if s.name not in ("source", "upload", "model", "from_job")}
     params["source"] = str(Path(args.source).resolve())
     try:
         settings = checked_settings("reconstruct", params)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
+from backend.job_cli import KindCli, Positional
 from backend.params import activated, splats_to_tensors
 from backend.progress import StepRate
 from backend.render import rasterize
@@ -151,3 +152,32 @@ def run_segment_job(params: Settings | dict, payload: dict, ctx: JobContext) -> 
     }
     metrics = {"seconds": time.perf_counter() - t0, "views": float(done), "num_gaussians": float(len(splats))}
     return JobResult(Splats.random(0), metrics, meta)
+
+
+def _cli_payload(args, settings: Settings) -> dict:
+    """``python -m backend segment SPLATS MASKS.npz``: the splat file and an .npz with ``labels``
+    [V,H,W], ``viewmats`` [V,4,4] and ``Ks`` [V,3,3] (the payload's arrays)."""
+    from shared.formats import read_splats
+    try:
+        splats = read_splats(args.input)
+    except (OSError, ValueError) as exc:
+        raise JobError("bad_input", f"cannot read {args.input}: {exc}") from None
+    try:
+        with np.load(args.masks, allow_pickle=False) as f:
+            missing = [k for k in ("labels", "viewmats", "Ks") if k not in f.files]
+            if missing:
+                raise JobError("bad_input", f"{args.masks} has no array {', '.join(map(repr, missing))}: it needs "
+                                            "labels [V,H,W], viewmats [V,4,4] and Ks [V,3,3]")
+            arrays = {k: f[k] for k in ("labels", "viewmats", "Ks")}
+    except (OSError, ValueError) as exc:
+        raise JobError("bad_input", f"cannot read {args.masks}: {exc}") from None
+    if arrays["labels"].dtype not in (np.uint8, np.int32):
+        arrays["labels"] = arrays["labels"].astype(np.int32)
+    return {"splats": splats.to_arrays(), **arrays}
+
+
+# python -m backend segment scene.ply masks.npz --out labels.ply: the labels go to labels.ply.labels.npy
+CLI = KindCli(positionals=(Positional("input", "splat file to label (.ply, .splat, ...)"),
+                           Positional("masks", ".npz with labels [V,H,W] (0 background, 1..L), viewmats [V,4,4] "
+                                               "(world-to-camera, OpenCV) and Ks [V,3,3]")),
+              payload=_cli_payload)

@@ -26,17 +26,18 @@ import numpy as np
 import zmq
 
 from backend.capabilities import Capabilities, resolve_device
-from backend.jobs import JOB_KINDS, JobKinds, JobRunner
+from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
 from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
+from backend.uploads import UploadStore, connection_owner
 from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
                              decode, encode, error_from_exception, make_error, validate_finite)
 
 log = logging.getLogger("splatbridge.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-_CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch")
+_CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "upload")
 
 
 def _check_payload_finite(value: Any, path: str) -> None:
@@ -59,7 +60,7 @@ class Server:
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
                  preview_interval_s: float = 1.0, retention: Retention | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES):
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, executor: Executor | None = None):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
@@ -88,7 +89,9 @@ class Server:
         self._ring_lock = threading.Lock()
         self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
-                                retention=Retention() if retention is None else retention)
+                                retention=Retention() if retention is None else retention,
+                                executor=executor)
+        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
                  bind, self.device,
                  f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
@@ -190,7 +193,7 @@ class Server:
                                              f"message: {type(exc).__name__}: {exc}"))
             return
         try:
-            self._dispatch(identity, msg)
+            self._dispatch(identity, msg, connection_owner(frames[0]))
         except ProtocolError as exc:
             self._reply(identity, error_from_exception(exc))
         except JobError as exc:
@@ -201,17 +204,22 @@ class Server:
                                              f"{msg.type}: {type(exc).__name__}: {exc}",
                                              msg.job_id))
 
-    def _dispatch(self, identity: bytes, msg: Message) -> None:
+    def _dispatch(self, identity: bytes, msg: Message, owner: str = "") -> None:
         t = msg.type
         if t == "hello":
             self._reply(identity, Message("hello", None,
                                           self.capabilities.hello_fields(PROTOCOL_VERSION)))
         elif t == "status":
-            jobs = self.runner.status(msg.job_id)
-            self._reply(identity, Message("status", msg.job_id, {"jobs": jobs}))
+            fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id)}
+            pool = self.runner.pool_status()
+            if pool is not None:          # an executor with a cluster: its nodes and queues
+                fields["pool"] = pool
+            self._reply(identity, Message("status", msg.job_id, fields))
         elif t == "submit":
             payload = msg.fields.get("payload") or {}
             _check_payload_finite(payload, "fields.payload")
+            if "upload" in msg.fields["params"]:     # a job reading an upload: this client's, complete
+                self.uploads.check_use(msg.fields["params"]["upload"], owner)
             pos = self.runner.submit(msg.job_id, msg.fields["kind"], msg.fields["params"],
                                      payload, identity)
             self._reply(identity, Message("accepted", msg.job_id, {"queue_position": pos}))
@@ -220,6 +228,8 @@ class Server:
             self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
         elif t == "fetch":
             self._reply(identity, self.runner.fetch(msg.job_id))
+        elif t == "upload":
+            self._reply(identity, self.uploads.handle(msg, owner))
         else:
             self._reply(identity, make_error(
                 "unexpected_type", f"the server does not accept {t!r} messages; clients send "

@@ -8,7 +8,7 @@ Layout of ``<root>/<job_id>/``::
     inputs/values.json  the payload's non-array values (plain JSON)
     result/<key>.npy    the result splats, one lossless .npy per ``Splats.to_arrays()`` field
     result/metrics.json the result's metrics
-    result/meta.json    the result's meta
+    result/meta.json    the result's meta (a top-level array of it: result/meta.<key>.npy, JSON keeps a note)
     result/record.json  the changes the job's record gets with this result (state, finished, ...)
     reconstruct/        the reconstruct job's solve (images, COLMAP database/log/models,
                         transforms.json; see backend/reconstruct.py)
@@ -244,6 +244,10 @@ class _Entry:
             return None
         since = self.pruned_at if self.pruned_at is not None else self.finished
         return (float(since), job_id) if isinstance(since, (int, float)) else None
+
+
+#: a top-level array in a result's meta is kept as ``result/meta.<key>.npy`` (meta.json holds a note)
+META_ARRAY_PREFIX = "meta."
 
 
 class JobStore:
@@ -706,12 +710,16 @@ class JobStore:
         renamed into place. Raises ``StoreError('disk_full')`` (nothing half-written is left)."""
         d = self.job_dir(job_id)
         arrays = splats.to_arrays()
-        self.check_space(sum(int(a.nbytes) for a in arrays.values()), "the job's result")
+        self.check_space(sum(int(a.nbytes) for a in arrays.values())
+                         + sum(int(v.nbytes) for v in meta.values() if isinstance(v, np.ndarray)), "the job's result")
         tmp = d / ".result.tmp"
         with self._building(job_id, tmp, "the job's result"):
             for key, arr in arrays.items():
                 _save_npy(tmp / f"{key}.npy", arr)
             _write_json(tmp / "metrics.json", metrics)
+            for key, value in meta.items():       # arrays of meta (e.g. segment's labels) beside it
+                if isinstance(value, np.ndarray):
+                    _save_npy(tmp / f"{META_ARRAY_PREFIX}{key}.npy", value)
             if record is not None:
                 _write_json(tmp / "record.json", record)
             _write_json(tmp / "meta.json", meta)         # last: marks a complete result
@@ -731,9 +739,11 @@ class JobStore:
             raise StoreError("no_result", f"job {job_id} has no result in the store")
         arrays = {k: np.load(d / f"{k}.npy", allow_pickle=False) for k in SPLAT_KEYS
                   if k != "shN" or (d / "shN.npy").is_file()}
+        meta = json.loads((d / "meta.json").read_text())
+        for p in d.glob(f"{META_ARRAY_PREFIX}*.npy"):
+            meta[p.stem[len(META_ARRAY_PREFIX):]] = np.load(p, allow_pickle=False)
         return StoredResult(splats=Splats.from_arrays(arrays),
-                            metrics=json.loads((d / "metrics.json").read_text()),
-                            meta=json.loads((d / "meta.json").read_text()))
+                            metrics=json.loads((d / "metrics.json").read_text()), meta=meta)
 
 
 def _size(path: Path) -> int:

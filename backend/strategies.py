@@ -1,25 +1,37 @@
-"""gsplat densification strategies, usable on the CPU, with a Gaussian cap.
+"""Densification strategies that run on the CPU too, with a Gaussian cap, built on gsplat's public API.
 
-gsplat's MCMC operations call two CUDA kernels: ``compute_relocation`` (Eq. 9 of "3D Gaussian
-Splatting as Markov Chain Monte Carlo") and ``quat_scale_to_covar_preci`` (in the position noise).
-``install_cpu_fallbacks()`` routes CPU tensors to the pure-torch versions below; CUDA tensors still
-go to gsplat's kernels. ``CappedDefaultStrategy`` is gsplat's DefaultStrategy that stops growing
-at ``cap_max`` Gaussians.
+- ``MCMCStrategy``: gsplat's ``MCMCStrategy`` (its fields, ``initialize_state``, ``check_sanity``) with
+  our own ``step_post_backward``: the same steps as gsplat 1.5.3 (relocate dead Gaussians, add 5 %,
+  perturb positions), written here so that CPU tensors use the pure-torch ``relocation_torch`` and
+  covariance while CUDA tensors use gsplat's public kernels (``gsplat.relocation.compute_relocation``,
+  ``gsplat.quat_scale_to_covar_preci``). Nothing in gsplat is patched.
+- ``CappedDefaultStrategy``: gsplat's ``DefaultStrategy`` (clone / split / prune / opacity reset) that
+  never ends a step with more than ``cap_max`` Gaussians: at the cap a refinement only prunes; one that
+  grows past the cap is followed by dropping the lowest-opacity ones.
+
+tests/test_strategies.py runs gsplat's own strategies next to these and fails if gsplat's behaviour
+moves (a new gsplat that changes its MCMC steps or its default refinement).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-import gsplat.strategy.ops as _ops
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
-from gsplat.strategy import DefaultStrategy, MCMCStrategy
+from gsplat import quat_scale_to_covar_preci
+from gsplat.relocation import compute_relocation
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy import MCMCStrategy as GsplatMCMCStrategy
+from gsplat.utils import normalized_quat_to_rotmat
 
-__all__ = ["relocation_torch", "install_cpu_fallbacks", "CappedDefaultStrategy", "MCMCStrategy"]
+__all__ = ["relocation_torch", "covariances", "CappedDefaultStrategy", "MCMCStrategy"]
+
+Params = dict[str, torch.nn.Parameter]
 
 
 @functools.lru_cache(maxsize=4)
@@ -52,30 +64,139 @@ def relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: 
     return new_o.to(opacities.dtype), new_scales.to(scales.dtype)
 
 
-def _compute_relocation(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):
+def relocation(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
+    """gsplat's relocation kernel on CUDA tensors, ``relocation_torch`` on the others."""
     if opacities.is_cuda:
-        return _GSPLAT_RELOCATION(opacities, scales, ratios, binoms)
+        return compute_relocation(opacities=opacities, scales=scales, ratios=ratios, binoms=binoms)
     return relocation_torch(opacities, scales, ratios, binoms)
 
 
-def _quat_scale_covar(quats: Tensor, scales: Tensor, compute_covar: bool = True,
-                      compute_preci: bool = True, triu: bool = False):
+def covariances(quats: Tensor, scales: Tensor) -> Tensor:
+    """World covariances [N,3,3] of Gaussians with (unnormalised, w x y z) ``quats`` and ``scales``
+    in metres: gsplat's kernel on CUDA, R diag(s)^2 R^T in torch otherwise."""
     if quats.is_cuda:
-        return _GSPLAT_COVAR(quats, scales, compute_covar, compute_preci, triu)
-    return _quat_scale_to_covar_preci(quats, scales, compute_covar, compute_preci, triu)
+        return quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)[0]
+    m = normalized_quat_to_rotmat(F.normalize(quats, p=2, dim=-1)) * scales[..., None, :]
+    return torch.einsum("...ij,...kj -> ...ik", m, m)
 
 
-_GSPLAT_RELOCATION = _ops.compute_relocation
-_GSPLAT_COVAR = _ops.quat_scale_to_covar_preci
+@torch.no_grad()
+def _replace(params: Params, optimizers: dict[str, torch.optim.Optimizer],
+             param_fn: Callable[[str, Tensor], Tensor], optimizer_fn: Callable[[Tensor], Tensor]) -> None:
+    """Swap every parameter for ``param_fn(name, p)`` and its Adam moments for ``optimizer_fn(v)``."""
+    for name in list(params.keys()):
+        old = params[name]
+        new = torch.nn.Parameter(param_fn(name, old), requires_grad=old.requires_grad)
+        params[name] = new
+        optimizer = optimizers.get(name)
+        if optimizer is None:
+            continue
+        for group in optimizer.param_groups:
+            moments = optimizer.state.pop(old, {})
+            for key in list(moments):
+                if key != "step":
+                    moments[key] = optimizer_fn(moments[key])
+            group["params"] = [new]
+            optimizer.state[new] = moments
 
 
-def install_cpu_fallbacks() -> None:
-    """Make gsplat's strategy ops work on CPU tensors (idempotent; CUDA tensors are unaffected)."""
-    _ops.compute_relocation = _compute_relocation
-    _ops.quat_scale_to_covar_preci = _quat_scale_covar
+def _multinomial(weights: Tensor, n: int) -> Tensor:
+    """``n`` indices drawn with replacement in proportion to ``weights`` (numpy past torch's 2^24 limit)."""
+    if weights.numel() <= 2 ** 24:
+        return torch.multinomial(weights, n, replacement=True)
+    p = (weights / weights.sum()).detach().cpu().numpy()
+    return torch.from_numpy(np.random.choice(len(p), size=n, p=p, replace=True)).to(weights.device)
 
 
-install_cpu_fallbacks()
+@torch.no_grad()
+def remove_gaussians(params: Params, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any],
+                     mask: Tensor) -> None:
+    """Drop the Gaussians where ``mask`` is true (parameters, Adam moments and per-Gaussian state)."""
+    keep = torch.where(~mask)[0]
+    _replace(params, optimizers, lambda name, p: p[keep], lambda v: v[keep])
+    for k, v in state.items():
+        if isinstance(v, Tensor) and v.dim() > 0 and len(v) == len(mask):
+            state[k] = v[keep]
+
+
+def _write_split(name: str, p: Tensor, sampled: Tensor, new_o: Tensor, new_s: Tensor) -> None:
+    """The sampled Gaussians get the opacity and scales of one of their copies (raw values, in place)."""
+    if name == "opacities":
+        p[sampled] = torch.logit(new_o)
+    elif name == "scales":
+        p[sampled] = torch.log(new_s)
+
+
+@dataclass
+class MCMCStrategy(GsplatMCMCStrategy):
+    """3DGS-MCMC (gsplat's fields and defaults), runnable on the CPU; see the module docstring."""
+
+    def step_post_backward(self, params: Params, optimizers: dict[str, torch.optim.Optimizer],
+                           state: dict[str, Any], step: int, info: dict[str, Any], lr: float) -> None:
+        """After ``loss.backward()`` and the optimiser step: every ``refine_every`` steps inside the
+        refine window move the dead Gaussians onto live ones and add 5 % (up to ``cap_max``); every
+        step, perturb low-opacity positions by noise shaped like their covariance (``lr * noise_lr``)."""
+        binoms = state["binoms"] = state["binoms"].to(params["means"].device)
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            opacities = torch.sigmoid(params["opacities"].flatten())
+            dead = opacities <= self.min_opacity
+            if dead.sum().item() > 0:
+                self._move_dead(params, optimizers, dead, binoms)
+            n_new = max(0, min(self.cap_max, int(1.05 * len(params["means"]))) - len(params["means"]))
+            if n_new > 0:
+                self._add(params, optimizers, n_new, binoms)
+            if params["means"].is_cuda:
+                torch.cuda.empty_cache()
+        self._perturb(params, lr * self.noise_lr)
+
+    @torch.no_grad()
+    def _split_opacity(self, params: Params, sampled: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
+        opacities = torch.sigmoid(params["opacities"])
+        new_o, new_s = relocation(opacities[sampled], torch.exp(params["scales"])[sampled],
+                                  torch.bincount(sampled)[sampled] + 1, binoms)
+        eps = torch.finfo(torch.float32).eps
+        return torch.clamp(new_o, max=1.0 - eps, min=self.min_opacity), new_s
+
+    @torch.no_grad()
+    def _move_dead(self, params: Params, optimizers: dict, dead: Tensor, binoms: Tensor) -> None:
+        dead_idx = dead.nonzero(as_tuple=True)[0]
+        alive_idx = (~dead).nonzero(as_tuple=True)[0]
+        probs = torch.sigmoid(params["opacities"])[alive_idx].flatten()
+        sampled = alive_idx[_multinomial(probs, len(dead_idx))]
+        new_o, new_s = self._split_opacity(params, sampled, binoms)
+
+        def param_fn(name: str, p: Tensor) -> Tensor:
+            _write_split(name, p, sampled, new_o, new_s)
+            p[dead_idx] = p[sampled]
+            return p
+
+        def moments_fn(v: Tensor) -> Tensor:
+            v[sampled] = 0
+            return v
+
+        _replace(params, optimizers, param_fn, moments_fn)
+
+    @torch.no_grad()
+    def _add(self, params: Params, optimizers: dict, n: int, binoms: Tensor) -> None:
+        sampled = _multinomial(torch.sigmoid(params["opacities"]).flatten(), n)
+        new_o, new_s = self._split_opacity(params, sampled, binoms)
+
+        def param_fn(name: str, p: Tensor) -> Tensor:
+            _write_split(name, p, sampled, new_o, new_s)
+            return torch.cat([p, p[sampled]])
+
+        def moments_fn(v: Tensor) -> Tensor:
+            return torch.cat([v, torch.zeros((len(sampled), *v.shape[1:]), device=v.device)])
+
+        _replace(params, optimizers, param_fn, moments_fn)
+
+    @torch.no_grad()
+    def _perturb(self, params: Params, scaler: float) -> None:
+        opacities = torch.sigmoid(params["opacities"].flatten())
+        covars = covariances(params["quats"], torch.exp(params["scales"]))
+        gate = 1 / (1 + torch.exp(-100 * ((1 - opacities) - 0.995)))     # ~1 only for near-transparent ones
+        noise = torch.randn_like(params["means"]) * gate.unsqueeze(-1) * scaler
+        params["means"].add_(torch.einsum("bij,bj->bi", covars, noise))
 
 
 @dataclass
@@ -85,15 +206,22 @@ class CappedDefaultStrategy(DefaultStrategy):
 
     cap_max: int = 1_000_000
 
-    @torch.no_grad()
-    def _grow_gs(self, params: Any, optimizers: dict, state: dict, step: int) -> tuple[int, int]:
-        if len(params["means"]) >= self.cap_max:
-            return 0, 0
-        n_dupli, n_split = super()._grow_gs(params, optimizers, state, step)
+    def step_post_backward(self, params: Params, optimizers: dict[str, torch.optim.Optimizer],
+                           state: dict[str, Any], step: int, info: dict[str, Any], packed: bool = False) -> None:
+        """gsplat's refinement (with no growth once at ``cap_max``: both growth thresholds are
+        infinite for that step), then the lowest-opacity Gaussians beyond ``cap_max`` go."""
+        at_cap = len(params["means"]) >= self.cap_max
+        thresholds = self.grow_grad2d, self.grow_scale2d
+        if at_cap:
+            self.grow_grad2d = self.grow_scale2d = float("inf")
+        try:
+            super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        finally:
+            if at_cap:
+                self.grow_grad2d, self.grow_scale2d = thresholds
         excess = len(params["means"]) - self.cap_max
         if excess > 0:
             opac = params["opacities"].flatten()
             drop = torch.zeros(len(opac), dtype=torch.bool, device=opac.device)
             drop[torch.argsort(opac)[:excess]] = True
-            _ops.remove(params=params, optimizers=optimizers, state=state, mask=drop)
-        return n_dupli, n_split
+            remove_gaussians(params, optimizers, state, drop)

@@ -15,9 +15,7 @@ random inside the volume that the cameras look at.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,16 +25,16 @@ import torch
 from torch import Tensor
 
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
+from backend.job_cli import KindCli, Positional
 from backend.losses import photometric_loss, psnr, ssim
 from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.optim import make_optimizers
-from backend.progress import StepRate
+from backend.optim_loop import run_steps
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.cameras import CameraError, cameras_from_arrays
-from backend.train_estimate import (calibrate, estimate_seconds, format_duration, step_seconds_from_probe,
-                                    user_threads)
-from shared.jobkinds.train import SPEC, STRATEGIES, for_device, schedule
+from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
+from shared.jobkinds.train import for_device, schedule
 from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
@@ -244,7 +242,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
     poll_cancel("loading the images")
 
     if points is not None:
-        # a copy: the parameters are optimised in place and must not write into the caller's array
+        # a copy: the means train in place, and the caller's points must stay as they were
         pts = torch.tensor(np.asarray(points), dtype=torch.float32)
         rgb = (torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255.0 if colors is not None
                else torch.rand(len(pts), 3, generator=gen))
@@ -293,6 +291,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
             p.grad = None
 
     probe_s, threads, thread_times = calibrate(probe, device.type)
+    poll_cancel("measuring this device's speed")
     step_s = step_seconds_from_probe(probe_s)
     estimate_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_s, len(pts))
     where = "this GPU" if device.type == "cuda" else f"this CPU ({threads} thread{'s' * (threads > 1)})"
@@ -301,18 +300,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
                                f"{len(pts)} initial Gaussians, {W}x{H} px, {len(train_ids)} training views",
                       "estimate_s": estimate_s})
 
-    total = settings.steps
-    cancelled = False
-    step = 0
-    loss_v = float("nan")
-    last_psnr = float("nan")
-    t_report = t_loop = time.perf_counter()
-    meter = StepRate(total)
-    timing = meter.update(0)
-    for step in range(total):
-        if ctx.should_stop():
-            cancelled = True
-            break
+    def one_step(step: int) -> dict[str, Any]:
         cam = order[step]
         sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
         bg = backgrounds[step]
@@ -335,24 +323,18 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Opti
         else:
             strategy.step_post_backward(params, optimizers, state, step, info,
                                         lr=means_sched.get_last_lr()[0])
+        return {"loss": loss, "psnr": lambda: psnr(render.clamp(0, 1), target),
+                "num_gaussians": lambda: len(params["means"])}
 
-        now = time.perf_counter()
-        done = step + 1
-        timing = meter.update(done)
-        want_preview = settings.preview_every > 0 and done % settings.preview_every == 0 and done < total
-        if now - t_report >= settings.report_interval_s or done == total or want_preview:
-            loss_v = float(loss.detach())
-            last_psnr = psnr(render.clamp(0, 1), target)
-            t_report = now
-            metrics = {"loss": loss_v, "psnr": last_psnr, "num_gaussians": float(len(params["means"])),
-                       **timing}
-            ctx.report(done, total, metrics, tensors_to_splats(params) if want_preview else None)
-    steps_done = step + (0 if cancelled else 1)
+    t_loop = time.perf_counter()
+    loop = run_steps(settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
+                     preview_every=settings.preview_every, report_interval_s=settings.report_interval_s)
+    cancelled, steps_done = loop.cancelled, loop.steps_done
     loop_s = time.perf_counter() - t_loop
 
     final_deg = min(max(steps_done - 1, 0) // sched["sh_degree_interval"], settings.sh_degree)
-    metrics: dict[str, float] = {"loss": loss_v, "num_gaussians": float(len(params["means"])),
-                                 "steps_per_s": timing["steps_per_s"]}
+    metrics: dict[str, float] = {"loss": loop.metrics.get("loss", float("nan")),
+                                 "num_gaussians": float(len(params["means"])), "steps_per_s": loop.steps_per_s}
     t_eval = time.perf_counter()
     if not cancelled:
         # without random backgrounds the splats learnt black behind opaque images: score them so
@@ -411,105 +393,14 @@ def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
     except DatasetCancelled:
         raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
                        "yet") from None
+    ctx.report(0, 0, {"stage": f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
+                               f"{'' if data.points is None else f', {len(data.points)} initial points'}"})
     result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
     result.meta["dataset_path"] = path
     return result
 
 
-# -- command line ----------------------------------------------------------------------------------
+# -- command line: python -m backend train DATA --out scene.ply [settings] (backend.job_cli) ------------
 
-class _CliContext:
-    """Prints progress lines to stderr; Ctrl-C asks the trainer to stop and keep what it has."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.job_dir = Path(".")
-        self.stop = False
-
-    def report(self, step, total, metrics, preview=None) -> None:
-        if "stage" in metrics:
-            print(f"{metrics['stage']} ...", file=sys.stderr, flush=True)
-            return
-        print(f"step {step}/{total}  loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f} dB  "
-              f"gaussians {int(metrics['num_gaussians'])}  {metrics['steps_per_s']:.1f} steps/s  "
-              f"eta {metrics['eta_s']:.0f} s", file=sys.stderr, flush=True)
-
-    def should_stop(self) -> bool:
-        return self.stop
-
-
-def cli(argv: list[str]) -> int:
-    """``python -m backend train DATA --out scene.ply [options]``; returns the exit status."""
-    d = SPEC.defaults()
-    p = argparse.ArgumentParser(prog="python -m backend train",
-                                description="Train Gaussian splats from a transforms.json or COLMAP dataset.")
-    p.add_argument("data", help="dataset folder (transforms.json, or COLMAP sparse/0 / sparse / model files)")
-    p.add_argument("--out", required=True, help="output splat file (.ply, .compressed.ply, .splat, .spz)")
-    p.add_argument("--steps", type=int, default=d.steps, help="default: 7000 on a CUDA GPU, 3000 on the CPU")
-    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
-    p.add_argument("--sh-degree", type=int, choices=(0, 1, 2, 3), default=d.sh_degree)
-    p.add_argument("--max-gaussians", type=int, default=d.max_gaussians)
-    p.add_argument("--holdout-every", type=int, default=d.holdout_every)
-    p.add_argument("--init-points", type=int, default=d.init_points,
-                   help="random initial Gaussians when the dataset has no points (default: 50,000 on a "
-                        "CUDA GPU, 2,000 on the CPU)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--images", default=None, help="COLMAP image folder (default: DATA/images)")
-    p.add_argument("--downscale", type=int, default=1, help="load images at 1/N size (intrinsics follow)")
-    args = p.parse_args(argv)
-
-    from backend.datasets import DatasetError, load_dataset
-    from shared.formats import write_splats
-
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
-        return 2
-    try:
-        data = load_dataset(args.data, images_dir=args.images, downscale=args.downscale)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
-          f"{'' if data.points is None else f', {len(data.points)} initial points'}; training on {device}",
-          file=sys.stderr)
-    try:
-        settings = SPEC.make(steps=args.steps, strategy=args.strategy, sh_degree=args.sh_degree,
-                             max_gaussians=args.max_gaussians, holdout_every=args.holdout_every,
-                             init_points=args.init_points, seed=args.seed, preview_every=0)
-    except JobError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    ctx = _CliContext(device)
-    import signal
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if ctx.stop:
-            raise KeyboardInterrupt
-        ctx.stop = True
-        print("interrupted: stopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
-
-    try:
-        signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:       # not the main thread
-        previous = None
-    try:
-        result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
-    except JobError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    write_splats(args.out, result.splats)
-    m = result.metrics
-    summary = ", ".join(f"{k} {m[k]:.3f}" for k in ("eval_psnr", "eval_ssim", "train_psnr") if k in m)
-    print(f"wrote {len(result.splats)} Gaussians to {args.out} ({result.meta['steps_done']} steps, "
-          f"{result.meta['elapsed_s']:.1f} s{', cancelled' if result.meta['cancelled'] else ''}); {summary}",
-          file=sys.stderr)
-    print(f"training and evaluation took {result.meta['loop_s']:.1f} s; estimated before the first step: "
-          f"{result.meta['estimate_s']:.1f} s", file=sys.stderr)
-    return 0
+CLI = KindCli(positionals=(Positional("data", "dataset folder (transforms.json, or COLMAP sparse/0 / sparse / "
+                                              "model files)", setting="dataset_path"),))

@@ -16,8 +16,7 @@ from typing import Callable
 import numpy as np
 
 from backend.job_api import JobError
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mts", ".m2ts")
+from shared.jobkinds.reconstruct import VIDEO_EXTENSIONS  # noqa: F401  (one list, shared with the add-on)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,15 @@ MODULES: tuple[str, ...] = (
     "ops_train",
     "ops_generate",
     "ops_edit",
+    "ops_select",
+    "ops_splat_edit",
+    "ops_split",
+    "ops_reconstruct",
     "final_render",
     "native_render",
     "ui_panel",
     "ui_display",
+    "ui_edit",
 )
 
 # module name -> message of the last import/register/unregister failure (shown in preferences).

@@ -10,6 +10,12 @@ exposure 0, gamma 1) so that pixel values are the sRGB encoding of the rendered 
 Compositing and the sequencer are off during capture. Every scene setting the capture touches is
 restored after each view.
 
+Object index (``CaptureJob(object_index=True)`` with two or more target objects, for "Split by Object"):
+per view also a label image,
+u8/i4[C,H,W], 0 where no target object is seen and i (1..L) where the i-th target object is: Cycles'
+object-index pass (``pass_index`` set to i on the targets and 0 elsewhere for that render only), one
+sample at the pixel centre (filter width 0.01, so labels are never blends), read from a multilayer EXR.
+
 Cameras: the shared OpenCV convention (``viewmats`` world-to-camera, ``Ks`` pinhole in pixels)
 through ``shared.cameras.camera_from_blender``.
 
@@ -171,6 +177,60 @@ def render_view(scene, cam_obj, width: int, height: int, path: str, *,
         raise RuntimeError(f"render of {cam_obj.name!r} is {img.shape[1]}x{img.shape[0]}, "
                            f"expected {width}x{height}")
     return img
+
+
+def render_object_index(scene, cam_obj, width: int, height: int, path: str, labels: dict) -> np.ndarray:
+    """Which target object each pixel of ``cam_obj``'s view shows: int32[H,W], ``labels[object]``
+    (1..L) where that object is the nearest surface, 0 elsewhere (other objects, background).
+
+    A one-sample Cycles render of the object-index pass (any engine the scene uses for its images);
+    every setting and ``pass_index`` touched is put back."""
+    from .render_math import read_exr_channels
+    s = _Settings()
+    r = scene.render
+    layer = bpy.context.view_layer if bpy.context.view_layer.name in scene.view_layers else scene.view_layers[0]
+    im = r.image_settings
+    try:
+        s.set(r, "engine", ENGINES_CYCLES)
+        s.set(scene, "camera", cam_obj)
+        s.set(r, "resolution_x", int(width))
+        s.set(r, "resolution_y", int(height))
+        s.set(r, "resolution_percentage", 100)
+        s.set(r, "pixel_aspect_x", 1.0)      # (5.0.1 writes no multilayer EXR otherwise; the camera's K has it)
+        s.set(r, "pixel_aspect_y", 1.0)
+        s.set(r, "film_transparent", True)
+        s.set(r, "use_border", False)
+        s.set(r, "use_compositing", False)
+        s.set(r, "use_sequencer", False)
+        s.set(scene.cycles, "pixel_filter_type", "BOX")
+        s.set(scene.cycles, "filter_width", 0.01)     # one sample at the pixel centre: labels, not blends
+        s.set(scene.cycles, "samples", 1)
+        s.set(scene.cycles, "use_adaptive_sampling", False)
+        s.set(scene.cycles, "use_denoising", False)
+        for vl in scene.view_layers:
+            s.set(vl, "use", vl == layer)
+        s.set(layer, "use_pass_object_index", True)
+        for obj in scene.objects:
+            s.set(obj, "pass_index", int(labels.get(obj, 0)))
+        bpy.ops.render.render(write_still=False, scene=scene.name)
+        result = bpy.data.images.get("Render Result")
+        if result is None:
+            raise RuntimeError("the object-index render produced no Render Result")
+        for name, value in (("media_type", "MULTI_LAYER_IMAGE"), ("file_format", "OPEN_EXR_MULTILAYER"),
+                            ("color_depth", "32"), ("exr_codec", "NONE")):
+            if hasattr(im, name):
+                s.set(im, name, value)
+        result.save_render(path, scene=scene)
+    finally:
+        s.restore()
+    channels = read_exr_channels(path)
+    key = next((k for k in (f"{layer.name}.IndexOB.X", f"{layer.name}.Object Index.X") if k in channels), "")
+    if not key:        # the pass's name in the file: "IndexOB" before Blender 5.0, "Object Index" since
+        raise RuntimeError(f"the render has no object-index pass; channels: {sorted(channels)[:8]}")
+    index = np.rint(channels[key]).astype(np.int32)
+    if index.shape != (height, width):
+        raise RuntimeError(f"object-index pass is {index.shape[1]}x{index.shape[0]}, expected {width}x{height}")
+    return index
 
 
 # --------------------------------------------------------------------------- surface samples
@@ -392,6 +452,8 @@ class CaptureResult:
     points: np.ndarray          # f32[P,3] world
     colors: np.ndarray          # u8[P,3] sRGB
     seconds: float = 0.0
+    labels: np.ndarray | None = None     # i4[C,H,W] object index per pixel (object_index captures)
+    label_names: list[str] = field(default_factory=list)   # label i+1 is the object label_names[i]
 
     def payload(self) -> dict[str, np.ndarray]:
         """The ``train`` job payload (points/colors only when there are any)."""
@@ -430,7 +492,7 @@ class CaptureJob(CountedWork):
     def __init__(self, context, rig, *, engine: str | None = None, samples: int | None = None,
                  num_points: int = 20000, targets: Sequence | None = None, seed: int = 0,
                  standard_view: bool = True, resolution: tuple[int, int] | None = None,
-                 point_colors: str = "RENDER"):
+                 point_colors: str = "RENDER", object_index: bool = False):
         if not is_rig(rig):
             raise ValueError(f"{getattr(rig, 'name', rig)!r} is not a SplatBridge camera rig")
         if point_colors not in ("RENDER", "MATERIAL"):
@@ -447,6 +509,13 @@ class CaptureJob(CountedWork):
         self.points, self.colors, self.normals = sample_surface_with_normals(context, objs, num_points, seed)
         self.point_colors = point_colors
         self.images = np.zeros((len(self.cameras), self.height, self.width, 4), np.uint8)
+        # object-index labels: target i -> i + 1 (their names go with the result); one object has
+        # nothing to split, so no pass then
+        self.label_objects = [o for o in objs if o.type in GEOMETRY_TYPES] if object_index else []
+        if len(self.label_objects) < 2:
+            self.label_objects = []
+        self.labels = (np.zeros((len(self.cameras), self.height, self.width), np.int32)
+                       if self.label_objects else None)
         self.done = 0
         self.cancelled = False
         self._tmp = tempfile.mkdtemp(prefix="splatbridge_capture_")
@@ -474,6 +543,11 @@ class CaptureJob(CountedWork):
                                      engine=self.engine, samples=self.samples,
                                      standard_view=self.standard_view)
         os.remove(path)
+        if self.labels is not None:
+            exr = os.path.join(self._tmp, f"index_{i:04d}.exr")
+            self.labels[i] = render_object_index(self.scene, self.cameras[i], self.width, self.height, exr,
+                                                 {o: k + 1 for k, o in enumerate(self.label_objects)})
+            os.remove(exr)
         self._render_s += time.monotonic() - t
         self.done += 1
         if self.finished:
@@ -496,7 +570,8 @@ class CaptureJob(CountedWork):
         cams = stack_cameras(self.camera_list)
         return CaptureResult(self.images, cams["viewmats"], cams["Ks"], self.width, self.height,
                              [c.name for c in self.cameras], self.points, self.colors,
-                             seconds=time.monotonic() - self._t0)
+                             seconds=time.monotonic() - self._t0, labels=self.labels,
+                             label_names=[o.name for o in self.label_objects])
 
     def run_all(self) -> CaptureResult:
         """Capture every remaining view (blocking) and return the result."""

@@ -78,7 +78,7 @@ class KindUI:
     prepare: PrepareFn | None = None
     payload: PayloadFn | None = None         # default: no payload
     target: TargetFn | None = None           # default: the label
-    record_label: LabelFn | None = None      # default: "<label> <result object>"
+    record_label: LabelFn | None = None      # default: "<label> <result object>" (or the object's name)
     submitted: SubmittedFn | None = None
     on_update: HandlerFn | None = None       # default: live preview into the target object
     on_finished: HandlerFn | None = None     # default: the result into the target object
@@ -133,7 +133,10 @@ def submit(context: Any, ui: KindUI, group: Any = None, params: Mapping[str, Any
     client = connection.get_client(context)
     target = job_objects.unique_object_name(name or (ui.target(sub) if ui.target is not None else ui.title()))
     job_id = client.submit(ui.kind, sub.params, payload)
-    label = ui.record_label(sub, target) if ui.record_label is not None else f"{ui.title()} {target}"
+    if ui.record_label is not None:
+        label = ui.record_label(sub, target)
+    else:       # "Generate a teapot"; a result object named after the kind is label enough ("Echo.001")
+        label = target if target.startswith(ui.title()) else f"{ui.title()} {target}"
     rec = connection.track_job(context.scene, job_id, ui.kind, target, label=label)
     if ui.submitted is not None:
         ui.submitted(sub, rec)

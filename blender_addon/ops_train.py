@@ -22,7 +22,7 @@ import math
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import connection, job_kinds, job_objects
+from . import connection, job_kinds, job_objects, ops_split
 from .capture import CaptureJob, CaptureResult
 from .job_objects import status_text  # noqa: F401 (status_text: ui_panel, demo)
 from .rig import find_rig
@@ -56,6 +56,9 @@ CAPTURE_SETTINGS = {
     "standard_view": BoolProperty(name="Standard View", default=True,
                                   description="Capture with the Standard view transform (no tone curve) so "
                                               "splat colours are plain sRGB"),
+    "object_index": BoolProperty(name="Object Index Pass", default=True,
+                                 description="Also render which object each pixel shows, so the trained "
+                                             "splats can be split by object (Split by Object)"),
     "output_name": StringProperty(name="Output", default="",
                                   description="Name of the splat object (empty: <rig>_splats)"),
 }
@@ -77,7 +80,7 @@ def start_capture(context, rig=None, settings=None) -> CaptureJob:
     engine = {"SCENE": None, "CYCLES": "CYCLES", "EEVEE": _eevee_id()}[settings.engine]
     return CaptureJob(context, rig, engine=engine, samples=settings.samples or None,
                       num_points=settings.num_points, seed=settings.seed,
-                      standard_view=settings.standard_view)
+                      standard_view=settings.standard_view, object_index=settings.object_index)
 
 
 def _prepare(sub: job_kinds.Submission) -> None:
@@ -124,10 +127,17 @@ def apply_train_update(context, rec, job) -> None:
 
 def apply_train_finished(context, rec, job) -> None:
     """Handler for the end: the final (or partial, if cancelled) splats, or the error."""
-    if job_objects.apply_result(context, rec, job) is not None:
+    obj = job_objects.apply_result(context, rec, job)
+    if obj is not None:
         m = job.result_metrics or {}
         if "eval_psnr" in m:
             rec.message += f", eval PSNR {m['eval_psnr']:.2f} dB"
+        # a capture with an object-index pass: label the splats by source object (Split by Object)
+        try:
+            if ops_split.after_training(context, rec, obj) is not None:
+                rec.message += ", labelling by object"
+        except Exception as exc:       # the trained splats are in; only the split is lost
+            rec.message += f" (labelling by object failed: {exc})"
 
 
 # --------------------------------------------------------------------------- operators
@@ -260,6 +270,8 @@ UI = job_kinds.KindUI(
     KIND, extra=CAPTURE_SETTINGS, prepare=_prepare,
     payload=lambda sub: sub.source.payload() if isinstance(sub.source, CaptureResult) else {},
     target=_target, on_update=apply_train_update, on_finished=apply_train_finished,
+    submitted=lambda sub, rec: ops_split.remember_capture(sub.context.scene, rec.job_id, sub.source)
+    if isinstance(sub.source, CaptureResult) else None,
     operator=False, panel=False,       # its own operators (capture first) and panel (ui_panel)
     classes=(SPLATBRIDGE_OT_train, SPLATBRIDGE_OT_train_dataset, SPLATBRIDGE_OT_cancel_job))
 

@@ -264,11 +264,11 @@ def splat_sh_degree(obj) -> int:
     return mesh_sh_degree(obj.data)
 
 
-def _read_native(obj) -> Splats:
+def _read_native(obj, sh: bool = True) -> Splats:
     cloud = obj.data
     n = len(cloud.points)
     try:
-        k_count = nat.native_rest_count(_native_sh_present(cloud))
+        k_count = nat.native_rest_count(_native_sh_present(cloud)) if sh else 0
     except ValueError as exc:
         raise SplatObjectError(f"splat object {obj.name!r}: {exc}") from None
     attrs = {}
@@ -283,29 +283,38 @@ def _read_native(obj) -> Splats:
     return nat.from_native(attrs, sh_planes=rest)
 
 
-def _read_mesh(obj) -> Splats:
+def _read_mesh(obj, sh: bool = True) -> Splats:
     if obj.mode == "EDIT":
-        obj.update_from_editmode()
-    mesh = obj.data
+        # in Edit Mode the attributes live in a BMesh (the mesh's own attribute data is empty):
+        # read a copy of the edit state
+        try:
+            return _read_mesh_data(obj.to_mesh(preserve_all_data_layers=True), obj.name, sh)
+        finally:
+            obj.to_mesh_clear()
+    return _read_mesh_data(obj.data, obj.name, sh)
+
+
+def _read_mesh_data(mesh, owner: str, sh: bool = True) -> Splats:
     n = len(mesh.vertices)
-    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, obj.name) if n \
+    means = _get_attribute(mesh, "position", "FLOAT_VECTOR", "vector", 3, n, owner) if n \
         else np.zeros((0, 3), np.float32)           # no vertices: Blender drops "position"
-    values = {name: _get_attribute(mesh, name, t, prop, w, n, obj.name)
+    values = {name: _get_attribute(mesh, name, t, prop, w, n, owner)
               for name, (t, prop, w) in _VALUE_ATTRS.items()}
-    degree = mesh_sh_degree(mesh)
+    degree = mesh_sh_degree(mesh) if sh else 0
     k_count = REST_COUNT[degree]
     rest = np.empty((k_count, n, 3), np.float32)
     for k in range(k_count):
-        _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, obj.name, out=rest[k])
+        _get_attribute(mesh, ATTR_SH_REST.format(k), "FLOAT_VECTOR", "vector", 3, n, owner, out=rest[k])
     shN = transpose01(rest) if n and k_count else np.zeros((n, k_count, 3), np.float32)
     return Splats(means, values[ATTR_ROTATION], values[ATTR_LOG_SCALE], values[ATTR_OPACITY],
                   values[ATTR_SH0], shN)
 
 
-def read_splats_from_object(obj, apply_transform: bool = True) -> Splats:
+def read_splats_from_object(obj, apply_transform: bool = True, sh: bool = True) -> Splats:
     """The splats of ``obj`` (either representation); with ``apply_transform`` in world space
     (``obj.matrix_world`` applied through ``Splats.transform``, which also rotates the SH), else in
-    object local space.
+    object local space. ``sh=False`` leaves out the higher SH bands (degree 0: the base colour only),
+    for tools that need no view-dependent colour (selections): at degree 3 that is most of the data.
 
     Raises ``SplatObjectError`` for a non-splat object or missing attributes, and
     ``shared.splats.SplatError`` (field ``transform``) when the object's world matrix has
@@ -316,7 +325,7 @@ def read_splats_from_object(obj, apply_transform: bool = True) -> Splats:
         raise SplatObjectError(f"object {getattr(obj, 'name', obj)!r} is not a splat object "
                                f"(neither a point cloud with Blender's splat attributes "
                                f"{', '.join(nat.REQUIRED)} nor a mesh with the '{PROP_SH_DEGREE}' property)")
-    splats = _read_native(obj) if obj.type == "POINTCLOUD" else _read_mesh(obj)
+    splats = _read_native(obj, sh) if obj.type == "POINTCLOUD" else _read_mesh(obj, sh)
     if apply_transform:
         splats = splats.transform(np.array(obj.matrix_world, dtype=np.float64))
     return splats

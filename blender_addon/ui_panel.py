@@ -81,6 +81,7 @@ class SPLATBRIDGE_PT_train(_Base, bpy.types.Panel):
         col.prop(s, "samples")
         col.prop(s, "num_points")
         col.prop(s, "standard_view")
+        col.prop(s, "object_index")
         col = layout.column(align=True)
         col.label(text="Training")
         # the train spec's settings: the basic ones, then "Advanced" (collapsed); the dataset folder below

@@ -15,6 +15,7 @@ The DEALER keeps one routing id for the client's lifetime, so after ``reconnect(
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import zmq
 
 from .protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode,
@@ -34,7 +36,9 @@ TERMINAL_STATES = ("done", "cancelled", "failed")
 
 # Reply types that settle a request of each type.
 _REPLIES = {"hello": ("hello",), "submit": ("accepted",), "cancel": ("status",),
-            "status": ("status",), "fetch": ("result",)}
+            "status": ("status",), "fetch": ("result",), "upload": ("upload",)}
+DEFAULT_CHUNK_BYTES = 4 << 20
+UPLOAD_STATES = ("opening", "sending", "complete", "failed")
 
 
 @dataclass
@@ -75,6 +79,55 @@ class JobState:
             return None
         from .protocol import splats_from_fields
         return splats_from_fields(self.preview, "progress.preview")
+
+
+@dataclass
+class UploadState:
+    """One upload of files (their encoded bytes) to the backend, in ``chunk_size`` chunks.
+
+    ``state``: opening (asked which chunks the server already has), sending, complete, failed
+    (``error`` says why; ``BackendClient.upload`` with the same id and paths resumes).
+    Bytes: ``total`` of all files, ``received`` stored on the server (its last word),
+    ``skipped_bytes`` already there when this client opened the upload (not sent again),
+    ``sent_bytes`` / ``chunks_sent`` sent by this client."""
+
+    upload_id: str
+    paths: list[Path]
+    files: list[dict]                      # [{name, size, sha256}] as sent in the open
+    chunk_size: int
+    window: int = 4
+    state: str = "opening"
+    received: int = 0
+    skipped_bytes: int = 0
+    sent_bytes: int = 0
+    chunks_sent: int = 0
+    error: tuple[str, str] | None = None
+    todo: deque = field(default_factory=deque)        # (file index, chunk index) still to send
+    in_flight: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total == 0 else self.received / self.total
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("complete", "failed")
+
+
+def file_manifest(paths: list[str | os.PathLike]) -> list[dict]:
+    """``[{name, size, sha256}]`` of files (names: their base names, which must differ)."""
+    out = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out.append({"name": Path(p).name, "size": os.path.getsize(p), "sha256": h.hexdigest()})
+    return out
 
 
 @dataclass
@@ -128,6 +181,7 @@ class BackendClient:
         self.limits = limits
         self.max_history = max_history
         self.jobs: dict[str, JobState] = {}
+        self.uploads: dict[str, UploadState] = {}
         self.server_info: dict[str, Any] | None = None   # fields of the last hello reply
         self.connected = False
         self.last_reply_at: float | None = None
@@ -217,6 +271,55 @@ class BackendClient:
         self.jobs.setdefault(job_id, JobState(job_id))
         self._send(Message("fetch", job_id, {}))
 
+    def upload(self, paths: list[str | os.PathLike], upload_id: str | None = None,
+               chunk_size: int = DEFAULT_CHUNK_BYTES, window: int = 4) -> str:
+        """Start (or, with the id of an earlier one and the same files, resume) an upload of
+        ``paths``; returns its id. ``poll`` then sends the chunks the server lacks, at most
+        ``window`` unanswered at a time; progress in ``self.uploads[id]``. Hashes the files first
+        (sha256, about 1 s per GB)."""
+        upload_id = upload_id or uuid.uuid4().hex
+        files = file_manifest(paths)
+        names = [f["name"] for f in files]
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"files to upload need distinct names: {names}")
+        chunk_size = max(1, min(int(chunk_size), self.limits.max_array_bytes))
+        self.uploads[upload_id] = UploadState(upload_id, [Path(p) for p in paths], files, chunk_size,
+                                              max(1, int(window)))
+        self._send(Message("upload", upload_id, {"files": files, "chunk_size": chunk_size}))
+        return upload_id
+
+    def _pump_upload(self, up: UploadState) -> None:
+        while up.state == "sending" and up.todo and up.in_flight < up.window:
+            fi, k = up.todo.popleft()
+            offset = k * up.chunk_size
+            with open(up.paths[fi], "rb") as f:
+                f.seek(offset)
+                data = f.read(min(up.chunk_size, up.files[fi]["size"] - offset))
+            self._send(Message("upload", up.upload_id, {
+                "file": fi, "offset": offset, "sha256": hashlib.sha256(data).hexdigest(),
+                "data": np.frombuffer(data, np.uint8)}))
+            up.in_flight += 1
+            up.chunks_sent += 1
+            up.sent_bytes += len(data)
+
+    def _on_upload_reply(self, up: UploadState, msg: Message) -> None:
+        f = msg.fields
+        up.received = f.get("received", up.received)
+        if "have" in f:                     # the answer to the open: send what is missing
+            have = f["have"]
+            up.skipped_bytes = up.received
+            up.todo = deque((i, k) for i, e in enumerate(up.files)
+                            for k in range(max(1, -(-e["size"] // up.chunk_size)))
+                            if e["size"] and k not in set(have[i] if i < len(have) else ()))
+            up.state = "sending"
+        else:
+            up.in_flight = max(0, up.in_flight - 1)
+        if f.get("complete"):
+            up.state = "complete"
+            up.todo.clear()
+            return
+        self._pump_upload(up)
+
     @property
     def pending(self) -> int:
         """Requests still waiting for a reply."""
@@ -289,6 +392,9 @@ class BackendClient:
                              f"{self.address}?)", p.job_id)
             msg.fields["local"] = True
             msg.fields["request"] = p.type
+            up = self.uploads.get(p.job_id) if p.job_id else None
+            if up is not None and not up.finished:
+                up.state, up.error = "failed", (LOCAL_TIMEOUT_CODE, msg.fields["message"])
             events.append(msg)
         return events
 
@@ -319,6 +425,14 @@ class BackendClient:
         self.last_reply_at = time.monotonic()
         self._settle(msg)
         f = msg.fields
+        up = self.uploads.get(msg.job_id) if msg.job_id is not None else None
+        if up is not None and msg.type in ("upload", "error"):
+            if msg.type == "upload":
+                self._on_upload_reply(up, msg)
+            else:
+                up.error = (f["code"], f["message"])
+                up.state = "failed"
+            return
         if msg.type == "hello":
             self.server_info = dict(f)
         elif msg.type == "accepted":

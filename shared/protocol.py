@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported lazily at run time so that the protocol does not d
 PROTOCOL_VERSION = 1
 
 MESSAGE_TYPES = ("hello", "submit", "accepted", "progress", "result", "error", "cancel", "status",
-                 "fetch")
+                 "fetch", "upload")
 JOB_STATES = ("queued", "running", "done", "cancelled", "failed")
 SPLAT_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
@@ -492,6 +492,21 @@ def _jobs(path: str, v: Any) -> None:
             raise BadField(f"{p}.state: {job['state']!r} is not one of {', '.join(JOB_STATES)}")
 
 
+_sha256 = _typed("a sha256 hex digest (64 lowercase hex digits)",
+                 lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
+_u1_array = _typed("a u1 array of one dimension (the chunk's bytes)",
+                   lambda v: isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 1)
+_UPLOAD_FILE: dict[str, tuple[bool, Check]] = {"name": (True, _str), "size": (True, _count),
+                                                "sha256": (True, _sha256)}
+
+
+def _upload_files(path: str, v: Any) -> None:
+    _list(path, v)
+    for i, entry in enumerate(v):
+        _map(f"{path}[{i}]", entry)
+        _check_map(f"{path}[{i}]", entry, _UPLOAD_FILE)
+
+
 # key -> (required, check)
 _JOB_ENTRY: dict[str, tuple[bool, Check]] = {
     "job_id": (True, _str), "kind": (False, _str), "state": (True, _str),
@@ -512,12 +527,18 @@ SCHEMAS: dict[str, dict[str, tuple[bool, Check]]] = {
     "result": {"splats": (True, _splat_map), "metrics": (False, _map), "meta": (False, _map)},
     "error": {"code": (True, _code), "message": (True, _str), "details": (False, _map)},
     "cancel": {},
-    "status": {"jobs": (False, _jobs)},
+    "status": {"jobs": (False, _jobs), "pool": (False, _map)},   # pool: a Ray executor's nodes/queues
     "fetch": {},
+    # job_id = the upload id. c->s: open/resume (``files``, ``chunk_size``) or one chunk (``file``,
+    # ``offset``, ``sha256``, ``data``); s->c: the upload's state (``have`` after an open).
+    "upload": {"files": (False, _upload_files), "chunk_size": (False, _count),
+               "file": (False, _count), "offset": (False, _count), "sha256": (False, _sha256),
+               "data": (False, _u1_array), "received": (False, _count), "total": (False, _count),
+               "complete": (False, _bool), "have": (False, _list)},
 }
 
 # Types whose job_id is required; the others take an optional one.
-_NEEDS_JOB_ID = {"submit", "accepted", "progress", "result", "cancel", "fetch"}
+_NEEDS_JOB_ID = {"submit", "accepted", "progress", "result", "cancel", "fetch", "upload"}
 
 
 def _check_type_and_job_id(mtype: Any, job_id: Any, hint: str | None) -> None:

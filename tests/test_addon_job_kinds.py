@@ -68,7 +68,7 @@ def test_train_panel_shows_what_it_showed(addon, bpy_empty):
     panel = types.SimpleNamespace(layout=RecordingLayout())
     addon["ui_panel"].SPLATBRIDGE_PT_train.draw(panel, bpy.context)
     assert panel.layout.props() == [
-        "engine", "samples", "num_points", "standard_view",                              # capture (add-on's own)
+        "engine", "samples", "num_points", "standard_view", "object_index",              # capture (add-on's own)
         "use_steps", "steps", "strategy", "sh_degree", "max_gaussians", "holdout_every", "seed", "preview_every",
         "show_advanced", "output_name", "dataset_path"]
     bpy.context.scene.splatbridge_train.show_advanced = True

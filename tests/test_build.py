@@ -345,6 +345,7 @@ NOT_COMPAT = {
     "test_build.py": "builds the add-on zip with the main venv's Blender validator",
     "test_demo.py": "the demo trains splats (torch) in its backend",
     "test_e2e_train.py": "trains splats (torch) in its backend subprocess",
+    "test_e2e_capture.py": "solves cameras (pycolmap) and trains splats (torch) in its backend subprocess",
     "test_backend_process.py": "starts `python -m backend serve` from the test's interpreter",
     "test_backend_install.py": "installs the backend's requirements with Blender's Python (this machine's local "
                                "CPU torch wheel is cp311: bpy 5.0.1's) and trains through it",
@@ -380,17 +381,29 @@ def _needs_torch(path: Path, seen: set[str] | None = None, top: bool = True) -> 
     return False
 
 
+def _module_marked_torch(path: Path) -> bool:
+    """The module's ``pytestmark`` says ``torch`` (the whole module declares it needs torch)."""
+    import ast
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            return any(isinstance(n, ast.Attribute) and n.attr == "torch" for n in ast.walk(node.value))
+    return False
+
+
 def test_every_torch_free_test_module_is_in_the_compat_run():
-    """A new test module that needs no torch is marked ``bpy_only`` (or listed in NOT_COMPAT with a
-    reason), so `build.py compat` cannot silently leave it out."""
+    """A new test module that needs no torch is marked ``bpy_only`` (or ``torch`` as a whole, or listed in
+    NOT_COMPAT with a reason), so `build.py compat` cannot silently leave it out."""
     marked = {p.name for p in build.marked_test_files()}
     missing = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
-               if p.name not in marked and p.name not in NOT_COMPAT and not _needs_torch(p)]
+               if p.name not in marked and p.name not in NOT_COMPAT and not _needs_torch(p)
+               and not _module_marked_torch(p)]
     assert missing == [], f"torch-free test modules without the bpy_only marker: {missing}"
     assert not marked & set(NOT_COMPAT)
     assert {"test_addon_install.py", "test_spec_props.py", "test_render_math.py", "test_jobspec.py"} <= marked
     assert _needs_torch(ROOT / "tests" / "test_e2e_generate.py")           # via tiny_models
     assert not _needs_torch(ROOT / "tests" / "test_capture.py")            # helpers imports test_server lazily
+    assert _module_marked_torch(ROOT / "tests" / "test_split_by_object.py")
+    assert not _module_marked_torch(ROOT / "tests" / "test_final_render.py")   # only some of its tests
 
 
 def test_compat_selects_by_marker(tmp_path):

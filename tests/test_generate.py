@@ -176,8 +176,12 @@ def test_generate_job_on_cuda_fp16(models):
     class Ctx:
         device, job_dir = "cuda", Path(".")
         reports: list = []
+        stages: list = []
 
         def report(self, step, total, metrics, preview=None):
+            if "stage" in metrics:          # step 0 of 0: loading and sampling the models
+                self.stages.append(metrics["stage"])
+                return
             self.reports.append((step, metrics["num_gaussians"]))
 
         def should_stop(self):
@@ -187,6 +191,7 @@ def test_generate_job_on_cuda_fp16(models):
     result = run_generate_job(params(models, init="shap-e", steps=80, resolution=64, batch_size=2,
                                      num_points=2000, preview_every=20), {}, ctx)
     assert [s for s, _ in ctx.reports] == list(range(1, 81))
+    assert ctx.stages[0].startswith("loading the Shap-E prior")
     assert result.meta["device"] == "cuda" and result.meta["grow_grad2d"] is not None
     assert len(result.splats) != 2000                         # densified / pruned
     assert torch.cuda.max_memory_allocated() > 0

@@ -1,6 +1,7 @@
 """One spec drives the add-on, the CLI and the backend's validation: change a setting's range in the
 ``generate`` spec (``dataclasses.replace`` of the Setting, registered again) and the Blender property's
-min/max, the CLI option's help and ``validate()`` all follow, with no other edit.
+min/max and default, the CLI's ``--help`` and its refusal, and ``validate()`` all follow, with no other
+edit.
 
 Two copies of ``shared`` live in this process: the repo's (backend, CLI) and the assembled add-on's
 (``splatbridge.shared``, a copy of the same files, as in Blender). The changed spec is registered in
@@ -14,7 +15,7 @@ import pytest
 
 from helpers import registered_addon
 
-pytestmark = [pytest.mark.blender, pytest.mark.bpy_only]
+pytestmark = pytest.mark.blender
 
 
 def _replaced(jobspec, spec, name: str, **changes):
@@ -45,7 +46,7 @@ def changed_steps(addon_dir, bpy_empty):
         restore()
 
 
-def test_a_changed_range_reaches_property_and_validation(changed_steps, bpy_empty):
+def test_a_changed_range_reaches_property_cli_and_validation(changed_steps, bpy_empty, tmp_path, capsys):
     bpy = bpy_empty
     changed_steps, restore = changed_steps
     with registered_addon(("splat_object", "connection", "ops_generate")):
@@ -55,6 +56,16 @@ def test_a_changed_range_reaches_property_and_validation(changed_steps, bpy_empt
         s = bpy.context.scene.splatbridge_generate
         s.steps = 500
         assert s.steps == 50                              # Blender clamps to the spec's new max
+    # the command line: --help from the spec, and the CLI refuses 51 before any model is loaded
+    from backend import job_cli
+    help_text = job_cli.build_parser(changed_steps, job_cli.kind_cli_of(changed_steps)).format_help()
+    block = help_text[help_text.index("\n  --steps "):]
+    steps_help = " ".join(block[:block.index("\n  --", 1)].split())
+    assert "range [10, 50]; unit steps; default 20" in steps_help, steps_help
+    assert job_cli.main("generate", ["a teapot", "--out", str(tmp_path / "t.ply"), "--steps", "51"]) == 2
+    assert "generate setting steps=51: out of range: allowed [10, 50]" in capsys.readouterr().err
+    assert not (tmp_path / "t.ply").exists()
+    # the backend's validation (what the server runs at submit)
     from shared.jobspec import JobError
     with pytest.raises(JobError, match=r"generate setting steps=51: out of range: allowed \[10, 50\]"):
         changed_steps.validate({"prompt": "a teapot", "steps": 51})

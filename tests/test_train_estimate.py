@@ -101,7 +101,7 @@ def test_cli_prints_the_estimate_before_training(tmp_path, scene, capsys):
     import numpy as np
     from PIL import Image
 
-    from backend.trainer import cli
+    from backend.job_cli import main as job_cli
     from shared.cameras import BLENDER_TO_OPENCV
     images, viewmats, Ks = scene
     frames = []
@@ -111,7 +111,8 @@ def test_cli_prints_the_estimate_before_training(tmp_path, scene, capsys):
         frames.append({"file_path": f"images/{i}.png", "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]),
                        "transform_matrix": (np.linalg.inv(vm.astype(np.float64)) @ BLENDER_TO_OPENCV).tolist()})
     (tmp_path / "transforms.json").write_text(json.dumps({"frames": frames}))
-    assert cli([str(tmp_path), "--out", str(tmp_path / "s.ply"), "--steps", "30", "--init-points", "300"]) == 0
+    assert job_cli("train", [str(tmp_path), "--out", str(tmp_path / "s.ply"), "--steps", "30",
+                             "--init-points", "300", "--device", "cpu"]) == 0
     err = capsys.readouterr().err.splitlines()
     at = next(i for i, line in enumerate(err) if line.startswith("about "))
     assert "30 steps, 300 initial Gaussians, 48x48 px" in err[at]

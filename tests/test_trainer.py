@@ -12,8 +12,9 @@ import torch
 
 from backend.job_api import JobError
 from backend.render import rasterize
-from backend.strategies import CappedDefaultStrategy, relocation_torch
-from backend.trainer import cli, run_train_job, train, view_volume
+from backend.strategies import relocation_torch
+from backend.job_cli import main as job_cli
+from backend.trainer import run_train_job, train, view_volume
 from shared.jobkinds.train import SPEC as TRAIN
 from shared.cameras import look_at
 from shared.splats import Splats
@@ -187,25 +188,6 @@ def test_default_strategy_respects_the_cap():
     assert counts[0] == 200 and max(counts) == 230, counts
 
 
-def test_capped_default_strategy_keeps_most_opaque():
-    params = {k: torch.nn.Parameter(v) for k, v in {
-        "means": torch.zeros(10, 3), "scales": torch.full((10, 3), -5.0), "quats": torch.ones(10, 4),
-        "opacities": torch.linspace(-2, 2, 10)}.items()}
-    opts = {k: torch.optim.Adam([p]) for k, p in params.items()}
-    for p in params.values():
-        p.grad = torch.zeros_like(p)
-    for o in opts.values():
-        o.step()
-    strat = CappedDefaultStrategy(cap_max=12)
-    state = strat.initialize_state(scene_scale=1.0)
-    state["grad2d"] = torch.ones(10)
-    state["count"] = torch.ones(10)
-    strat._grow_gs(params, opts, state, step=600)        # all 10 are due to duplicate -> 20, capped to 12
-    assert len(params["means"]) == 12
-    kept = sorted(params["opacities"].tolist())
-    assert kept == pytest.approx(sorted(torch.linspace(-2, 2, 10)[4:].tolist() * 2))
-
-
 def test_bad_job_input_is_a_job_error():
     images, viewmats, Ks = small_problem()
     ctx = Recorder()
@@ -270,13 +252,16 @@ def test_job_and_cli_paths(tmp_path, capsys):
     meta = {"fl_x": float(Ks[0, 0, 0]), "fl_y": float(Ks[0, 1, 1]), "cx": 16.0, "cy": 16.0, "frames": frames}
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
     out = tmp_path / "scene.ply"
-    assert cli([str(tmp_path), "--out", str(out), "--steps", "4", "--sh-degree", "1",
-                "--init-points", "64", "--device", "cpu"]) == 0
+    assert job_cli("train", [str(tmp_path), "--out", str(out), "--steps", "4", "--sh-degree", "1",
+                             "--init-points", "64", "--device", "cpu"]) == 0
     splats = read_splats(out)
     assert len(splats) == 64 and splats.sh_degree == 1
     err = capsys.readouterr().err
-    assert "8 views of 32x32 px" in err and "step 4/4" in err and "wrote 64 Gaussians" in err
-    assert cli([str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "8 views of 32x32 px" in err and "step 4/4" in err and f"wrote {out} (64 splats)" in err
+    assert json.loads(out.with_suffix(".ply.json").read_text())["meta"]["settings"]["sh_degree"] == 1
+    assert job_cli("train", [str(tmp_path), "--out", str(out), "--steps", "0"]) == 2
+    assert "train setting steps=0: out of range: allowed [1, 1000000]" in capsys.readouterr().err
+    assert job_cli("train", [str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
     # the same folder as a job ("Train from Dataset Folder": the backend reads the disk)
@@ -285,8 +270,9 @@ def test_job_and_cli_paths(tmp_path, capsys):
                         {}, recorder)
     assert len(res.splats) == 40 and res.meta["dataset_path"] == str(tmp_path)
     assert recorder.reports[0][:3] == (0, 0, {"stage": f"reading the dataset {tmp_path}"})
-    assert "estimate_s" in recorder.reports[1][2] and recorder.reports[1][:2] == (0, 0)   # then the estimate
-    assert all("stage" not in r[2] and r[0] >= 1 for r in recorder.reports[2:])
+    assert recorder.reports[1][:3] == (0, 0, {"stage": "8 views of 32x32 px"})
+    assert "estimate_s" in recorder.reports[2][2] and recorder.reports[2][:2] == (0, 0)   # then the estimate
+    assert all("stage" not in r[2] and r[0] >= 1 for r in recorder.reports[3:])
     assert res.meta["image_size"] == [32, 32] and res.meta["holdout"] == [0, 4]
     with pytest.raises(JobError) as e:
         run_train_job({"dataset_path": str(tmp_path / "nope")}, {}, Recorder())

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from ..splat_object import PROP_REVISION, is_splat_object, read_splats_from_object, splat_count
+from ..splat_state import read_state
 from . import shaders
 from .gpu_data import OrderTexture, SplatTextures, pack_splats
 from .settings import DisplaySettings, display_settings
@@ -38,6 +39,10 @@ ORDER_READY = threading.Event()
 
 #: bumped by the depsgraph handler when a mesh's geometry was updated (edit mode, modifiers...)
 GEOMETRY_EPOCH: dict[int, int] = {}
+
+#: (object) -> (A [3,3], b [3], only_selected) of a colour grade previewed on it, or None; set by
+#: ``ops_splat_edit`` (the viewport does not know the grading settings)
+GRADE_PREVIEW: Optional[Callable[[object], Optional[tuple]]] = None
 
 
 def _fingerprint(obj) -> tuple:
@@ -75,8 +80,12 @@ def near_plane(proj: np.ndarray) -> float:
 
 def draw_textures(textures: SplatTextures, order: Optional[OrderTexture], model_view: np.ndarray,
                   proj: np.ndarray, viewport_size: tuple[int, int],
-                  settings: DisplaySettings = DisplaySettings()) -> None:
+                  settings: DisplaySettings = DisplaySettings(), grade: Optional[tuple] = None,
+                  show_state: bool = False) -> None:
     """Issue the draw call for one splat set into the bound framebuffer (GPU context required).
+
+    ``grade``: (A, b, only_selected), a colour grade previewed on the splats (``shaders.pack_params``);
+    ``show_state``: tint selected and locked splats (Edit Mode). Hidden splats are never drawn.
 
     ``model_view`` = view @ object matrix (OpenGL), ``proj`` the OpenGL projection, both 4x4;
     ``viewport_size`` (width, height) in pixels of the framebuffer region drawn into. The caller
@@ -97,7 +106,9 @@ def draw_textures(textures: SplatTextures, order: Optional[OrderTexture], model_
     size = float(settings.point_size) if point else float(settings.scale)
     near = 0.0 if (point or ortho) else max(near_plane(proj), 1e-6)
     params = shaders.pack_params(model_view, proj, campos, viewport_size, size, near,
-                                 max(0, min(settings.sh_degree, textures.sh_degree)), textures.sh_stride)
+                                 max(0, min(settings.sh_degree, textures.sh_degree)), textures.sh_stride,
+                                 grade=None if grade is None else grade[:2],
+                                 grade_selected_only=bool(grade is not None and grade[2]), show_state=show_state)
     ubo = gpu.types.GPUUniformBuf(params)
     shader.bind()
     shader.uniform_block("params", ubo)
@@ -136,7 +147,9 @@ class SplatDrawer:
         data = self.meshes.get(key)
         if data is None or data.fingerprint != fp:
             splats = read_splats_from_object(obj, apply_transform=False)
-            data = MeshData(fp, splats.means, SplatTextures(pack_splats(splats)))
+            state = read_state(obj)
+            data = MeshData(fp, splats.means, SplatTextures(pack_splats(splats, flags=state.draw_flags(),
+                                                                        hidden=state.hidden)))
             self.meshes[key] = data
             self.upload_count += 1
         return data
@@ -166,29 +179,41 @@ class SplatDrawer:
     # -- drawing ------------------------------------------------------------------------------
     def draw_object(self, obj, view_matrix, proj_matrix, viewport_size: tuple[int, int],
                     settings: Optional[DisplaySettings] = None, sync_sort: bool = False,
-                    view_key: int = 0) -> None:
+                    view_key: int = 0, grade: Optional[tuple] | str = None,
+                    show_state: Optional[bool] = False) -> None:
         """Draw splat object ``obj`` for OpenGL ``view_matrix`` / ``proj_matrix`` (4x4) into the
-        bound framebuffer of ``viewport_size`` pixels."""
+        bound framebuffer of ``viewport_size`` pixels. ``grade``: a colour grade previewed on it,
+        (A, b, only_selected), or "auto": what ``GRADE_PREVIEW`` gives; ``show_state``: tint selected
+        and locked splats (None: when ``obj`` is in Edit Mode). The defaults draw the data as it is
+        (offscreen renders, final renders); the viewport asks for "auto" and None."""
         settings = display_settings(obj) if settings is None else settings
+        if isinstance(grade, str):
+            grade = GRADE_PREVIEW(obj) if GRADE_PREVIEW is not None else None
+        if show_state is None:
+            show_state = obj.mode == "EDIT"
         if not settings.show:
             return
         model_view = np.asarray(view_matrix, dtype=np.float64) @ np.asarray(obj.matrix_world, dtype=np.float64)
         if settings.point_mode:
-            draw_textures(self.mesh_data(obj).textures, None, model_view, proj_matrix, viewport_size, settings)
+            draw_textures(self.mesh_data(obj).textures, None, model_view, proj_matrix, viewport_size, settings,
+                          grade, show_state)
             return
         entry = self.object_order(obj, model_view, sync=sync_sort, view_key=view_key)
-        draw_textures(entry.data.textures, entry.order, model_view, proj_matrix, viewport_size, settings)
+        draw_textures(entry.data.textures, entry.order, model_view, proj_matrix, viewport_size, settings,
+                      grade, show_state)
 
     def draw_objects(self, objects, view_matrix, proj_matrix, viewport_size: tuple[int, int],
-                     sync_sort: bool = False, view_key: int = 0) -> None:
-        """Draw several splat objects, the one whose centre is farthest from the camera first."""
+                     sync_sort: bool = False, view_key: int = 0, preview: bool = False) -> None:
+        """Draw several splat objects, the one whose centre is farthest from the camera first;
+        ``preview``: with the viewport's grade preview and Edit Mode tint (``draw_object``)."""
         view = np.asarray(view_matrix, dtype=np.float64)
 
         def depth(obj) -> float:
             centre = np.asarray(obj.matrix_world, dtype=np.float64)[:3, 3]
             return float((view @ np.append(centre, 1.0))[2])      # more negative = farther
         for obj in sorted(objects, key=depth):
-            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort, view_key=view_key)
+            self.draw_object(obj, view, proj_matrix, viewport_size, sync_sort=sync_sort, view_key=view_key,
+                             grade="auto" if preview else None, show_state=None if preview else False)
 
     def prune(self, alive_objects) -> None:
         """Forget objects and meshes that no longer exist (frees their GPU memory)."""
@@ -221,9 +246,30 @@ DRAWER = SplatDrawer()
 
 
 def visible_splat_objects(context) -> list:
-    """Splat objects visible in the context's view layer (and viewport) with display on."""
-    return [o for o in context.visible_objects if is_splat_object(o) and display_settings(o).show
-            and o.mode != "EDIT"]
+    """Splat objects visible in the context's view layer (and viewport) with display on (in Edit Mode
+    too: there the selection shows as tinted splats)."""
+    return [o for o in context.visible_objects if is_splat_object(o) and display_settings(o).show]
+
+
+#: 3D view (space pointer) -> its own edit-vertex opacity while a splat object is edited in it
+_VERTEX_OPACITY: dict[int, float] = {}
+
+
+def hide_edit_points(space, obj) -> bool:
+    """While splat object ``obj`` is in Edit Mode, Blender's edit-vertex dots are hidden in 3D view
+    ``space`` (``overlay.vertex_opacity`` 0): the selection shows as tinted splats instead. The view's
+    own opacity comes back when the object leaves Edit Mode. Returns whether the dots are hidden."""
+    overlay = getattr(space, "overlay", None)
+    if overlay is None or not hasattr(overlay, "vertex_opacity"):
+        return False
+    key = space.as_pointer()
+    editing = obj is not None and obj.mode == "EDIT" and is_splat_object(obj)
+    if editing and key not in _VERTEX_OPACITY:
+        _VERTEX_OPACITY[key] = float(overlay.vertex_opacity)
+        overlay.vertex_opacity = 0.0
+    elif not editing and key in _VERTEX_OPACITY:
+        overlay.vertex_opacity = _VERTEX_OPACITY.pop(key)
+    return editing
 
 
 def draw_viewport() -> None:
@@ -233,13 +279,14 @@ def draw_viewport() -> None:
     if region is None or rv3d is None:
         return
     try:
+        hide_edit_points(context.space_data, context.active_object)
         objects = visible_splat_objects(context)
         # hidden or deleted objects give their GPU memory back (showing one again re-uploads it);
         # by identity, not count: one deleted and another added in its place frees the first
         DRAWER.release_unseen(objects)
         if objects:
             DRAWER.draw_objects(objects, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height),
-                                view_key=rv3d.as_pointer())
+                                view_key=rv3d.as_pointer(), preview=True)
     except Exception as exc:  # a broken object must not kill every redraw: report once per message
         _report_once(f"SplatBridge viewport: {exc}")
 
@@ -278,8 +325,9 @@ def depsgraph_update(scene, depsgraph) -> None:
     """Bump the geometry epoch of splat objects whose data changed (edit mode, scripts, Blender's
     own tools on native point clouds)."""
     for update in depsgraph.updates:
-        if update.is_updated_geometry and isinstance(update.id, bpy.types.Object):
+        if isinstance(update.id, bpy.types.Object):
             obj = update.id.original
-            if is_splat_object(obj):
+            # in Edit Mode a selection change is no geometry update, yet it changes the drawing
+            if (update.is_updated_geometry or obj.mode == "EDIT") and is_splat_object(obj):
                 uid = obj.data.session_uid
                 GEOMETRY_EPOCH[uid] = GEOMETRY_EPOCH.get(uid, 0) + 1

@@ -4,7 +4,8 @@ Splat ``i`` lives in three 2D float textures, read in the vertex shader with ``t
 texel index ``i * stride + j`` (row-major: ``(idx % width, idx / width)``):
 
 * ``center`` RGBA32F, stride 1:  object-space centre xyz, opacity (sigmoid applied, 0..1);
-* ``rot_scale`` RGBA32F, stride 2: unit quaternion w x y z | standard deviations (m) x y z, 0
+* ``rot_scale`` RGBA32F, stride 2: unit quaternion w x y z | standard deviations (m) x y z, draw flag
+  (0 plain, 1 selected: tinted, 2 locked: greyed; ``splat_state.SplatState.draw_flags``)
   (the vertex shader builds the covariance R S S R^T, as gsplat does: no CPU work per upload);
 * ``sh``     RGBA16F, stride ceil(3 (K+1) / 4): SH coefficients, coefficient-major
   (``c0.r c0.g c0.b c1.r ...``), DC first, K = 0/3/8/15 rest coefficients.
@@ -70,8 +71,11 @@ def _buffer(shape: tuple[int, int], channels: int, n: int, per_splat: int) -> tu
     return flat, flat[: n * per_splat].reshape(n, per_splat)
 
 
-def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
-    """Pack object-space ``splats`` into the texture layouts above (numpy only)."""
+def pack_splats(splats: Splats, max_size: int = 16384, flags: np.ndarray | None = None,
+                hidden: np.ndarray | None = None) -> PackedSplats:
+    """Pack object-space ``splats`` into the texture layouts above (numpy only). ``flags`` f32[N]:
+    the draw flag per splat (default 0); ``hidden`` bool[N]: splats packed with opacity 0, which the
+    shaders cull."""
     n = len(splats)
     degree = splats.sh_degree
     coeffs = (degree + 1) ** 2
@@ -81,11 +85,15 @@ def pack_splats(splats: Splats, max_size: int = 16384) -> PackedSplats:
     center_flat, center = _buffer(c_shape, 4, n, 4)
     center[:, :3] = splats.means
     center[:, 3] = splats.alphas()
+    if hidden is not None and hidden.any():
+        center[hidden, 3] = 0.0
 
     r_shape = texture_shape(2 * n, max_size)
     rs_flat, rot_scale = _buffer(r_shape, 4, n, 8)
     rot_scale[:, :4] = splats.unit_quats()
     rot_scale[:, 4:7] = splats.scales_linear()
+    if flags is not None:
+        rot_scale[:, 7] = flags
 
     s_shape = texture_shape(n * sh_stride, max_size)
     sh_flat, sh = _buffer(s_shape, 4, n, sh_stride * 4)

@@ -8,7 +8,9 @@ Splat shader (one instanced quad per splat, drawn back to front with premultipli
   clamping of off-screen centres) plus the 0.3 px^2 low-pass, invert to the conic, and stretch the
   quad along the 2D covariance's eigenvectors to ``min(3.33, sqrt(2 ln(255 opacity)))`` sigmas:
   exactly the region where the Gaussian's alpha can reach 1/255. Colour: SH up to the chosen
-  degree for the direction from the camera to the centre (object space), ``max(sh + 0.5, 0)``.
+  degree for the direction from the camera to the centre (object space), ``sh + 0.5``, then the
+  colour-grade preview (an affine map, optional), the clamp at 0 and, in Edit Mode, the tint of
+  selected (orange) and locked (grey) splats (the draw flag in ``rot_scale``).
 * fragment: ``alpha = min(0.999, opacity * exp(-0.5 d^T conic d))``; discarded below 1/255;
   output premultiplied ``(rgb * alpha, alpha)``.
 
@@ -79,7 +81,20 @@ vec3 sh_color(int idx, vec3 d, int degree) {
       }
     }
   }
-  return max(c + 0.5, vec3(0.0));
+  return c + 0.5;           /* unclamped: the grade (an affine map) applies before the clamp */
+}
+/* final colour of splat idx: the preview grade, the clamp at 0, the selection / lock tint */
+vec3 shade(int idx, vec3 rgb) {
+  float flag = fetch(rot_scale_tex, 2 * idx + 1).w;
+  if ((grade_mode == 1 && flag < 1.5) || (grade_mode == 2 && flag > 0.5 && flag < 1.5)) {
+    rgb = mat3(grade_m) * rgb + grade_m[3].xyz;
+  }
+  rgb = max(rgb, vec3(0.0));
+  if (show_state) {
+    if (flag > 1.5) { rgb = mix(rgb, LOCKED_TINT, 0.6); }
+    else if (flag > 0.5) { rgb = mix(rgb, SELECTED_TINT, 0.55); }
+  }
+  return rgb;
 }
 """
 
@@ -150,7 +165,7 @@ void main() {
   v_conic = vec3(c, -b, a) / det;
 
   vec3 dir = normalize(center.xyz - campos_local);
-  v_color = vec4(sh_color(idx, dir, sh_degree), opacity);
+  v_color = vec4(shade(idx, sh_color(idx, dir, sh_degree)), opacity);
 }
 """
 
@@ -173,7 +188,7 @@ void main() {
   vec4 clip = proj * (model_view * vec4(center.xyz, 1.0));
   gl_Position = clip + vec4(corner * point_size / viewport, 0.0, 0.0) * clip.w;
   vec3 dir = normalize(center.xyz - campos_local);
-  v_color = vec4(sh_color(idx, dir, sh_degree), 1.0);
+  v_color = vec4(shade(idx, sh_color(idx, dir, sh_degree)), 1.0);
 }
 """
 
@@ -194,7 +209,7 @@ vec3 to_framebuffer_space(vec3 c) {
 """
 
 
-#: std140 uniform block: 176 bytes (push constants are limited to 128), packed by ``pack_params``
+#: std140 uniform block: 240 bytes (push constants are limited to 128), packed by ``pack_params``
 PARAMS_STRUCT = """
 struct SplatParams {
   mat4 model_view;
@@ -202,6 +217,7 @@ struct SplatParams {
   vec4 campos_local;
   vec4 viewport_scale_near;
   vec4 degree_stride;
+  mat4 grade;
 };
 """
 PARAMS_GLSL = """
@@ -214,20 +230,33 @@ PARAMS_GLSL = """
 #define point_size params.viewport_scale_near.z
 #define sh_degree int(params.degree_stride.x + 0.5)
 #define sh_stride int(params.degree_stride.y + 0.5)
+#define grade_mode int(params.degree_stride.z + 0.5)
+#define show_state (params.degree_stride.w > 0.5)
+#define grade_m params.grade
 """
 
 
 def pack_params(model_view, proj, campos_local, viewport_size, scale_or_point_size: float,
-                near_clip: float, sh_degree: int, sh_stride: int) -> bytes:
-    """The ``SplatParams`` block as std140 bytes (matrices column-major)."""
+                near_clip: float, sh_degree: int, sh_stride: int, grade=None, grade_selected_only: bool = False,
+                show_state: bool = False) -> bytes:
+    """The ``SplatParams`` block as std140 bytes (matrices column-major). ``grade``: (A [3,3], b [3]) of
+    ``shared.color_grade.grade_matrix`` applied to each splat's evaluated colour before the clamp (all
+    unlocked splats, or only the selected ones); ``show_state``: tint selected and locked splats."""
     import numpy as np
 
-    floats = np.zeros(48, np.float32)
+    floats = np.zeros(60, np.float32)
     floats[0:16] = np.asarray(model_view, dtype=np.float64).T.reshape(-1)
     floats[16:32] = np.asarray(proj, dtype=np.float64).T.reshape(-1)
     floats[32:35] = campos_local
     floats[36:40] = (viewport_size[0], viewport_size[1], scale_or_point_size, near_clip)
     floats[40:42] = (sh_degree, sh_stride)     # small ints, exact as floats
+    floats[42] = 0 if grade is None else (2 if grade_selected_only else 1)
+    floats[43] = 1.0 if show_state else 0.0
+    g = np.eye(4)
+    if grade is not None:
+        g[:3, :3] = np.asarray(grade[0], dtype=np.float64)
+        g[:3, 3] = np.asarray(grade[1], dtype=np.float64)
+    floats[44:60] = g.T.reshape(-1)
     return floats.tobytes()
 
 
@@ -237,6 +266,8 @@ def _defines() -> str:
         f"const float ALPHA_MAX = {_glsl_float(ALPHA_MAX)};",
         f"const float EPS2D = {_glsl_float(EPS2D)};",
         f"const float MAX_EXTENT_SIGMAS = {_glsl_float(MAX_EXTENT_SIGMAS)};",
+        "const vec3 SELECTED_TINT = vec3(1.0, 0.55, 0.1);",
+        "const vec3 LOCKED_TINT = vec3(0.3, 0.3, 0.3);",
     ]) + "\n"
 
 

@@ -15,15 +15,20 @@ from ..jobspec import JobError, JobSpec, Setting, Settings, register
 from ._common import seed_setting
 
 QUALITY_PRESETS = ("fast", "balanced", "best")
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")      # lower case; what a photo folder may hold
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mts", ".m2ts")
 MATCHERS = ("auto", "sequential", "exhaustive")
 
 
 def _check(s: Settings) -> None:
-    given = [name for name in ("source", "model", "from_job") if s[name] is not None]
+    given = [name for name in ("source", "upload", "model", "from_job") if s[name] is not None]
     if len(given) != 1:
         raise JobError("bad_params", "reconstruct needs exactly one of 'source' (photos folder or video "
-                                     "file to solve), 'model' (a solved model folder to retrain on) and "
+                                     "file to solve), 'upload' (the id of an upload of photos or a video), "
+                                     "'model' (a solved model folder to retrain on) and "
                                      f"'from_job' (a previous reconstruct job's id); got {given or 'none'}")
+    if s.upload is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.upload):
+        raise JobError("bad_params", f"reconstruct setting upload={s.upload!r}: expected an upload id")
     if s.from_job is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.from_job):
         raise JobError("bad_params", f"reconstruct setting from_job={s.from_job!r}: expected a job id")
 
@@ -37,6 +42,9 @@ SPEC = register(JobSpec(
     settings=(
         Setting("source", None, "A folder of photos (JPEG/PNG) or a video file on the backend's disk",
                 type="str", optional=True, server_path=True),
+        Setting("upload", None, "The id of a complete upload (the 'upload' message) of photos or one "
+                "video, sent by this client: for a backend on another machine (the add-on fills it in)",
+                type="str", optional=True, advanced=True),
         Setting("model", None, "Retrain without solving again: a solved model folder with its "
                 "transforms.json (<job folder>/reconstruct/model, or the CLI's --colmap-out)",
                 type="str", optional=True, server_path=True),
@@ -61,6 +69,8 @@ SPEC = register(JobSpec(
                 "uses them at max_image_size)", min=1, max=16, advanced=True),
         Setting("holdout_every", 8, "Every n-th registered view is held out of training and scored "
                 "(eval PSNR); 0 trains on all", min=0, max=1000, advanced=True),
+        Setting("preview_every", 500, "Training steps between live previews of the splats (0: none)",
+                min=0, max=1_000_000, unit="steps", advanced=True),
         Setting("sh_degree", 3, "Spherical-harmonics degree of the splats", min=0, max=3, advanced=True),
         Setting("max_gaussians", 1_000_000, "Cap on the number of splats", min=1, max=50_000_000,
                 advanced=True),
