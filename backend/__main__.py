@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 

@@ -88,8 +88,11 @@ def intrinsics(fovy_deg: float, width: int, height: int) -> np.ndarray:
 
 
 def orbit_camera(elevation_deg: float, azimuth_deg: float, distance: float,
-                 target: np.ndarray = np.zeros(3)) -> np.ndarray:
-    """World-to-camera (OpenCV) for a camera on a sphere around ``target`` looking at it (Z up)."""
+                 target: np.ndarray | None = None) -> np.ndarray:
+    """World-to-camera (OpenCV) for a camera on a sphere around ``target`` (default the origin) looking at
+    it (Z up)."""
+    if target is None:
+        target = np.zeros(3)
     el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
     offset = distance * np.array([math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az), math.sin(el)])
     return look_at(np.asarray(target, dtype=np.float64) + offset, target)
@@ -108,7 +111,7 @@ def sample_views(n: int, width: int, height: int, generator: torch.Generator,
     az = (lerp(ranges.azimuth_deg, u[:, 1]) + 180.0) % 360.0 - 180.0
     dist = lerp(ranges.distance, u[:, 2])
     fovy = lerp(ranges.fovy_deg, u[:, 3])
-    viewmats = np.stack([orbit_camera(e, a, d) for e, a, d in zip(el, az, dist)])
+    viewmats = np.stack([orbit_camera(e, a, d) for e, a, d in zip(el, az, dist, strict=True)])
     Ks = np.stack([intrinsics(f, width, height) for f in fovy])
     if random_background:
         bg = torch.rand(n, 3, generator=generator)
@@ -117,7 +120,7 @@ def sample_views(n: int, width: int, height: int, generator: torch.Generator,
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
     return ViewBatch(viewmats=as_t(viewmats), Ks=as_t(Ks), width=int(width), height=int(height),
                      elevation_deg=as_t(el), azimuth_deg=as_t(az), distance=as_t(dist), fovy_deg=as_t(fovy),
-                     backgrounds=bg.to(device), labels=[view_label(e, a, ranges) for e, a in zip(el, az)])
+                     backgrounds=bg.to(device), labels=[view_label(e, a, ranges) for e, a in zip(el, az, strict=True)])
 
 
 def fixed_views(elevations_deg: list[float], azimuths_deg: list[float], distance: float, fovy_deg: float,
@@ -127,11 +130,11 @@ def fixed_views(elevations_deg: list[float], azimuths_deg: list[float], distance
     if len(elevations_deg) != len(azimuths_deg):
         raise ValueError("elevations and azimuths must have the same length")
     n = len(azimuths_deg)
-    viewmats = np.stack([orbit_camera(e, a, distance) for e, a in zip(elevations_deg, azimuths_deg)])
+    viewmats = np.stack([orbit_camera(e, a, distance) for e, a in zip(elevations_deg, azimuths_deg, strict=True)])
     Ks = np.stack([intrinsics(fovy_deg, width, height)] * n)
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
     return ViewBatch(viewmats=as_t(viewmats), Ks=as_t(Ks), width=int(width), height=int(height),
                      elevation_deg=as_t(elevations_deg), azimuth_deg=as_t(azimuths_deg),
                      distance=as_t([distance] * n), fovy_deg=as_t([fovy_deg] * n),
                      backgrounds=as_t([background] * n),
-                     labels=[view_label(e, a) for e, a in zip(elevations_deg, azimuths_deg)])
+                     labels=[view_label(e, a) for e, a in zip(elevations_deg, azimuths_deg, strict=True)])

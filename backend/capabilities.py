@@ -86,7 +86,7 @@ class Capabilities:
                 self._scanning = False
 
     def _probe_gsplat(self) -> None:
-        from backend.render import gsplat_cuda_available    # the rasterizer's own test (cached)
+        from backend.render import gsplat_cuda_available  # the rasterizer's own test (cached)
         self.gsplat_cuda = gsplat_cuda_available()
         log.info("gsplat CUDA extension: %s", "available" if self.gsplat_cuda else "missing")
 

@@ -25,15 +25,15 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from shared.cameras import BLENDER_TO_OPENCV
-from shared.formats._common import (SplatFormatError, column, read_ply_elements,
-                                     read_ply_header)
+from shared.formats._common import SplatFormatError, column, read_ply_elements, read_ply_header
 from shared.rotations import quat_to_matrix
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".exr")
@@ -52,8 +52,8 @@ class Dataset:
     images: np.ndarray                 # u8[C,H,W,4]
     viewmats: np.ndarray               # f32[C,4,4] OpenCV world-to-camera
     Ks: np.ndarray                     # f32[C,3,3] pixels
-    points: Optional[np.ndarray]       # f32[P,3] or None
-    colors: Optional[np.ndarray]       # u8[P,3] or None
+    points: np.ndarray | None          # f32[P,3] or None
+    colors: np.ndarray | None          # u8[P,3] or None
     names: list[str]
 
     @property
@@ -88,7 +88,7 @@ def read_image_rgba(path: Path, downscale: int = 1) -> np.ndarray:
 
 def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> np.ndarray:
     h, w = images[0].shape[:2]
-    for img, name in zip(images, names):
+    for img, name in zip(images, names, strict=True):
         if img.shape[:2] != (h, w):
             raise DatasetError(f"{source}: frame {name!r} is {img.shape[1]}x{img.shape[0]} px but "
                                f"frame {names[0]!r} is {w}x{h} px; all images must have one size")
@@ -97,7 +97,7 @@ def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> n
 
 # -- transforms.json --------------------------------------------------------------------------------
 
-def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
+def _resolve_image(base: Path, file_path: str) -> Path | None:
     p = base / file_path
     if p.suffix and p.is_file():
         return p
@@ -108,14 +108,14 @@ def _resolve_image(base: Path, file_path: str) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
+def _poll(should_stop: Callable[[], bool] | None) -> None:
     """Raise ``DatasetCancelled`` once ``should_stop()`` is true (polled per image)."""
     if should_stop is not None and should_stop():
         raise DatasetCancelled("cancelled while reading the dataset")
 
 
 def load_transforms(path: str | Path, downscale: int = 1,
-                    should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                    should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a ``transforms.json`` file (see the module docstring). ``should_stop`` is polled
     before each image (``DatasetCancelled``)."""
     path = Path(path)
@@ -147,8 +147,8 @@ def load_transforms(path: str | Path, downscale: int = 1,
         img = read_image_rgba(img_path, downscale)
         h, w = img.shape[:2]
 
-        def get(key: str):
-            return fr.get(key, meta.get(key))
+        def get(key: str, frame: dict = fr) -> Any:     # the frame's own value, else the file's
+            return frame.get(key, meta.get(key))
 
         fw, fh = get("w"), get("h")
         if fw is not None and fh is not None and not (
@@ -205,7 +205,7 @@ def load_transforms(path: str | Path, downscale: int = 1,
 BLENDERNERF_POINTS = "points3d.ply"
 
 
-def _read_point_ply(path: Path) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _read_point_ply(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
     """x/y/z (+ uchar red/green/blue) of the vertex element of a point PLY (nerfstudio's
     ``ply_file_path``), read with the shared PLY reader; (None, None) when the file is missing."""
     if not path.is_file():
@@ -314,14 +314,14 @@ def read_points3d_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _data_lines(path: Path) -> list[str]:
     try:
-        return [l.rstrip("\n") for l in path.read_text().splitlines() if not l.startswith("#")]
+        return [line.rstrip("\n") for line in path.read_text().splitlines() if not line.startswith("#")]
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
 
 
 def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
     cams = {}
-    for ln, line in enumerate(_data_lines(path)):
+    for line in _data_lines(path):
         parts = line.split()
         if not parts:
             continue
@@ -397,7 +397,7 @@ def _colmap_intrinsics(cam: ColmapCamera, source: Path) -> tuple[float, float, f
     return (p[0], p[0], p[1], p[2]) if one_focal else (p[0], p[1], p[2], p[3])
 
 
-def find_colmap_model(root: Path) -> Optional[Path]:
+def find_colmap_model(root: Path) -> Path | None:
     """The folder holding cameras.{bin,txt} under ``root`` (root, sparse/0, sparse, colmap/sparse/0)."""
     for d in (root, root / "sparse" / "0", root / "sparse", root / "colmap" / "sparse" / "0"):
         if (d / "cameras.bin").is_file() or (d / "cameras.txt").is_file():
@@ -406,7 +406,7 @@ def find_colmap_model(root: Path) -> Optional[Path]:
 
 
 def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
-                should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load a COLMAP sparse model (binary preferred when both exist) and its images
     (``should_stop`` is polled before each image: ``DatasetCancelled``).
 
@@ -469,7 +469,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
 
 
 def load_dataset(path: str | Path, images_dir: str | Path | None = None, downscale: int = 1,
-                 split: str = "train", should_stop: Optional[Callable[[], bool]] = None) -> Dataset:
+                 split: str = "train", should_stop: Callable[[], bool] | None = None) -> Dataset:
     """Load whatever ``path`` is: a transforms json file, a folder with ``transforms.json`` (or
     ``transforms_<split>.json``, as NeRF synthetic has), or a COLMAP dataset / model folder.
     ``should_stop`` (polled before each image) ends the reading with ``DatasetCancelled``."""

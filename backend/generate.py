@@ -23,8 +23,9 @@ Everything that determines the result (seed and all settings) is in ``JobResult.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,8 +225,8 @@ def render_views(params: dict[str, Tensor], views: ViewBatch, sh_degree: int) ->
     return colors.permute(0, 3, 1, 2).clamp(0.0, 1.0), info
 
 
-def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatch, t: Tensor, noise_gen: torch.Generator,
-                  guidance_scale: float, sh_degree: int,
+def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatch, t: Tensor,
+                  noise_gen: torch.Generator, guidance_scale: float, sh_degree: int,
                   before_backward: Callable[[dict], None] | None = None) -> tuple[Tensor, dict]:
     """Render, encode, and build the SDS loss of one step (call ``.backward()`` on it)."""
     images, info = render_views(params, views, sh_degree)
@@ -276,7 +277,8 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
         nonlocal calibrated
         views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
         t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
-        pre = (lambda info: strategy.step_pre_backward(params, optimizers, state, step, info)) if densify else None
+        pre = ((lambda info, step=step: strategy.step_pre_backward(params, optimizers, state, step, info))
+               if densify else None)
         with cuda_oom_guard(f"step {step} of score distillation"), cudnn_autotune(device):
             loss, info = sds_objective(params, guidance, views, t, noise_gen, settings.guidance_scale,
                                        settings.sh_degree, pre)

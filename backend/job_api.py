@@ -16,19 +16,20 @@ Errors are raised as ``JobError`` (a user-facing message) or any exception
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
-from shared.jobspec import JobError, Settings, get_spec
 from shared.jobkinds import load_builtin
+from shared.jobspec import JobError, Settings, get_spec
 from shared.splats import Splats
 
 __all__ = ["JobContext", "JobError", "JobFunction", "JobResult", "NullContext", "checked_settings"]
 
 
-def checked_settings(kind: str, params: "Settings | Mapping[str, Any] | None",
-                     payload: "Mapping[str, Any] | None" = None) -> Settings:
+def checked_settings(kind: str, params: Settings | Mapping[str, Any] | None,
+                     payload: Mapping[str, Any] | None = None) -> Settings:
     """``params`` as checked ``Settings`` of ``kind``: returned as they are when the runner (or a
     caller) already validated them, else ``get_spec(kind).validate(params, payload)``. Raises
     ``JobError`` (``bad_params`` / ``bad_input``)."""

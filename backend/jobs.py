@@ -17,10 +17,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -293,7 +293,7 @@ class Executor:
     concurrent = False              # True: ``run`` of several jobs at once, each on its own thread
     poll_s: float | None = None     # ask ``pick`` again this often even without a wake-up
 
-    def attach(self, runner: "JobRunner") -> None:
+    def attach(self, runner: JobRunner) -> None:
         self.runner = runner
 
     def pick(self, queue: deque[Job], running: Mapping[str, Job]) -> Job | None:

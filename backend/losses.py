@@ -35,7 +35,8 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     Five plain 2D depthwise convolutions: on an H100 at 800x800 this measured 140 training
     steps/s against 104 for separable 1D passes over the stacked moments."""
     if a.shape != b.shape or a.dim() != 4:
-        raise ValueError(f"ssim needs two [B,H,W,C] batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"ssim needs two [B,H,W,C] batches of the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     c = a.shape[-1]
     x = a.permute(0, 3, 1, 2)
     y = b.permute(0, 3, 1, 2)

@@ -6,7 +6,7 @@ the same settings work for objects of any size.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

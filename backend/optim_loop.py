@@ -8,8 +8,9 @@ so a GPU job does not wait for the device on every step just to report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from backend.job_api import JobContext
 from backend.progress import StepRate

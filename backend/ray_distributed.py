@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shared.jobkinds.train import schedule
 from shared.jobspec import Settings

@@ -399,7 +399,7 @@ class RayExecutor(Executor):
                          attempt + 1)
                 try:
                     out = self._follow(job, ref, ctx)
-                except (ray.exceptions.RayError,) as exc:
+                except ray.exceptions.RayError as exc:
                     if isinstance(exc, ray.exceptions.RayTaskError):
                         raise       # not a lost worker: a bug of the task wrapper itself
                     attempt += 1

@@ -139,7 +139,7 @@ def run_segment_job(params: Settings | dict, payload: dict, ctx: JobContext) -> 
     values, counts = np.unique(out, return_counts=True)
     meta: dict[str, Any] = {
         "labels": out,
-        "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
+        "label_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
         "unseen": unseen,
         "weak": weak,
         "unlabelled": int((out == -1).sum()),

@@ -27,12 +27,22 @@ import zmq
 
 from backend.capabilities import Capabilities, resolve_device
 from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
-from shared.jobspec import JobError
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
 from backend.uploads import UploadStore, connection_owner
-from shared.protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError,
-                             decode, encode, error_from_exception, make_error, validate_finite)
+from shared.jobspec import JobError
+from shared.protocol import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    Limits,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_from_exception,
+    make_error,
+    validate_finite,
+)
 
 log = logging.getLogger("splatbridge.server")
 

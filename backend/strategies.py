@@ -15,19 +15,19 @@ moves (a new gsplat that changes its MCMC steps or its default refinement).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from gsplat import quat_scale_to_covar_preci
 from gsplat.relocation import compute_relocation
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy import MCMCStrategy as GsplatMCMCStrategy
 from gsplat.utils import normalized_quat_to_rotmat
+from torch import Tensor
 
 __all__ = ["relocation_torch", "covariances", "CappedDefaultStrategy", "MCMCStrategy"]
 

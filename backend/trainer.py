@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from torch import Tensor
 from backend.job_api import JobContext, JobError, JobResult, NullContext, checked_settings
 from backend.job_cli import KindCli, Positional
 from backend.losses import photometric_loss, psnr, ssim
-from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
-from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.optim import make_optimizers
 from backend.optim_loop import run_steps
+from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
+from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from shared.cameras import CameraError, cameras_from_arrays
 from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
@@ -42,7 +42,7 @@ from shared.splats import logit
 # -- inputs ------------------------------------------------------------------------------------
 
 def validate_inputs(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
-                    points: Optional[np.ndarray], colors: Optional[np.ndarray]) -> np.ndarray:
+                    points: np.ndarray | None, colors: np.ndarray | None) -> np.ndarray:
     """Check shapes, dtypes and finiteness; returns the images as u8[C,H,W,4]. Raises JobError."""
     def bad(msg: str) -> JobError:
         return JobError("bad_input", msg)
@@ -147,7 +147,7 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
 
 def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
                 generator: torch.Generator,
-                should_stop: Optional[Callable[[], bool]] = None) -> dict[str, torch.nn.Parameter]:
+                should_stop: Callable[[], bool] | None = None) -> dict[str, torch.nn.Parameter]:
     """Trainable tensors (raw values, see backend.params) for Gaussians at ``points`` [N,3] with
     base colours ``rgb`` [N,3] in 0..1; ``should_stop`` is polled while the scales are set up."""
     n = len(points)
@@ -201,9 +201,9 @@ def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Te
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
 
 
-def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: Optional[np.ndarray] = None,
-          colors: Optional[np.ndarray] = None, settings: Optional[Settings] = None,
-          ctx: Optional[JobContext] = None) -> JobResult:
+def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.ndarray | None = None,
+          colors: np.ndarray | None = None, settings: Settings | None = None,
+          ctx: JobContext | None = None) -> JobResult:
     """Train Gaussians on the posed images (see the module docstring for conventions).
 
     Returns a JobResult: ``splats``; ``metrics`` {eval_psnr, eval_ssim (when views are held out),
@@ -379,7 +379,7 @@ def run_train_job(params: Settings | dict, payload: dict, ctx: JobContext) -> Jo
 
 
 def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
-                       images_dir: Optional[str] = None, downscale: int = 1) -> JobResult:
+                       images_dir: str | None = None, downscale: int = 1) -> JobResult:
     """Train on a dataset folder on the backend's disk (transforms.json or COLMAP), as the
     add-on's "Train from Dataset Folder" asks: the images never cross the wire."""
     from backend.datasets import DatasetCancelled, DatasetError, load_dataset

@@ -60,6 +60,17 @@ def remember_capture(scene, job_id: str, capture) -> None:
     job_kinds.set_job_data(scene, "train", job_id, {"labels_file": path, "label_names": list(capture.label_names)})
 
 
+def forget_capture(scene, job_id: str) -> None:
+    """Drop what ``remember_capture`` kept for a training job that ended without splats."""
+    info = job_kinds.job_data(scene, "train", job_id)
+    if info is None:
+        return
+    job_kinds.pop_job_data(scene, "train", job_id)
+    path = str(info.get("labels_file", ""))
+    if os.path.isfile(path):
+        os.remove(path)
+
+
 def after_training(context, rec, obj) -> object | None:
     """When the training job ``rec`` came from a capture with an object-index pass: submit the
     ``segment`` job that labels ``obj``'s splats by source object. Returns its record (or None)."""

@@ -138,6 +138,8 @@ def apply_train_finished(context, rec, job) -> None:
                 rec.message += ", labelling by object"
         except Exception as exc:       # the trained splats are in; only the split is lost
             rec.message += f" (labelling by object failed: {exc})"
+    else:
+        ops_split.forget_capture(context.scene, rec.job_id)
 
 
 # --------------------------------------------------------------------------- operators

@@ -178,7 +178,8 @@ def camera_to_blender(camera: Camera, sensor_width: float = 36.0) -> BlenderCame
     )
 
 
-def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at(position: np.ndarray, target: np.ndarray,
+            up: np.ndarray | tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """OpenCV world-to-camera 4x4 for a camera at ``position`` looking at ``target``; image
     "up" is as close to world ``up`` as possible (Z up by default)."""
     position = np.asarray(position, dtype=np.float64)
@@ -221,7 +222,7 @@ def cameras_from_arrays(viewmats: np.ndarray, Ks: np.ndarray, width: int, height
     if Ks.shape != (viewmats.shape[0], 3, 3):
         raise CameraError(f"Ks shape {Ks.shape} is not [C={viewmats.shape[0]}, 3, 3]")
     out = []
-    for i, (w2c, k) in enumerate(zip(viewmats, Ks)):
+    for i, (w2c, k) in enumerate(zip(viewmats, Ks, strict=True)):
         try:
             out.append(Camera(w2c, k[0, 0], k[1, 1], k[0, 2], k[1, 2], width, height))
         except CameraError as exc:

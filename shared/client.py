@@ -20,15 +20,15 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zmq
 
-from .protocol import (DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode,
-                       encode, make_error)
+from .protocol import DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, Message, ProtocolError, decode, encode, make_error
 
 LOCAL_TIMEOUT_CODE = "backend_not_responding"
 LOCAL_BAD_REPLY_CODE = "bad_reply"
@@ -149,7 +149,7 @@ def _read_key(value: str | bytes | os.PathLike | None, secret: bool) -> bytes | 
     public, secret_key = zmq.auth.load_certificate(Path(os.fsdecode(value)))
     key = secret_key if secret else public
     if not key:
-        raise ValueError(f"{value} holds no {'secret' if secret else 'public'} key")
+        raise ValueError(f"{os.fsdecode(value)} holds no {'secret' if secret else 'public'} key")
     return key
 
 
@@ -194,7 +194,7 @@ class BackendClient:
         self._routing_id = uuid.uuid4().hex.encode()
         self._pending: deque[_Pending] = deque()
         self._last_heartbeat = time.monotonic()
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket] = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._open()
 
@@ -225,7 +225,7 @@ class BackendClient:
         self._open()
         self.send_hello()
 
-    def __enter__(self) -> "BackendClient":
+    def __enter__(self) -> BackendClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -378,7 +378,7 @@ class BackendClient:
             left = deadline - time.monotonic()
             if left <= 0 or self._sock is None:
                 return bool(predicate())
-            self._sock.poll(min(left, 0.05) * 1000)
+            self._sock.poll(int(min(left, 0.05) * 1000))     # ms; pyzmq truncates a float the same way
 
     def _expire(self) -> list[Message]:
         now = time.monotonic()
@@ -436,11 +436,13 @@ class BackendClient:
         if msg.type == "hello":
             self.server_info = dict(f)
         elif msg.type == "accepted":
+            assert msg.job_id is not None       # decode() refuses accepted/progress/result without one
             job = self._job(msg.job_id)
             job.queue_position = f["queue_position"]
             if job.state == "submitted":
                 job.state = "queued" if job.queue_position else "running"
         elif msg.type == "progress":
+            assert msg.job_id is not None
             job = self._job(msg.job_id)
             job.step, job.total = f["step"], f["total"]
             job.metrics = dict(f["metrics"])
@@ -453,6 +455,7 @@ class BackendClient:
             if f.get("preview") is not None:
                 job.preview = f["preview"]
         elif msg.type == "result":
+            assert msg.job_id is not None
             job = self._job(msg.job_id)
             job.result = f["splats"]
             job.result_metrics = dict(f.get("metrics") or {})
@@ -468,11 +471,13 @@ class BackendClient:
                 job.state = "cancelled" if f["code"] == "cancelled" else "failed"
         elif msg.type == "status":
             for entry in f.get("jobs", []):
-                job = self.jobs.get(entry["job_id"])
-                if job is None:
-                    if entry["job_id"] != msg.job_id:
-                        continue       # a heartbeat lists other clients' jobs too
-                    job = self._job(msg.job_id)   # a job this client asked about by id
+                known = self.jobs.get(entry["job_id"])
+                if known is not None:
+                    job = known
+                elif entry["job_id"] != msg.job_id:
+                    continue           # a heartbeat lists other clients' jobs too
+                else:
+                    job = self._job(entry["job_id"])   # a job this client asked about by id
                 job.updated_at = time.monotonic()
                 job.kind = entry.get("kind", job.kind)
                 if job.result is None or entry["state"] in ("queued", "running"):

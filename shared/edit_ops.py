@@ -13,7 +13,7 @@ in the target's space keeps its values bit for bit).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -15,8 +15,9 @@ Pure Python (no numpy needed for the settings; payload arrays are checked by duc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 SETTING_TYPES = ("int", "float", "bool", "str", "floats")
 
@@ -221,8 +222,8 @@ class JobSpec:
     settings: tuple[Setting, ...]
     payload: tuple[PayloadItem, ...] = ()
     runner: str = ""
-    check: Callable[["Settings"], None] | None = None
-    check_payload: Callable[["Settings", Mapping[str, Any]], None] | None = None
+    check: Callable[[Settings], None] | None = None
+    check_payload: Callable[[Settings, Mapping[str, Any]], None] | None = None
     payload_open: bool = False        # True: payload keys beyond ``payload`` are passed on unchecked
     params_open: bool = False         # True: params beyond ``settings`` are passed on unchecked (a plug-in
                                       # job function registered without declared settings)
@@ -243,11 +244,11 @@ class JobSpec:
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.settings)
 
-    def defaults(self) -> "Settings":
+    def defaults(self) -> Settings:
         """Every setting at its default (not passed through ``check``)."""
         return Settings(self.kind, {s.name: s.default for s in self.settings})
 
-    def validate_params(self, params: Any) -> "Settings":
+    def validate_params(self, params: Any) -> Settings:
         """``params`` (the ``submit`` map of plain msgpack values) as checked ``Settings``.
 
         Unknown names, wrong types and values out of range raise ``JobError("bad_params")`` naming
@@ -272,11 +273,11 @@ class JobSpec:
             self.check(settings)
         return settings
 
-    def make(self, **values: Any) -> "Settings":
+    def make(self, **values: Any) -> Settings:
         """Checked settings from keyword values (library callers and tests): ``validate_params(values)``."""
         return self.validate_params(values)
 
-    def validate_payload(self, payload: Any, settings: "Settings | None" = None) -> None:
+    def validate_payload(self, payload: Any, settings: Settings | None = None) -> None:
         """Check ``payload`` against the schema: known names, required items present, array dtypes
         and shapes (named dims agree); raises ``JobError("bad_input")`` naming the item."""
         if payload is None:
@@ -307,7 +308,7 @@ class JobSpec:
         if self.check_payload is not None:
             self.check_payload(settings if settings is not None else self.defaults(), payload)
 
-    def validate(self, params: Any, payload: Any = None) -> "Settings":
+    def validate(self, params: Any, payload: Any = None) -> Settings:
         """``validate_params`` then ``validate_payload``: what the server runs at ``submit``."""
         settings = self.validate_params(params)
         self.validate_payload(payload, settings)
@@ -325,7 +326,7 @@ def _check_array(kind: str, item: PayloadItem, value: Any, dims: dict[str, tuple
     if item.shape:
         if len(shape) != len(item.shape):
             raise JobError("bad_input", f"{kind} payload {item.name!r} must have shape {want}, got {list(shape)}")
-        for n, d in zip(shape, item.shape):
+        for n, d in zip(shape, item.shape, strict=True):
             if isinstance(d, int) and n != d or isinstance(d, tuple) and n not in d:
                 raise JobError("bad_input", f"{kind} payload {item.name!r} must have shape {want}, "
                                             f"got {list(shape)}")
@@ -371,7 +372,7 @@ class Settings(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"Settings({self._kind!r}, {self._values!r})"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (not re-validated: for derived values inside a job)."""
         unknown = sorted(set(changes) - set(self._values))
         if unknown:

@@ -37,7 +37,7 @@ and are read from the native ones (log of the scale, logit of the opacity clippe
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -113,12 +113,15 @@ def to_native(splats: Splats) -> dict[str, np.ndarray]:
     return out
 
 
-def _choose(ok: np.ndarray | None, exact: np.ndarray | None, derive) -> np.ndarray:
-    """``exact`` where ``ok`` (per splat), else ``derive()``; ``derive`` runs only when needed."""
-    if exact is not None and ok.all():
+def _choose(ok: np.ndarray | None, exact: np.ndarray | None, derive: Callable[[], np.ndarray]) -> np.ndarray:
+    """``exact`` where ``ok`` (per splat), else ``derive()``; ``derive`` runs only when needed.
+    ``ok`` is None exactly when ``exact`` is (no exact attribute: every splat is derived)."""
+    if exact is None or ok is None:
+        return np.asarray(derive(), dtype=np.float32)
+    if ok.all():
         return np.ascontiguousarray(exact, dtype=np.float32)
     derived = np.asarray(derive(), dtype=np.float32)
-    if exact is not None and ok.any():
+    if ok.any():
         derived[ok] = exact[ok]
     return derived
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -67,7 +68,7 @@ def valid_job_id(job_id: Any) -> bool:
     return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
 
 
-def max_dimension(itemsize: int, limits: "Limits") -> int:
+def max_dimension(itemsize: int, limits: Limits) -> int:
     """The largest length one array dimension may have: the number of ``itemsize``-byte elements
     in ``limits.max_array_bytes``. Applies to every dimension, also of arrays with zero elements
     (``[0, 2**62]`` holds 0 bytes but no buffer can back such a shape)."""
@@ -197,7 +198,7 @@ def _pack_value(value: Any, path: str, frames: list, limits: Limits, depth: int)
             raise SizeLimitExceeded(f"{path}: array of {arr.nbytes} bytes exceeds the "
                                     f"{limits.max_array_bytes}-byte limit")
         _check_dimensions(arr.shape, arr.dtype.itemsize, name, path, limits)
-        frames.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        frames.append(arr.reshape(-1).view(np.uint8).data)     # .data: the array's memoryview
         return {_ND: [name, list(arr.shape), len(frames) - 2]}
     if depth > limits.max_depth:
         raise SizeLimitExceeded(f"{path}: nested deeper than {limits.max_depth} levels")

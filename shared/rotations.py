@@ -32,9 +32,9 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     else:
         s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    qa = np.asarray(q)
+    qa /= np.linalg.norm(qa)
+    return qa if qa[0] >= 0 else -qa
 
 
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:

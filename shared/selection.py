@@ -175,8 +175,9 @@ class _Mesh:
     def crossings(self, p: np.ndarray, chunk: int = 1 << 20, min_z: bool = False
                   ) -> tuple[np.ndarray, np.ndarray]:
         """(point index, z) of every crossing of the upward ray from each point [M,3] with the surface
-        (``min_z``: only triangles reaching the point's height are tried; else the ray's z is ignored). Exact tie rule: the ray is moved by an infinitesimal (eps, eps^2) in x, y
-        (simulation of simplicity), so a ray through an edge or a vertex counts exactly one face."""
+        (``min_z``: only triangles reaching the point's height are tried; else the ray's z is ignored).
+        Exact tie rule: the ray is moved by an infinitesimal (eps, eps^2) in x, y (simulation of simplicity),
+        so a ray through an edge or a vertex counts exactly one face."""
         inb = ((p[:, 0] >= self.lo[0]) & (p[:, 0] <= self.hi[0]) & (p[:, 1] >= self.lo[1])
                & (p[:, 1] <= self.hi[1]))
         pid = np.flatnonzero(inb)

@@ -13,8 +13,8 @@ Activation (exp, sigmoid, normalise) happens here and only here on the numpy sid
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -71,15 +71,17 @@ class Splats:
     scales: np.ndarray
     opacities: np.ndarray
     sh0: np.ndarray
-    shN: np.ndarray | None = None
+    shN: np.ndarray         # always an array once built: None at construction means degree 0 (zeros [N, 0, 3])
 
-    def __post_init__(self) -> None:
+    # Written out rather than generated: ``shN`` accepts None, but the attribute is never None.
+    def __init__(self, means: np.ndarray, quats: np.ndarray, scales: np.ndarray, opacities: np.ndarray,
+                 sh0: np.ndarray, shN: np.ndarray | None = None) -> None:
+        self.means, self.quats, self.scales, self.opacities, self.sh0 = means, quats, scales, opacities, sh0
         self.means = _as_f32("means", self.means, "[N, 3]")
         n = self.means.shape[0] if self.means.ndim == 2 else -1
         if self.means.ndim != 2 or self.means.shape[1] != 3:
             raise SplatError("means", f"shape {self.means.shape} is not [N, 3]")
-        if self.shN is None:
-            self.shN = np.zeros((n, 0, 3), np.float32)
+        self.shN = np.zeros((n, 0, 3), np.float32) if shN is None else shN
         expected = {"quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
         for field, shape in expected.items():
             arr = _as_f32(field, getattr(self, field), str(list(shape)).replace(str(n), "N", 1))
@@ -132,7 +134,7 @@ class Splats:
 
     @classmethod
     def from_activated(cls, means: np.ndarray, quats: np.ndarray, scales: np.ndarray,
-                       alphas: np.ndarray, colors: np.ndarray, shN: np.ndarray | None = None) -> "Splats":
+                       alphas: np.ndarray, colors: np.ndarray, shN: np.ndarray | None = None) -> Splats:
         """Build from linear scales (m), opacities in 0..1 and base RGB in 0..1."""
         scales = np.asarray(scales, dtype=np.float64)
         if (scales <= 0).any():
@@ -145,15 +147,16 @@ class Splats:
         return {f: getattr(self, f) for f in FIELDS}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Splats:
         """Inverse of :meth:`to_arrays`; ``shN`` may be absent (degree 0)."""
         missing = [f for f in FIELDS[:-1] if f not in arrays]
         if missing:
             raise SplatError(missing[0], "missing from the splat data")
-        return cls(**{f: arrays.get(f) for f in FIELDS})
+        return cls(arrays["means"], arrays["quats"], arrays["scales"], arrays["opacities"], arrays["sh0"],
+                   arrays.get("shN"))
 
     @classmethod
-    def _derived(cls, arrays: Mapping[str, np.ndarray]) -> "Splats":
+    def _derived(cls, arrays: Mapping[str, np.ndarray]) -> Splats:
         """Splats from arrays derived from valid splats by selecting, copying or joining rows (finite,
         float32, consistent shapes by construction): skips the validation pass, which at 1M splats
         costs more than the copy itself."""
@@ -162,11 +165,11 @@ class Splats:
             setattr(out, f, np.ascontiguousarray(arrays[f], dtype=np.float32))
         return out
 
-    def copy(self) -> "Splats":
+    def copy(self) -> Splats:
         return Splats._derived({f: getattr(self, f).copy() for f in FIELDS})
 
     # -- set operations -----------------------------------------------------------------
-    def subset(self, index: np.ndarray | slice) -> "Splats":
+    def subset(self, index: np.ndarray | slice) -> Splats:
         """Splats selected by a boolean mask [N], integer indices or a slice."""
         if not isinstance(index, slice):
             index = np.asarray(index)
@@ -176,7 +179,7 @@ class Splats:
                 raise SplatError("index", f"select with a 1-D mask or index array, got shape {index.shape}")
         return Splats._derived({f: getattr(self, f)[index] for f in FIELDS})
 
-    def with_sh_degree(self, degree: int) -> "Splats":
+    def with_sh_degree(self, degree: int) -> Splats:
         """Same splats with SH truncated or zero-padded to ``degree``."""
         if degree not in REST_COUNT:
             raise SplatError("shN", f"SH degree {degree} is not in 0..3")
@@ -187,7 +190,7 @@ class Splats:
         return Splats(self.means, self.quats, self.scales, self.opacities, self.sh0, shN)
 
     @staticmethod
-    def concatenate(parts: Iterable["Splats"]) -> "Splats":
+    def concatenate(parts: Iterable[Splats]) -> Splats:
         """One set holding all ``parts``; SH is padded to the highest degree among them."""
         parts = list(parts)
         if not parts:
@@ -197,7 +200,7 @@ class Splats:
         return Splats._derived({f: np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS})
 
     # -- geometry -------------------------------------------------------------------------
-    def transform(self, matrix: np.ndarray) -> "Splats":
+    def transform(self, matrix: np.ndarray) -> Splats:
         """Apply a 4x4 similarity (rotation, uniform scale, translation) in world space.
 
         Means move, quaternions and SH coefficients rotate, log scales shift by log(scale).
@@ -222,7 +225,7 @@ class Splats:
         return (np.min(self.means - pad, axis=0).astype(np.float64),
                 np.max(self.means + pad, axis=0).astype(np.float64))
 
-    def allclose(self, other: "Splats", atol: float = 1e-6) -> bool:
+    def allclose(self, other: Splats, atol: float = 1e-6) -> bool:
         """Field-by-field comparison with an absolute tolerance (same N and SH degree)."""
         return all(getattr(self, f).shape == getattr(other, f).shape
                    and np.allclose(getattr(self, f), getattr(other, f), atol=atol, rtol=0)
@@ -231,7 +234,7 @@ class Splats:
     # -- test and benchmark data ------------------------------------------------------------
     @classmethod
     def random(cls, n: int, sh_degree: int = 0, seed: int = 0, extent: float = 1.0,
-               scale: float = 0.02) -> "Splats":
+               scale: float = 0.02) -> Splats:
         """Deterministic random splats in a cube of half-size ``extent`` (tests, benchmarks)."""
         rng = np.random.default_rng(seed)
         k = REST_COUNT[sh_degree]

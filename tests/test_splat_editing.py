@@ -411,3 +411,23 @@ def test_blenders_own_selection_tools_select_splats(addon, native):
         bpy.ops.mesh.hide(unselected=False)
         bpy.ops.object.mode_set(mode="OBJECT")
         assert np.array_equal(st.get_hidden(obj), picked) and not st.get_selected(obj).any()
+
+
+def test_capture_masks_wait_beside_the_training_job(addon_dir, bpy_empty):
+    """A capture's object-index masks are kept for its training job (a file named in the scene) and
+    removed when the job ends without splats."""
+    import os
+    import types
+    import bpy
+    from helpers import registered_addon
+    with registered_addon(("splat_object", "connection", "ops_select", "ops_splat_edit", "ops_split")) as mods:
+        ops_split = mods["ops_split"]
+        capture = types.SimpleNamespace(labels=np.zeros((2, 4, 4), np.int32), label_names=["A", "B"],
+                                        viewmats=np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)),
+                                        Ks=np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)))
+        ops_split.remember_capture(bpy.context.scene, "job1", capture)
+        info = dict(bpy.context.scene["splatbridge_train_jobs"]["job1"])
+        assert list(info["label_names"]) == ["A", "B"] and os.path.isfile(info["labels_file"])
+        ops_split.forget_capture(bpy.context.scene, "job1")
+        assert not os.path.exists(info["labels_file"])
+        assert "job1" not in dict(bpy.context.scene["splatbridge_train_jobs"])

@@ -31,15 +31,15 @@ import math
 import os
 import threading
 import types
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import (ALPHA_MAX, ALPHA_THRESHOLD, RADIUS_SIGMAS, T_STOP, TILE_SIZE, project_and_shade,
-                        rasterize_with)
+from .reference import ALPHA_MAX, ALPHA_THRESHOLD, RADIUS_SIGMAS, T_STOP, TILE_SIZE, project_and_shade, rasterize_with
 
 _JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")   # numpy: no branch per division
 
@@ -769,7 +769,7 @@ def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu").numpy())
 
 
-def _back(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = None) -> Tensor:
+def _back(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """A kernel result as a tensor of ``dtype`` on ``device`` (cast on the CPU: MPS has no float64)."""
     t = torch.from_numpy(a)
     return (t.to(dtype) if dtype is not None else t).to(device)
@@ -785,7 +785,7 @@ class _CompositeTiles(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: Optional[tuple[int, Tensor]]) -> tuple[Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -836,7 +836,7 @@ class _ProjectShade(torch.autograd.Function):
     def forward(ctx, means: Tensor, quats: Tensor, scales: Tensor, sh: Tensor, opacities: Tensor,
                 viewmats: Tensor, Ks: Tensor, width: int, height: int, eps2d: float, near: float,
                 far: float, sh_degree: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        device, dtype = means.device, means.dtype
+        device = means.device
         C, N = viewmats.shape[0], means.shape[0]
         np_dtype = _np(means[:0]).dtype
         arrays = [_np64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
@@ -870,7 +870,8 @@ class _ProjectShade(torch.autograd.Function):
         _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, ctx.sh, sh_degree,
                           ctx.campos, ctx.radii, ctx.colors, _np64(v_means2d), _np64(v_conics),
                           _np64(v_depths), _np64(v_colors), g_means, g_quats, g_scales, g_sh)
-        t = lambda a: _back(a, device, dtype)
+        def t(a: np.ndarray) -> Tensor:
+            return _back(a, device, dtype)
         return (t(g_means), t(g_quats), t(g_scales), t(g_sh) if sh_degree >= 0 else None, None,
                 None, None, None, None, None, None, None, None)
 
@@ -878,7 +879,7 @@ class _ProjectShade(torch.autograd.Function):
 def project_and_shade_fast(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
     Ks: Tensor, width: int, height: int, eps2d: float = 0.3, near_plane: float = 0.01,
-    far_plane: float = 1e10, antialiased: bool = False, sh_degree: Optional[int] = None,
+    far_plane: float = 1e10, antialiased: bool = False, sh_degree: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``reference.project_and_shade`` by the Numba kernels where they apply (classic mode; SH of
     degree <= 3 shared by all cameras, or plain colours); otherwise the reference's torch code."""
@@ -913,8 +914,8 @@ def rasterize_fast(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
     packed: bool = False,
@@ -929,7 +930,7 @@ def rasterize_fast(
         target = (cam, full_means2d) if absgrad else None
         return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target)
 
-    return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors, viewmats, Ks,
-                          width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+    return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors,
+                          viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
                           sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
                           rasterize_mode=rasterize_mode, packed=packed)

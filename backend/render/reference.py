@@ -22,17 +22,17 @@ pairs; everything else is O(C*N).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor
-
 from gsplat.cuda._torch_impl import (
     _persp_proj,
     _quat_scale_to_covar_preci,
     _spherical_harmonics,
     _world_to_cam,
 )
+from torch import Tensor
 
 ALPHA_THRESHOLD = 1.0 / 255.0   # gsplat's ALPHA_THRESHOLD: contributions below it are skipped
 ALPHA_MAX = 0.999               # gsplat clamps per-Gaussian alpha to this
@@ -107,7 +107,7 @@ def project_gaussians(
 def project_and_shade(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
     Ks: Tensor, width: int, height: int, eps2d: float = 0.3, near_plane: float = 0.01,
-    far_plane: float = 1e10, antialiased: bool = False, sh_degree: Optional[int] = None,
+    far_plane: float = 1e10, antialiased: bool = False, sh_degree: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``project_gaussians`` plus the per-camera colours [C,N,D]: ``colors`` as given ([N,D] is
     broadcast) when ``sh_degree`` is None, else the SH coefficients ([N,K,3] or [C,N,K,3])
@@ -271,8 +271,8 @@ def rasterize_reference(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
     packed: bool = False,
@@ -296,8 +296,8 @@ def rasterize_reference(
     def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
         return _composite_camera(means2d, conics, cols, opac, radii, depths, width, height, max_elements)
 
-    return rasterize_with(project_and_shade, composite, "reference", means, quats, scales, opacities, colors, viewmats, Ks,
-                          width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+    return rasterize_with(project_and_shade, composite, "reference", means, quats, scales, opacities, colors,
+                          viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
                           sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
                           rasterize_mode=rasterize_mode, packed=packed)
 
@@ -318,8 +318,8 @@ def rasterize_with(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    sh_degree: Optional[int] = None,
-    backgrounds: Optional[Tensor] = None,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
     packed: bool = False,
@@ -327,9 +327,10 @@ def rasterize_with(
     """``rasterize_reference`` with the projection and the compositing supplied by the caller.
 
     Input checks, render modes, backgrounds and ``info`` are this module's. ``project`` has
-    ``project_and_shade``'s arguments and results (validated inputs). ``composite(means2d[c], conics[c], colors[c], opacities[c], radii[c], depths[c], width, height,
-    camera=(c, means2d))`` differs between rasterizers. It returns colour [H,W,D] (no background),
-    alpha [H,W,1] and tiles_per_gauss i32[N], differentiable in its first four arguments.
+    ``project_and_shade``'s arguments and results (validated inputs). ``composite(means2d[c], conics[c],
+    colors[c], opacities[c], radii[c], depths[c], width, height, camera=(c, means2d))`` differs between
+    rasterizers. It returns colour [H,W,D] (no background), alpha [H,W,1] and tiles_per_gauss
+    i32[N], differentiable in its first four arguments.
     """
     if means.dim() != 2 or means.shape[-1] != 3:
         raise ValueError(f"means must be [N,3] (batch dimensions are not supported), got {tuple(means.shape)}")
@@ -359,7 +360,8 @@ def rasterize_with(
                 or (colors.dim() == 4 and colors.shape[:2] == (C, N) and colors.shape[-1] == 3)):
             raise ValueError(f"SH colors must be [N,K,3] or [C,N,K,3] (N={N}, C={C}), got {list(colors.shape)}")
         if (sh_degree + 1) ** 2 > colors.shape[-2]:
-            raise ValueError(f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {colors.shape[-2]}")
+            raise ValueError(f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, "
+                             f"colors has {colors.shape[-2]}")
     radii, means2d, depths, conics, opac, cols = project(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, eps2d=eps2d,
         near_plane=near_plane, far_plane=far_plane, antialiased=(rasterize_mode == "antialiased"),

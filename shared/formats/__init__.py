@@ -16,10 +16,10 @@ from pathlib import Path
 from ..splats import Splats
 from ._common import PathLike, SplatFormatError, read_ply_header
 from .compressed_ply import is_compressed_ply, read_compressed_ply, write_compressed_ply
-from .ply import read_ply, write_ply
-from .splat import read_splat, write_splat
 from .ksplat import read_ksplat
+from .ply import read_ply, write_ply
 from .sog import read_sog, set_webp_codec, write_sog
+from .splat import read_splat, write_splat
 from .spz import read_spz, write_spz
 
 #: formats that can be written
@@ -35,8 +35,8 @@ _WRITERS = {"ply": write_ply, "compressed_ply": write_compressed_ply, "splat": w
             "sog": write_sog}
 _READERS = {"ply": read_ply, "splat": read_splat, "spz": read_spz, "sog": read_sog, "ksplat": read_ksplat}
 
-__all__ = ["FORMATS", "READ_FORMATS", "EXTENSIONS", "SplatFormatError", "declared_count", "detect_format", "read_splats",
-           "set_webp_codec", "write_splats"]
+__all__ = ["FORMATS", "READ_FORMATS", "EXTENSIONS", "SplatFormatError", "declared_count", "detect_format",
+           "read_splats", "set_webp_codec", "write_splats"]
 
 
 def _format_from_name(path: PathLike) -> str | None:

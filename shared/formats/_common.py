@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..splats import SplatError, Splats
+
 PathLike = str | os.PathLike
 
 
@@ -326,7 +328,7 @@ class BoundedGunzip:
         self.path = path
         self._zlib = zlib
         self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._pending = memoryview(data)
+        self._pending: memoryview | None = memoryview(data)
         self.compressed_size = len(data)
         self.produced = 0
 
@@ -402,34 +404,33 @@ CLAMPED_FIELDS = ("opacities", "scales")
 
 
 def build_splats(path: PathLike, arrays: dict[str, np.ndarray],
-                 labels: dict[str, list[str]] | None = None) -> "Splats":
+                 labels: dict[str, list[str]] | None = None) -> Splats:
     """Splats from decoded field arrays, with the one non-finite rule of every reader.
 
     +-inf in ``opacities`` or ``scales`` clamps to the nearest finite float32 (:func:`clamp_infinite`);
     NaN anywhere, or +-inf elsewhere, raises SplatFormatError naming the file's own property
     (``labels[field][column]``, e.g. ``"element 'vertex' property 'opacity'"``) and the first splat.
     """
-    from ..splats import SplatError, Splats
     labels = labels or {}
     out: dict[str, np.ndarray] = {}
-    for field, arr in arrays.items():
+    for key, arr in arrays.items():
         arr = np.asarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             n = arr.shape[0]
             cols = arr.reshape(n, -1)
-            names = labels.get(field) or [f"field '{field}'"]
+            names = labels.get(key) or [f"field '{key}'"]
             for j in range(cols.shape[1]):
                 col = cols[:, j]
                 if np.isfinite(col).all():
                     continue
                 where = names[j] if j < len(names) else names[0]
-                if field in CLAMPED_FIELDS:
+                if key in CLAMPED_FIELDS:
                     clamp_infinite(path, where, col)   # raises on NaN
                 else:
                     check_finite(path, where, col)
-            if field in CLAMPED_FIELDS:
+            if key in CLAMPED_FIELDS:
                 arr = np.clip(arr, -_F32_MAX, _F32_MAX)
-        out[field] = arr
+        out[key] = arr
     try:
         return Splats(**out)
     except SplatError as exc:

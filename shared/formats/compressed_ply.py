@@ -32,8 +32,17 @@ import numpy as np
 
 from ..sh import SH_C0
 from ..splats import Splats, logit, sigmoid
-from ._common import (PathLike, PlyHeader, SplatFormatError, build_splats, check_property, column,
-                      read_ply_elements, read_ply_header, write_binary_ply)
+from ._common import (
+    PathLike,
+    PlyHeader,
+    SplatFormatError,
+    build_splats,
+    check_property,
+    column,
+    read_ply_elements,
+    read_ply_header,
+    write_binary_ply,
+)
 
 CHUNK_SIZE = 256
 CHUNK_PROPS = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
@@ -197,6 +206,7 @@ def read_compressed_ply(path: PathLike, header: PlyHeader | None = None) -> Spla
         raise SplatFormatError(path, "header", f"unexpected element layout {names} for a compressed PLY "
                                "(expected chunk, vertex and optionally sh)")
     chunk_el, vertex_el, sh_el = header.element("chunk"), header.element("vertex"), header.element("sh")
+    assert chunk_el is not None and vertex_el is not None       # checked just above
     n = vertex_el.count
     if chunk_el.count != -(-n // CHUNK_SIZE):
         raise SplatFormatError(path, "element 'chunk'", f"{chunk_el.count} chunks for {n} splats "
@@ -232,7 +242,7 @@ def read_compressed_ply(path: PathLike, header: PlyHeader | None = None) -> Spla
     c8 = np.stack([(c >> 24) & 0xFF, (c >> 16) & 0xFF, (c >> 8) & 0xFF, c & 0xFF], -1) / 255.0
     rgb = lerp3(("min_", "max_"), ("r", "g", "b"), c8[:, :3]) if has_color else c8[:, :3]
     quats = unpack_rotation(vcol["packed_rotation"])
-    if k:
+    if sh_el is not None and k:
         for i in range(3 * k):
             check_property(path, sh_el, f"f_rest_{i}", ("u1",))
         order = [sh_el.property_names().index(f"f_rest_{i}") for i in range(3 * k)]

@@ -89,7 +89,7 @@ def read_ksplat(path: PathLike) -> Splats:
     declared = int(sections["splats"].sum()) if max_sections else 0
     if declared != n_total:
         raise SplatFormatError(path, "header splat count", f"{n_total} splats, but the sections hold {declared}")
-    degrees = [int(d) for d, c in zip(sections["sh_degree"], sections["splats"]) if c]
+    degrees = [int(d) for d, c in zip(sections["sh_degree"], sections["splats"], strict=True) if c]
     if any(d > 3 for d in degrees):
         raise SplatFormatError(path, "section SH degree", f"degree {max(degrees)} is not 0-3")
     degree = max(degrees, default=0)

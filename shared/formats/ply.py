@@ -25,8 +25,16 @@ import numpy as np
 
 from ..sh import REST_COUNT
 from ..splats import Splats
-from ._common import (PathLike, SplatFormatError, build_splats, check_property, column, read_ply_elements,
-                      read_ply_header, write_binary_ply)
+from ._common import (
+    PathLike,
+    SplatFormatError,
+    build_splats,
+    check_property,
+    column,
+    read_ply_elements,
+    read_ply_header,
+    write_binary_ply,
+)
 
 REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]

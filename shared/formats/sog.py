@@ -44,8 +44,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -332,8 +332,8 @@ def _read_shn(src: _Source, meta: dict, sh_meta: dict, version: int | None, n: i
         codebook = _floats(path, meta, "shN", "codebook", 256)
         dequant = codebook
     else:
-        k = {192: 3, 512: 8, 960: 15}.get(w)
-        if k is None:
+        k = {192: 3, 512: 8, 960: 15}.get(w, 0)
+        if not k:
             raise SplatFormatError(path, "image 'shN centroids'", f"width {w} is not 192, 512 or 960")
         palette = (w // k) * h
         lo_v, hi_v = float(sh_meta.get("mins", 0.0)), float(sh_meta.get("maxs", 0.0))
@@ -431,7 +431,8 @@ def _palette(shn: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = shn.astype(np.float32)
     coarse, top = _kmeans(x[rng.choice(n, min(n, 65536), replace=False)], 256, 8, rng)
     top = _nearest(x, coarse)
-    palette, labels = [], np.empty(n, np.int64)
+    palette: list[np.ndarray] = []
+    labels = np.empty(n, np.int64)
     for c in range(len(coarse)):
         members = np.flatnonzero(top == c)
         if not len(members):

@@ -51,8 +51,7 @@ import warnings
 import numpy as np
 
 from ..splats import SplatError, Splats, logit, sigmoid
-from ._common import (GZIP_MAX_RATIO, BoundedGunzip, PathLike, SplatFormatError, bounded_zstd,
-                      check_declared_size)
+from ._common import GZIP_MAX_RATIO, BoundedGunzip, PathLike, SplatFormatError, bounded_zstd, check_declared_size
 
 MAGIC = 0x5053474E
 HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_points", "<u4"), ("sh_degree", "u1"),
@@ -213,7 +212,7 @@ def encode_spz_v4(splats: Splats, sh1_bits: int = 5, sh_rest_bits: int = 4, anti
     header[0]["sh_degree"], header[0]["fractional_bits"] = degree, frac_bits
     header[0]["flags"] = FLAG_ANTIALIASED if antialiased else 0
     header[0]["num_streams"], header[0]["toc_offset"] = len(frames), HEADER_V4.itemsize
-    toc = np.array([(len(f), len(r)) for f, r in zip(frames, raw)], "<u8").reshape(-1, 2)
+    toc = np.array([(len(f), len(r)) for f, r in zip(frames, raw, strict=True)], "<u8").reshape(-1, 2)
     return header.tobytes() + toc.tobytes() + b"".join(frames)
 
 
@@ -351,7 +350,7 @@ def _read_v4(path: PathLike, raw: bytes) -> Splats:
     off = toc + 16 * num_streams
     cols: dict[str, np.ndarray] = {name: np.zeros(0, np.uint8) for name in ("positions", "alphas", "colors",
                                                                             "scales", "rotations", "sh")}
-    for (name, size), (csize, usize) in zip(sizes.items(), entries.tolist()):
+    for (name, size), (csize, usize) in zip(sizes.items(), entries.tolist(), strict=True):
         if usize != size:
             raise SplatFormatError(path, f"stream '{name}'", f"declares {usize} bytes, expected {size} for {n} "
                                    f"splats of SH degree {degree}")

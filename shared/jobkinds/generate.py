@@ -5,7 +5,8 @@ t_max annealed 0.98 -> 0.5, render 512 px, 4 views per step. Results are centred
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
 from ._common import lr_settings, seed_setting

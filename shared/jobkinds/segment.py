@@ -18,12 +18,14 @@ Result: no new splats (an empty splat map: the client has them); ``meta["labels"
 [N] in the order of the input splats (-1 unlabelled, 0 background, 1..L), sent as a raw frame like any
 array in a message; ``meta["label_counts"]`` maps each label (as text) to its splat count,
 ``meta["unseen"]`` counts the splats no view saw at all, ``meta["weak"]`` those below the threshold
-(labelled from their neighbours when ``fill_unseen``), ``meta["unlabelled"]`` the -1s left; metrics ``seconds``, ``views``, ``num_gaussians``. The job store keeps the array
-beside meta.json (``result/meta.labels.npy``), so a later ``fetch`` returns it too.
+(labelled from their neighbours when ``fill_unseen``), ``meta["unlabelled"]`` the -1s left; metrics
+``seconds``, ``views``, ``num_gaussians``. The job store keeps the array beside meta.json
+(``result/meta.labels.npy``), so a later ``fetch`` returns it too.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
 from ._common import RASTER_BACKENDS

@@ -6,7 +6,8 @@ Defaults are gsplat simple_trainer's (compressed for short runs, see ``schedule`
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..jobspec import JobError, JobSpec, PayloadItem, Setting, Settings, register
 from ._common import RASTER_BACKENDS, lr_settings, seed_setting
