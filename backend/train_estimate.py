@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -62,7 +62,7 @@ def estimate_seconds(settings: Settings, schedule: dict[str, int], width: int, h
     del width, height, device_type      # in step_seconds (measured at this size on this device)
     pieces = gaussian_counts(settings, schedule, n0) + [(settings.steps, 0)]
     total = 0.0
-    for (start, n), (stop, _) in zip(pieces, pieces[1:]):
+    for (start, n), (stop, _) in zip(pieces, pieces[1:], strict=False):
         rel = (1.0 - GAUSSIAN_SHARE) + GAUSSIAN_SHARE * n / max(n0, 1)
         total += (stop - start) * step_seconds * rel
     n_end = pieces[-2][1]
@@ -90,7 +90,7 @@ def _timed(probe: Callable[[], None], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def user_threads() -> Optional[int]:
+def user_threads() -> int | None:
     """The thread count the user asked for with ``OMP_NUM_THREADS``, if any."""
     v = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(v) if v.isdigit() and int(v) > 0 else None

@@ -32,8 +32,8 @@ from backend.optim_loop import run_steps
 from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
-from shared.cameras import CameraError, cameras_from_arrays
 from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
+from shared.cameras import CameraError, cameras_from_arrays
 from shared.jobkinds.train import for_device, schedule
 from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import load_scene                      # noqa: E402
-from bench.quality_scenes import write_transforms          # noqa: E402
+from bench.quality import load_scene  # noqa: E402
+from bench.quality_scenes import write_transforms  # noqa: E402
 
 ESTIMATE = re.compile(r"\(estimate (\d+) s\)")
 

@@ -46,13 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality_scenes import CACHE, SCENES, scene_path                    # noqa: E402
-from backend.losses import ssim as ssim_fn                                     # noqa: E402
-from backend.optim import make_optimizers                                      # noqa: E402
-from backend.params import activated, sh_coeffs, splats_to_tensors            # noqa: E402
-from backend.render import rasterize, resolve_backend                          # noqa: E402
+from backend.losses import ssim as ssim_fn  # noqa: E402
+from backend.optim import make_optimizers  # noqa: E402
+from backend.params import activated, sh_coeffs, splats_to_tensors  # noqa: E402
+from backend.render import rasterize, resolve_backend  # noqa: E402
 from backend.trainer import _composite, evaluate, init_params, random_init_points, scene_scale, train  # noqa: E402
-from shared.jobkinds.train import SPEC as TRAIN                                # noqa: E402
+from bench.quality_scenes import CACHE, SCENES, scene_path  # noqa: E402
+from shared.jobkinds.train import SPEC as TRAIN  # noqa: E402
 
 HOLDOUT_EVERY = 5
 QUICK_STEPS = (500, 1000, 2000)
@@ -253,13 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                     vm=torch.from_numpy(data["viewmats"]).to(device), Ks_t=torch.from_numpy(data["Ks"]).to(device))
         pts, rgb = initial_points(data, args.init, args.init_points, args.seed)
         log(f"scene {name}: {len(data['images'])} views, {len(pts)} initial points")
-        def save() -> None:          # after every row: a run cut short by a time limit keeps its figures
+        def save(rows: list[dict] = rows) -> None:   # after every row: a run cut short keeps its figures
             if args.json:
                 args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                  "rows": rows}, indent=1))
 
         if "plain" in args.loops:
-            rows += [dict(r, scene=name) for r in run_plain(data, pts, rgb, steps, args)]
+            rows.extend(dict(r, scene=name) for r in run_plain(data, pts, rgb, steps, args))
             save()
         for strategy in ("default", "mcmc"):
             if strategy in args.loops:

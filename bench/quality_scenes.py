@@ -163,7 +163,7 @@ def write_transforms(arrays: dict[str, np.ndarray], folder: Path) -> Path:
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     frames = []
-    for i, (img, w2c, K) in enumerate(zip(arrays["images"], arrays["viewmats"], arrays["Ks"])):
+    for i, (img, w2c, K) in enumerate(zip(arrays["images"], arrays["viewmats"], arrays["Ks"], strict=True)):
         Image.fromarray(img).save(folder / "images" / f"{i:03d}.png")
         c2w = np.linalg.inv(w2c.astype(np.float64)) @ BLENDER_TO_OPENCV
         frames.append({"file_path": f"images/{i:03d}.png", "transform_matrix": c2w.tolist(),

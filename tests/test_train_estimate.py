@@ -8,11 +8,12 @@ import time
 
 import pytest
 import torch
+from test_trainer import Recorder, render_dataset, sphere_rig, torus_cloud
 
 from backend import train_estimate as te
 from backend.trainer import train
-from shared.jobkinds.train import DEVICE_DEFAULTS, SPEC as TRAIN, for_device, schedule
-from test_trainer import Recorder, render_dataset, sphere_rig, torus_cloud
+from shared.jobkinds.train import DEVICE_DEFAULTS, for_device, schedule
+from shared.jobkinds.train import SPEC as TRAIN
 
 
 def test_device_defaults_fill_only_the_nulls():
@@ -53,7 +54,7 @@ def test_calibrate_keeps_the_faster_thread_count(monkeypatch):
         for slow_with in (1, 2):
             torch.set_num_threads(2)
 
-            def probe() -> None:
+            def probe(slow_with: int = slow_with) -> None:
                 time.sleep(0.03 if torch.get_num_threads() == slow_with else 0.005)
 
             seconds, threads, measured = te.calibrate(probe, "cpu", repeats=3)
@@ -106,7 +107,7 @@ def test_cli_prints_the_estimate_before_training(tmp_path, scene, capsys):
     images, viewmats, Ks = scene
     frames = []
     (tmp_path / "images").mkdir()
-    for i, (img, vm, K) in enumerate(zip(images, viewmats, Ks)):
+    for i, (img, vm, K) in enumerate(zip(images, viewmats, Ks, strict=True)):
         Image.fromarray(img).save(tmp_path / "images" / f"{i}.png")
         frames.append({"file_path": f"images/{i}.png", "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]),
                        "transform_matrix": (np.linalg.inv(vm.astype(np.float64)) @ BLENDER_TO_OPENCV).tolist()})
