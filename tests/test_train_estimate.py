@@ -55,12 +55,12 @@ def test_calibrate_keeps_the_faster_thread_count(monkeypatch):
             torch.set_num_threads(2)
 
             def probe(slow_with: int = slow_with) -> None:
-                time.sleep(0.03 if torch.get_num_threads() == slow_with else 0.005)
+                time.sleep(0.25 if torch.get_num_threads() == slow_with else 0.01)
 
             seconds, threads, measured = te.calibrate(probe, "cpu", repeats=3)
             assert set(measured) == {1, 2}
             assert threads == 3 - slow_with and torch.get_num_threads() == threads
-            assert seconds == pytest.approx(0.005, abs=0.02)
+            assert 0.01 <= seconds < 0.2          # the faster one's time (sleep overshoots under load)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")           # the user's choice is kept, not measured
         torch.set_num_threads(2)
         _, threads, measured = te.calibrate(lambda: None, "cpu")
