@@ -2,6 +2,8 @@
 
     python -m backend serve [--bind tcp://127.0.0.1:5555] [--store DIR] [--device auto|cpu|cuda]
                             [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
+                            [--data-root DIR ...] [--admin KEY ...] [--max-queued-per-client N]
+                            [--max-queued N] [--max-inputs-mb MIB] [--max-job-memory-gb GIB]
                             [--job-module package.module ...] [--job-kind NAME=package.module:function ...]
     python -m backend <kind> ... --out FILE    run one job here: train, generate, edit, and every
                                                other registered kind (backend.job_cli; -h lists the
@@ -95,6 +97,25 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
                    help="disk space the job store leaves free: submits and results that would "
                         "leave less are refused with 'disk_full' (default 256)")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose files clients may name in server-path settings "
+                        "(dataset_path, images_dir, reconstruct's source/model, local model "
+                        "folders); repeatable. Without it, CurveZMQ clients may name no server "
+                        "path and local clients any path outside the job store")
+    p.add_argument("--admin", action="append", default=[], metavar="KEY",
+                   help="a client public-key certificate (*.key) or a folder of them whose "
+                        "clients see, fetch and cancel every client's jobs; repeatable")
+    p.add_argument("--max-queued-per-client", type=int, default=16, metavar="N",
+                   help="jobs one client may have waiting; more are refused with 'queue_full' "
+                        "(0: no limit; default 16)")
+    p.add_argument("--max-queued", type=int, default=64, metavar="N",
+                   help="jobs all clients may have waiting (0: no limit; default 64)")
+    p.add_argument("--max-inputs-mb", type=float, default=2048.0, metavar="MIB",
+                   help="payload bytes the waiting and running jobs may hold together (0: no "
+                        "limit; default 2048)")
+    p.add_argument("--max-job-memory-gb", type=float, default=0.0, metavar="GIB",
+                   help="memory a job may need by its estimate, else 'too_large' (default 0: the "
+                        "device's free memory when the server starts; with --executor ray: no check)")
     p.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="where jobs run: 'local' (this process, one job at a time; the default) or "
                         "'ray' (a Ray cluster, one job per GPU; needs the [ray] extra)")
@@ -128,7 +149,10 @@ def serve_main(argv: list[str]) -> int:
             JOB_KINDS.register(name, target)
         from backend.store import Retention
         for flag, value in (("--keep-days", args.keep_days), ("--max-store-gb", args.max_store_gb),
-                            ("--min-free-mb", args.min_free_mb)):
+                            ("--min-free-mb", args.min_free_mb),
+                            ("--max-queued-per-client", args.max_queued_per_client),
+                            ("--max-queued", args.max_queued), ("--max-inputs-mb", args.max_inputs_mb),
+                            ("--max-job-memory-gb", args.max_job_memory_gb)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
@@ -137,9 +161,14 @@ def serve_main(argv: list[str]) -> int:
             executor = _ray_executor(args)
         elif args.ray_address or args.memory_class:
             raise ValueError("--ray-address and --memory-class need --executor ray")
+        from backend.access import read_admin_keys
+        from backend.admission import Caps
+        caps = Caps(args.max_queued_per_client, args.max_queued, int(args.max_inputs_mb * 2 ** 20),
+                    int(args.max_job_memory_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
                         preview_interval_s=args.preview_interval, retention=retention,
-                        min_free_bytes=int(args.min_free_mb * 2 ** 20), executor=executor)
+                        min_free_bytes=int(args.min_free_mb * 2 ** 20), executor=executor,
+                        data_roots=tuple(args.data_root), admins=read_admin_keys(args.admin), caps=caps)
     except (SecurityError, DeviceError, OSError, ValueError) as exc:
         log.error("%s", exc)
         print(f"splatbridge: cannot start the server: {exc}", file=sys.stderr)

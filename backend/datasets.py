@@ -23,6 +23,7 @@ All images of a dataset must have one size (the trainer renders one size). Error
 from __future__ import annotations
 
 import json
+import os
 import struct
 import warnings
 from collections.abc import Callable
@@ -96,14 +97,34 @@ def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> n
 
 # -- transforms.json --------------------------------------------------------------------------------
 
-def _resolve_image(base: Path, file_path: str) -> Path | None:
-    p = base / file_path
+def confined(base: Path, rel: str, what: str, source: Path) -> Path:
+    """``base / rel`` for a path a dataset file names (``file_path``, ``ply_file_path``, a COLMAP
+    image name): it must stay inside the dataset's folder ``base``. Absolute paths, ``..`` and
+    symbolic links that lead out of ``base`` raise ``DatasetError`` (a dataset must not make the
+    server read files elsewhere on its disk)."""
+    text = str(rel).replace("\\", "/")
+    parts = text.split("/")
+    if (not text or "\0" in text or Path(text).is_absolute() or text.startswith("/")
+            or (len(text) > 1 and text[1] == ":") or ".." in parts):
+        raise DatasetError(f"{source}: {what} {rel!r} must be a relative path inside the dataset "
+                           "folder (no absolute paths, no '..')")
+    p = base / text
+    real_base = Path(os.path.realpath(base))
+    real = Path(os.path.realpath(p))
+    if real != real_base and real_base not in real.parents:
+        raise DatasetError(f"{source}: {what} {rel!r} leads out of the dataset folder through a "
+                           "symbolic link")
+    return p
+
+
+def _resolve_image(base: Path, file_path: str, source: Path) -> Path | None:
+    p = confined(base, file_path, "file_path", source)
     if p.suffix and p.is_file():
         return p
     for ext in IMAGE_EXTENSIONS:
         q = p.with_name(p.name + ext)
         if q.is_file():
-            return q
+            return confined(base, f"{file_path}{ext}", "file_path", source)
     return p if p.is_file() else None
 
 
@@ -139,7 +160,7 @@ def load_transforms(path: str | Path, downscale: int = 1,
         label = f"frame {i} ({fr.get('file_path', '?')})"
         if "file_path" not in fr or "transform_matrix" not in fr:
             raise DatasetError(f"{path}: {label} lacks file_path or transform_matrix")
-        img_path = _resolve_image(base, str(fr["file_path"]))
+        img_path = _resolve_image(base, str(fr["file_path"]), path)
         if img_path is None:
             raise DatasetError(f"{path}: {label}: image {base / fr['file_path']} not found "
                                f"(also tried the extensions {', '.join(IMAGE_EXTENSIONS[:4])})")
@@ -191,11 +212,11 @@ def load_transforms(path: str | Path, downscale: int = 1,
     points = colors = None
     ply = meta.get("ply_file_path")
     if ply:
-        points, colors = _read_point_ply(base / ply)
+        points, colors = _read_point_ply(confined(base, str(ply), "ply_file_path", path))
     elif (base / BLENDERNERF_POINTS).is_file():
         # BlenderNeRF (and the 3DGS reference loader) put the initial points beside transforms.json
         # under this name, without a ply_file_path key
-        points, colors = _read_point_ply(base / BLENDERNERF_POINTS)
+        points, colors = _read_point_ply(confined(base, BLENDERNERF_POINTS, "points file", path))
     return Dataset(imgs, np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32),
                    points, colors, names)
 
@@ -430,7 +451,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
             if parent.name == "sparse":
                 root = parent.parent
                 break
-        images_dir = root / "images"
+        images_dir = confined(root, "images", "image folder", model_dir)
     images_dir = Path(images_dir)
     imgs.sort(key=lambda im: im.name)
     images, viewmats, Ks, names = [], [], [], []
@@ -441,7 +462,7 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
                                f"which {cam_path.name} does not define")
         cam = cams[im.camera_id]
         fx, fy, cx, cy = _colmap_intrinsics(cam, cam_path)
-        file = images_dir / im.name
+        file = confined(images_dir, im.name, "image name", img_path)
         if not file.is_file():
             raise DatasetError(f"{img_path}: image {im.name!r}: file {file} not found")
         rgba = read_image_rgba(file, downscale)
@@ -484,9 +505,10 @@ def load_dataset(path: str | Path, images_dir: str | Path | None = None, downsca
         raise DatasetError(f"{path}: no such file or folder")
     for name in ("transforms.json", f"transforms_{split}.json"):
         if (path / name).is_file():
-            return load_transforms(path / name, downscale, should_stop)
+            return load_transforms(confined(path, name, "file", path), downscale, should_stop)
     model = find_colmap_model(path)
     if model is not None:
+        confined(path, os.path.relpath(model, path), "COLMAP model folder", path)
         return load_colmap(model, images_dir, downscale, should_stop)
     raise DatasetError(f"{path}: found neither transforms.json / transforms_{split}.json nor a COLMAP "
                        "model (cameras.bin or cameras.txt in the folder, sparse/0 or sparse)")

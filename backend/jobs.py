@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.access import may_see
 from backend.job_api import JobError, JobFunction, JobResult
 from backend.store import JobStore, Retention, StoreError, is_disk_full, payload_bytes
 from shared.jobkinds import load_builtin
@@ -141,8 +142,10 @@ class Job:
     kind: str
     params: dict
     payload: dict | None
-    identity: bytes | None                 # ROUTER identity of the submitting client
+    identity: Any                          # where its messages go (the server's routing id / Peer)
     settings: Settings                     # params as checked by the kind's spec at submit
+    owner: str | None = None               # the client identity that submitted it (backend.access)
+    inputs_bytes: int = 0                  # payload bytes it holds until it finishes
     state: str = "queued"
     step: int = 0
     total: int = 0
@@ -314,6 +317,10 @@ class Executor:
     def cancel(self, job: Job) -> None:
         """A cancel of a running job (``job.stop`` is already set): pass it on to the worker."""
 
+    def hello_facts(self) -> dict[str, Any]:
+        """``hello`` fields that differ from this process's own device (a pool's GPUs)."""
+        return {}
+
     def describe(self, queue: list[Job]) -> dict | None:
         """What ``status`` adds about the compute, given the queued jobs (``None``: nothing)."""
         return None
@@ -359,11 +366,16 @@ class JobRunner:
 
     # -- socket-thread API ----------------------------------------------------------------------
     def submit(self, job_id: str, kind: str, params: dict, payload: dict,
-               identity: bytes | None) -> int:
+               identity: Any, owner: str | None = None,
+               admit: Callable[[JobSpec, Settings], Settings] | None = None) -> int:
         """Check ``params`` and ``payload`` against the kind's spec and queue the job; returns its
         queue position (0 = runs now). Raises ``JobError`` (``unknown_job_kind``, ``bad_params``,
-        ``bad_input``, ...) before anything is stored, whatever job is running."""
-        settings = self.kinds.spec(kind).validate(params, payload)
+        ``bad_input``, ...) before anything is stored, whatever job is running. ``admit`` (the
+        server's access and admission checks, ``backend.access``/``backend.admission``) runs after
+        the spec's validation and may refuse (``path_not_allowed``, ``queue_full``, ``too_large``)
+        or return the settings with server paths resolved. ``owner``: the submitting client."""
+        spec = self.kinds.spec(kind)
+        settings = spec.validate(params, payload)
         with self._cond:
             if self._closing:
                 raise JobError("shutting_down", "the server is shutting down; "
@@ -371,8 +383,11 @@ class JobRunner:
             if job_id in self._jobs:
                 raise JobError("duplicate_job", f"job id {job_id} is already in use; "
                                   "make a new id for a new job")
-        self.store.create(job_id, kind, settings.to_meta(), reserve_bytes=payload_bytes(payload))
-        job = Job(job_id, kind, params, payload, identity, settings)
+        if admit is not None:
+            settings = admit(spec, settings)
+        size = payload_bytes(payload)
+        self.store.create(job_id, kind, settings.to_meta(), reserve_bytes=size, owner=owner)
+        job = Job(job_id, kind, params, payload, identity, settings, owner=owner, inputs_bytes=size)
         with self._cond:
             self._jobs[job_id] = job
             self._queue.append(job)
@@ -382,13 +397,24 @@ class JobRunner:
         log.info("job %s (%s) queued at position %d", job_id, kind, position)
         return position
 
-    def cancel(self, job_id: str, identity: bytes | None = None) -> dict:
-        """Stop a running job (it returns its current splats) or drop a queued one.
-        Returns the job's status entry. Raises ``JobError('unknown_job')``."""
+    def load(self, owner: str | None) -> tuple[int, int, int]:
+        """(jobs of ``owner`` waiting, all jobs waiting, payload bytes of waiting and running jobs)."""
         with self._cond:
-            job = self._jobs.get(job_id)
+            mine = sum(1 for j in self._queue if j.owner == owner)
+            held = sum(j.inputs_bytes for j in self._jobs.values() if j.state in ("queued", "running"))
+            return mine, len(self._queue), held
+
+    def _visible(self, job: Job | None, viewer: str | None) -> Job | None:
+        return job if job is not None and may_see(job.owner, viewer) else None
+
+    def cancel(self, job_id: str, identity: Any = None, viewer: str | None = None) -> dict:
+        """Stop a running job (it returns its current splats) or drop a queued one.
+        Returns the job's status entry. Raises ``JobError('unknown_job')``, also for a job
+        ``viewer`` may not see (``None``: all)."""
+        with self._cond:
+            job = self._visible(self._jobs.get(job_id), viewer)
             if job is None:
-                rec = self._record(job_id)
+                rec = self._record(job_id, viewer)
                 return _record_entry(rec)
             if job.state == "queued":
                 self._queue.remove(job)
@@ -414,30 +440,33 @@ class JobRunner:
             self._send(submitter, encode(Message("status", job_id, {"jobs": [entry]})))
         return entry
 
-    def status(self, job_id: str | None = None) -> list[dict]:
-        """Status entries: one job, or the active jobs plus the most recent finished ones."""
+    def status(self, job_id: str | None = None, viewer: str | None = None) -> list[dict]:
+        """Status entries: one job, or the active jobs plus the most recent finished ones; only
+        those ``viewer`` may see (``None``: all)."""
         with self._cond:
             if job_id is not None:
-                job = self._jobs.get(job_id)
+                job = self._visible(self._jobs.get(job_id), viewer)
                 if job is not None:
                     return [job.entry(self._position(job))]
-                return [_record_entry(self._record(job_id))]
-            active = [j for j in self._jobs.values() if j.state in ("queued", "running")]
-            done = [j for j in self._jobs.values() if j.state not in ("queued", "running")]
+                return [_record_entry(self._record(job_id, viewer))]
+            mine = [j for j in self._jobs.values() if may_see(j.owner, viewer)]
+            active = [j for j in mine if j.state in ("queued", "running")]
+            done = [j for j in mine if j.state not in ("queued", "running")]
             done.sort(key=lambda j: j.created)
             jobs = done[-self._recent:] + sorted(active, key=lambda j: j.created)
             return [j.entry(self._position(j)) for j in jobs]
 
-    def fetch(self, job_id: str) -> Message:
-        """The ``result`` message of a finished job again (from the store), or an ``error``."""
+    def fetch(self, job_id: str, viewer: str | None = None) -> Message:
+        """The ``result`` message of a finished job again (from the store), or an ``error``
+        (``unknown_job`` also for a job ``viewer`` may not see; ``None``: all)."""
         with self._cond:
-            job = self._jobs.get(job_id)
+            job = self._visible(self._jobs.get(job_id), viewer)
             if job is not None and job.state in ("queued", "running"):
                 return make_error("not_finished", f"job {job_id} is {job.state} "
                                   f"(step {job.step}/{job.total}); its result is not ready yet",
                                   job_id)
         try:
-            rec = self._record(job_id)
+            rec = self._record(job_id, viewer)
         except JobError as exc:
             return make_error(exc.code, exc.message, job_id)
         if rec["state"] == "failed":
@@ -517,12 +546,17 @@ class JobRunner:
         return self.executor.describe(queue)
 
     # -- internals --------------------------------------------------------------------------------
-    def _record(self, job_id: str) -> dict:
+    def _record(self, job_id: str, viewer: str | None = None) -> dict:
+        """The stored record of ``job_id``; ``unknown_job`` when there is none or ``viewer`` may
+        not see it (the same words: another client's job ids are not revealed)."""
         try:
-            return self.store.read(job_id)
+            rec = self.store.read(job_id)
         except JobError as exc:
             code = "unknown_job" if exc.code in ("unknown_job", "bad_job_id") else exc.code
             raise JobError(code, f"no job {job_id} on this server") from None
+        if not may_see(rec.get("owner"), viewer):
+            raise JobError("unknown_job", f"no job {job_id} on this server")
+        return rec
 
     def _position(self, job: Job) -> int | None:
         if job.state == "running":

@@ -43,7 +43,7 @@ KNOWN_MODELS: tuple[tuple[str, str, str], ...] = (
 )
 PREFETCH_DEFAULTS: tuple[str, ...] = (DEFAULT_GUIDANCE_MODEL, DEFAULT_PRIOR_MODEL)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")   # used with fullmatch (no final newline)
 _CACHE: dict[tuple, Any] = {}
 _CACHE_MAX = 3
 _LOCK = threading.Lock()
@@ -115,12 +115,15 @@ def _resolve_source(model_id_or_path: str) -> tuple[str, bool]:
     text = str(model_id_or_path).strip()
     if not text:
         raise JobError("bad_params", "empty model id or path")
+    # "org/name" is a hub id even when a folder of that name happens to exist in the working
+    # directory; a local folder is an absolute path or an explicit ./relative one
+    hub_shaped = _HUB_ID.fullmatch(text) is not None and not text.startswith((".", "~"))
     path = Path(text).expanduser()
-    if path.is_dir():
+    if not hub_shaped and path.is_dir():
         if not (path / "model_index.json").is_file():
             raise JobError("bad_model", f"{path} is not a diffusers pipeline folder (it has no model_index.json)")
         return str(path), True
-    if text.startswith(("/", ".", "~")) or not _HUB_ID.match(text):
+    if not hub_shaped:
         raise JobError("model_missing", f"model folder {text!r} does not exist (and it is not a Hugging Face "
                                         f"id of the form 'org/name')")
     return text, False

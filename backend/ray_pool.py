@@ -166,6 +166,22 @@ def _worker_device() -> str:
         return "cpu"
 
 
+def probe_gpu() -> dict[str, Any]:
+    """The ``hello`` facts of the GPU this task holds (a Ray task on a worker node)."""
+    out: dict[str, Any] = {"cuda": False, "gpu_name": None, "gpu_memory_bytes": None,
+                           "gsplat_cuda": False}
+    try:
+        import torch
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            out.update(cuda=True, gpu_name=str(props.name), gpu_memory_bytes=int(props.total_memory))
+            from backend.render import gsplat_cuda_available
+            out["gsplat_cuda"] = bool(gsplat_cuda_available())
+    except Exception as exc:        # a broken worker must not stop the front: it says CPU
+        log.warning("GPU probe failed on a worker: %s", exc)
+    return out
+
+
 def run_job_task(job_id: str, kind: str, target: str, values: dict, payload: dict, hub: Any,
                  preview_interval_s: float) -> dict:
     """The Ray task of one job: import ``target``, run it, return its result as plain data.
@@ -301,8 +317,11 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self._nodes_at = -1e9
-        self._excluded: dict[str, set[str]] = {}          # job -> nodes it failed on
+        self._lost: set[str] = set()     # nodes seen dead before Ray's health checks say so
         self._refresh_nodes(force=True)
+        self._probe: dict[str, Any] = {}
+        self._probe_ref = ray.remote(probe_gpu).options(num_gpus=1, num_cpus=0).remote() \
+            if any(n.gpus for n in self._nodes.values() if n.alive) else None
         log.info("Ray pool at %s: %d node(s), %d GPU(s)", address or "a local cluster",
                  sum(n.alive for n in self._nodes.values()),
                  sum(n.gpus for n in self._nodes.values() if n.alive))
@@ -321,7 +340,7 @@ class RayExecutor(Executor):
             res = dict(n.get("Resources") or {})
             if node is None:
                 node = self._nodes[nid] = _Node(nid, n.get("NodeManagerAddress", ""), res)
-            node.alive = bool(n.get("Alive"))
+            node.alive = bool(n.get("Alive")) and nid not in self._lost
             if res:
                 node.resources = res
         for nid in set(self._nodes) - seen:
@@ -404,12 +423,17 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as exc:
                     if isinstance(exc, ray.exceptions.RayTaskError):
                         raise       # not a lost worker: a bug of the task wrapper itself
-                    attempt += 1
+                    # a node that cannot take the task (dead before Ray's health checks said
+                    # so) never started the job: that does not use up its retry
+                    never_ran = isinstance(exc, ray.exceptions.TaskUnschedulableError)
+                    attempt += 0 if never_ran else 1
                     exclude.add(node_id)
                     log.warning("job %s: its worker on node %s was lost (%s)", job.job_id,
                                 node_id[:12], type(exc).__name__)
                     self._release(job)
                     with self._lock:
+                        if never_ran or isinstance(exc, ray.exceptions.NodeDiedError):
+                            self._lost.add(node_id)     # no new jobs there, whatever GCS says
                         self._refresh_nodes(force=True)
                     if job.stop.is_set():
                         raise JobError("cancelled", f"the {job.kind} job was cancelled while its "
@@ -483,6 +507,28 @@ class RayExecutor(Executor):
 
     def cancel(self, job: Job) -> None:
         self._hub.stop.remote(job.job_id)
+
+    def hello_facts(self) -> dict[str, Any]:
+        """The pool's side of ``hello``: device ``ray``; ``cuda``, ``gsplat_cuda``, GPU memory from
+        one worker's GPU (a probe task at start-up; CPU facts until it answered); ``gpu_name``
+        says how many GPUs on how many nodes."""
+        if self._probe_ref is not None and not self._probe:
+            done, _ = self._ray.wait([self._probe_ref], timeout=0)
+            if done:
+                try:
+                    self._probe = self._ray.get(self._probe_ref)
+                except self._ray.exceptions.RayError as exc:
+                    log.warning("GPU probe task failed: %s", exc)
+                    self._probe = {"cuda": False}
+        with self._lock:
+            self._refresh_nodes()
+            live = [n for n in self._nodes.values() if n.alive and n.gpus]
+        gpus = sum(n.gpus for n in live)
+        kind = self._probe.get("gpu_name") or ("GPU" if self._probe.get("cuda") else "logical GPU")
+        return {"device": "ray", "cuda": bool(self._probe.get("cuda")),
+                "gsplat_cuda": bool(self._probe.get("gsplat_cuda")),
+                "gpu_memory_bytes": self._probe.get("gpu_memory_bytes"),
+                "gpu_name": f"Ray pool: {gpus} x {kind} on {len(live)} node(s)"}
 
     def describe(self, queue: list[Job]) -> dict:
         """Per-node GPU use and the queue (``queue``: the queued jobs) per memory class."""

@@ -6,10 +6,17 @@ decodes and validates every request with ``shared.protocol``, answers ``hello``/
 Messages produced by the worker (progress, result, job errors) arrive through a thread-safe
 queue; the worker rings an inproc PUSH/PULL "doorbell" so the loop wakes at once.
 
-Clients are told apart by their ROUTER identity; progress and results go to the identity that
-submitted the job (dropped by zmq if that client is gone: the result stays in the store and
-``fetch`` returns it to any client). ``ROUTER_HANDOVER`` lets a client that reconnects with the
-same routing id take over its identity.
+Connections are told apart by their ROUTER routing id, clients by their identity
+(``backend.access``: the CurveZMQ key, or the local user on loopback). Every job belongs to the
+identity that submitted it, and ``status``, ``fetch`` and ``cancel`` see only the caller's jobs
+(admins: all). Progress and results go to the routing id that submitted the job while it is bound
+to the job's owner (dropped otherwise: the result stays in the store and ``fetch`` returns it to
+its owner). ``ROUTER_HANDOVER`` lets a client that reconnects with the same routing id take over
+its route; the socket monitor ends a routing id's binding when its connection closes.
+
+A submit passes the kind's spec, then ``backend.access.PathPolicy`` (server paths inside the
+operator's roots) and ``backend.admission.Admission`` (queue caps, inputs cap, memory estimate)
+before anything is stored.
 """
 from __future__ import annotations
 
@@ -25,11 +32,13 @@ from typing import Any
 import numpy as np
 import zmq
 
+from backend.access import Caller, PathPolicy, Sessions, frame_fd, local_owner, may_see, owner_of_frame
+from backend.admission import Admission, Caps
 from backend.capabilities import Capabilities, resolve_device
 from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
 from backend.security import CurveKeys, apply_server_curve, check_bind
-from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention
-from backend.uploads import UploadStore, connection_owner
+from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention, payload_bytes
+from backend.uploads import UploadStore
 from shared.jobspec import JobError
 from shared.protocol import (
     DEFAULT_LIMITS,
@@ -48,6 +57,23 @@ log = logging.getLogger("splatbridge.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 _CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "upload")
+_CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+
+class Peer(tuple):
+    """Where a job's messages go: ``(routing_id, owner)``; sent only while the routing id is bound
+    to that owner (``backend.access.Sessions``)."""
+
+    def __new__(cls, routing_id: bytes, owner: str | None):
+        return super().__new__(cls, (routing_id, owner))
+
+    @property
+    def routing_id(self) -> bytes:
+        return self[0]
+
+    @property
+    def owner(self) -> str | None:
+        return self[1]
 
 
 def _check_payload_finite(value: Any, path: str) -> None:
@@ -70,13 +96,21 @@ class Server:
                  device: str = "auto", curve: CurveKeys | None = None,
                  limits: Limits = DEFAULT_LIMITS, kinds: JobKinds = JOB_KINDS,
                  preview_interval_s: float = 1.0, retention: Retention | None = None,
-                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, executor: Executor | None = None):
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES, executor: Executor | None = None,
+                 data_roots: tuple = (), admins: frozenset[str] | set[str] = frozenset(),
+                 caps: Caps | None = None):
         check_bind(bind, curve)           # SecurityError before anything is opened
         self.bind = bind
         self.limits = limits
         self.device = resolve_device(device)
         self.capabilities = Capabilities(self.device, kinds.installed())
-        self._outbox: queue.Queue[tuple[bytes, list]] = queue.Queue()
+        self.local_owner = local_owner()
+        self.admins = frozenset(admins)
+        self.sessions = Sessions()
+        self.paths = PathPolicy(data_roots, store_dir, job_exists=self._job_exists)
+        # the memory estimate is checked against this machine only when jobs run here
+        self.admission = Admission(self.device, caps or Caps(), measure=executor is None)
+        self._outbox: queue.Queue[tuple[Peer | bytes, list]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth = None
@@ -84,6 +118,7 @@ class Server:
         self._router.linger = 1000
         self._router.router_handover = 1
         self._router.setsockopt(zmq.MAXMSGSIZE, limits.max_array_bytes)
+        self._monitor = self._router.get_monitor_socket(_CONNECTION_EVENTS)
         if curve is not None:
             self._auth = apply_server_curve(self._ctx, self._router, curve)
         try:
@@ -106,9 +141,13 @@ class Server:
                  bind, self.device,
                  f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
                  Path(store_dir).resolve(), "on" if curve else "off")
+        log.info("server paths: %s; %.2f GiB of %s memory for a job",
+                 ", ".join(map(str, self.paths.roots)) if self.paths.roots else
+                 ("none for CurveZMQ clients" if curve else "any outside the job store (local clients)"),
+                 self.admission.memory / 2 ** 30, self.device)
 
     # -- thread-safe hand-over from the worker ----------------------------------------------------
-    def _post(self, identity: bytes, frames: list) -> None:
+    def _post(self, identity: Peer | bytes, frames: list) -> None:
         self._outbox.put((identity, frames))
         with self._ring_lock:
             try:
@@ -132,6 +171,7 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._doorbell, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 # The timeout only bounds how late a signal is noticed; work wakes the poll.
@@ -160,15 +200,41 @@ class Server:
         except Exception:     # e.g. the error reply itself failed: log it, keep serving
             log.error("error answering a message:\n%s", traceback.format_exc())
 
+    def _drain_monitor(self) -> None:
+        """Connections that closed (or file descriptors reused by new ones) end their routing
+        ids' bindings; read before every push, so none goes to a connection that took a routing
+        id over after its owner left."""
+        while True:
+            try:
+                event = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if len(event) >= 1 and len(event[0]) >= 6:
+                fd = int.from_bytes(event[0][2:6], "little", signed=True)
+                self.sessions.connection_closed(fd)
+
     def _drain_outbox(self) -> None:
+        self._drain_monitor()
         while True:
             try:
                 identity, frames = self._outbox.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(identity, Peer):
+                if not self.sessions.may_push(identity.routing_id, identity.owner):
+                    log.debug("not sent to %s: its routing id is not its job owner's now",
+                              identity.routing_id.hex())
+                    continue
+                identity = identity.routing_id
             self._send_frames(identity, frames)
 
     def _send_frames(self, identity: bytes, frames: list) -> None:
+        if isinstance(identity, Peer):       # a direct call (shutdown): still owner-checked
+            if not self.sessions.may_push(identity.routing_id, identity.owner):
+                return
+            identity = identity.routing_id
         try:
             self._router.send_multipart([identity, *frames], copy=False)
         except zmq.ZMQError as exc:
@@ -190,6 +256,22 @@ class Server:
         in the log; the loop goes on."""
         identity = parts[0].bytes
         frames = parts[1:]
+        if frames:
+            # a new connection's ACCEPTED event precedes its first message: read it first, or it
+            # would end the binding this message makes
+            self._drain_monitor()
+            owner = owner_of_frame(frames[0], self.local_owner if self._auth is None
+                                   else "curve:unidentified")
+            if not self.sessions.bind(identity, owner, frame_fd(frames[0])):
+                log.warning("refused a message on routing id %s: it belongs to another client",
+                            identity.hex())
+                self._reply(identity, make_error(
+                    "routing_id_taken", "this routing id belongs to another client; connect with "
+                    "a new random routing id"))
+                return
+        else:
+            owner = self.local_owner
+        caller = Caller(owner, admin=owner in self.admins)
         try:
             msg = decode(frames, self.limits)
         except ProtocolError as exc:
@@ -203,7 +285,7 @@ class Server:
                                              f"message: {type(exc).__name__}: {exc}"))
             return
         try:
-            self._dispatch(identity, msg, connection_owner(frames[0]))
+            self._dispatch(identity, msg, caller)
         except ProtocolError as exc:
             self._reply(identity, error_from_exception(exc))
         except JobError as exc:
@@ -214,13 +296,23 @@ class Server:
                                              f"{msg.type}: {type(exc).__name__}: {exc}",
                                              msg.job_id))
 
-    def _dispatch(self, identity: bytes, msg: Message, owner: str = "") -> None:
+    def _job_exists(self, viewer: str | None, job_id: str) -> bool:
+        """Whether the store has ``job_id`` and ``viewer`` may see it (a ``job_ref`` setting)."""
+        try:
+            rec = self.runner.store.read(job_id)
+        except (JobError, OSError, ValueError):
+            return False
+        return may_see(rec.get("owner"), viewer)
+
+    def _dispatch(self, identity: bytes, msg: Message, caller: Caller) -> None:
         t = msg.type
+        peer = Peer(identity, caller.owner)
         if t == "hello":
-            self._reply(identity, Message("hello", None,
-                                          self.capabilities.hello_fields(PROTOCOL_VERSION)))
+            fields = self.capabilities.hello_fields(PROTOCOL_VERSION)
+            fields.update(self.runner.executor.hello_facts())     # a pool's GPUs, not the front's
+            self._reply(identity, Message("hello", None, fields))
         elif t == "status":
-            fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id)}
+            fields = {"jobs": self.runner.status(msg.job_id, viewer=caller.sees)}
             pool = self.runner.pool_status()
             if pool is not None:          # an executor with a cluster: its nodes and queues
                 fields["pool"] = pool
@@ -228,18 +320,27 @@ class Server:
         elif t == "submit":
             payload = msg.fields.get("payload") or {}
             _check_payload_finite(payload, "fields.payload")
+            kind = msg.fields["kind"]
             if "upload" in msg.fields["params"]:     # a job reading an upload: this client's, complete
-                self.uploads.check_use(msg.fields["params"]["upload"], owner)
-            pos = self.runner.submit(msg.required_job_id(), msg.fields["kind"], msg.fields["params"],
-                                     payload, identity)
+                self.uploads.check_use(msg.fields["params"]["upload"], caller.owner)
+
+            def admit(spec, settings):
+                settings = self.paths.check(caller, spec, settings)
+                mine, waiting, held = self.runner.load(caller.owner)
+                self.admission.check(kind, settings, payload, caller.owner, mine, waiting, held,
+                                     payload_bytes(payload))
+                return settings
+
+            pos = self.runner.submit(msg.required_job_id(), kind, msg.fields["params"], payload, peer,
+                                     owner=caller.owner, admit=admit)
             self._reply(identity, Message("accepted", msg.job_id, {"queue_position": pos}))
         elif t == "cancel":
-            entry = self.runner.cancel(msg.required_job_id(), identity)
+            entry = self.runner.cancel(msg.required_job_id(), peer, viewer=caller.sees)
             self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
         elif t == "fetch":
-            self._reply(identity, self.runner.fetch(msg.required_job_id()))
+            self._reply(identity, self.runner.fetch(msg.required_job_id(), viewer=caller.sees))
         elif t == "upload":
-            self._reply(identity, self.uploads.handle(msg, owner))
+            self._reply(identity, self.uploads.handle(msg, caller.owner))
         else:
             self._reply(identity, make_error(
                 "unexpected_type", f"the server does not accept {t!r} messages; clients send "
@@ -254,7 +355,11 @@ class Server:
         log.info("stopped (%.1f s)", time.monotonic() - t0)
 
     def _close_sockets(self) -> None:
-        for name in ("_ring", "_doorbell", "_router"):
+        try:
+            self._router.disable_monitor()
+        except (zmq.ZMQError, AttributeError):
+            pass
+        for name in ("_ring", "_doorbell", "_monitor", "_router"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close()

@@ -2,7 +2,8 @@
 
 Layout of ``<root>/<job_id>/``::
 
-    job.json            kind, params, state, step/total, timestamps (Unix seconds), metrics, error
+    job.json            kind, params, owner (the submitting client), state, step/total, timestamps
+                        (Unix seconds), metrics, error
     inputs/<key>.npy    the submit payload's arrays (top-level keys of ``payload``), written by
                         the worker when the job starts (not on the socket thread)
     inputs/values.json  the payload's non-array values (plain JSON)
@@ -295,7 +296,8 @@ class JobStore:
                              "(or lower --keep-days / --max-store-gb) and submit again")
 
     # -- records ------------------------------------------------------------------------------
-    def create(self, job_id: str, kind: str, params: dict, reserve_bytes: int = 0) -> dict:
+    def create(self, job_id: str, kind: str, params: dict, reserve_bytes: int = 0,
+               owner: str | None = None) -> dict:
         """Make the job's folder with a ``queued`` record in one step (built as
         ``.creating-<id>`` and renamed); returns the record. ``reserve_bytes``: what the job
         will write soon (its inputs), checked against the free space. Raises
@@ -305,6 +307,8 @@ class JobStore:
         record = {"job_id": job_id, "kind": kind, "params": params, "state": "queued",
                   "step": 0, "total": 0, "created": now, "started": None, "finished": None,
                   "metrics": {}, "error": None}
+        if owner is not None:
+            record["owner"] = owner        # the client identity that submitted it (backend.access)
         with self._lock:
             if job_id in self._index or job_id in self._archive or os.path.lexists(d):
                 raise StoreError("duplicate_job", f"job id {job_id} is already in use; "

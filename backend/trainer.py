@@ -32,8 +32,9 @@ from backend.optim_loop import run_steps
 from backend.params import TensorMap, activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
+from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
 from shared.cameras import CameraError, cameras_from_arrays
-from shared.jobkinds.train import schedule
+from shared.jobkinds.train import for_device, schedule
 from shared.jobspec import Settings
 from shared.sh import REST_COUNT, rgb_to_sh0
 from shared.splats import logit
@@ -218,6 +219,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         if ctx.should_stop():
             raise JobError("cancelled", f"cancelled while {stage}; nothing was trained yet")
     device = torch.device(ctx.device)
+    settings = for_device(settings, device.type)
     images_np = validate_inputs(images, viewmats, Ks, points, colors)
     backend = resolve_backend(device, settings.backend)
     if backend == "gsplat" and not (device.type == "cuda" and gsplat_cuda_available()):
@@ -278,6 +280,26 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     else:
         backgrounds = torch.zeros(settings.steps, 1, 3, device=device)
 
+    # a tiny calibration on this data (and the thread count by measurement), then the estimate
+    threads_before = torch.get_num_threads()
+
+    def probe() -> None:
+        cam, bg = order[0], backgrounds[0]
+        out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, settings.sh_degree, bg, backend)
+        photometric_loss(out, _composite(images_t[cam:cam + 1], bg), settings.ssim_lambda).backward()
+        for p in params.values():
+            p.grad = None
+
+    probe_s, threads, thread_times = calibrate(probe, device.type)
+    poll_cancel("measuring this device's speed")
+    step_s = step_seconds_from_probe(probe_s)
+    estimate_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_s, len(pts))
+    where = "this GPU" if device.type == "cuda" else f"this CPU ({threads} thread{'s' * (threads > 1)})"
+    ctx.report(0, 0, {"stage": f"{format_duration(estimate_s)} on {where} (estimate {estimate_s:.0f} s): "
+                               f"{settings.steps} steps, "
+                               f"{len(pts)} initial Gaussians, {W}x{H} px, {len(train_ids)} training views",
+                      "estimate_s": estimate_s})
+
     def one_step(step: int) -> dict[str, Any]:
         cam = order[step]
         sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
@@ -304,13 +326,16 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         return {"loss": loss, "psnr": lambda: psnr(render.clamp(0, 1), target),
                 "num_gaussians": lambda: len(params["means"])}
 
+    t_loop = time.perf_counter()
     loop = run_steps(settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
                      preview_every=settings.preview_every, report_interval_s=settings.report_interval_s)
     cancelled, steps_done = loop.cancelled, loop.steps_done
+    loop_s = time.perf_counter() - t_loop
 
     final_deg = min(max(steps_done - 1, 0) // sched["sh_degree_interval"], settings.sh_degree)
     metrics: dict[str, float] = {"loss": loop.metrics.get("loss", float("nan")),
                                  "num_gaussians": float(len(params["means"])), "steps_per_s": loop.steps_per_s}
+    t_eval = time.perf_counter()
     if not cancelled:
         # without random backgrounds the splats learnt black behind opaque images: score them so
         eval_bg = 1.0 if settings.random_background else 0.0
@@ -319,6 +344,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
         tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
         metrics["train_psnr"] = tr["psnr"]
+    eval_s = time.perf_counter() - t_eval
     splats = tensors_to_splats(params)
     meta = {
         "cancelled": cancelled,
@@ -331,7 +357,12 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         "device": str(device),
         "elapsed_s": time.perf_counter() - t_start,
         "image_size": [W, H],
+        "estimate_s": estimate_s,          # the loop + evaluation, as announced before the first step
+        "loop_s": loop_s + eval_s,         # ... and as it took
+        "threads": threads,
+        "thread_probe_s": {str(k): v for k, v in thread_times.items()},
     }
+    torch.set_num_threads(threads_before)
     return JobResult(splats=splats, metrics=metrics, meta=meta)
 
 

@@ -98,23 +98,24 @@ def grade(splats: Splats, settings: Grade, mask: np.ndarray | None = None) -> Sp
         mask = np.asarray(mask)
         if mask.dtype != bool or mask.shape != (len(splats),):
             raise SplatError("mask", f"mask must be bool[{len(splats)}], got {mask.dtype}{list(mask.shape)}")
-    out = splats.copy()
     if settings.neutral or len(splats) == 0:
-        return out
+        return splats.copy()
     a, b = grade_matrix(settings)
     offset = ((a @ np.full(3, 0.5) + b - 0.5) / SH_C0).astype(np.float32)
     at = a.T.astype(np.float32)
     def rgb_map(x: np.ndarray) -> np.ndarray:        # [..., 3] @ A^T as one [M, 3] x [3, 3] product
         return (x.reshape(-1, 3) @ at).reshape(x.shape)
 
-    if mask is None:
-        out.sh0 = rgb_map(splats.sh0) + offset
-        if splats.shN.shape[1]:
-            out.shN = rgb_map(splats.shN)
-    else:
-        out.sh0[mask] = rgb_map(splats.sh0[mask]) + offset
-        if splats.shN.shape[1]:
-            out.shN[mask] = rgb_map(splats.shN[mask])
+    if mask is None:            # the graded fields go straight into new arrays (no copy to overwrite)
+        fields = {f: getattr(splats, f).copy() for f in ("means", "quats", "scales", "opacities")}
+        fields["sh0"] = rgb_map(splats.sh0) + offset
+        fields["shN"] = rgb_map(splats.shN) if splats.shN.shape[1] else splats.shN.copy()
+        return Splats._derived(fields)
+    out = splats.copy()
+    idx = np.flatnonzero(mask)
+    out.sh0[idx] = rgb_map(np.take(splats.sh0, idx, axis=0)) + offset
+    if splats.shN.shape[1]:
+        out.shN[idx] = rgb_map(np.take(splats.shN, idx, axis=0))
     return out
 
 

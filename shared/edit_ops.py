@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .splats import SplatError, Splats
+from .sh import REST_COUNT
+from .splats import FIELDS, SplatError, Splats
 
 
 def _mask(mask: np.ndarray, n: int) -> np.ndarray:
@@ -46,13 +47,21 @@ def duplicate(splats: Splats, mask: np.ndarray, matrix: np.ndarray | None = None
     ``matrix``, in the object's space), and the new selection: the copies (as Blender selects
     duplicates)."""
     m = _mask(mask, len(splats))
-    copies = splats.subset(m)
-    if matrix is not None and not _is_identity(matrix):
-        copies = copies.transform(matrix)
-    out = Splats.concatenate([splats, copies])
-    selection = np.zeros(len(out), bool)
-    selection[len(splats):] = True
-    return out, selection
+    idx = np.flatnonzero(m)
+    n = len(splats)
+    moved = matrix is not None and not _is_identity(matrix)
+    out = {}
+    for f in FIELDS:                             # written once, straight into the joined arrays
+        src = getattr(splats, f)
+        out[f] = np.empty((n + len(idx),) + src.shape[1:], np.float32)
+        out[f][:n] = src
+        if not moved:                            # indices from flatnonzero are in range: "clip" is unbuffered
+            np.take(src, idx, axis=0, out=out[f][n:], mode="clip")
+    if matrix is not None and moved:
+        splats.subset(idx).transform_into(matrix, {f: out[f][n:] for f in FIELDS})
+    selection = np.zeros(n + len(idx), bool)
+    selection[n:] = True
+    return Splats._derived(out), selection
 
 
 def _is_identity(matrix: np.ndarray) -> bool:
@@ -83,13 +92,26 @@ def merge(parts: Sequence[tuple[Splats, np.ndarray]], target_matrix_world: np.nd
     if not parts:
         raise SplatError("parts", "nothing to merge")
     target = np.asarray(parts[0][1] if target_matrix_world is None else target_matrix_world, np.float64)
-    out, slices, start = [], [], 0
+    total = sum(len(p) for p, _ in parts)
+    k = REST_COUNT[max(p.sh_degree for p, _ in parts)]
+    # one output allocation; each part is copied or transformed straight into its rows
+    out = {f: np.empty((total,) + getattr(parts[0][0], f).shape[1:], np.float32) for f in FIELDS[:-1]}
+    out["shN"] = np.empty((total, k, 3), np.float32)
+    slices, start = [], 0
     for splats, matrix in parts:
+        sl = slice(start, start + len(splats))
+        rows = {f: out[f][sl] for f in FIELDS}
+        kp = splats.shN.shape[1]
+        rows["shN"][:, kp:] = 0.0                                     # SH padded to the highest degree
         rel = relative_matrix(target, matrix)
-        out.append(splats if _is_identity(rel) else splats.transform(rel))
-        slices.append(slice(start, start + len(splats)))
+        if _is_identity(rel):
+            for f in FIELDS:
+                (rows[f][:, :kp] if f == "shN" else rows[f])[...] = getattr(splats, f)
+        else:
+            splats.transform_into(rel, rows)
+        slices.append(sl)
         start += len(splats)
-    return Splats.concatenate(out), slices
+    return Splats._derived(out), slices
 
 
 def apply_transform(splats: Splats, matrix_world: np.ndarray) -> Splats:
@@ -108,7 +130,24 @@ def split_by_labels(splats: Splats, labels: np.ndarray) -> dict[int, Splats]:
     labels = np.asarray(labels)
     if labels.shape != (len(splats),) or labels.dtype.kind not in "iu":
         raise SplatError("labels", f"labels must be int[{len(splats)}], got {labels.dtype}{list(labels.shape)}")
-    return {int(v): splats.subset(labels == v) for v in np.unique(labels)}
+    if len(labels) == 0:
+        return {}
+    # label codes 0..L-1 in increasing label order; one stable sort of the codes gives every label's rows
+    # in their original order (radix sort for codes that fit 16 bits)
+    lo, hi = int(labels.min()), int(labels.max())
+    if hi - lo < 1 << 16:
+        codes = (labels - lo).astype(np.uint16) if lo else labels.astype(np.uint16)
+        counts = np.bincount(codes, minlength=hi - lo + 1)
+        values = np.flatnonzero(counts) + lo
+        counts = counts[counts > 0]
+    else:
+        values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        codes = inverse.reshape(-1).astype(np.uint16 if len(values) <= 1 << 16 else np.int64)
+    if len(values) == 1:
+        return {int(values[0]): splats.subset(np.arange(len(labels)))}
+    order = np.argsort(codes, kind="stable")
+    ends = np.cumsum(counts)
+    return {int(v): splats.subset(order[e - c:e]) for v, c, e in zip(values, counts, ends, strict=True)}
 
 
 __all__ = ["apply_transform", "delete", "duplicate", "merge", "relative_matrix", "separate", "split_by_labels"]

@@ -64,7 +64,10 @@ class Setting:
     a ``str``. ``optional`` admits ``None`` ("derived from other settings"; the description says
     how). ``advanced`` settings sit in a collapsed section of the Blender panel and are marked in
     the CLI's help. ``unit`` is for people ("px", "steps", "m", "s"). ``server_path`` marks a path
-    on the backend's disk, which the server checks against the roots the operator allows.
+    on the backend's disk, which the server checks against the roots the operator allows
+    (``backend.access``); ``path_or_id="hub"``: such a value may instead be a Hugging Face model id
+    ``org/name``. ``job_ref`` marks the id of an earlier job, which the server accepts only from the
+    client that owns that job.
     """
 
     name: str
@@ -81,6 +84,8 @@ class Setting:
     optional: bool = False
     label: str = ""
     server_path: bool = False
+    path_or_id: str = ""
+    job_ref: bool = False
 
     def __post_init__(self) -> None:
         if not self.type:
@@ -91,6 +96,8 @@ class Setting:
             raise TypeError(f"setting {self.name}: type {self.type!r} is not one of {SETTING_TYPES}")
         if self.default is None and not self.optional:
             raise TypeError(f"setting {self.name}: default None needs optional=True")
+        if self.path_or_id not in ("", "hub") or (self.path_or_id and not self.server_path):
+            raise TypeError(f"setting {self.name}: path_or_id is '' or 'hub' (with server_path)")
         if self.default is not None:
             object.__setattr__(self, "default", self.coerce(self.default, "<spec>"))
 

@@ -37,18 +37,35 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     return qa if qa[0] >= 0 else -qa
 
 
-def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of quaternions [..., 4] (w, x, y, z): rotate by b, then by a."""
+def quat_multiply(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Hamilton product a * b of quaternions [..., 4] (w, x, y, z): rotate by b, then by a.
+
+    Computed in float64 (inputs are converted); ``out`` (optional, [..., 4] of the broadcast shape, any
+    float dtype, e.g. float32 rows of a larger array) receives the result rounded once to its dtype.
+    Component by component on the last axis (no stacked temporaries: at 1M quaternions ~4x faster than
+    ``np.stack``), each in the same operation order as the textbook formula below."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    if out is None:
+        out = np.empty(shape, np.float64)
+    elif out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, the product has {shape}")
+    aw, ax, ay, az = (a[..., i] for i in range(4))
+    bw, bx, by, bz = (b[..., i] for i in range(4))
+    out[..., 0] = aw * bw - ax * bx - ay * by - az * bz
+    out[..., 1] = aw * bx + ax * bw + ay * bz - az * by
+    out[..., 2] = aw * by - ax * bz + ay * bw + az * bx
+    out[..., 3] = aw * bz + ax * by - ay * bx + az * bw
+    return out
+
+
+def quat_left_matrix(a: np.ndarray) -> np.ndarray:
+    """The 4x4 float64 matrix L of quaternion ``a`` (w, x, y, z) with ``L @ b == quat_multiply(a, b)``:
+    rows of quaternions times ``L.T`` is one small BLAS product (rotating 1M quaternions by one
+    rotation ~3x faster than :func:`quat_multiply` component by component)."""
+    aw, ax, ay, az = np.asarray(a, dtype=np.float64)
+    return np.array([[aw, -ax, -ay, -az], [ax, aw, -az, ay], [ay, az, aw, -ax], [az, -ay, ax, aw]])
 
 
 def decompose_similarity(matrix: np.ndarray, tol: float = 1e-4) -> tuple[np.ndarray, float, np.ndarray]:

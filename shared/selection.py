@@ -28,6 +28,8 @@ from .splats import Splats
 
 #: largest dense voxel grid the neighbourhood functions allocate (cells); coarser cells beyond it
 MAX_DENSE_CELLS = 1 << 22
+#: points per block in :func:`inside_mesh`'s pass over the points (float64 temporaries stay in cache)
+_BLOCK = 16384
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,8 +147,9 @@ class _Mesh:
             dx, dy = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
             cols_f += [a[:, 0], a[:, 1], dx, dy]
             cols_b += [np.where(dy != 0, -dy, dx) > 0, t[:, i] < t[:, j]]
-        self.edge_f = np.stack(cols_f, axis=1)          # [T, 12]: ax, ay, dx, dy per edge slot
-        self.edge_b = np.stack(cols_b, axis=1)          # [T, 6]: tie sign positive, forward per slot
+        # one row per quantity, so that a gather by triangle gives contiguous rows for the edge tests
+        self.edge_f = np.stack(cols_f)                  # [12, T]: ax, ay, dx, dy per edge slot
+        self.edge_b = np.stack(cols_b)                  # [6, T]: tie sign positive, forward per slot
         # xy column grid over the mesh's shadow: triangle lists per cell (CSR)
         ext = np.maximum(self.hi - self.lo, 1e-12)
         g = int(np.clip(4 * math.sqrt(len(t)), 1, 512))
@@ -167,6 +170,12 @@ class _Mesh:
         self.cell_start = np.concatenate([[0], np.cumsum(counts)])
         self.tv = tv
         self.zmax = tv[:, :, 2].max(axis=1)
+        # each triangle's xy box, padded by 1e-7 of the mesh's extent: a ray outside it cannot be counted
+        # by the rounded edge tests either (their error is ~1e-16 of the extent; only a sliver with an
+        # angle under ~1e-9 rad could be), so pairs outside it are dropped before the edge tests
+        pad = 1e-7 * float(ext.max())
+        xy_lo, xy_hi = tv[:, :, :2].min(axis=1) - pad, tv[:, :, :2].max(axis=1) + pad
+        self.box = (xy_lo[:, 0].copy(), xy_hi[:, 0].copy(), xy_lo[:, 1].copy(), xy_hi[:, 1].copy())
 
     def _cell2(self, xy: np.ndarray) -> np.ndarray:
         c = np.floor((xy - self.lo[:2]) / self.h2).astype(np.int64)
@@ -197,16 +206,18 @@ class _Mesh:
             pi = np.repeat(pid[sl], n)
             k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
             ti = self.cell_tris[np.repeat(self.cell_start[c], n) + k]
-            if min_z:                                   # triangles wholly below the point: no crossing above
-                keep = self.zmax[ti] >= p[pi, 2]
-                pi, ti = pi[keep], ti[keep]
             px, py = p[pi, 0], p[pi, 1]
-            f, bb = self.edge_f[ti], self.edge_b[ti]                    # one gather of each table
+            x0, x1, y0, y1 = self.box
+            keep = (px >= x0[ti]) & (px <= x1[ti]) & (py >= y0[ti]) & (py <= y1[ti])
+            if min_z:                                   # triangles wholly below the point: no crossing above
+                keep &= self.zmax[ti] >= p[pi, 2]
+            pi, ti, px, py = pi[keep], ti[keep], px[keep], py[keep]
+            f, bb = self.edge_f[:, ti], self.edge_b[:, ti]              # one gather of each table
             e, side = [], []
             for j in range(3):
-                ej = f[:, 4 * j + 2] * (py - f[:, 4 * j + 1]) - f[:, 4 * j + 3] * (px - f[:, 4 * j])
-                forward = bb[:, 2 * j + 1]
-                pos = (ej > 0) | ((ej == 0) & bb[:, 2 * j])                # sign at the perturbed point
+                ej = f[4 * j + 2] * (py - f[4 * j + 1]) - f[4 * j + 3] * (px - f[4 * j])
+                forward = bb[2 * j + 1]
+                pos = (ej > 0) | ((ej == 0) & bb[2 * j])                    # sign at the perturbed point
                 side.append(pos == forward)                                  # ... in the triangle's own order
                 e.append(np.where(forward, ej, -ej))
             hit = (side[0] & side[1] & side[2]) | ~(side[0] | side[1] | side[2])
@@ -250,10 +261,44 @@ def inside_mesh(points: np.ndarray | Splats, vertices: np.ndarray, triangles: np
     m = _matrix(matrix_world)
     mesh = _Mesh(vertices, triangles)
     out = np.zeros(len(p), bool)
-    idx, local = _to_local(p, m, *_world_box(mesh.lo, mesh.hi, m))
-    if len(idx) == 0:
-        return out
-    # voxel grid over the mesh's local bounds
+    lo_w, hi_w = _world_box(mesh.lo, mesh.hi, m)
+    inv = np.linalg.inv(m)
+    lin, shift = inv[:3, :3].T, inv[:3, 3]
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None = None
+    exact_idx, exact_local = [], []
+    # the points in row blocks (their float64 temporaries stay in cache): world box, local space, voxel
+    for b0 in range(0, len(p), _BLOCK):
+        pb = p[b0:b0 + _BLOCK]
+        keep = ((pb[:, 0] >= lo_w[0]) & (pb[:, 0] <= hi_w[0]) & (pb[:, 1] >= lo_w[1])
+                & (pb[:, 1] <= hi_w[1]) & (pb[:, 2] >= lo_w[2]) & (pb[:, 2] <= hi_w[2]))
+        ib = np.flatnonzero(keep)
+        if len(ib) == 0:
+            continue
+        if grid is None:
+            grid = _mesh_voxels(mesh, resolution)
+        boundary, inside_vox, lo, dims, h = grid
+        local = pb[ib].astype(np.float64) @ lin + shift
+        ok = np.ones(len(local), bool)
+        flat = np.zeros(len(local), np.int64)
+        for axis, stride in ((2, int(dims[0] * dims[1])), (1, int(dims[0])), (0, 1)):
+            c = np.floor((local[:, axis] - lo[axis]) * (1.0 / h)).astype(np.int64)
+            ok &= (c >= 0) & (c < dims[axis])
+            flat += c * stride
+        flat[~ok] = 0
+        out[b0 + ib] = ok & inside_vox[flat]
+        exact = np.flatnonzero(ok & boundary[flat])
+        exact_idx.append(b0 + ib[exact])
+        exact_local.append(local[exact])
+    if exact_idx and sum(len(e) for e in exact_idx):
+        out[np.concatenate(exact_idx)] = mesh.contains(np.concatenate(exact_local))
+    return out
+
+
+def _mesh_voxels(mesh: _Mesh, resolution: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(boundary bool[cells], inside bool[cells], grid origin f64[3], dims int[3], cell size h) of the
+    voxel grid of :func:`inside_mesh` over the mesh's local bounds; flat cell index ix + nx*(iy + ny*iz).
+    Boundary: voxels the surface touches; inside: the inside state of each voxel's centre."""
     ext = np.maximum(mesh.hi - mesh.lo, 1e-12)
     h = float(ext.max()) / max(1, int(resolution))
     lo = mesh.lo - 0.5 * h
@@ -290,20 +335,7 @@ def inside_mesh(points: np.ndarray | Splats, vertices: np.ndarray, triangles: np
     above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]                                  # crossings in layers >= j
     parity = (above[:, 2:nz + 2] & 1).astype(bool)                                     # voxel k: layers > k
     inside_vox = parity.reshape(nx, ny, nz).transpose(2, 1, 0).ravel()                 # flat ix + nx*(iy + ny*iz)
-    # points: voxel of each (column by column: numpy reduces slowly along a short last axis)
-    ok = np.ones(len(local), bool)
-    flat = np.zeros(len(local), np.int64)
-    for axis, stride in ((2, nx * ny), (1, nx), (0, 1)):
-        c = np.floor((local[:, axis] - lo[axis]) * (1.0 / h)).astype(np.int64)
-        ok &= (c >= 0) & (c < dims[axis])
-        flat += c * stride
-    flat[~ok] = 0
-    res = ok & inside_vox[flat]
-    exact = np.flatnonzero(ok & boundary[flat])
-    if len(exact):
-        res[exact] = mesh.contains(local[exact])
-    out[idx] = res
-    return out
+    return boundary, inside_vox, lo, dims, h
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .rotations import decompose_similarity, matrix_to_quat, quat_multiply
-from .sh import REST_COUNT, degree_from_rest_count, rgb_to_sh0, rotate_sh, sh0_to_rgb
+from .rotations import decompose_similarity, matrix_to_quat, quat_left_matrix
+from .sh import REST_COUNT, apply_sh_rotation, degree_from_rest_count, rgb_to_sh0, sh0_to_rgb, sh_rotation_operator
 
 FIELDS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+
+#: rows per block in row-blocked loops (transforms): a block's float64 temporaries stay in the L2 cache,
+#: several times faster at 1M splats than whole-array temporaries
+BLOCK = 16384
 
 
 class SplatError(ValueError):
@@ -57,6 +61,26 @@ def _as_f32(field: str, value: object, shape_text: str) -> np.ndarray:
     if arr.dtype.kind != "f":
         raise SplatError(field, f"dtype {arr.dtype} is not floating point (expected float32 {shape_text})")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+_ONES = np.ones(0, np.float32)
+
+
+def _ones(n: int) -> np.ndarray:
+    """float32 ones [n] (a view of one cached array)."""
+    global _ONES
+    if len(_ONES) < n:
+        _ONES = np.ones(n, np.float32)
+    return _ONES[:n]
+
+
+def _nonzero_rows(quats: np.ndarray) -> bool:
+    """Whether every row of float32 [M, 4] has a positive float32 squared length, the constructor's test
+    (``einsum("ij,ij->i", q, q) > 0``): a sum of non-negative squares is positive iff one square is, so
+    the squares' bits are OR-ed pairwise (two float32 per uint64) instead of summed: ~2x faster."""
+    sq = np.multiply(quats, quats)
+    pairs = sq.view(np.uint64)
+    return bool(np.all((pairs[:, 0] | pairs[:, 1]) != 0))
 
 
 @dataclass(eq=False)
@@ -171,13 +195,18 @@ class Splats:
 
     # -- set operations -----------------------------------------------------------------
     def subset(self, index: np.ndarray | slice) -> Splats:
-        """Splats selected by a boolean mask [N], integer indices or a slice."""
+        """Splats selected by a boolean mask [N], integer indices or a slice (a slice gives views)."""
         if not isinstance(index, slice):
             index = np.asarray(index)
             if index.dtype == bool and index.shape != (len(self),):
                 raise SplatError("index", f"mask shape {index.shape} does not match N={len(self)}")
             if index.ndim != 1:
                 raise SplatError("index", f"select with a 1-D mask or index array, got shape {index.shape}")
+            if index.dtype == bool:
+                index = np.flatnonzero(index)
+            if index.dtype.kind == "i":
+                # one gather per field: 3-5x faster than boolean indexing of [N, K, 3] rows, same values
+                return Splats._derived({f: np.take(getattr(self, f), index, axis=0) for f in FIELDS})
         return Splats._derived({f: getattr(self, f)[index] for f in FIELDS})
 
     def with_sh_degree(self, degree: int) -> Splats:
@@ -188,7 +217,7 @@ class Splats:
         shN = np.zeros((len(self), k, 3), np.float32)
         keep = min(k, self.shN.shape[1])
         shN[:, :keep] = self.shN[:, :keep]
-        return Splats(self.means, self.quats, self.scales, self.opacities, self.sh0, shN)
+        return Splats._derived({**self.to_arrays(), "shN": shN})      # valid rows, zero padding
 
     @staticmethod
     def concatenate(parts: Iterable[Splats]) -> Splats:
@@ -207,15 +236,47 @@ class Splats:
         Means move, quaternions and SH coefficients rotate, log scales shift by log(scale).
         Shear, non-uniform scale and mirroring raise :class:`SplatError`.
         """
+        out = {f: np.empty_like(getattr(self, f)) for f in FIELDS}
+        self.transform_into(matrix, out)
+        return Splats._derived(out)
+
+    def transform_into(self, matrix: np.ndarray, out: Mapping[str, np.ndarray]) -> None:
+        """:meth:`transform` written into preallocated float32 arrays ``out`` (by field name: row slices
+        of larger arrays, e.g. a merge's output; ``out["shN"]`` may hold more coefficients than this set:
+        only the first K are written). The results are checked as the constructor checks them
+        (``SplatError`` for values that overflow to Inf), per block while they are in cache.
+        ``out`` may be this set's own arrays (in place)."""
         try:
             rotation, scale, translation = decompose_similarity(matrix)
         except ValueError as exc:
             raise SplatError("transform", str(exc)) from None
-        means = (self.means.astype(np.float64) @ (rotation.T * scale) + translation).astype(np.float32)
-        quats = quat_multiply(matrix_to_quat(rotation), self.quats).astype(np.float32)
-        scales = self.scales + np.float32(np.log(scale))
-        shN = rotate_sh(self.shN, rotation) if self.sh_degree > 0 else self.shN.copy()
-        return Splats(means, quats, scales, self.opacities.copy(), self.sh0.copy(), shN)
+        lin = rotation.T * scale
+        qlt = quat_left_matrix(matrix_to_quat(rotation)).T
+        log_scale = np.float32(np.log(scale))
+        k = self.shN.shape[1]
+        operator = sh_rotation_operator(rotation, self.sh_degree) if k else []
+        n, ok = len(self), True
+        for c0 in range(0, n, BLOCK):
+            sl = slice(c0, min(n, c0 + BLOCK))
+            means = out["means"][sl]
+            means[...] = self.means[sl].astype(np.float64) @ lin + translation
+            out["quats"][sl] = self.quats[sl].astype(np.float64) @ qlt
+            np.add(self.scales[sl], log_scale, out=out["scales"][sl])
+            out["opacities"][sl] = self.opacities[sl]
+            out["sh0"][sl] = self.sh0[sl]
+            if k:
+                apply_sh_rotation(operator, self.shN[sl], out["shN"][sl])
+            # the inputs are valid: only overflow can make the outputs invalid. A finite sum of a block
+            # (a BLAS dot with ones, while the block is in cache) proves every entry finite (NaN and Inf
+            # propagate); a non-finite one (also a mere overflow of the sum) sends it to the full check
+            if ok:
+                for f in ("means", "quats", "scales", "shN")[: 4 if k else 3]:
+                    flat = out[f][sl].reshape(-1)
+                    if not np.isfinite(np.dot(flat, _ones(len(flat)))):
+                        ok = False
+                ok = ok and _nonzero_rows(out["quats"][sl])
+        if not ok:                                  # the constructor's checks and its exact error
+            Splats(**{f: out[f] if f != "shN" else out[f][:, :k] for f in FIELDS})
 
     def bounds(self, sigmas: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned (min, max) corners, f64[3] each; ``sigmas`` > 0 pads each splat by that

@@ -69,7 +69,7 @@ def test_train_panel_shows_what_it_showed(addon, bpy_empty):
     addon["ui_panel"].SPLATBRIDGE_PT_train.draw(panel, bpy.context)
     assert panel.layout.props() == [
         "engine", "samples", "num_points", "standard_view", "object_index",              # capture (add-on's own)
-        "steps", "strategy", "sh_degree", "max_gaussians", "holdout_every", "seed", "preview_every",
+        "use_steps", "steps", "strategy", "sh_degree", "max_gaussians", "holdout_every", "seed", "preview_every",
         "show_advanced", "output_name", "dataset_path"]
     bpy.context.scene.splatbridge_train.show_advanced = True
     panel = types.SimpleNamespace(layout=RecordingLayout())
@@ -83,7 +83,7 @@ def test_train_params_are_what_changed_and_the_dataset_settings_stay_out_of_a_ca
     bpy = bpy_empty
     jk, ops_train = addon["ops_train"].job_kinds, addon["ops_train"]
     s = bpy.context.scene.splatbridge_train
-    s.steps, s.holdout_every, s.use_init_opacity, s.init_opacity = 150, 0, True, 0.3
+    s.use_steps, s.steps, s.holdout_every, s.use_init_opacity, s.init_opacity = True, 150, 0, True, 0.3
     s.dataset_path, s.downscale = "/data/set", 2
     sub = jk.Submission(bpy.context, ops_train.UI, s, jk.spec_props.params(s, ops_train.UI.spec(), validate=False),
                         source=ops_train.CaptureResult.__new__(ops_train.CaptureResult))

@@ -27,7 +27,7 @@ for p in (str(ROOT), str(TESTS)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from shared.protocol import Message, encode  # noqa: E402
+from shared.protocol import PROTOCOL_VERSION, Message, encode  # noqa: E402
 from test_server import ServerProcess, drain_until, raw_request, run_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,11 @@ def cluster():
     old = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
     os.environ["OMP_NUM_THREADS"] = "1"
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    # a killed node is declared dead after 5 failed health checks 1 s apart (Ray's default: 3 s
+    # apart); a slow but live node is not (each check waits its 10 s timeout)
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0,
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
     nodes = [c.add_node(num_cpus=1, num_gpus=1,
                         resources={"gpu_mem_40gb": 1} if i == 2 else {}) for i in range(3)]
     c.wait_for_nodes()
@@ -118,6 +122,21 @@ def test_status_shows_nodes_and_queue_per_class(front):
     assert len(gpus) == 3 and all(n["alive"] and n["gpus_busy"] == 0 for n in gpus), pool
     assert sorted(n["classes"] for n in gpus) == [[], [], ["40gb"]]
     assert pool["queue"] == {}
+
+
+def test_hello_describes_the_pool_not_the_front(front):
+    """Blender's connection line shows the pool's GPUs: a probe task ran on a worker (whose GPU is
+    logical here, so no CUDA, as is true of these workers)."""
+    deadline = time.monotonic() + 60
+    while True:
+        f = raw_request(front.proc.address, encode(Message("hello", None, {
+            "client": "test", "protocol": PROTOCOL_VERSION}))).fields
+        if f["gpu_name"] == "Ray pool: 3 x logical GPU on 3 node(s)" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert f["device"] == "ray" and f["gpu_name"] == "Ray pool: 3 x logical GPU on 3 node(s)", f
+    assert f["cuda"] is False and f["gsplat_cuda"] is False and f["gpu_memory_bytes"] is None
+    assert {"train", "sleep", "big"} <= set(f["job_kinds"])
 
 
 def test_status_command_prints_the_pool(front):
@@ -283,10 +302,12 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
     pts = np.ones((4, 3), np.float32)
     kill = {n.node_id: n for n in cluster.gpu_nodes}
     with front.proc.client() as c:
+        b = c.submit("sleep", {"steps": 150, "dt": 0.05}, {"points": pts * 2})
+        drain_until(c, lambda: c.jobs[b].step >= 1, 60)
         a = c.submit("sleep", {"steps": 60, "dt": 0.05}, {"points": pts})
-        b = c.submit("sleep", {"steps": 60, "dt": 0.05}, {"points": pts * 2})
-        drain_until(c, lambda: c.jobs[a].step >= 2 and c.jobs[b].step >= 2, 60)
-        first, node_b = _node_of(front, a), _node_of(front, b)
+        drain_until(c, lambda: c.jobs[a].step >= 2, 60)
+        first, node_b = _node_of(front, a), _node_of(front, b)      # both still running
+        assert first and node_b, front.pool()
         cluster.remove_node(kill[first], allow_graceful=False)
         ja, jb = run_until(c, a, 90), run_until(c, b, 90)
         assert jb.state == "done" and jb.meta["node"] == node_b
@@ -294,6 +315,7 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
         assert ja.state == "done", ja.error
         assert ja.meta["node"] not in (first, node_b)
         assert int(ja.result_splats().opacities[0]) == 60        # all its steps, from the rerun
+        assert int(jb.result_splats().opacities[0]) == 150
 
         # one retry only: a job that loses its node twice is reported interrupted
         j = c.submit("sleep", {"steps": 400, "dt": 0.05}, {"points": pts})
@@ -305,13 +327,17 @@ def test_node_killed_mid_job_reruns_elsewhere_nothing_else_lost(front, cluster):
             assert time.monotonic() < deadline and not c.jobs[j].finished, c.jobs[j]
             c.poll()
             time.sleep(0.1)
-        drain_until(c, lambda: c.jobs[j].step >= 2 or c.jobs[j].finished, 60)
+        # the rerun has started once it reports a step below the first run's last one
+        seen = len(c.jobs[j].progress)
+        top = max(step for step, _total, _m in c.jobs[j].progress)
+        drain_until(c, lambda: any(step < top for step, _t, _m in c.jobs[j].progress[seen:])
+                    or c.jobs[j].finished, 60)
         cluster.remove_node(kill[third], allow_graceful=False)
         jj = run_until(c, j, 60)
     assert jj.state == "failed" and jj.error[0] == "interrupted", jj
     assert "died (2 time(s))" in jj.error[1], jj.error
     assert "was lost" in front.proc.log()
-    # status says so once Ray's health checks have declared the nodes dead (~15 s after a kill)
+    # status says so once Ray's health checks have declared the nodes dead (~5 s after a kill)
     deadline = time.monotonic() + 60
     while True:
         alive = {n["node_id"] for n in front.pool()["nodes"] if n["alive"]}

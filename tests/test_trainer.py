@@ -91,8 +91,9 @@ def test_trains_known_scene_to_28db(torus_data, artifacts):
     assert res.metrics["eval_ssim"] >= 0.85, res.metrics
     assert res.meta["holdout"] == [0, 8, 16] and not res.meta["cancelled"]
     assert isinstance(res.splats, Splats) and res.splats.sh_degree == 1
-    steps = [r[0] for r in ctx.reports]
-    assert steps == sorted(steps) and steps[-1] == 150 and all(r[1] == 150 for r in ctx.reports)
+    assert "stage" in ctx.reports[0][2] and ctx.reports[0][:2] == (0, 0)     # the time estimate comes first
+    steps = [r[0] for r in ctx.reports[1:]]
+    assert steps == sorted(steps) and steps[-1] == 150 and all(r[1] == 150 for r in ctx.reports[1:])
     assert set(ctx.reports[-1][2]) >= {"loss", "psnr", "num_gaussians", "steps_per_s", "eta_s"}
     previews = [r[0] for r in ctx.reports if r[3] is not None]
     assert previews == [50, 100] and all(isinstance(r[3], Splats) for r in ctx.reports if r[3] is not None)
@@ -170,7 +171,7 @@ def test_mcmc_runs_on_cpu_and_respects_the_cap():
     res = train(images, viewmats, Ks, settings=TRAIN.make(
         steps=45, strategy="mcmc", max_gaussians=cap, init_points=200, sh_degree=0,
         refine_start=5, refine_every=5, refine_stop=40, report_interval_s=0.0), ctx=ctx)
-    counts = [int(r[2]["num_gaussians"]) for r in ctx.reports]
+    counts = [int(r[2]["num_gaussians"]) for r in ctx.reports if "stage" not in r[2]]
     assert max(counts) == cap and min(counts) == 200            # grew 5 % per refine, up to the cap
     assert len(res.splats) == cap and np.isfinite(res.splats.scales).all()
 
@@ -182,7 +183,7 @@ def test_default_strategy_respects_the_cap():
         steps=30, max_gaussians=230, init_points=200, sh_degree=0, refine_start=2, refine_every=5,
         refine_stop=30, grow_grad2d=1e-7, report_interval_s=0.0), ctx=ctx)
     assert len(res.splats) <= 230 and res.metrics["num_gaussians"] == len(res.splats)
-    counts = [int(r[2]["num_gaussians"]) for r in ctx.reports]
+    counts = [int(r[2]["num_gaussians"]) for r in ctx.reports if "stage" not in r[2]]
     # It did refine: grew from 200 (every splat is over the tiny grow_grad2d) and stopped at the cap.
     assert counts[0] == 200 and max(counts) == 230, counts
 
@@ -270,7 +271,8 @@ def test_job_and_cli_paths(tmp_path, capsys):
     assert len(res.splats) == 40 and res.meta["dataset_path"] == str(tmp_path)
     assert recorder.reports[0][:3] == (0, 0, {"stage": f"reading the dataset {tmp_path}"})
     assert recorder.reports[1][:3] == (0, 0, {"stage": "8 views of 32x32 px"})
-    assert all("stage" not in r[2] and r[0] >= 1 for r in recorder.reports[2:])
+    assert "estimate_s" in recorder.reports[2][2] and recorder.reports[2][:2] == (0, 0)   # then the estimate
+    assert all("stage" not in r[2] and r[0] >= 1 for r in recorder.reports[3:])
     assert res.meta["image_size"] == [32, 32] and res.meta["holdout"] == [0, 4]
     with pytest.raises(JobError) as e:
         run_train_job({"dataset_path": str(tmp_path / "nope")}, {}, Recorder())

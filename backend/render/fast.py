@@ -9,9 +9,9 @@ hand-written backward, behind the reference's input checks, render modes and ``i
 - ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
 - ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
   backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
-  branch-free 16-lane row loops that LLVM vectorises; gradients to means2d, conics, colours,
-  opacities, and (``absgrad=True``, as gsplat) the per-pixel sums of |d loss / d means2d| in
-  ``info["means2d"].absgrad`` [C,N,2] during backward.
+  branch-free row loops that LLVM vectorises (in the forward, a Gaussian's rows as one loop);
+  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the
+  per-pixel sums of |d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
 
 What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
 (tests/test_render_fast.py): 16x16 tiles, front to back by depth, alpha = min(0.999, o exp(-sigma))
@@ -527,6 +527,13 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     by1 = min(y1, math.floor(my + radii[g, 1] - 0.5) + 1)
     # (numba types this kernel; mypy cannot type max() of a numpy float32 and a float)
     sig_max = math.log(max(op, ALPHA_THRESHOLD) * 255.0) + 1e-3   # type: ignore[operator]  # beyond it alpha < 1/255
+    # only rows that the ellipse 0.5 (a dx^2 + c dy^2) + b dx dy <= sig_max reaches: there
+    # |dy| <= sqrt(2 sig_max a / (a c - b^2)) (elsewhere every pixel's alpha is below 1/255)
+    det = float(ca) * float(cc) - float(cb) * float(cb)
+    if det > 0.0 and ca > 0.0:
+        ext = math.sqrt(2.0 * sig_max * float(ca) / det)
+        by0 = max(by0, math.ceil(float(my) - ext - 0.5 - 1e-3))
+        by1 = min(by1, math.floor(float(my) + ext - 0.5 + 1e-3) + 1)
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
@@ -537,9 +544,10 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
     Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
 
     Each tile walks its Gaussians front to back, over the rows of a Gaussian's box (``radii``)
-    where its alpha can reach 1/255 (``_row_span``), testing every pixel of those rows as the
-    reference does. The row loops are branch-free float32 over all 16 lanes so that LLVM
-    vectorises them fully; a finished pixel carries its transmittance negated."""
+    that its ellipse alpha >= 1/255 reaches (``_gaussian_rows``), testing every pixel of those
+    rows as the reference does. Those rows' pixels are one branch-free float32 loop (not one
+    16-lane loop per row: several vectors in flight); a finished pixel carries its transmittance
+    negated."""
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
@@ -549,14 +557,17 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
         x1 = min(x0 + TILE_SIZE, width)
         y1 = min(y0 + TILE_SIZE, height)
         start = tile_offsets[tile]
-        T = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))       # pixels outside the image: done
-        T[:y1 - y0, :x1 - x0] = _F(1.0)
-        acc = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        last = np.zeros((TILE_SIZE, TILE_SIZE), np.int32)
-        w = np.zeros(TILE_SIZE, _F)
-        xs = np.empty(TILE_SIZE, _F)
-        for i in range(TILE_SIZE):
-            xs[i] = _F(x0 + i + 0.5)
+        T2 = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))      # pixels outside the image: done
+        T2[:y1 - y0, :x1 - x0] = _F(1.0)
+        T = T2.reshape(TILE_SIZE * TILE_SIZE)                # the tile's pixels row by row
+        acc = np.zeros((D, TILE_SIZE * TILE_SIZE), _F)
+        last = np.zeros(TILE_SIZE * TILE_SIZE, np.int32)
+        w = np.zeros(TILE_SIZE * TILE_SIZE, _F)
+        xs = np.empty(TILE_SIZE * TILE_SIZE, _F)             # pixel centres
+        ys = np.empty(TILE_SIZE * TILE_SIZE, _F)
+        for i in range(TILE_SIZE * TILE_SIZE):
+            xs[i] = _F(x0 + i % TILE_SIZE + 0.5)
+            ys[i] = _F(y0 + i // TILE_SIZE + 0.5)
         n_live = (x1 - x0) * (y1 - y0)
         for k in range(cnt):
             if n_live <= 0:
@@ -564,42 +575,44 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
             g = gid[start + k]
             mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
                 g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            for py in range(by0, by1):
-                dy = my - _F(py + 0.5)
-                sx0, sx1 = _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1)
-                if sx0 >= sx1:
-                    continue
-                Tr = T[py - y0]
-                lr = last[py - y0]
-                stopped = 0
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
-                    t = Tr[lx]
-                    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
-                    nt = t * (_F(1.0) - alpha)
-                    stop = ok & (nt <= _F(T_STOP))
-                    use = ok & (nt > _F(T_STOP))
-                    w[lx] = alpha * t if use else _F(0.0)
-                    Tr[lx] = -t if stop else (nt if use else t)
-                    lr[lx] = k + 1 if use else lr[lx]
-                    stopped += 1 if stop else 0
-                n_live -= stopped
-                for d in range(D):
-                    cd = _F(colors[g, d])
-                    ar = acc[d, py - y0]
-                    for lx in range(TILE_SIZE):
-                        ar[lx] += cd * w[lx]
+            if by0 >= by1:
+                continue
+            # all pixels of the rows the Gaussian can reach, as one loop: several vectors in flight
+            i0 = (by0 - y0) * TILE_SIZE
+            i1 = (by1 - y0) * TILE_SIZE
+            stopped = 0
+            # slices: indices from 0 let LLVM drop the negative-index wraparound and vectorise
+            xs_, ys_, T_, w_, last_ = xs[i0:i1], ys[i0:i1], T[i0:i1], w[i0:i1], last[i0:i1]
+            for i in range(i1 - i0):
+                dx = mx - xs_[i]
+                dy = my - ys_[i]
+                sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
+                t = T_[i]
+                ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
+                nt = t * (_F(1.0) - alpha)
+                stop = ok & (nt <= _F(T_STOP))
+                use = ok & (nt > _F(T_STOP))
+                w_[i] = alpha * t if use else _F(0.0)
+                T_[i] = -t if stop else (nt if use else t)
+                last_[i] = k + 1 if use else last_[i]
+                stopped += 1 if stop else 0
+            n_live -= stopped
+            for d in range(D):
+                cd = _F(colors[g, d])
+                ar = acc[d, i0:i1]
+                for i in range(i1 - i0):
+                    ar[i] += cd * w_[i]
         for py in range(y0, y1):
             for px in range(x0, x1):
                 ly = py - y0
                 lx = px - x0
+                i = ly * TILE_SIZE + lx
                 for d in range(D):
-                    out_color[py, px, d] = acc[d, ly, lx]
-                t = abs(T[ly, lx])
+                    out_color[py, px, d] = acc[d, i]
+                t = abs(T[i])
                 out_alpha[py, px] = 1.0 - t
-                out_last[py, px] = last[ly, lx]
+                out_last[py, px] = last[i]
                 out_t[py, px] = t
 
 
@@ -777,6 +790,10 @@ def _back(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None)
     return (t.to(dtype) if dtype is not None else t).to(device)
 
 
+def _np32(t: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())
+
+
 def _np64(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy())   # MPS has no float64
 
@@ -800,7 +817,7 @@ class _CompositeTiles(torch.autograd.Function):
         color = np.zeros((height, width, D), m2.dtype)
         alpha = np.zeros((height, width), m2.dtype)
         last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float64)
+        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
         _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
         ctx.arrays = arrays
         ctx.last, ctx.final_t = last, final_t
@@ -817,9 +834,10 @@ class _CompositeTiles(torch.autograd.Function):
         width, height, tile_w = ctx.size
         device, dtype = v_color.device, v_color.dtype
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
-        per = np.zeros((M, 8 + D), np.float64)
+        # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
+        per = np.zeros((M, 8 + D), np.float32)
         _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np(v_color).astype(np.float64), _np(v_alpha)[..., 0].astype(np.float64), per)
+                         _np32(v_color), _np32(v_alpha[..., 0]), per)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -842,7 +860,8 @@ class _ProjectShade(torch.autograd.Function):
         C, N = viewmats.shape[0], means.shape[0]
         np_dtype = _np(means[:0]).dtype
         arrays = [_np64(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
-        sh_np = _np64(sh) if sh_degree >= 0 else np.zeros((N, 1, 3))
+        # read as is (float32 in training) and widened to float64 where the kernels use it
+        sh_np = _np(sh) if sh_degree >= 0 else np.zeros((N, 1, 3), np_dtype)
         campos = np.ascontiguousarray(np.linalg.inv(arrays[4])[:, :3, 3])
         means2d = np.zeros((C, N, 2), np_dtype)
         conics = np.zeros((C, N, 3), np_dtype)

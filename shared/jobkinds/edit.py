@@ -24,8 +24,9 @@ SETTINGS = (
             unit="steps", advanced=True),
     Setting("low_memory", False, "Attention slicing and model CPU offload, for 4-8 GB graphics cards",
             advanced=True, label="Low GPU Memory"),
-    Setting("edit_model", DEFAULT_EDIT_MODEL, "InstructPix2Pix model: a Hugging Face id or a local folder",
-            advanced=True),
+    Setting("edit_model", DEFAULT_EDIT_MODEL, "InstructPix2Pix model: a Hugging Face id (org/name) or a "
+            "folder on the backend's disk (an absolute path, or ./relative)", advanced=True,
+            server_path=True, path_or_id="hub"),
     Setting("edit_every", 10, "Re-edit one dataset view every this many steps", min=1, max=100_000,
             unit="steps", advanced=True),
     Setting("initial_edits", -1, "Views edited before the steps start (-1: all, 0: none)", min=-1,

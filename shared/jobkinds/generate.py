@@ -37,10 +37,12 @@ SETTINGS = (
             unit="steps", advanced=True),
     Setting("low_memory", False, "Attention slicing and model CPU offload, for 4-8 GB graphics cards",
             advanced=True, label="Low GPU Memory"),
-    Setting("guidance_model", DEFAULT_GUIDANCE_MODEL, "Stable Diffusion model: a Hugging Face id or a local "
-            "folder", advanced=True, label="Diffusion Model"),
-    Setting("prior_model", DEFAULT_PRIOR_MODEL, "Shap-E model: a Hugging Face id or a local folder",
-            advanced=True, label="Shap-E Model"),
+    Setting("guidance_model", DEFAULT_GUIDANCE_MODEL, "Stable Diffusion model: a Hugging Face id (org/name) "
+            "or a folder on the backend's disk (an absolute path, or ./relative)", advanced=True,
+            label="Diffusion Model", server_path=True, path_or_id="hub"),
+    Setting("prior_model", DEFAULT_PRIOR_MODEL, "Shap-E model: a Hugging Face id (org/name) or a folder on "
+            "the backend's disk (an absolute path, or ./relative)", advanced=True, label="Shap-E Model",
+            server_path=True, path_or_id="hub"),
     Setting("view_dependent", True, "Add ', front view' / ', side view' / ', back view' to the prompt",
             advanced=True),
     Setting("encode_resolution", 0, "Size the renders are encoded at (0: the model's native size; smaller is "

@@ -49,7 +49,7 @@ SPEC = register(JobSpec(
                 "transforms.json (<job folder>/reconstruct/model, or the CLI's --colmap-out)",
                 type="str", optional=True, server_path=True),
         Setting("from_job", None, "Retrain without solving again: the id of a previous reconstruct job "
-                "on this backend", type="str", optional=True, label="From Job"),
+                "on this backend", type="str", optional=True, label="From Job", job_ref=True),
         Setting("frames", 150, "Video: how many frames to use, spread over the video (the sharpest "
                 "frame of each stretch)", min=3, max=2000, unit="frames"),
         Setting("max_image_size", 1600, "Longest image side used for features and training "

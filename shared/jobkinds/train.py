@@ -18,7 +18,8 @@ ARRAY_ITEMS = ("images", "viewmats", "Ks")
 
 
 SETTINGS = (
-    Setting("steps", 7000, "Optimisation steps (one image per step)", min=1, max=MAX_STEPS, unit="steps"),
+    Setting("steps", None, "Optimisation steps, one image per step (null: per device, 7000 on a CUDA GPU, "
+            "3000 on the CPU)", type="int", optional=True, min=1, max=MAX_STEPS, unit="steps"),
     Setting("strategy", "default", "Densification: 'default' clones, splits and prunes (3DGS); 'mcmc' "
             "relocates a fixed budget (3DGS-MCMC)", choices=STRATEGIES),
     Setting("sh_degree", 3, "Spherical-harmonic degree of the view-dependent colour", min=0, max=3,
@@ -34,8 +35,9 @@ SETTINGS = (
             advanced=True, label="Images Folder"),
     Setting("downscale", 1, "Load the dataset's images at 1/n size (intrinsics follow)", min=1, max=64,
             advanced=True),
-    Setting("init_points", 50_000, "Random initial Gaussians when no points are given", min=1,
-            max=20_000_000, advanced=True),
+    Setting("init_points", None, "Random initial Gaussians when no points are given (null: per device, "
+            "50,000 on a CUDA GPU, 2,000 on the CPU)", type="int", optional=True, min=1, max=20_000_000,
+            advanced=True),
     Setting("init_opacity", None, "Initial opacity (null: 0.1 for 'default', 0.5 for 'mcmc')", type="float",
             optional=True, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True, advanced=True),
     Setting("init_scale", 1.0, "Initial size, times the RMS distance to the 3 nearest points", min=1e-3,
@@ -102,10 +104,27 @@ def check_payload(s: Settings, payload: Mapping[str, Any]) -> None:
         raise JobError("bad_input", "train payload has colors without points")
 
 
+# Per-device defaults of the settings whose null means "for this device": a CUDA GPU runs gsplat's
+# 7k-step recipe in a minute or two; the CPU (and Apple's MPS, which rasterizes on the CPU) gets a
+# run that finishes in minutes at 64-256 px (bench/quality.py: the CPU curve flattens after ~3k).
+DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
+    "cuda": {"steps": 7000, "init_points": 50_000},
+    "cpu": {"steps": 3000, "init_points": 2_000},
+}
+
+
+def for_device(s: Settings, device_type: str) -> Settings:
+    """``s`` with its per-device nulls (``steps``, ``init_points``) filled in for ``device_type``
+    ("cuda"; anything else counts as "cpu")."""
+    d = DEVICE_DEFAULTS["cuda" if device_type == "cuda" else "cpu"]
+    return s.replace(**{k: v for k, v in d.items() if s[k] is None})
+
+
 def schedule(s: Settings) -> dict[str, int]:
     """The step schedule: gsplat's defaults for long runs (refine every 100 steps from step 500 to
-    15k, a new SH band every 1000 steps), compressed for short ones; explicit settings win."""
-    n = s.steps
+    15k, a new SH band every 1000 steps), compressed for short ones; explicit settings win.
+    ``s.steps`` null counts as the CUDA default (use ``for_device`` first)."""
+    n = s.steps if s.steps is not None else DEVICE_DEFAULTS["cuda"]["steps"]
     return {
         "sh_degree_interval": s.sh_degree_interval or max(1, min(1000, n // (2 * (s.sh_degree + 1)))),
         "refine_start": s.refine_start if s.refine_start is not None else min(500, n // 4),
