@@ -179,9 +179,12 @@ def prepare_photos(folder: Path, out_dir: Path, max_size: int, stages: _Stages) 
 
 
 def prepare_video(path: Path, out_dir: Path, frames: int, max_size: int, stages: _Stages) -> SolveInputs:
-    picked, fps = extract_frames(path, frames, out_dir, max_size,
-                                 progress=lambda d, t: stages.report("reading video frames", d, t),
-                                 should_stop=stages.ctx.should_stop, min_frames=MIN_IMAGES)
+    try:
+        picked, fps = extract_frames(path, frames, out_dir, max_size,
+                                     progress=lambda d, t: stages.report("reading video frames", d, t),
+                                     should_stop=stages.ctx.should_stop, min_frames=MIN_IMAGES)
+    except InterruptedError:            # cancelled while decoding: a cancel, not a failure
+        raise Cancelled from None
     if stages.ctx.should_stop():
         raise Cancelled
     if len(picked) < MIN_IMAGES:

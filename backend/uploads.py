@@ -12,8 +12,8 @@ Chunks already stored survive a client that dies or a closed socket (and a serve
 ``upload`` open with the same id and the same files answers ``have`` (the stored chunk indices per
 file) and the client sends only the others. A job names a complete upload with its ``upload``
 setting (``upload_source``); an upload belongs to the client that opened it (``owner``: the
-CurveZMQ user id of its connection, empty without CurveZMQ: then its id, a random uuid, is the
-capability).
+server's caller, ``backend.access``: ``curve:<public key>`` under CurveZMQ, else the local owner;
+the id, a random uuid, is not guessable either).
 
 Every bad request is a ``JobError`` whose code goes into an ``error`` reply; nothing here can stop
 the server. Errors: ``unknown_upload``, ``bad_upload`` (open: names, sizes, a different manifest
@@ -290,10 +290,3 @@ def upload_source(store_root: str | os.PathLike, uid: str) -> Path:
         return files[0]
     return folder / "files"
 
-
-def connection_owner(frame: Any) -> str:
-    """The owner of a request: the CurveZMQ user id of its frame (the client's public key), or ""."""
-    try:
-        return frame.get("User-Id") or ""
-    except Exception:       # NULL mechanism: no user id
-        return ""

@@ -223,8 +223,9 @@ def poll_once(context=None) -> list:
             try:
                 if on_update is not None:
                     on_update(context, rec, job)
+                # cancelled with an error: stopped before it had anything to return (no result will come)
                 if job.finished and (job.result is not None
-                                     or (job.state == "failed" and job.error is not None)):
+                                     or (job.state in ("failed", "cancelled") and job.error is not None)):
                     if on_finished is not None:
                         on_finished(context, rec, job)
                     rec.handled = True      # only once applied: a result is never dropped

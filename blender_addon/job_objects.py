@@ -102,8 +102,8 @@ def status_text(rec) -> str:
     """'Train Splats: step 1200/3000, PSNR 27.1 dB, 154k Gaussians, 1m 20s left' (PSNR only when
     the job reports it); before the steps start, what the job says it is doing ('Generate Teapot:
     loading the guidance model (...)')."""
-    if rec.stage and not rec.total:
-        return f"{rec.label}: {rec.stage}"
+    if rec.stage:           # a stage before the steps: alone, or with its own count ("matching 3/12")
+        return f"{rec.label}: {rec.stage}" + (f" {rec.step}/{rec.total}" if rec.total else "")
     parts = [f"step {rec.step}/{rec.total}" if rec.total else rec.state]
     if not math.isnan(rec.psnr):
         parts.append(f"PSNR {rec.psnr:.1f} dB")

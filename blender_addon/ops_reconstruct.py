@@ -40,6 +40,7 @@ from .shared.splats import Splats
 KIND = "reconstruct"
 MIN_PHOTOS = 3
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+UPLOAD_CHUNK_BYTES = 4 << 20
 
 EXTRA = {
     "input_path": StringProperty(name="Photos or Video", subtype="FILE_PATH", default="",
@@ -126,8 +127,10 @@ class CaptureRun:
         self.record = None
         self.upload_id = None
         mode = self.settings.transfer
-        if mode == "UPLOAD" or (mode == "AUTO" and not backend_is_local(self.client.address)):
-            self.upload_id = self.client.upload(inputs.paths, upload_id=_resume_id(context, inputs))
+        self.path = local_source(inputs)
+        if mode == "UPLOAD" or self.path is None or (mode == "AUTO" and not backend_is_local(self.client.address)):
+            self.upload_id = self.client.upload(inputs.paths, upload_id=_resume_id(context, inputs),
+                                                chunk_size=UPLOAD_CHUNK_BYTES)
             context.scene["splatbridge_capture_upload"] = {"id": self.upload_id, "paths": list(inputs.paths)}
 
     @property
@@ -159,8 +162,7 @@ class CaptureRun:
                 return None
             params = {"upload": self.upload_id}
         else:
-            params = {"source": self.inputs.paths[0] if self.inputs.kind == "video"
-                      else os.path.dirname(self.inputs.paths[0])}
+            params = {"source": self.path}
         self.record = submit(self.context, self.inputs, params, self.settings)
         self.context.scene.pop("splatbridge_capture_upload", None)
         return self.record
@@ -177,6 +179,16 @@ class CaptureRun:
     def cancel(self) -> None:
         if self.upload_id:
             self.client.uploads.pop(self.upload_id, None)
+
+
+def local_source(inputs: CaptureInputs) -> str | None:
+    """The path a backend on this machine reads: the video, or the photos' folder when the photos are
+    all of that folder's photos (else None: a subset travels as an upload)."""
+    if inputs.kind == "video":
+        return inputs.paths[0]
+    folder = os.path.dirname(inputs.paths[0])
+    in_folder = {os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(PHOTO_EXTENSIONS)}
+    return folder if in_folder == set(inputs.paths) else None
 
 
 def _resume_id(context, inputs: CaptureInputs) -> str | None:

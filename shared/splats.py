@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rotations import decompose_similarity, matrix_to_quat, quat_multiply
+from .rotations import decompose_similarity, matrix_to_quat, quat_left_matrix
 from .sh import REST_COUNT, apply_sh_rotation, degree_from_rest_count, rgb_to_sh0, sh0_to_rgb, sh_rotation_operator
 
 FIELDS = ("means", "quats", "scales", "opacities", "sh0", "shN")
@@ -71,6 +71,15 @@ def _ones(n: int) -> np.ndarray:
     if len(_ONES) < n:
         _ONES = np.ones(n, np.float32)
     return _ONES[:n]
+
+
+def _nonzero_rows(quats: np.ndarray) -> bool:
+    """Whether every row of float32 [M, 4] has a positive float32 squared length, the constructor's test
+    (``einsum("ij,ij->i", q, q) > 0``): a sum of non-negative squares is positive iff one square is, so
+    the squares' bits are OR-ed pairwise (two float32 per uint64) instead of summed: ~2x faster."""
+    sq = np.multiply(quats, quats)
+    pairs = sq.view(np.uint64)
+    return bool(np.all((pairs[:, 0] | pairs[:, 1]) != 0))
 
 
 @dataclass(eq=False)
@@ -241,7 +250,7 @@ class Splats:
         except ValueError as exc:
             raise SplatError("transform", str(exc)) from None
         lin = rotation.T * scale
-        q = matrix_to_quat(rotation)
+        qlt = quat_left_matrix(matrix_to_quat(rotation)).T
         log_scale = np.float32(np.log(scale))
         k = self.shN.shape[1]
         operator = sh_rotation_operator(rotation, self.sh_degree) if k else []
@@ -250,7 +259,7 @@ class Splats:
             sl = slice(c0, min(n, c0 + BLOCK))
             means = out["means"][sl]
             means[...] = self.means[sl].astype(np.float64) @ lin + translation
-            quat_multiply(q, self.quats[sl], out=out["quats"][sl])
+            out["quats"][sl] = self.quats[sl].astype(np.float64) @ qlt
             np.add(self.scales[sl], log_scale, out=out["scales"][sl])
             out["opacities"][sl] = self.opacities[sl]
             out["sh0"][sl] = self.sh0[sl]
@@ -264,8 +273,7 @@ class Splats:
                     flat = out[f][sl].reshape(-1)
                     if not np.isfinite(np.dot(flat, _ones(len(flat)))):
                         ok = False
-                quats = out["quats"][sl]
-                ok = ok and bool((np.einsum("ij,ij->i", quats, quats) > 0).all())
+                ok = ok and _nonzero_rows(out["quats"][sl])
         if not ok:                                  # the constructor's checks and its exact error
             Splats(**{f: out[f] if f != "shN" else out[f][:, :k] for f in FIELDS})
 

@@ -23,6 +23,7 @@ misaligned view.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def _save(path: Path, *images: np.ndarray) -> None:
 def test_video_to_splats_cameras_and_footage_track(addon, footage, backend, artifacts):
     connection, ops_reconstruct, splat_object = addon
     import bpy
-    from splatbridge import capture
+    from splatbridge import capture, job_objects
     from splatbridge.viewport.offscreen import draw_camera_view
     video, decoded = footage
     address, store = backend
@@ -128,12 +129,13 @@ def test_video_to_splats_cameras_and_footage_track(addon, footage, backend, arti
     assert (store / ".uploads" / up.upload_id / "files" / "orbit.mp4").read_bytes() == video.read_bytes()
     t_up = time.monotonic()
 
-    seen = {"preview": False, "stages": set()}
+    seen = {"preview": False, "stages": set(), "texts": set()}
 
     def finished() -> bool:
         r = connection.find_record(scene, job_id)
         if r.stage:
             seen["stages"].add(r.stage.split(":")[0].split(" (")[0])
+            seen["texts"].add(job_objects.status_text(r))
         if not r.handled and r.target in bpy.data.objects:
             seen["preview"] = True
         return r.handled
@@ -144,6 +146,8 @@ def test_video_to_splats_cameras_and_footage_track(addon, footage, backend, arti
     assert rec.state == "done", rec.message
     assert seen["preview"], "no live preview under the empty while training"
     assert {"extracting features", "matching"} <= seen["stages"], seen["stages"]
+    # the status bar: the stage with its own count ("extracting features 5/12")
+    assert any(re.fullmatch(r"Capture orbit Splats: extracting features \d+/12", t) for t in seen["texts"]), seen["texts"]
     job = client.jobs[job_id]
     info = job.meta["reconstruct"]
     frames = info["cameras"]["frames"]
@@ -239,3 +243,78 @@ def test_errors_a_user_can_act_on(addon, footage, backend, tmp_path):
     rec = connection.find_record(scene, rec.job_id)
     assert rec.state == "failed" and "cut.mp4: unreadable video: corrupt, truncated" in rec.message, rec.message
     assert "cut" not in bpy.data.objects and "cut Splats" not in bpy.data.objects
+
+
+def test_photos_name_the_ones_that_did_not_register(addon, footage, backend, tmp_path):
+    """Photos (every third frame) plus two pictures of something else, read from the path by the local
+    backend: cameras for the photos that registered, the others named in the job's message."""
+    connection, ops_reconstruct, splat_object = addon
+    import bpy
+    from PIL import Image
+    _, decoded = footage
+    folder = tmp_path / "room"
+    folder.mkdir()
+    for i in range(0, FRAMES, 3):
+        Image.fromarray(decoded[i]).save(folder / f"view_{i:03d}.jpg", quality=95)
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        blocks = rng.integers(0, 255, (H // 16, W // 16, 3), dtype=np.uint8)
+        Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), np.uint8))).save(folder / f"zz_other_{i}.jpg")
+    scene = bpy.context.scene
+    s = scene.splatbridge_reconstruct
+    s.max_image_size, s.quality, s.steps, s.train_downscale, s.sh_degree = W, "fast", 30, 4, 0
+    s.holdout_every, s.transfer, s.import_points = 0, "AUTO", False
+    _connect(connection, bpy, backend[0])
+    names = sorted(p.name for p in folder.iterdir())
+    assert bpy.ops.import_scene.splatbridge_capture(directory=str(folder), files=[{"name": n} for n in names]) \
+        == {"FINISHED"}
+    job_id = scene.splatbridge_jobs[-1].job_id
+    assert connection.wait_for(lambda: connection.find_record(scene, job_id).handled, 300)
+    rec = connection.find_record(scene, job_id)
+    assert rec.state == "done", rec.message
+    client = connection.STATE.client
+    assert not client.uploads and client.jobs[job_id].meta["reconstruct"]["source"] == str(folder)
+    assert "12 images registered; 2 did not register: zz_other_0.jpg, zz_other_1.jpg" in rec.message
+    root = bpy.data.objects["room"]
+    cams = [o for o in bpy.data.objects["room Cameras"].children if o.type == "CAMERA"]
+    assert len(cams) == 12 and bpy.data.objects["room Cameras"].parent == root
+    assert sorted(c.name for c in cams) == [f"room view_{i:03d}.jpg" for i in range(0, FRAMES, 3)]
+    assert "room Video Camera" not in bpy.data.objects and "room Sparse Points" not in bpy.data.objects
+    assert bpy.data.objects[rec.target].parent == root
+
+
+def test_an_interrupted_upload_resumes_from_blender(addon, footage, backend, monkeypatch):
+    """Esc in the middle of the upload, Blender closes (the client goes); importing the same video again
+    resumes the upload: only the rest is sent, and the job is submitted."""
+    connection, ops_reconstruct, _ = addon
+    import bpy
+    video, _ = footage
+    size = video.stat().st_size
+    monkeypatch.setattr(ops_reconstruct, "UPLOAD_CHUNK_BYTES", 8 << 10)
+    scene = bpy.context.scene
+    scene.splatbridge_reconstruct.transfer, scene.splatbridge_reconstruct.steps = "UPLOAD", 0
+    _connect(connection, bpy, backend[0])
+    run = ops_reconstruct.CaptureRun(bpy.context, ops_reconstruct.capture_inputs([str(video)]))
+    deadline = time.monotonic() + 30
+    while run.upload.received < size // 3:
+        assert run.step() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    assert "uploading 1 file(s)" in run.status_text()
+    got = run.upload.received
+    run.cancel()                                   # Esc
+    connection.disconnect()                        # Blender closes
+    _connect(connection, bpy, backend[0])
+    again = ops_reconstruct.CaptureRun(bpy.context, ops_reconstruct.capture_inputs([str(video)]))
+    assert again.upload_id == run.upload_id
+    rec = again.run_all(60)
+    up = again.upload
+    assert up.state == "complete" and up.skipped_bytes >= got
+    assert up.sent_bytes == size - up.skipped_bytes
+    assert (backend[1] / ".uploads" / up.upload_id / "files" / video.name).read_bytes() == video.read_bytes()
+    assert "splatbridge_capture_upload" not in scene
+    from splatbridge import job_objects
+    job_objects.cancel(bpy.context, rec.job_id)
+    # cancelled before it had anything to return: the record is done with, saying so
+    assert connection.wait_for(lambda: connection.find_record(scene, rec.job_id).handled, 120)
+    r = connection.find_record(scene, rec.job_id)
+    assert r.state == "cancelled" and "cancelled" in r.message, (r.state, r.message)

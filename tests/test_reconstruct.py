@@ -235,6 +235,16 @@ def test_cancel_returns_promptly_in_each_solve_stage(scene, tmp_path, stage):
     assert time.perf_counter() - t0 < 60
 
 
+def test_cancel_while_reading_video_frames_is_a_cancel(scene, tmp_path):
+    """A cancel the decoder notices (between two progress reports: the server sets it from another
+    thread) ends the stage as a cancel, not as a failed job (it was job_failed: InterruptedError)."""
+    from backend.reconstruct import Cancelled, _Stages, prepare_video
+    ctx = Ctx(tmp_path)
+    ctx.stopped_at = 0.0                  # the cancel is already there when decoding starts
+    with pytest.raises(Cancelled):
+        prepare_video(scene["video"], tmp_path / "frames", 24, W, _Stages(ctx))
+
+
 def test_reconstruct_job_over_the_socket(scene, tmp_path):
     """``python -m backend serve`` runs the kind: stage progress, the cameras and files in the
     result, a retrain naming the first job's id (no new solve), and a bad input's error."""
