@@ -8,6 +8,8 @@
     python3 build.py addon            dist/splatbridge-<version>.zip: the Blender extension with bundled wheels
     python3 build.py compat [ARGS]    the add-on's torch-free tests on the newest Blender (bpy from PyPI, Python
                                       3.13, its own venv .venv-blender-latest); CI runs it after `test`
+    python3 build.py lint [--fix]     setup, then ruff (lint, import order) and mypy (types) over shared/ and
+                                      backend/ with pyproject.toml's settings; fails on any finding (CI runs it)
 
 The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`),
 the backend's source in `backend_source/` (backend/, shared/, requirements-backend.txt, pyproject.toml: what
@@ -251,6 +253,35 @@ def run_serve(serve_args: list[str]) -> int:
                               cwd=ROOT, env=child_env()).returncode
     except KeyboardInterrupt:
         return 130
+
+
+# --------------------------------------------------------------------------------------------
+# lint
+
+# What `lint` checks; the rules and the type checker's settings are pyproject.toml's ([tool.ruff], [tool.mypy]).
+LINT_PATHS = ("shared", "backend")
+
+
+def run_lint(fix: bool = False, paths: list[str] | None = None) -> int:
+    """ruff, then mypy, from the venv over ``paths`` (default LINT_PATHS) with pyproject.toml's settings;
+    both always run and print their findings. Returns 0 when both are clean, else 1. ``fix``: ruff
+    applies its safe fixes first."""
+    python = str(setup())
+    paths = list(paths or LINT_PATHS)
+    config = str(ROOT / "pyproject.toml")
+    ruff = [python, "-m", "ruff", "check", "--config", config, *(["--fix"] if fix else []), *paths]
+    mypy = [python, "-m", "mypy", "--config-file", config, *paths]
+    failed = []
+    for name, cmd in (("ruff", ruff), ("mypy", mypy)):
+        log("running " + " ".join(cmd[1:]))
+        code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
+        if code != 0:
+            failed.append(f"{name} (exit {code})")
+    if failed:
+        log(f"lint: problems found by {' and '.join(failed)}; see above")
+        return 1
+    log("lint: ruff and mypy clean")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="setup, then the end-to-end demo", add_help=False)
     sub.add_parser("serve", help="setup, then `python -m backend serve ...`", add_help=False)
     sub.add_parser("compat", help="the add-on's tests on the newest Blender (Python 3.13 venv)", add_help=False)
+    p_lint = sub.add_parser("lint", help="ruff and mypy over shared/ and backend/ (settings in pyproject.toml)")
+    p_lint.add_argument("--fix", action="store_true", help="let ruff apply its safe fixes first")
+    p_lint.add_argument("paths", nargs="*", help=f"what to check (default: {' '.join(LINT_PATHS)})")
     p_addon = sub.add_parser("addon", help="build dist/splatbridge-<version>.zip")
     p_addon.add_argument("--dist", type=Path, default=DIST, help="output folder (default: dist/)")
     p_addon.add_argument("--wheel-cache", type=Path, default=None, help="default: <dist>/wheel-cache")
@@ -757,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "setup":
             setup(force=args.force)
             return 0
+        if args.command == "lint":
+            return run_lint(fix=args.fix, paths=args.paths)
         if args.command == "addon":
             build_addon(args.dist.resolve(), args.wheel_cache.resolve() if args.wheel_cache else None,
                         offline=args.offline)

@@ -44,7 +44,7 @@ def thumbnails(image_dir: Path, names: list[str], size: int = 24) -> np.ndarray:
     out = np.zeros((len(names), size * size), np.float32)
     for i, n in enumerate(names):
         with Image.open(image_dir / n) as im:
-            g = np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), np.float32).ravel()
+            g = np.asarray(im.convert("L").resize((size, size), Image.Resampling.BILINEAR), np.float32).ravel()
         g = g - g.mean()
         out[i] = g / (np.linalg.norm(g) + 1e-6)
     return out
@@ -128,10 +128,10 @@ def stage_map(cfg: dict) -> dict:
     total = len(cfg["names"])
     if cfg["mapper"] == "global":
         emit(stage="mapping (global)", step=0, total=total)
-        opts = pycolmap.GlobalPipelineOptions()
-        opts.num_threads = int(cfg.get("num_threads", -1))
-        opts.random_seed = 0
-        recs = pycolmap.global_mapping(db, image_dir, out, opts)
+        global_opts = pycolmap.GlobalPipelineOptions()
+        global_opts.num_threads = int(cfg.get("num_threads", -1))
+        global_opts.random_seed = 0
+        recs = pycolmap.global_mapping(db, image_dir, out, global_opts)
     else:
         opts = pycolmap.IncrementalPipelineOptions()
         opts.num_threads = int(cfg.get("num_threads", -1))
@@ -164,7 +164,7 @@ def transforms_dict(rec, inputs: dict, unregistered: list[str]) -> dict:
     names = inputs["names"]
     index = {n: i for i, n in enumerate(names)}
     frames = []
-    first = None
+    first: Camera | None = None
     for iid in rec.reg_image_ids():
         im = rec.images[iid]
         cam = rec.cameras[im.camera_id]
@@ -183,6 +183,8 @@ def transforms_dict(rec, inputs: dict, unregistered: list[str]) -> dict:
             fr["time_s"] = inputs["time_s"][i]
         frames.append((i, fr))
     frames.sort(key=lambda x: x[0])
+    if first is None:
+        raise ValueError("the reconstruction has no registered image to write transforms for")
     out = {"camera_angle_x": float(2 * np.arctan(0.5 * first.width / first.fx)),
            "w": first.width, "h": first.height, "fl_x": first.fx, "fl_y": first.fy, "cx": first.cx,
            "cy": first.cy, "source_kind": inputs["kind"], "frames": [f for _, f in frames],

@@ -72,9 +72,8 @@ def read_image_rgba(path: Path, downscale: int = 1) -> np.ndarray:
     """u8[H,W,4] of an image file (8- or 16-bit, grey, RGB or RGBA; no alpha -> 255)."""
     from PIL import Image
     try:
-        with Image.open(path) as im:
-            if downscale > 1:
-                im = im.reduce(downscale)
+        with Image.open(path) as opened:
+            im = opened.reduce(downscale) if downscale > 1 else opened
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im).astype(np.float64)
                 scale = 257.0 if a.max() > 255 else 1.0
@@ -241,8 +240,9 @@ def _read_point_ply(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
         pts = np.stack([column(path, header, vertex, data, a) for a in "xyz"], 1).astype(np.float32)
         cols = None
         rgb = [vertex.find(c) for c in ("red", "green", "blue")]
-        if all(p is not None and p.code == "u1" for p in rgb):
-            cols = np.stack([column(path, header, vertex, data, p.name, ("u1",)) for p in rgb], 1)
+        rgb_u1 = [p for p in rgb if p is not None and p.code == "u1"]
+        if len(rgb_u1) == 3:
+            cols = np.stack([column(path, header, vertex, data, p.name, ("u1",)) for p in rgb_u1], 1)
         elif any(p is not None for p in rgb):
             warnings.warn(f"{path}: point colours are not uchar red/green/blue; starting from "
                           "random colours", stacklevel=3)

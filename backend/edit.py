@@ -44,7 +44,7 @@ from backend.losses import photometric_loss
 from backend.models import cuda_oom_guard, load_pipeline
 from backend.optim import make_optimizers
 from backend.optim_loop import LoopResult, run_steps
-from backend.params import activated, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.params import TensorMap, activated, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.render import rasterize
 from shared.jobspec import Settings
 from shared.splats import SplatError, Splats
@@ -95,7 +95,7 @@ def dataset_angles(settings: Settings) -> tuple[list[float], list[float]]:
     return el, az
 
 
-def render(params: dict[str, Tensor], views: ViewBatch, index: list[int] | slice,
+def render(params: TensorMap, views: ViewBatch, index: list[int] | slice,
            sh_degree: int) -> Tensor:
     """Render the views ``index`` of ``views``: f32[B,3,H,W] in 0..1 over the views' backgrounds."""
     means, quats, scales, opacities = activated(params)
@@ -271,7 +271,7 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
     means_decay = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
                                                          gamma=0.1 ** (1.0 / max(1, settings.steps)))
     order = torch.randint(0, n, (settings.steps,), generator=gen).tolist()
-    last = {"loss": float("nan"), "ema": None}
+    last: dict[str, float | None] = {"loss": float("nan"), "ema": None}
 
     def one_step(step: int) -> dict[str, Any]:
         if step % settings.edit_every == 0 and (step > 0 or first == 0):
@@ -285,8 +285,9 @@ def edit_splats(splats: Splats, editor: ImageEditor, settings: Settings, ctx: Jo
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             means_decay.step()
-        last["loss"] = float(loss.detach())
-        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        value, ema = float(loss.detach()), last["ema"]
+        last["loss"] = value
+        last["ema"] = value if ema is None else 0.9 * ema + 0.1 * value
         return {"loss": last["ema"], "num_gaussians": len(params["means"]), "edits": edits}
 
     loop = LoopResult(cancelled=True) if cancelled else run_steps(

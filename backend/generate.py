@@ -37,7 +37,7 @@ from backend.job_cli import KindCli, Positional
 from backend.models import cuda_oom_guard, cudnn_autotune, load_pipeline
 from backend.optim import make_optimizers
 from backend.optim_loop import run_steps
-from backend.params import activated, knn_mean_distance, sh_coeffs, splats_to_tensors, tensors_to_splats
+from backend.params import TensorMap, activated, knn_mean_distance, sh_coeffs, splats_to_tensors, tensors_to_splats
 from backend.render import rasterize
 from backend.sds import Guidance, StableDiffusionGuidance, TimestepSchedule, sds_loss
 from backend.strategies import CappedDefaultStrategy
@@ -217,7 +217,7 @@ def make_init(settings: Settings, payload: dict, device: torch.device,
 # Distillation
 # ----------------------------------------------------------------------------------------------
 
-def render_views(params: dict[str, Tensor], views: ViewBatch, sh_degree: int) -> tuple[Tensor, dict]:
+def render_views(params: TensorMap, views: ViewBatch, sh_degree: int) -> tuple[Tensor, dict]:
     """Render ``views`` of the splats: images f32[B,3,H,W] (0..1, over each view's background) and info."""
     means, quats, scales, opacities = activated(params)
     colors, _, info = rasterize(means, quats, scales, opacities, sh_coeffs(params), views.viewmats, views.Ks,
@@ -225,7 +225,7 @@ def render_views(params: dict[str, Tensor], views: ViewBatch, sh_degree: int) ->
     return colors.permute(0, 3, 1, 2).clamp(0.0, 1.0), info
 
 
-def sds_objective(params: dict[str, Tensor], guidance: Guidance, views: ViewBatch, t: Tensor,
+def sds_objective(params: TensorMap, guidance: Guidance, views: ViewBatch, t: Tensor,
                   noise_gen: torch.Generator, guidance_scale: float, sh_degree: int,
                   before_backward: Callable[[dict], None] | None = None) -> tuple[Tensor, dict]:
     """Render, encode, and build the SDS loss of one step (call ``.backward()`` on it)."""
@@ -267,18 +267,18 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
 
     densify = settings.densify and settings.steps >= 40
     strategy = _make_strategy(settings) if densify else None
-    state = strategy.initialize_state(scene_scale=CANONICAL_RADIUS) if densify else None
-    if densify:
+    state = strategy.initialize_state(scene_scale=CANONICAL_RADIUS) if strategy is not None else None
+    if strategy is not None:
         strategy.check_sanity(params, optimizers)
     calibrated = False
-    last = {"loss": float("nan"), "ema": None}
+    last: dict[str, float | None] = {"loss": float("nan"), "ema": None}
 
     def one_step(step: int) -> dict[str, Any]:
         nonlocal calibrated
         views = sample_views(settings.batch_size, settings.resolution, settings.resolution, view_gen, ranges, device)
         t = schedule.sample(settings.batch_size, step, settings.steps, guidance.num_train_timesteps, view_gen)
         pre = ((lambda info, step=step: strategy.step_pre_backward(params, optimizers, state, step, info))
-               if densify else None)
+               if strategy is not None else None)
         with cuda_oom_guard(f"step {step} of score distillation"), cudnn_autotune(device):
             loss, info = sds_objective(params, guidance, views, t, noise_gen, settings.guidance_scale,
                                        settings.sh_degree, pre)
@@ -287,7 +287,7 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             means_decay.step()
-            if densify:
+            if strategy is not None and state is not None:      # densify
                 if not calibrated and step + 1 > strategy.refine_start_iter \
                         and (step + 1) % strategy.refine_every == 0 and state["count"] is not None:
                     # SDS gradients have no fixed scale (they grow with the guidance scale and depend on the
@@ -298,8 +298,9 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
                         strategy.grow_grad2d = float(torch.quantile(avg.float().cpu(), settings.densify_grad_quantile))
                         calibrated = True
                 strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-        last["loss"] = float(loss.detach())
-        last["ema"] = last["loss"] if last["ema"] is None else 0.9 * last["ema"] + 0.1 * last["loss"]
+        value, ema = float(loss.detach()), last["ema"]
+        last["loss"] = value
+        last["ema"] = value if ema is None else 0.9 * ema + 0.1 * value
         return {"loss": last["ema"], "num_gaussians": len(params["means"]), "t": t.float().mean()}
 
     def snapshot() -> Splats:
@@ -310,7 +311,8 @@ def distill(splats: Splats, guidance: Guidance, settings: Settings,
                      auto_preview_s=1.0)
     info = {"steps_done": loop.steps_done, "cancelled": loop.cancelled, "seconds": loop.seconds,
             "steps_per_s": loop.mean_steps_per_s, "final_loss": last["loss"],
-            "num_gaussians": len(params["means"]), "grow_grad2d": strategy.grow_grad2d if densify else None}
+            "num_gaussians": len(params["means"]),
+            "grow_grad2d": strategy.grow_grad2d if strategy is not None else None}
     return tensors_to_splats(params), info
 
 

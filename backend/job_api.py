@@ -45,7 +45,7 @@ class JobContext(Protocol):
     job_dir: Path          # a folder of this job's own in the job store (scratch + outputs)
     device: str            # torch device string: "cuda" or "cpu"
 
-    def report(self, step: int, total: int, metrics: dict[str, float],
+    def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
         """Stream a ``progress`` message. ``metrics`` keys used by the UI: loss, psnr,
         num_gaussians, steps_per_s, eta_s, and ``stage`` (a string: what the job is doing before its
@@ -63,7 +63,7 @@ class NullContext:
         self.device = device
         self.job_dir = job_dir if job_dir is not None else Path(tempfile.gettempdir())
 
-    def report(self, step: int, total: int, metrics: dict[str, float],
+    def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
         pass
 

@@ -86,8 +86,8 @@ def build_parser(spec: JobSpec, kind_cli: KindCli, command: str = "python -m bac
                                                 "metrics and settings go to <out>.json")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the job runs; default auto (CUDA when torch sees a GPU)")
-    for flags, kw in kind_cli.options:
-        p.add_argument(*flags, **dict(kw))
+    for flags, options in kind_cli.options:
+        p.add_argument(*flags, **dict(options))
     group = p.add_argument_group("settings", f"the {spec.kind} job's settings, from its spec")
     for s in spec.settings:
         if s.name in filled:

@@ -143,7 +143,7 @@ class Job:
     params: dict
     payload: dict | None
     identity: Any                          # where its messages go (the server's routing id / Peer)
-    settings: Settings | None = None       # params as checked by the kind's spec at submit
+    settings: Settings                     # params as checked by the kind's spec at submit
     owner: str | None = None               # the client identity that submitted it (backend.access)
     inputs_bytes: int = 0                  # payload bytes it holds until it finishes
     state: str = "queued"
@@ -231,7 +231,7 @@ class RunnerContext:
         self._last_step = -1
         self._stage: Any = None
 
-    def report(self, step: int, total: int, metrics: dict[str, float],
+    def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
         step, total = int(step), int(total)
         self.job.step, self.job.total = step, max(total, step)
@@ -249,7 +249,7 @@ class RunnerContext:
             return
         fields: dict[str, Any] = {"step": step, "total": max(total, step),
                                   "metrics": _plain_metrics(metrics)}
-        if want_preview:
+        if want_preview and preview is not None:
             fields["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
             self._last_preview = now
         try:
@@ -392,6 +392,7 @@ class JobRunner:
             self._jobs[job_id] = job
             self._queue.append(job)
             position = self._position(job)
+            assert position is not None         # queued just above
             self._cond.notify_all()
         log.info("job %s (%s) queued at position %d", job_id, kind, position)
         return position

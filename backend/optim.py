@@ -14,7 +14,7 @@ LR_NAMES = {"means": "lr_means", "scales": "lr_scales", "quats": "lr_quats", "op
             "sh0": "lr_sh0", "shN": "lr_shN"}
 
 
-def make_optimizers(params: Mapping[str, torch.nn.Parameter], settings: Mapping[str, float],
+def make_optimizers(params: Mapping[str, torch.nn.Parameter] | torch.nn.ParameterDict, settings: Mapping[str, float],
                     extent: float) -> dict[str, torch.optim.Optimizer]:
     """One Adam per entry of ``params`` (``means``, ``scales``, ...), learning rates from the
     ``settings`` fields ``lr_means`` (times ``extent``, metres), ``lr_scales``, ``lr_quats``,

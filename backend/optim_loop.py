@@ -75,7 +75,7 @@ def run_steps(total: int, step: StepFunction, ctx: JobContext, *,
         if want_preview or done == total or now - t_report >= report_interval_s:
             out.metrics = {k: _value(v) for k, v in metrics.items()}
             preview = None
-            if want_preview:
+            if want_preview and snapshot is not None:
                 preview = snapshot()
                 last_preview = time.perf_counter()
             ctx.report(done, total, {**out.metrics, **timing}, preview)

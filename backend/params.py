@@ -17,6 +17,10 @@ from shared.splats import Splats
 
 KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
+#: Trainable tensors by name (``KEYS``): a dict (train) or a ``torch.nn.ParameterDict`` (generate, edit), which
+#: reads the same but is no ``Mapping`` to a type checker.
+TensorMap = Mapping[str, Tensor] | torch.nn.ParameterDict
+
 
 def splats_to_tensors(splats: Splats, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
@@ -27,7 +31,7 @@ def splats_to_tensors(splats: Splats, device: torch.device | str = "cpu",
     return out
 
 
-def tensors_to_splats(params: Mapping[str, Tensor]) -> Splats:
+def tensors_to_splats(params: TensorMap) -> Splats:
     """Build a validated ``Splats`` from tensors as ``splats_to_tensors`` makes them (or
     ``torch.nn.Parameter``s of the same shapes; sh0 may also be [N,3]). Copies to the CPU."""
     def arr(key: str) -> np.ndarray:
@@ -39,12 +43,12 @@ def tensors_to_splats(params: Mapping[str, Tensor]) -> Splats:
                   opacities=arr("opacities").reshape(n), sh0=arr("sh0").reshape(n, 3), shN=shN)
 
 
-def sh_coeffs(params: Mapping[str, Tensor]) -> Tensor:
+def sh_coeffs(params: TensorMap) -> Tensor:
     """All SH coefficients [N, 1+K, 3] (DC first), as ``rasterize(..., sh_degree=d)`` takes them."""
     return torch.cat([params["sh0"], params["shN"]], dim=1)
 
 
-def activated(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def activated(params: TensorMap) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(means, quats, scales in metres, opacities in 0..1) for the rasterizer."""
     return params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"])
 

@@ -108,7 +108,8 @@ def run_group(world_size: int, fn: Callable[..., Any], args: tuple = (), num_cpu
             raise TimeoutError(f"the Ray cluster did not give {world_size} GPUs at once within "
                                f"{timeout_s:.0f} s")
         actor = ray.remote(_Rank)
-        ranks = [actor.options(num_gpus=1, num_cpus=num_cpus,
+        # Any: Ray types actor methods only under @ray.method (ray is imported lazily, not where _Rank is)
+        ranks: list[Any] = [actor.options(num_gpus=1, num_cpus=num_cpus,
                                scheduling_strategy=PlacementGroupSchedulingStrategy(
                                    pg, placement_group_bundle_index=i)).remote()
                  for i in range(world_size)]

@@ -131,7 +131,7 @@ class WorkerContext:
         self._last_sent = self._last_preview = self._last_poll = -1e9
         self._stopped = False
 
-    def report(self, step: int, total: int, metrics: dict[str, float],
+    def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
         now = time.monotonic()
         want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
@@ -141,7 +141,7 @@ class WorkerContext:
         from backend.jobs import _plain_metrics
         event: dict[str, Any] = {"step": int(step), "total": int(total),
                                  "metrics": _plain_metrics(metrics)}
-        if want_preview:
+        if want_preview and preview is not None:
             event["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
             self._last_preview = now
         self._last_sent = now
@@ -306,7 +306,9 @@ class RayExecutor(Executor):
         # the hub lives on the head node (which the cluster cannot lose anyway), else here
         head = "node:__internal_head__"
         on_head = any(n.get("Alive") and head in (n.get("Resources") or {}) for n in ray.nodes())
-        self._hub = ray.remote(_Hub).options(
+        # Any: Ray types an actor's methods (``.remote``) only when they carry @ray.method, which would
+        # import ray where _Hub is defined (ray is an optional extra, imported here only)
+        self._hub: Any = ray.remote(_Hub).options(
             num_cpus=0, resources={head: 0.001} if on_head else None,
             scheduling_strategy=None if on_head else NodeAffinitySchedulingStrategy(here, soft=True),
         ).remote()

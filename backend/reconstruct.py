@@ -131,7 +131,7 @@ class _Stages:
 def _thumb(path: Path) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
-        return np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), np.float32)
+        return np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32)
 
 
 def check_distinct(image_dir: Path, names: list[str]) -> None:
@@ -169,7 +169,7 @@ def prepare_photos(folder: Path, out_dir: Path, max_size: int, stages: _Stages) 
         scale = max_size / max(img.size)
         if scale < 1:
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.LANCZOS)
+                             Image.Resampling.LANCZOS)
         name = p.stem + (".png" if p.suffix.lower() == ".png" else ".jpg")
         if name in names:
             name = f"{p.stem}_{i}{Path(name).suffix}"
@@ -269,7 +269,7 @@ class Solve:
     loop_pairs: int
     colmap: dict               # {"pycolmap": version, "cuda": whether its CUDA build ran}
     points: np.ndarray         # f32[P,3] Blender world
-    colors: np.ndarray         # u8[P,3]
+    colors: np.ndarray | None  # u8[P,3]; None when the point file has no colours
 
 
 def _textureless_check(keypoints: dict[str, int], names: list[str]) -> list[str]:
@@ -536,7 +536,7 @@ def cli(argv: list[str]) -> int:
     tmp = None
     root = Path(args.colmap_out) if args.colmap_out else Path(tmp := tempfile.mkdtemp(prefix="splatbridge-rc-"))
     try:
-        result = run_job_cli(lambda _p, _q, ctx: reconstruct(settings, ctx, root), {}, {}, device)
+        result = run_job_cli(lambda _p, _q, ctx: reconstruct(settings, ctx, root), settings, {}, device)
     except JobError as exc:
         return report_job_error(exc)
     finally:

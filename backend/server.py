@@ -312,7 +312,7 @@ class Server:
             fields.update(self.runner.executor.hello_facts())     # a pool's GPUs, not the front's
             self._reply(identity, Message("hello", None, fields))
         elif t == "status":
-            fields: dict[str, Any] = {"jobs": self.runner.status(msg.job_id, viewer=caller.sees)}
+            fields = {"jobs": self.runner.status(msg.job_id, viewer=caller.sees)}
             pool = self.runner.pool_status()
             if pool is not None:          # an executor with a cluster: its nodes and queues
                 fields["pool"] = pool
@@ -331,14 +331,14 @@ class Server:
                                      payload_bytes(payload))
                 return settings
 
-            pos = self.runner.submit(msg.job_id, kind, msg.fields["params"], payload, peer,
+            pos = self.runner.submit(msg.required_job_id(), kind, msg.fields["params"], payload, peer,
                                      owner=caller.owner, admit=admit)
             self._reply(identity, Message("accepted", msg.job_id, {"queue_position": pos}))
         elif t == "cancel":
-            entry = self.runner.cancel(msg.job_id, peer, viewer=caller.sees)
+            entry = self.runner.cancel(msg.required_job_id(), peer, viewer=caller.sees)
             self._reply(identity, Message("status", msg.job_id, {"jobs": [entry]}))
         elif t == "fetch":
-            self._reply(identity, self.runner.fetch(msg.job_id, viewer=caller.sees))
+            self._reply(identity, self.runner.fetch(msg.required_job_id(), viewer=caller.sees))
         elif t == "upload":
             self._reply(identity, self.uploads.handle(msg, caller.owner))
         else:

@@ -474,13 +474,12 @@ class JobStore:
         """A folder without ``job.json``: give it a failed record (its id stays consistent:
         fetchable, and taken)."""
         now = time.time()
+        message = "the server stopped while it was creating this job; submit it again with a new id"
+        if (d / "result" / "meta.json").is_file():
+            message += " (a result folder was found without its record)"
         record = {"job_id": job_id, "kind": "", "params": {}, "state": "failed", "step": 0,
                   "total": 0, "created": now, "started": None, "finished": now, "metrics": {},
-                  "error": {"code": "interrupted",
-                            "message": "the server stopped while it was creating this job; "
-                                       "submit it again with a new id"}}
-        if (d / "result" / "meta.json").is_file():
-            record["error"]["message"] += " (a result folder was found without its record)"
+                  "error": {"code": "interrupted", "message": message}}
         _write_json(d / "job.json", record)
         self._note(job_id, record, refresh_bytes=True)
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 __all__ = ["relocation_torch", "covariances", "CappedDefaultStrategy", "MCMCStrategy"]
 
-Params = dict[str, torch.nn.Parameter]
+Params = dict[str, torch.nn.Parameter] | torch.nn.ParameterDict     # as gsplat's strategies take them
 
 
 @functools.lru_cache(maxsize=4)
@@ -211,7 +211,8 @@ class CappedDefaultStrategy(DefaultStrategy):
         """gsplat's refinement (with no growth once at ``cap_max``: both growth thresholds are
         infinite for that step), then the lowest-opacity Gaussians beyond ``cap_max`` go."""
         at_cap = len(params["means"]) >= self.cap_max
-        thresholds = self.grow_grad2d, self.grow_scale2d
+        # (gsplat ships no types: mypy cannot see that DefaultStrategy defines these two fields)
+        thresholds = self.grow_grad2d, self.grow_scale2d  # type: ignore[has-type]
         if at_cap:
             self.grow_grad2d = self.grow_scale2d = float("inf")
         try:

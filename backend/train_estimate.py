@@ -107,7 +107,11 @@ def calibrate(probe: Callable[[], None], device_type: str, repeats: int = 3,
     probe()
     if device_type == "cuda":
         torch.cuda.synchronize()
-        t = _timed(lambda: (probe(), torch.cuda.synchronize()), repeats)
+        def probe_synced() -> None:
+            probe()
+            torch.cuda.synchronize()
+
+        t = _timed(probe_synced, repeats)
         return t, torch.get_num_threads(), {torch.get_num_threads(): t}
     current = torch.get_num_threads()
     candidates = [current]
@@ -119,7 +123,7 @@ def calibrate(probe: Callable[[], None], device_type: str, repeats: int = 3,
         if n > 1:
             probe()          # the parallel kernels compile (or load) separately
         measured[n] = _timed(probe, repeats)
-    best = min(measured, key=measured.get)
+    best = min(measured, key=measured.__getitem__)
     torch.set_num_threads(best)
     return measured[best], best, measured
 

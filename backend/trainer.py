@@ -29,7 +29,7 @@ from backend.job_cli import KindCli, Positional
 from backend.losses import photometric_loss, psnr, ssim
 from backend.optim import make_optimizers
 from backend.optim_loop import run_steps
-from backend.params import activated, knn_mean_distance, sh_coeffs, tensors_to_splats
+from backend.params import TensorMap, activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
 from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
@@ -175,7 +175,7 @@ def _composite(rgba_u8: Tensor, bg: Tensor) -> Tensor:
     return x[..., :3] * a + bg[..., None, None, :] * (1.0 - a)
 
 
-def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int, height: int,
+def _render(params: TensorMap, viewmats: Tensor, Ks: Tensor, width: int, height: int,
             sh_degree: int, bg: Tensor, backend: str):
     means, quats, scales, opac = activated(params)
     return rasterize(means, quats, scales, opac, sh_coeffs(params), viewmats, Ks, width, height,
@@ -183,7 +183,7 @@ def _render(params: dict[str, Tensor], viewmats: Tensor, Ks: Tensor, width: int,
 
 
 @torch.no_grad()
-def evaluate(params: dict[str, Tensor], images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
+def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
              sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
     (white by default) vs the images over the same."""

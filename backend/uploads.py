@@ -89,7 +89,7 @@ class UploadStore:
     # -- messages -------------------------------------------------------------------------------
     def handle(self, msg: Message, owner: str = "") -> Message:
         f = msg.fields
-        uid = msg.job_id
+        uid = msg.required_job_id()
         if "files" in f:
             extra = sorted(set(f) - {"files", "chunk_size"})
             if extra:
@@ -212,7 +212,7 @@ class UploadStore:
         if data.nbytes != expected:
             raise JobError("bad_chunk", f"upload {uid}: the chunk at offset {offset} of {name!r} has "
                                         f"{data.nbytes} bytes; expected {expected}")
-        digest = hashlib.sha256(memoryview(data)).hexdigest()
+        digest = hashlib.sha256(data.data).hexdigest()     # .data: the array's memoryview
         if digest != sha256:
             raise JobError("bad_chunk", f"upload {uid}: the chunk at offset {offset} of {name!r} does "
                                         f"not match its sha256 (got {digest[:12]}..., declared "
@@ -224,7 +224,7 @@ class UploadStore:
         tmp = path.with_name(path.name + ".tmp")
         try:
             with open(tmp, "wb") as fh:
-                fh.write(memoryview(data))
+                fh.write(data.data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

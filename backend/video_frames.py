@@ -12,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.job_api import JobError
 from shared.jobkinds.reconstruct import VIDEO_EXTENSIONS  # noqa: F401  (one list, shared with the add-on)
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,14 @@ def _grey_small(rgb: np.ndarray, limit: int = 320) -> np.ndarray:
     return small @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _fit(rgb: np.ndarray, max_size: int):
+def _fit(rgb: np.ndarray, max_size: int) -> Image.Image:
     """A PIL image of ``rgb`` with its longest side at most ``max_size`` px (Lanczos)."""
     from PIL import Image
     img = Image.fromarray(rgb)
     scale = max_size / max(img.size)
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.LANCZOS)
+                         Image.Resampling.LANCZOS)
     return img
 
 
@@ -92,7 +96,7 @@ def extract_frames(path: Path, count: int, out_dir: Path, max_size: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     # Stretch boundaries need the frame count; containers usually know it. Without it, keep the
     # sharpest frame per ~1/count of the estimated duration, refined after decoding.
-    best: dict[int, tuple[float, int, float, np.ndarray]] = {}
+    best: dict[int, tuple[float, int, float, Image.Image]] = {}
     decoded = 0
     n_for_bins = max(total_est, count)
     try:

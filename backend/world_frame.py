@@ -64,7 +64,7 @@ def dominant_plane(points: np.ndarray, up: np.ndarray, max_angle_deg: float = 35
         return up, 0.0, 0.0
     rng = np.random.default_rng(seed)
     spread = np.linalg.norm(np.percentile(pts, 95, axis=0) - np.percentile(pts, 5, axis=0))
-    tol = 0.01 * max(spread, 1e-12)
+    tol = 0.01 * max(float(spread), 1e-12)
     cos_max = np.cos(np.radians(max_angle_deg))
     best = (up, 0.0, 0)
     for _ in range(iterations):

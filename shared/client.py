@@ -436,14 +436,12 @@ class BackendClient:
         if msg.type == "hello":
             self.server_info = dict(f)
         elif msg.type == "accepted":
-            assert msg.job_id is not None       # decode() refuses accepted/progress/result without one
-            job = self._job(msg.job_id)
+            job = self._job(msg.required_job_id())
             job.queue_position = f["queue_position"]
             if job.state == "submitted":
                 job.state = "queued" if job.queue_position else "running"
         elif msg.type == "progress":
-            assert msg.job_id is not None
-            job = self._job(msg.job_id)
+            job = self._job(msg.required_job_id())
             job.step, job.total = f["step"], f["total"]
             job.metrics = dict(f["metrics"])
             if job.state in ("submitted", "queued"):
@@ -455,8 +453,7 @@ class BackendClient:
             if f.get("preview") is not None:
                 job.preview = f["preview"]
         elif msg.type == "result":
-            assert msg.job_id is not None
-            job = self._job(msg.job_id)
+            job = self._job(msg.required_job_id())
             job.result = f["splats"]
             job.result_metrics = dict(f.get("metrics") or {})
             job.meta = dict(f.get("meta") or {})

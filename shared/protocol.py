@@ -162,6 +162,13 @@ class Message:
     job_id: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 
+    def required_job_id(self) -> str:
+        """``job_id`` of a message type that must carry one (submit, accepted, progress, result, cancel,
+        fetch, upload: ``decode`` refuses them without it); ``MissingField`` when it is absent."""
+        if self.job_id is None:
+            raise MissingField(f"job_id: a {self.type} message needs a job_id")
+        return self.job_id
+
 
 def make_error(code: str, message: str, job_id: str | None = None) -> Message:
     """An ``error`` message; ``code`` is a short lowercase tag (e.g. ``unknown_job``)."""

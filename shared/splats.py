@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .rotations import decompose_similarity, matrix_to_quat, quat_left_matrix
 from .sh import REST_COUNT, apply_sh_rotation, degree_from_rest_count, rgb_to_sh0, sh0_to_rgb, sh_rotation_operator
@@ -36,13 +37,13 @@ class SplatError(ValueError):
         self.field = field
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: npt.ArrayLike) -> np.ndarray:
     """Logistic function, float32, overflow-safe."""
     x = np.asarray(x, dtype=np.float32)
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
-def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def logit(p: npt.ArrayLike, eps: float = 1e-6) -> np.ndarray:
     """Inverse of :func:`sigmoid`; ``p`` is clipped to [eps, 1 - eps] first."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
     return np.log(p / (1.0 - p)).astype(np.float32)

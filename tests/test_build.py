@@ -248,6 +248,28 @@ def test_demo_without_a_demo_script_says_so(monkeypatch, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_lint_fails_on_a_finding_of_either_checker_and_prints_it(monkeypatch, tmp_path, capfd):
+    """`build.py lint` runs ruff and mypy with pyproject.toml's settings; a problem found by either one
+    alone fails it (exit 1) and is printed with its code; clean code passes."""
+    monkeypatch.setattr(build, "setup", lambda force=False: Path(sys.executable))
+    clean = tmp_path / "clean.py"
+    clean.write_text("def half(x: float) -> float:\n    return x / 2\n")
+    assert build.run_lint(paths=[str(clean)]) == 0
+    assert "ruff and mypy clean" in capfd.readouterr().out
+
+    unused = tmp_path / "unused_import.py"          # ruff's F401; mypy has nothing to say
+    unused.write_text("import os\n\n\ndef half(x: float) -> float:\n    return x / 2\n")
+    assert build.run_lint(paths=[str(unused)]) == 1
+    out = capfd.readouterr().out
+    assert "F401" in out and "problems found by ruff (exit 1)" in out and "mypy" not in out.split("problems")[-1]
+
+    wrong = tmp_path / "wrong_return.py"             # mypy's return-value; ruff has nothing to say
+    wrong.write_text("def half(x: float) -> int:\n    return x / 2\n")
+    assert build.run_lint(paths=[str(wrong)]) == 1
+    out = capfd.readouterr().out
+    assert "[return-value]" in out and "problems found by mypy (exit 1)" in out
+
+
 # ------------------------------------------------------------------------------------------------
 # blender_addon/shared: a symlink in the source tree, real files in the zip and the assembled add-on
 # ------------------------------------------------------------------------------------------------

@@ -41,11 +41,12 @@ from torch import Tensor
 
 from .reference import ALPHA_MAX, ALPHA_THRESHOLD, RADIUS_SIGMAS, T_STOP, TILE_SIZE, project_and_shade, rasterize_with
 
-_JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")   # numpy: no branch per division
+# error_model numpy: no branch per division
+_JIT: dict[str, Any] = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # Numba's own pool: no spinning OpenMP workers competing with torch's between calls
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"     # type: ignore[attr-defined]  # config attributes are set at run time
 _PARALLEL_LOCK = threading.Lock()     # the workqueue layer must not be entered from two threads at once
 
 
@@ -61,7 +62,7 @@ class _Kernel:
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args: Any) -> Any:
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         if threads == 1:
             return self.serial(*args)
         with _PARALLEL_LOCK:
@@ -524,7 +525,8 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     bx1 = min(x1, math.floor(mx + radii[g, 0] - 0.5) + 1)
     by0 = max(y0, math.ceil(my - radii[g, 1] - 0.5))
     by1 = min(y1, math.floor(my + radii[g, 1] - 0.5) + 1)
-    sig_max = math.log(max(op, ALPHA_THRESHOLD) * 255.0) + 1e-3   # beyond it alpha < 1/255
+    # (numba types this kernel; mypy cannot type max() of a numpy float32 and a float)
+    sig_max = math.log(max(op, ALPHA_THRESHOLD) * 255.0) + 1e-3   # type: ignore[operator]  # beyond it alpha < 1/255
     # only rows that the ellipse 0.5 (a dx^2 + c dy^2) + b dx dy <= sig_max reaches: there
     # |dy| <= sqrt(2 sig_max a / (a c - b^2)) (elsewhere every pixel's alpha is below 1/255)
     det = float(ca) * float(cc) - float(cb) * float(cb)
@@ -802,7 +804,7 @@ class _CompositeTiles(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -872,9 +874,10 @@ class _ProjectShade(torch.autograd.Function):
         ctx.sh, ctx.campos, ctx.radii, ctx.colors = sh_np, campos, radii, colors
         ctx.params = (width, height, eps2d, sh_degree)
         ctx.sh_shape = tuple(sh.shape)
-        out = [_back(a, device) for a in (means2d, conics, depths, radii, colors)]
-        ctx.mark_non_differentiable(out[3])
-        return tuple(out)
+        m2d_t, conics_t, depths_t, radii_t, colors_t = (_back(a, device) for a in (means2d, conics, depths, radii,
+                                                                                  colors))
+        ctx.mark_non_differentiable(radii_t)
+        return m2d_t, conics_t, depths_t, radii_t, colors_t
 
     @staticmethod
     def backward(ctx, v_means2d: Tensor, v_conics: Tensor, v_depths: Tensor, _v_radii: Any, v_colors: Tensor):
@@ -904,7 +907,7 @@ def project_and_shade_fast(
     degree <= 3 shared by all cameras, or plain colours); otherwise the reference's torch code."""
     C, N = viewmats.shape[0], means.shape[0]
     use_sh = sh_degree is not None
-    if antialiased or (use_sh and (sh_degree > 3 or colors.dim() != 3)):
+    if antialiased or (sh_degree is not None and (sh_degree > 3 or colors.dim() != 3)):
         return project_and_shade(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                  eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
                                  antialiased=antialiased, sh_degree=sh_degree)
