@@ -12,6 +12,8 @@ from shared.selection import inside_mesh
 from shared.sh import rotate_sh, sh_rotation_matrices
 from shared.splats import FIELDS, SplatError, Splats, _nonzero_rows
 
+pytestmark = pytest.mark.bpy_only
+
 
 def test_quat_left_matrix_is_the_product():
     rng = np.random.default_rng(0)
