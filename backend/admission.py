@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.jobkinds.train import for_device as train_for_device
 from shared.jobspec import JobError, Settings
 
 GIB = 2 ** 30
@@ -131,6 +132,7 @@ def estimate_job_bytes(kind: str, s: Settings, payload: Mapping[str, Any], devic
     runtime = CPU_RUNTIME_BYTES if dev == "cpu" else 0
     payload_bytes = sum(int(getattr(v, "nbytes", 0)) for v in payload.values())
     if kind == "train":
+        s = train_for_device(s, dev)          # per-device nulls (init_points, steps) filled in
         shape = _shape(payload, "images")
         views = 0
         if shape is not None and len(shape) == 4:
