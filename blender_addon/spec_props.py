@@ -91,11 +91,25 @@ def _placeholder(s: Setting) -> Any:
     return (s.min + s.max) / 2 if s.max is not None else s.min + 1.0
 
 
+def _tick_use(setting: Setting) -> Any:
+    """An update callback that ticks an optional number's ``use_<name>`` box when its value is set (a
+    user who types a value, or a script that assigns one, means it: it is no longer derived)."""
+    flag = use_name(setting)
+
+    def update(group: Any, _context: Any) -> None:
+        if not getattr(group, flag):
+            setattr(group, flag, True)
+    return update
+
+
 def setting_property(setting: Setting, items: EnumItems | None = None) -> Any:
     """The Blender property (an annotation value) for ``setting``; ``items`` names a ``choices``
-    setting's values (identifiers must be exactly the spec's choices)."""
+    setting's values (identifiers must be exactly the spec's choices). Setting an optional number's
+    value ticks its ``use_<name>`` box."""
     s = setting
-    common = {"name": s.title, "description": description(s)}
+    common: dict[str, Any] = {"name": s.title, "description": description(s)}
+    if s.optional and s.type in ("int", "float", "floats"):
+        common["update"] = _tick_use(s)
     default = s.default if s.default is not None else _placeholder(s) if s.type in ("int", "float") else None
     if s.type == "bool":
         return BoolProperty(default=bool(default), **common)

@@ -98,6 +98,17 @@ def test_params_are_the_changed_settings_checked_by_the_spec(group, js):
     assert "scale" not in sp.params(g, spec)
 
 
+def test_setting_an_optional_number_ticks_its_use_box(group):
+    """A value typed (or assigned by a script) for an optional number is meant: it is sent, not derived."""
+    spec, g = group
+    sp = importlib.import_module("splatbridge.spec_props")
+    assert g.use_scale is False and "scale" not in sp.params(g, spec)
+    g.scale = 0.75
+    assert g.use_scale is True and sp.params(g, spec)["scale"] == pytest.approx(0.75)
+    g.use_scale = False                                                        # unticking still derives it
+    assert "scale" not in sp.params(g, spec)
+
+
 def test_set_values_round_trip(group):
     spec, g = group
     sp = importlib.import_module("splatbridge.spec_props")
