@@ -33,6 +33,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from shared.defaults import DEFAULT_KEEP_DAYS, DEFAULT_MAX_STORE_GB
+
 JOB_MODULES_ENV = "SPLATBRIDGE_JOB_MODULES"
 
 
@@ -88,12 +90,12 @@ def serve_main(argv: list[str]) -> int:
                         "unchecked)")
     p.add_argument("--preview-interval", type=float, default=1.0, metavar="SECONDS",
                    help="send at most one preview per this many seconds per job")
-    p.add_argument("--keep-days", type=float, default=30.0, metavar="DAYS",
+    p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="DAYS",
                    help="free the inputs and result of jobs finished more than DAYS ago (0: never; "
-                        "default 30)")
-    p.add_argument("--max-store-gb", type=float, default=20.0, metavar="GIB",
+                        f"default {DEFAULT_KEEP_DAYS:g})")
+    p.add_argument("--max-store-gb", type=float, default=DEFAULT_MAX_STORE_GB, metavar="GIB",
                    help="while the job store is larger, free the oldest finished jobs first (0: no "
-                        "limit; default 20). The newest finished job is always kept")
+                        f"limit; default {DEFAULT_MAX_STORE_GB:g}). The newest finished job is always kept")
     p.add_argument("--min-free-mb", type=float, default=256.0, metavar="MIB",
                    help="disk space the job store leaves free: submits and results that would "
                         "leave less are refused with 'disk_full' (default 256)")

@@ -39,6 +39,7 @@ from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention, payload_bytes
 from backend.uploads import UploadStore
+from shared.defaults import DEFAULT_ADDRESS
 from shared.jobspec import JobError
 from shared.protocol import (
     DEFAULT_LIMITS,
@@ -55,7 +56,7 @@ from shared.protocol import (
 
 log = logging.getLogger("splatbridge.server")
 
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_BIND = DEFAULT_ADDRESS
 _CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "upload")
 _CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 

@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Any
 
-DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+from shared.defaults import DEFAULT_ADDRESS
+
+DEFAULT_SERVER = DEFAULT_ADDRESS
 
 
 def format_status(fields: dict[str, Any]) -> str:

@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.defaults import DEFAULT_KEEP_DAYS, DEFAULT_MAX_STORE_GB
 from shared.jobspec import JobError
 from shared.protocol import SPLAT_KEYS, valid_job_id
 from shared.splats import Splats
@@ -84,8 +85,8 @@ class Retention:
     """When finished jobs' data leaves the store, and when data-less records compact; 0 turns a
     rule off."""
 
-    max_age_days: float = 30.0          # days since the job finished
-    max_bytes: int = 20 * 2 ** 30       # the whole store folder
+    max_age_days: float = DEFAULT_KEEP_DAYS                 # days since the job finished
+    max_bytes: int = int(DEFAULT_MAX_STORE_GB * 2 ** 30)    # the whole store folder
     compact_after_days: float = 7.0     # days a record stays a folder once it has no data
 
     def __post_init__(self) -> None:

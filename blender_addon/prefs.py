@@ -14,21 +14,22 @@ from dataclasses import dataclass
 
 import bpy
 
+from .shared.defaults import DEFAULT_ADDRESS, DEFAULT_KEEP_DAYS, DEFAULT_MAX_STORE_GB, DEFAULT_PORT
+
 ADDON_PACKAGE = __package__  # "bl_ext.<repo>.splatbridge" when installed as an extension
-DEFAULT_PORT = 5555
 
 
 @dataclass
 class DefaultSettings:
     """The preference values as plain data (the defaults unless given)."""
-    backend_address: str = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+    backend_address: str = DEFAULT_ADDRESS
     start_local_backend: bool = False
     python_executable: str = ""
     backend_source: str = ""
     port: int = DEFAULT_PORT
     job_store: str = ""
-    job_store_keep_days: float = 30.0
-    job_store_max_gb: float = 20.0
+    job_store_keep_days: float = DEFAULT_KEEP_DAYS
+    job_store_max_gb: float = DEFAULT_MAX_STORE_GB
     install_folder: str = ""
     install_python: str = ""
     torch_index: str = ""
