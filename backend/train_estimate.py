@@ -265,8 +265,9 @@ def calibrate(probe: Callable[[], None], device_type: str, repeats: int = 3,
 
 @dataclass(frozen=True)
 class StepCost:
-    """Probes at ``n0`` small Gaussians: wall and CPU seconds (medians), and the ``share`` of it that
-    grows with the number of Gaussians (see ``measure_cost``)."""
+    """The probe step at ``n0`` Gaussians: CPU seconds (median), wall seconds (on the CPU: the CPU
+    median times the machine's slowdown over the measurement), and the ``share`` of it that grows
+    with the number of Gaussians (see ``measure_cost``)."""
 
     wall_s: float
     cpu_s: float
@@ -309,7 +310,15 @@ def measure_cost(probe: Callable[[int], None], probe_doubled: Callable[[int], No
             c.append(c1 - c0)
     base, doubled = (np.median(walls), np.median(walls2)) if cuda else (np.median(cpus), np.median(cpus2))
     share = min(1.0, max(0.02, float(doubled - base) / max(float(base), 1e-12)))
-    return StepCost(wall_s=float(np.median(walls)), cpu_s=float(np.median(cpus)), share=share, pairs=len(walls))
+    if cuda:
+        wall = float(np.median(walls))
+    else:
+        # the CPU time times the slowdown over the whole measurement (total wall / total CPU): on a
+        # busy machine a probe shorter than the scheduler's slice often runs uninterrupted, so the
+        # median wall time of the probes would miss the slowdown that the run will see
+        slowdown = max(1.0, (sum(walls) + sum(walls2)) / max(sum(cpus) + sum(cpus2), 1e-12))
+        wall = float(np.median(cpus)) * slowdown
+    return StepCost(wall_s=wall, cpu_s=float(np.median(cpus)), share=share, pairs=len(walls))
 
 
 def step_seconds_from_probe(probe_seconds: float) -> float:
