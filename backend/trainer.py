@@ -349,12 +349,15 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     poll_cancel("measuring this device's speed")
     n0, given = len(pts), points is not None
     cover = coverage(images_np[train_ids])
-    model = {"share": cost.share, "coverage": cover, "given_points": given}
+    model: dict[str, Any] = {"share": cost.share, "coverage": cover, "given_points": given}
+
+    def estimate(step_seconds: float) -> float:
+        return estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_seconds, n0,
+                                share=cost.share, coverage=cover, given_points=given)
     step_s = step_seconds_from_probe(cost.wall_s)
-    estimate_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_s, n0, **model)
+    estimate_s = estimate(step_s)
     # the same in CPU time (this process's own): what a busy machine does not change (tests compare it)
-    estimate_cpu_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type,
-                                      step_seconds_from_probe(cost.cpu_s), n0, **model)
+    estimate_cpu_s = estimate(step_seconds_from_probe(cost.cpu_s))
     live = LiveEta(settings, sched, n0, cost.share, step_s, scored_views(C, len(holdout)), coverage=cover,
                    given_points=given)
     where = "this GPU" if device.type == "cuda" else f"this CPU ({threads} thread{'s' * (threads > 1)})"
@@ -365,7 +368,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
 
     def next_means_lr() -> float:
         means_sched.step()
-        return means_sched.get_last_lr()[0]
+        return float(means_sched.get_last_lr()[0])
 
     def one_step(step: int) -> dict[str, Any]:
         sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
