@@ -26,7 +26,9 @@ errors go to its submitting session's current connection only, while that is bou
 owner; the binding ends when the connection closes (the ROUTER's socket monitor reports its file
 descriptor), so nothing is sent on a routing id that a later connection reuses. Clients that send
 no token (before sessions existed) get a session per connection (``rid:<routing id>``): their
-jobs' messages stop when that connection closes (a fetch from a new one still works).
+jobs' messages stop when that connection closes (a fetch from a new one still works), and as they
+reconnect under their old routing id, a reconnect the server sees before the old connection's end
+is ignored (below) until they reconnect again.
 
 What libzmq does with routing ids (``src/router.cpp``, ``router_t::identify_peer``, checked in its
 source and against libzmq 4.3.5 here), and what the design takes from it:
