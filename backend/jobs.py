@@ -366,6 +366,11 @@ class JobRunner:
         log.info("job %s (%s) queued at position %d", job_id, kind, position)
         return position
 
+    def live_jobs(self) -> list[Job]:
+        """The queued and running jobs, now."""
+        with self._cond:
+            return [j for j in self._jobs.values() if j.state in ("queued", "running")]
+
     def load(self, owner: str | None) -> tuple[int, int, int]:
         """(jobs of ``owner`` waiting, all jobs waiting, payload bytes of waiting and running jobs)."""
         with self._cond:
