@@ -193,7 +193,6 @@ def test_cancel_after_restart_gives_partial_splats(addon, backend_address):
     from the job store and makes a usable splat object."""
     rig, connection, ops_train, splat_object = addon
     import bpy
-    from splatbridge import capture
     ball, rg = _scene(bpy, rig, 8, 16)
     s = bpy.context.scene.splatbridge_train
     s.steps, s.sh_degree, s.num_points, s.max_gaussians = 100000, 0, 300, 600
