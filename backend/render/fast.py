@@ -537,6 +537,93 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
+# rows of the RGB backward's flat per-tile state (one float32 array: [_S_ROWS * 256], a row per
+# quantity, a lane per pixel of the tile in row-major order): a single base pointer at constant
+# offsets, so LLVM proves the loop's loads and stores independent without runtime alias checks
+_NPIX = TILE_SIZE * TILE_SIZE
+_S_T, _S_TVA, _S_LAST, _S_V0, _S_V1, _S_V2, _S_B0, _S_B1, _S_B2, _S_X, _S_Y = (r * _NPIX for r in range(11))
+_S_ROWS = 11
+
+
+@numba.njit(**_JIT)
+def _fwd_pixel_rgb(px, py, T, last, a0, a1, a2, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """One pixel of the RGB forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel
+    centre (px, py), transmittance ``T`` (negative: the pixel is done), ``last`` (float) and the
+    colour so far. Returns them updated and 1.0 if this Gaussian finished the pixel, else 0.0.
+    Exact IEEE float32 (no fastmath), the same expressions as ``_bwd_pixel_rgb``."""
+    dx = mx - px
+    dy = my - py
+    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
+    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (T > _F(0.0))
+    nt = T * (_F(1.0) - alpha)
+    stop = ok & (nt <= _F(T_STOP))
+    use = ok & (nt > _F(T_STOP))
+    w = alpha * T if use else _F(0.0)
+    return (-T if stop else (nt if use else T), k1 if use else last, a0 + c0 * w, a1 + c1 * w, a2 + c2 * w,
+            _F(1.0) if stop else _F(0.0))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _fwd_rows_rgb(s, n, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """``_fwd_pixel_rgb`` over lanes [0, n) of the flat state ``s`` (rows ``_S_T``, ``_S_LAST``,
+    ``_S_B0..2`` = the colour so far, ``_S_X``, ``_S_Y``). Returns how many pixels it finished:
+    a float32 sum of 0s and 1s, exact in any order, so reassociable (an integer count would halve
+    LLVM's vector width), and the only reassociated operation (the pixel maths has no fastmath)."""
+    stopped = _F(0.0)
+    for j in range(n):
+        r = _fwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], s[_S_B0 + j], s[_S_B1 + j],
+                           s[_S_B2 + j], k1, mx, my, ca, cb, cc, op, c0, c1, c2)
+        s[_S_T + j] = r[0]
+        s[_S_LAST + j] = r[1]
+        s[_S_B0 + j] = r[2]
+        s[_S_B1 + j] = r[3]
+        s[_S_B2 + j] = r[4]
+        stopped += r[5]
+    return int(stopped)
+
+
+@numba.njit(**_JIT)
+def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
+                      height, tile_w, out_color, out_alpha, out_last, out_t):
+    """``_forward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, the rows
+    it reaches as one flat loop over a single state array (``_fwd_rows_rgb``)."""
+    cnt = tile_counts[tile]
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        inside = (x0 + i % TILE_SIZE < x1) & (y0 + i // TILE_SIZE < y1)
+        st[_S_T + i] = _F(1.0) if inside else _F(-1.0)      # pixels outside the image: done
+    n_live = (x1 - x0) * (y1 - y0)
+    for k in range(cnt):
+        if n_live <= 0:
+            break
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        n_live -= _fwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k + 1), mx, my, ca, cb, cc, op,
+                                _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]))
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            out_color[py, px, 0] = st[_S_B0 + i]
+            out_color[py, px, 1] = st[_S_B1 + i]
+            out_color[py, px, 2] = st[_S_B2 + i]
+            t = abs(st[_S_T + i])
+            out_alpha[py, px] = 1.0 - t
+            out_last[py, px] = np.int32(st[_S_LAST + i])
+            out_t[py, px] = t
+
+
 @_kernel
 def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
                     tile_w, out_color, out_alpha, out_last, out_t):
@@ -551,6 +638,10 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
+        if D == 3:
+            _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
+                              height, tile_w, out_color, out_alpha, out_last, out_t)
+            continue
         cnt = tile_counts[tile]
         x0 = (tile % tile_w) * TILE_SIZE
         y0 = (tile // tile_w) * TILE_SIZE
@@ -651,6 +742,116 @@ def _lane_sums(lane, lane_c, out):
         out[7 + d] = acc
 
 
+
+
+@numba.njit(**_JIT)
+def _bwd_pixel_rgb(px, py, last, T, tva, v0, v1, v2, b0, b1, b2, kf, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """One pixel of the RGB backward for the Gaussian at depth rank ``kf`` (float): pixel centre
+    (px, py), the forward's ``last`` (float), the transmittance ``T`` behind the Gaussian,
+    ``tva`` = final T * d loss / d alpha, d loss / d colour (v0, v1, v2) and the colour
+    composited behind it (b0, b1, b2). Returns the transmittance in front of it, the behind
+    colour with it, and its contributions (means2d x, y, |x|, |y|, conic a, b, c, opacity,
+    colour r, g, b). Exact IEEE float32 (no fastmath): alpha and the cut-offs are the forward's
+    bit for bit."""
+    dx = mx - px
+    dy = my - py
+    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
+    raw = op * vis
+    alpha = min(_F(ALPHA_MAX), raw)
+    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (kf < last)
+    ra = _F(1.0) / (_F(1.0) - alpha)
+    t = T * ra if ok else T                    # the transmittance in front of this Gaussian
+    wgt = alpha * t if ok else _F(0.0)
+    # d loss / d alpha: through 1 - T_final, and through this colour and the colour behind
+    va = tva * ra + (c0 * t - b0 * ra) * v0 + (c1 * t - b1 * ra) * v1 + (c2 * t - b2 * ra) * v2
+    # only where this Gaussian contributed and alpha was not clamped
+    v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
+    v_sigma = -raw * v_am
+    gx = v_sigma * (ca * dx + cb * dy)
+    gy = v_sigma * (cb * dx + cc * dy)
+    return (t, b0 + c0 * wgt, b1 + c1 * wgt, b2 + c2 * wgt,
+            gx, gy, abs(gx), abs(gy), _F(0.5) * v_sigma * dx * dx, v_sigma * dx * dy,
+            _F(0.5) * v_sigma * dy * dy, vis * v_am, wgt * v0, wgt * v1, wgt * v2)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
+    """``_bwd_pixel_rgb`` over lanes [0, n) of the state ``s``, its contributions summed into
+    ``out`` [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity). Only
+    these sums may be reassociated (the per-pixel maths is compiled without fastmath): LLVM
+    keeps them in vector registers, one horizontal add per Gaussian."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = _F(0.0)
+    for j in range(n):
+        r = _bwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j], s[_S_TVA + j],
+                           s[_S_V0 + j], s[_S_V1 + j], s[_S_V2 + j], s[_S_B0 + j], s[_S_B1 + j],
+                           s[_S_B2 + j], kf, mx, my, ca, cb, cc, op, c0, c1, c2)
+        s[_S_T + j] = r[0]
+        s[_S_B0 + j] = r[1]
+        s[_S_B1 + j] = r[2]
+        s[_S_B2 + j] = r[3]
+        a0 += r[4]
+        a1 += r[5]
+        a2 += r[6]
+        a3 += r[7]
+        a4 += r[8]
+        a5 += r[9]
+        a6 += r[10]
+        a7 += r[11]
+        a8 += r[12]
+        a9 += r[13]
+        a10 += r[14]
+    out[0] = a0
+    out[1] = a1
+    out[2] = a2
+    out[3] = a3
+    out[4] = a4
+    out[5] = a5
+    out[6] = a6
+    out[7] = a8
+    out[8] = a9
+    out[9] = a10
+    out[10] = a7
+
+
+@numba.njit(**_JIT)
+def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
+                       tile_w, last_idx, final_t, v_color, v_alpha, per):
+    """``_backward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, back
+    to front, the rows it reaches as one flat loop over the tile's state (``_bwd_rows_rgb``)."""
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)       # outside the image: last = 0, no contribution
+    max_last = 0
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        st[_S_T + i] = _F(1.0)
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            st[_S_T + i] = final_t[py, px]
+            st[_S_TVA + i] = final_t[py, px] * v_alpha[py, px]     # final T * d loss / d pixel alpha
+            st[_S_LAST + i] = _F(last_idx[py, px])
+            st[_S_V0 + i] = v_color[py, px, 0]
+            st[_S_V1 + i] = v_color[py, px, 1]
+            st[_S_V2 + i] = v_color[py, px, 2]
+            max_last = max(max_last, last_idx[py, px])
+    for k in range(max_last - 1, -1, -1):
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        # a slice from the first row: indices from 0 let LLVM drop the negative-index wraparound
+        _bwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k), mx, my, ca, cb, cc, op,
+                      _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]), per[start + k])
+
+
 @_kernel
 def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
                      tile_w, last_idx, final_t, v_color, v_alpha, per):
@@ -662,6 +863,10 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
+        if D == 3:
+            _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
+                               tile_w, last_idx, final_t, v_color, v_alpha, per)
+            continue
         x0 = (tile % tile_w) * TILE_SIZE
         y0 = (tile // tile_w) * TILE_SIZE
         x1 = min(x0 + TILE_SIZE, width)
