@@ -585,7 +585,7 @@ def _fwd_rows_rgb(s, n, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
 
 @numba.njit(**_JIT)
 def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
-                      height, tile_w, out_color, out_alpha, out_last, out_t):
+                      height, tile_w, background, out_color, out_alpha, out_last, out_t):
     """``_forward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, the rows
     it reaches as one flat loop over a single state array (``_fwd_rows_rgb``)."""
     cnt = tile_counts[tile]
@@ -615,18 +615,19 @@ def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offs
     for py in range(y0, y1):
         for px in range(x0, x1):
             i = (py - y0) * TILE_SIZE + (px - x0)
-            out_color[py, px, 0] = st[_S_B0 + i]
-            out_color[py, px, 1] = st[_S_B1 + i]
-            out_color[py, px, 2] = st[_S_B2 + i]
             t = abs(st[_S_T + i])
             out_alpha[py, px] = 1.0 - t
+            rest = 1.0 - out_alpha[py, px]          # the driver's colour + (1 - alpha) background
+            out_color[py, px, 0] = st[_S_B0 + i] + rest * background[0]
+            out_color[py, px, 1] = st[_S_B1 + i] + rest * background[1]
+            out_color[py, px, 2] = st[_S_B2 + i] + rest * background[2]
             out_last[py, px] = np.int32(st[_S_LAST + i])
             out_t[py, px] = t
 
 
 @_kernel
 def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                    tile_w, out_color, out_alpha, out_last, out_t):
+                    tile_w, background, out_color, out_alpha, out_last, out_t):
     """Composite every tile: colour [H,W,D], alpha [H,W], per pixel the number of the tile's
     Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
 
@@ -640,7 +641,7 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
     for tile in numba.prange(n_tiles):
         if D == 3:
             _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
-                              height, tile_w, out_color, out_alpha, out_last, out_t)
+                              height, tile_w, background, out_color, out_alpha, out_last, out_t)
             continue
         cnt = tile_counts[tile]
         x0 = (tile % tile_w) * TILE_SIZE
@@ -699,10 +700,11 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
                 ly = py - y0
                 lx = px - x0
                 i = ly * TILE_SIZE + lx
-                for d in range(D):
-                    out_color[py, px, d] = acc[d, i]
                 t = abs(T[i])
                 out_alpha[py, px] = 1.0 - t
+                rest = 1.0 - out_alpha[py, px]
+                for d in range(D):
+                    out_color[py, px, d] = acc[d, i] + rest * background[d]
                 out_last[py, px] = last[i]
                 out_t[py, px] = t
 
@@ -816,7 +818,7 @@ def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
 
 @numba.njit(**_JIT)
 def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
-                       tile_w, last_idx, final_t, v_color, v_alpha, per):
+                       tile_w, background, last_idx, final_t, v_color, v_alpha, per):
     """``_backward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, back
     to front, the rows it reaches as one flat loop over the tile's state (``_bwd_rows_rgb``)."""
     x0 = (tile % tile_w) * TILE_SIZE
@@ -834,7 +836,10 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
         for px in range(x0, x1):
             i = (py - y0) * TILE_SIZE + (px - x0)
             st[_S_T + i] = final_t[py, px]
-            st[_S_TVA + i] = final_t[py, px] * v_alpha[py, px]     # final T * d loss / d pixel alpha
+            # final T * d loss / d pixel alpha (the background's share: colour - alpha background)
+            va = v_alpha[py, px] - (v_color[py, px, 0] * background[0] + v_color[py, px, 1] * background[1]
+                                    + v_color[py, px, 2] * background[2])
+            st[_S_TVA + i] = final_t[py, px] * va
             st[_S_LAST + i] = _F(last_idx[py, px])
             st[_S_V0 + i] = v_color[py, px, 0]
             st[_S_V1 + i] = v_color[py, px, 1]
@@ -854,7 +859,7 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
 
 @_kernel
 def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                     tile_w, last_idx, final_t, v_color, v_alpha, per):
+                     tile_w, background, last_idx, final_t, v_color, v_alpha, per):
     """Per (tile, Gaussian) intersection gradients into ``per`` [M, 8+D] (columns: means2d 2,
     |means2d| 2, conics 3, colours D, opacity 1), indexed like ``gid``: tiles write disjoint rows,
     so the parallel loop has no races; ``_reduce`` sums them per Gaussian. Back to front over the
@@ -865,7 +870,7 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
     for tile in numba.prange(n_tiles):
         if D == 3:
             _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
-                               tile_w, last_idx, final_t, v_color, v_alpha, per)
+                               tile_w, background, last_idx, final_t, v_color, v_alpha, per)
             continue
         x0 = (tile % tile_w) * TILE_SIZE
         y0 = (tile // tile_w) * TILE_SIZE
@@ -883,7 +888,10 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                 ly = py - y0
                 lx = px - x0
                 T[ly, lx] = final_t[py, px]
-                tva[ly, lx] = final_t[py, px] * v_alpha[py, px]
+                va = v_alpha[py, px]
+                for d in range(D):
+                    va -= v_color[py, px, d] * background[d]
+                tva[ly, lx] = final_t[py, px] * va
                 lst[ly, lx] = last_idx[py, px]
                 for d in range(D):
                     vc[d, ly, lx] = v_color[py, px, d]
@@ -1004,12 +1012,14 @@ def _np64(t: Tensor) -> np.ndarray:
 
 
 class _CompositeTiles(torch.autograd.Function):
-    """One camera's compositing as a Numba forward/backward pair (see the module docstring)."""
+    """One camera's compositing as a Numba forward/backward pair (see the module docstring), the
+    background blended in by the kernels (colour + (1 - alpha) background, as the driver's
+    contract says): no image-sized torch operations in the step."""
 
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None, background: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -1023,8 +1033,10 @@ class _CompositeTiles(torch.autograd.Function):
         alpha = np.zeros((height, width), m2.dtype)
         last = np.zeros((height, width), np.int32)
         final_t = np.ones((height, width), np.float32)     # float32 in the kernels
-        _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
+        bg = np.zeros(D, m2.dtype) if background is None else _np(background).astype(m2.dtype)
+        _forward_kernel(*arrays, width, height, tile_w, bg, color, alpha, last, final_t)
         ctx.arrays = arrays
+        ctx.bg, ctx.alpha = bg, alpha
         ctx.last, ctx.final_t = last, final_t
         ctx.size = (width, height, tile_w)
         ctx.absgrad_target = absgrad_target
@@ -1041,8 +1053,13 @@ class _CompositeTiles(torch.autograd.Function):
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
         # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
         per = np.zeros((M, 8 + D), np.float32)
-        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np32(v_color), _np32(v_alpha[..., 0]), per)
+        vc = _np32(v_color)
+        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.bg.astype(np.float32), ctx.last, ctx.final_t,
+                         vc, _np32(v_alpha[..., 0]), per)
+        v_bg = None
+        if ctx.needs_input_grad[9]:        # d loss / d background = sum over pixels of v_colour (1 - alpha)
+            v_bg = _back(np.einsum("hwd,hw->d", vc.astype(np.float64), 1.0 - ctx.alpha.astype(np.float64)),
+                         device, dtype)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -1051,7 +1068,7 @@ class _CompositeTiles(torch.autograd.Function):
             if getattr(holder, "absgrad", None) is None or holder.absgrad.shape != holder.shape:
                 holder.absgrad = torch.zeros(holder.shape, device=holder.device, dtype=holder.dtype)
             holder.absgrad[cam] = t[:, 2:4].to(holder.device)
-        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None
+        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None, v_bg
 
 
 class _ProjectShade(torch.autograd.Function):
@@ -1152,10 +1169,10 @@ def rasterize_fast(
     Numba kernels; ``info["backend"]`` is "fast". ``absgrad=True`` fills ``info["means2d"].absgrad``
     [C,N,2] during backward (gsplat's DefaultStrategy(absgrad=True) reads it)."""
 
-    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
+    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera, background):
         cam, full_means2d = camera
         target = (cam, full_means2d) if absgrad else None
-        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target)
+        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target, background)
 
     return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors,
                           viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
