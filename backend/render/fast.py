@@ -145,21 +145,6 @@ def _sh_basis(x, y, z, b, gx, gy, gz):
 
 
 @numba.njit(**_JIT)
-def _mm(A, B, out, ta=False, tb=False):
-    """out = op(A) op(B) for small float64 matrices, op = transpose where ``ta``/``tb``; in place
-    and allocation-free (Numba's matmul would need SciPy's BLAS and allocate)."""
-    n = A.shape[1] if ta else A.shape[0]
-    m = A.shape[0] if ta else A.shape[1]
-    p = B.shape[0] if tb else B.shape[1]
-    for i in range(n):
-        for j in range(p):
-            acc = 0.0
-            for k in range(m):
-                acc += (A[k, i] if ta else A[i, k]) * (B[j, k] if tb else B[k, j])
-            out[i, j] = acc
-
-
-@numba.njit(**_JIT)
 def _rotmat(w, x, y, z, R):
     """Rotation matrix of the unit quaternion (w, x, y, z) into R [3,3] (gsplat's convention)."""
     R[0, 0] = 1.0 - 2.0 * (y * y + z * z)
@@ -249,8 +234,12 @@ def _project_forward(means, quats, scales, opac, viewmats, Ks, width, height, ep
                         out_colors[c, n, ch] = max(v, 0.0)
                 if not (z >= near and z <= far):
                     continue
-                _mm(V[:3, :3], M, RM)
-                _mm(RM, RM, Sc, False, True)                   # camera covariance Rv Sigma Rv^T
+                for i in range(3):                              # camera covariance Rv Sigma Rv^T
+                    for j in range(3):
+                        RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                for i in range(3):
+                    for j in range(3):
+                        Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                 lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                 j00, j02, j11, j12, tx, ty, _, _ = _jacobian(x, y, z, K[0, 0], K[1, 1], lxn, lxp, lyn, lyp)
                 # cov2 = J Sc J^T with J = [[j00, 0, j02], [0, j11, j12]], plus eps2d on the diagonal
@@ -299,18 +288,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
         gx = np.empty(16)
         gy = np.empty(16)
         gz = np.empty(16)
-        J = np.zeros((2, 3))
-        T23 = np.empty((2, 3))
-        T32 = np.empty((3, 2))
-        P = np.empty((2, 2))
-        G = np.empty((2, 2))
-        T22 = np.empty((2, 2))
-        V2 = np.empty((2, 2))
         T33 = np.empty((3, 3))
         vSc = np.empty((3, 3))
-        VJ = np.empty((2, 3))
         vS = np.empty((3, 3))
-        vSs = np.empty((3, 3))
         VM = np.empty((3, 3))
         VR = np.empty((3, 3))
         for n in range(chunk * _CHUNK, min(N, (chunk + 1) * _CHUNK)):
@@ -350,34 +330,62 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                 vp1 = 0.0
                 vp2 = v_depths[c, n]
                 if radii[c, n, 0] > 0 and radii[c, n, 1] > 0:
-                    _mm(V[:3, :3], M, RM)
-                    _mm(RM, RM, Sc, False, True)
+                    # scalar code and constant-bound loops (LLVM unrolls them; no array views or
+                    # calls per Gaussian): camera covariance Sc = (Rv M)(Rv M)^T
+                    for i in range(3):
+                        for j in range(3):
+                            RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                     fx, fy = K[0, 0], K[1, 1]
                     lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                     j00, j02, j11, j12, tx, ty, clx, cly = _jacobian(x, y, z, fx, fy, lxn, lxp, lyn, lyp)
-                    J[0, 0], J[0, 2], J[1, 1], J[1, 2] = j00, j02, j11, j12
-                    _mm(J, Sc, T23)
-                    _mm(T23, J, T22, False, True)                     # J Sc J^T
-                    a = T22[0, 0] + eps2d
-                    bb = 0.5 * (T22[0, 1] + T22[1, 0])
-                    cc = T22[1, 1] + eps2d
+                    # cov2 = J Sc J^T + eps2d I, J = [[j00, 0, j02], [0, j11, j12]]
+                    h00 = j00 * Sc[0, 0] + j02 * Sc[2, 0]
+                    h01 = j00 * Sc[0, 1] + j02 * Sc[2, 1]
+                    h02 = j00 * Sc[0, 2] + j02 * Sc[2, 2]
+                    h10 = j11 * Sc[1, 0] + j12 * Sc[2, 0]
+                    h11 = j11 * Sc[1, 1] + j12 * Sc[2, 1]
+                    h12 = j11 * Sc[1, 2] + j12 * Sc[2, 2]
+                    a = h00 * j00 + h02 * j02 + eps2d
+                    bb = 0.5 * ((h01 * j11 + h02 * j12) + (h10 * j00 + h12 * j02))
+                    cc = h11 * j11 + h12 * j12 + eps2d
                     det = a * cc - bb * bb
-                    P[0, 0], P[0, 1], P[1, 0], P[1, 1] = cc / det, -bb / det, -bb / det, a / det
+                    p00, p01, p11 = cc / det, -bb / det, a / det     # P = cov2^-1 (symmetric)
                     # conic = (P00, P01, P11); P01 is used once: split its gradient over P01 and P10
-                    G[0, 0] = v_conics[c, n, 0]
-                    G[0, 1] = G[1, 0] = 0.5 * v_conics[c, n, 1]
-                    G[1, 1] = v_conics[c, n, 2]
-                    _mm(P, G, T22)
-                    _mm(T22, P, V2)
-                    V2 *= -1.0                                          # d loss / d cov2
-                    _mm(J, V2, T32, True)
-                    _mm(T32, J, vSc)                                    # J^T V2 J
-                    _mm(V2, J, T23)
-                    _mm(T23, Sc, VJ)
-                    VJ *= 2.0                                           # d loss / d J
-                    _mm(V[:3, :3], vSc, T33, True)
-                    _mm(T33, V[:3, :3], vSs)                           # Rv^T vSc Rv
-                    vS += vSs
+                    g00 = v_conics[c, n, 0]
+                    g01 = 0.5 * v_conics[c, n, 1]
+                    g11 = v_conics[c, n, 2]
+                    q00 = p00 * g00 + p01 * g01                     # P G
+                    q01 = p00 * g01 + p01 * g11
+                    q10 = p01 * g00 + p11 * g01
+                    q11 = p01 * g01 + p11 * g11
+                    u00 = -(q00 * p00 + q01 * p01)                  # d loss / d cov2 = -P G P
+                    u01 = -(q00 * p01 + q01 * p11)
+                    u10 = -(q10 * p00 + q11 * p01)
+                    u11 = -(q10 * p01 + q11 * p11)
+                    # J^T V2 J (3x3, rows of J^T V2: (t_i0, t_i1))
+                    t00, t01 = j00 * u00, j00 * u01
+                    t10, t11 = j11 * u10, j11 * u11
+                    t20, t21 = j02 * u00 + j12 * u10, j02 * u01 + j12 * u11
+                    vSc[0, 0], vSc[0, 1], vSc[0, 2] = t00 * j00, t01 * j11, t00 * j02 + t01 * j12
+                    vSc[1, 0], vSc[1, 1], vSc[1, 2] = t10 * j00, t11 * j11, t10 * j02 + t11 * j12
+                    vSc[2, 0], vSc[2, 1], vSc[2, 2] = t20 * j00, t21 * j11, t20 * j02 + t21 * j12
+                    # d loss / d J = 2 V2 J Sc (the entries J has)
+                    w00, w01, w02 = u00 * j00, u01 * j11, u00 * j02 + u01 * j12
+                    w10, w11, w12 = u10 * j00, u11 * j11, u10 * j02 + u11 * j12
+                    vj00 = 2.0 * (w00 * Sc[0, 0] + w01 * Sc[1, 0] + w02 * Sc[2, 0])
+                    vj02 = 2.0 * (w00 * Sc[0, 2] + w01 * Sc[1, 2] + w02 * Sc[2, 2])
+                    vj11 = 2.0 * (w10 * Sc[0, 1] + w11 * Sc[1, 1] + w12 * Sc[2, 1])
+                    vj12 = 2.0 * (w10 * Sc[0, 2] + w11 * Sc[1, 2] + w12 * Sc[2, 2])
+                    # d loss / d Sigma += Rv^T vSc Rv
+                    for i in range(3):
+                        for j in range(3):
+                            T33[i, j] = V[0, i] * vSc[0, j] + V[1, i] * vSc[1, j] + V[2, i] * vSc[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            vS[i, j] += T33[i, 0] * V[0, j] + T33[i, 1] * V[1, j] + T33[i, 2] * V[2, j]
                     # means2d = (K[:2] p) / z
                     vm0 = v_means2d[c, n, 0]
                     vm1 = v_means2d[c, n, 1]
@@ -388,10 +396,10 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                     vp2 += (vm0 * K[0, 2] + vm1 * K[1, 2]) / z - (vm0 * m0 + vm1 * m1) / z
                     # J's entries: j00 = fx/z, j02 = -fx tx/z^2, j11 = fy/z, j12 = -fy ty/z^2
                     z2 = z * z
-                    v_tx = VJ[0, 2] * (-fx / z2)
-                    v_ty = VJ[1, 2] * (-fy / z2)
-                    vp2 += (VJ[0, 0] * (-fx / z2) + VJ[1, 1] * (-fy / z2)
-                            + VJ[0, 2] * (2.0 * fx * tx / (z2 * z)) + VJ[1, 2] * (2.0 * fy * ty / (z2 * z)))
+                    v_tx = vj02 * (-fx / z2)
+                    v_ty = vj12 * (-fy / z2)
+                    vp2 += (vj00 * (-fx / z2) + vj11 * (-fy / z2)
+                            + vj02 * (2.0 * fx * tx / (z2 * z)) + vj12 * (2.0 * fy * ty / (z2 * z)))
                     # tx = z clamp(x/z): d/dx = 1 unclamped; d/dz = tx/z clamped
                     if clx:
                         vp2 += v_tx * tx / z
@@ -412,7 +420,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
             for i in range(3):
                 for j in range(3):
                     T33[i, j] = vS[i, j] + vS[j, i]
-            _mm(T33, M, VM)
+            for i in range(3):
+                for j in range(3):
+                    VM[i, j] = T33[i, 0] * M[0, j] + T33[i, 1] * M[1, j] + T33[i, 2] * M[2, j]
             for j in range(3):
                 acc = 0.0
                 for i in range(3):
@@ -546,16 +556,28 @@ _S_ROWS = 11
 
 
 @numba.njit(**_JIT)
+def _pixel_alpha(px, py, mx, my, ca, cb, cc, op):
+    """The Gaussian (mean mx, my, conic ca, cb, cc, opacity op) at the pixel centre (px, py),
+    float32, exact IEEE arithmetic: the forward and the backward share it bit for bit. Returns
+    dx, dy (mean - pixel), vis = exp(-sigma), raw = op vis, alpha = min(0.999, raw) and whether
+    it counts (sigma >= 0 and alpha >= 1/255)."""
+    dx = mx - px
+    dy = my - py
+    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
+    raw = op * vis
+    alpha = min(_F(ALPHA_MAX), raw)
+    return dx, dy, vis, raw, alpha, (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD))
+
+
+@numba.njit(**_JIT)
 def _fwd_pixel_rgb(px, py, T, last, a0, a1, a2, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
     """One pixel of the RGB forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel
     centre (px, py), transmittance ``T`` (negative: the pixel is done), ``last`` (float) and the
     colour so far. Returns them updated and 1.0 if this Gaussian finished the pixel, else 0.0.
-    Exact IEEE float32 (no fastmath), the same expressions as ``_bwd_pixel_rgb``."""
-    dx = mx - px
-    dy = my - py
-    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
-    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (T > _F(0.0))
+    Exact IEEE float32 (no fastmath)."""
+    _, _, _, _, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (T > _F(0.0))
     nt = T * (_F(1.0) - alpha)
     stop = ok & (nt <= _F(T_STOP))
     use = ok & (nt > _F(T_STOP))
@@ -746,22 +768,17 @@ def _lane_sums(lane, lane_c, out):
 
 
 
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _bwd_pixel_rgb(px, py, last, T, tva, v0, v1, v2, b0, b1, b2, kf, mx, my, ca, cb, cc, op, c0, c1, c2):
     """One pixel of the RGB backward for the Gaussian at depth rank ``kf`` (float): pixel centre
     (px, py), the forward's ``last`` (float), the transmittance ``T`` behind the Gaussian,
     ``tva`` = final T * d loss / d alpha, d loss / d colour (v0, v1, v2) and the colour
     composited behind it (b0, b1, b2). Returns the transmittance in front of it, the behind
     colour with it, and its contributions (means2d x, y, |x|, |y|, conic a, b, c, opacity,
-    colour r, g, b). Exact IEEE float32 (no fastmath): alpha and the cut-offs are the forward's
-    bit for bit."""
-    dx = mx - px
-    dy = my - py
-    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
-    raw = op * vis
-    alpha = min(_F(ALPHA_MAX), raw)
-    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (kf < last)
+    colour r, g, b). Alpha and the cut-offs are the forward's bit for bit (``_pixel_alpha``,
+    exact IEEE float32); the gradient maths may fuse multiply-adds."""
+    dx, dy, vis, raw, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (kf < last)
     ra = _F(1.0) / (_F(1.0) - alpha)
     t = T * ra if ok else T                    # the transmittance in front of this Gaussian
     wgt = alpha * t if ok else _F(0.0)
@@ -777,7 +794,7 @@ def _bwd_pixel_rgb(px, py, last, T, tva, v0, v1, v2, b0, b1, b2, kf, mx, my, ca,
             _F(0.5) * v_sigma * dy * dy, vis * v_am, wgt * v0, wgt * v1, wgt * v2)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
     """``_bwd_pixel_rgb`` over lanes [0, n) of the state ``s``, its contributions summed into
     ``out`` [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity). Only
