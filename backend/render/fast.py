@@ -844,6 +844,7 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
     y1 = min(y0 + TILE_SIZE, height)
     start = tile_offsets[tile]
     st = np.zeros(_S_ROWS * _NPIX, _F)       # outside the image: last = 0, no contribution
+    row_last = np.zeros(TILE_SIZE, np.int64)  # per row of the tile, the largest ``last``
     max_last = 0
     for i in range(_NPIX):
         st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
@@ -861,11 +862,17 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
             st[_S_V0 + i] = v_color[py, px, 0]
             st[_S_V1 + i] = v_color[py, px, 1]
             st[_S_V2 + i] = v_color[py, px, 2]
+            row_last[py - y0] = max(row_last[py - y0], last_idx[py, px])
             max_last = max(max_last, last_idx[py, px])
     for k in range(max_last - 1, -1, -1):
         g = gid[start + k]
         mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
             g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        # rows whose pixels all stopped before this Gaussian (last <= k) get nothing from it
+        while by0 < by1 and row_last[by0 - y0] <= k:
+            by0 += 1
+        while by1 > by0 and row_last[by1 - 1 - y0] <= k:
+            by1 -= 1
         if by0 >= by1:
             continue
         i0 = (by0 - y0) * TILE_SIZE
@@ -1046,10 +1053,11 @@ class _CompositeTiles(torch.autograd.Function):
         gid, tile_offsets, tile_counts, tpg_np = _bin_tiles(m2, rad, order, tile_w, tile_h)
         arrays = (m2, con, col, op, rad, gid, tile_offsets, tile_counts)
         D = colors.shape[-1]
-        color = np.zeros((height, width, D), m2.dtype)
-        alpha = np.zeros((height, width), m2.dtype)
-        last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
+        # every pixel is written by the kernel
+        color = np.empty((height, width, D), m2.dtype)
+        alpha = np.empty((height, width), m2.dtype)
+        last = np.empty((height, width), np.int32)
+        final_t = np.empty((height, width), np.float32)     # float32 in the kernels
         bg = np.zeros(D, m2.dtype) if background is None else _np(background).astype(m2.dtype)
         _forward_kernel(*arrays, width, height, tile_w, bg, color, alpha, last, final_t)
         ctx.arrays = arrays
