@@ -137,7 +137,10 @@ class Server:
                                 preview_interval_s=preview_interval_s,
                                 retention=Retention() if retention is None else retention,
                                 executor=executor)
-        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes)
+        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes,
+                                   max_client_bytes=self.admission.caps.max_uploads_bytes_per_client,
+                                   keep_days=self.runner.retention.max_age_days if self.runner.retention else 0.0,
+                                   in_use=self._uploads_in_use)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
                  bind, self.device,
                  f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
@@ -146,6 +149,10 @@ class Server:
                  ", ".join(map(str, self.paths.roots)) if self.paths.roots else
                  ("none for CurveZMQ clients" if curve else "any outside the job store (local clients)"),
                  self.admission.memory / 2 ** 30, self.device)
+
+    def _uploads_in_use(self) -> set[str]:
+        """Uploads that queued and running jobs read (retention leaves them)."""
+        return {str(j.params["upload"]) for j in self.runner.live_jobs() if j.params.get("upload")}
 
     # -- thread-safe hand-over from the worker ----------------------------------------------------
     def _post(self, identity: Peer | bytes, frames: list) -> None:

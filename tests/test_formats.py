@@ -11,12 +11,12 @@ import pytest
 
 from shared.formats import FORMATS, SplatFormatError, detect_format, read_splats, write_splats
 from shared.formats.compressed_ply import morton_order, pack_rotation, read_compressed_ply
-from shared.formats.ply import read_ply, write_ply
+from shared.formats.ply import write_ply
 from shared.formats.splat import read_splat, write_splat
 from shared.formats.spz import RFU_TO_RUB, _quantize_sh, encode_spz, pack_quats_v3, read_spz, write_spz
 from shared.rotations import quat_to_matrix
 from shared.sh import SH_C0, eval_sh
-from shared.splats import Splats, sigmoid
+from shared.splats import Splats
 
 pytestmark = pytest.mark.bpy_only
 
