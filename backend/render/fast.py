@@ -145,21 +145,6 @@ def _sh_basis(x, y, z, b, gx, gy, gz):
 
 
 @numba.njit(**_JIT)
-def _mm(A, B, out, ta=False, tb=False):
-    """out = op(A) op(B) for small float64 matrices, op = transpose where ``ta``/``tb``; in place
-    and allocation-free (Numba's matmul would need SciPy's BLAS and allocate)."""
-    n = A.shape[1] if ta else A.shape[0]
-    m = A.shape[0] if ta else A.shape[1]
-    p = B.shape[0] if tb else B.shape[1]
-    for i in range(n):
-        for j in range(p):
-            acc = 0.0
-            for k in range(m):
-                acc += (A[k, i] if ta else A[i, k]) * (B[j, k] if tb else B[k, j])
-            out[i, j] = acc
-
-
-@numba.njit(**_JIT)
 def _rotmat(w, x, y, z, R):
     """Rotation matrix of the unit quaternion (w, x, y, z) into R [3,3] (gsplat's convention)."""
     R[0, 0] = 1.0 - 2.0 * (y * y + z * z)
@@ -249,8 +234,12 @@ def _project_forward(means, quats, scales, opac, viewmats, Ks, width, height, ep
                         out_colors[c, n, ch] = max(v, 0.0)
                 if not (z >= near and z <= far):
                     continue
-                _mm(V[:3, :3], M, RM)
-                _mm(RM, RM, Sc, False, True)                   # camera covariance Rv Sigma Rv^T
+                for i in range(3):                              # camera covariance Rv Sigma Rv^T
+                    for j in range(3):
+                        RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                for i in range(3):
+                    for j in range(3):
+                        Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                 lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                 j00, j02, j11, j12, tx, ty, _, _ = _jacobian(x, y, z, K[0, 0], K[1, 1], lxn, lxp, lyn, lyp)
                 # cov2 = J Sc J^T with J = [[j00, 0, j02], [0, j11, j12]], plus eps2d on the diagonal
@@ -299,18 +288,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
         gx = np.empty(16)
         gy = np.empty(16)
         gz = np.empty(16)
-        J = np.zeros((2, 3))
-        T23 = np.empty((2, 3))
-        T32 = np.empty((3, 2))
-        P = np.empty((2, 2))
-        G = np.empty((2, 2))
-        T22 = np.empty((2, 2))
-        V2 = np.empty((2, 2))
         T33 = np.empty((3, 3))
         vSc = np.empty((3, 3))
-        VJ = np.empty((2, 3))
         vS = np.empty((3, 3))
-        vSs = np.empty((3, 3))
         VM = np.empty((3, 3))
         VR = np.empty((3, 3))
         for n in range(chunk * _CHUNK, min(N, (chunk + 1) * _CHUNK)):
@@ -350,34 +330,62 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                 vp1 = 0.0
                 vp2 = v_depths[c, n]
                 if radii[c, n, 0] > 0 and radii[c, n, 1] > 0:
-                    _mm(V[:3, :3], M, RM)
-                    _mm(RM, RM, Sc, False, True)
+                    # scalar code and constant-bound loops (LLVM unrolls them; no array views or
+                    # calls per Gaussian): camera covariance Sc = (Rv M)(Rv M)^T
+                    for i in range(3):
+                        for j in range(3):
+                            RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                     fx, fy = K[0, 0], K[1, 1]
                     lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                     j00, j02, j11, j12, tx, ty, clx, cly = _jacobian(x, y, z, fx, fy, lxn, lxp, lyn, lyp)
-                    J[0, 0], J[0, 2], J[1, 1], J[1, 2] = j00, j02, j11, j12
-                    _mm(J, Sc, T23)
-                    _mm(T23, J, T22, False, True)                     # J Sc J^T
-                    a = T22[0, 0] + eps2d
-                    bb = 0.5 * (T22[0, 1] + T22[1, 0])
-                    cc = T22[1, 1] + eps2d
+                    # cov2 = J Sc J^T + eps2d I, J = [[j00, 0, j02], [0, j11, j12]]
+                    h00 = j00 * Sc[0, 0] + j02 * Sc[2, 0]
+                    h01 = j00 * Sc[0, 1] + j02 * Sc[2, 1]
+                    h02 = j00 * Sc[0, 2] + j02 * Sc[2, 2]
+                    h10 = j11 * Sc[1, 0] + j12 * Sc[2, 0]
+                    h11 = j11 * Sc[1, 1] + j12 * Sc[2, 1]
+                    h12 = j11 * Sc[1, 2] + j12 * Sc[2, 2]
+                    a = h00 * j00 + h02 * j02 + eps2d
+                    bb = 0.5 * ((h01 * j11 + h02 * j12) + (h10 * j00 + h12 * j02))
+                    cc = h11 * j11 + h12 * j12 + eps2d
                     det = a * cc - bb * bb
-                    P[0, 0], P[0, 1], P[1, 0], P[1, 1] = cc / det, -bb / det, -bb / det, a / det
+                    p00, p01, p11 = cc / det, -bb / det, a / det     # P = cov2^-1 (symmetric)
                     # conic = (P00, P01, P11); P01 is used once: split its gradient over P01 and P10
-                    G[0, 0] = v_conics[c, n, 0]
-                    G[0, 1] = G[1, 0] = 0.5 * v_conics[c, n, 1]
-                    G[1, 1] = v_conics[c, n, 2]
-                    _mm(P, G, T22)
-                    _mm(T22, P, V2)
-                    V2 *= -1.0                                          # d loss / d cov2
-                    _mm(J, V2, T32, True)
-                    _mm(T32, J, vSc)                                    # J^T V2 J
-                    _mm(V2, J, T23)
-                    _mm(T23, Sc, VJ)
-                    VJ *= 2.0                                           # d loss / d J
-                    _mm(V[:3, :3], vSc, T33, True)
-                    _mm(T33, V[:3, :3], vSs)                           # Rv^T vSc Rv
-                    vS += vSs
+                    g00 = v_conics[c, n, 0]
+                    g01 = 0.5 * v_conics[c, n, 1]
+                    g11 = v_conics[c, n, 2]
+                    q00 = p00 * g00 + p01 * g01                     # P G
+                    q01 = p00 * g01 + p01 * g11
+                    q10 = p01 * g00 + p11 * g01
+                    q11 = p01 * g01 + p11 * g11
+                    u00 = -(q00 * p00 + q01 * p01)                  # d loss / d cov2 = -P G P
+                    u01 = -(q00 * p01 + q01 * p11)
+                    u10 = -(q10 * p00 + q11 * p01)
+                    u11 = -(q10 * p01 + q11 * p11)
+                    # J^T V2 J (3x3, rows of J^T V2: (t_i0, t_i1))
+                    t00, t01 = j00 * u00, j00 * u01
+                    t10, t11 = j11 * u10, j11 * u11
+                    t20, t21 = j02 * u00 + j12 * u10, j02 * u01 + j12 * u11
+                    vSc[0, 0], vSc[0, 1], vSc[0, 2] = t00 * j00, t01 * j11, t00 * j02 + t01 * j12
+                    vSc[1, 0], vSc[1, 1], vSc[1, 2] = t10 * j00, t11 * j11, t10 * j02 + t11 * j12
+                    vSc[2, 0], vSc[2, 1], vSc[2, 2] = t20 * j00, t21 * j11, t20 * j02 + t21 * j12
+                    # d loss / d J = 2 V2 J Sc (the entries J has)
+                    w00, w01, w02 = u00 * j00, u01 * j11, u00 * j02 + u01 * j12
+                    w10, w11, w12 = u10 * j00, u11 * j11, u10 * j02 + u11 * j12
+                    vj00 = 2.0 * (w00 * Sc[0, 0] + w01 * Sc[1, 0] + w02 * Sc[2, 0])
+                    vj02 = 2.0 * (w00 * Sc[0, 2] + w01 * Sc[1, 2] + w02 * Sc[2, 2])
+                    vj11 = 2.0 * (w10 * Sc[0, 1] + w11 * Sc[1, 1] + w12 * Sc[2, 1])
+                    vj12 = 2.0 * (w10 * Sc[0, 2] + w11 * Sc[1, 2] + w12 * Sc[2, 2])
+                    # d loss / d Sigma += Rv^T vSc Rv
+                    for i in range(3):
+                        for j in range(3):
+                            T33[i, j] = V[0, i] * vSc[0, j] + V[1, i] * vSc[1, j] + V[2, i] * vSc[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            vS[i, j] += T33[i, 0] * V[0, j] + T33[i, 1] * V[1, j] + T33[i, 2] * V[2, j]
                     # means2d = (K[:2] p) / z
                     vm0 = v_means2d[c, n, 0]
                     vm1 = v_means2d[c, n, 1]
@@ -388,10 +396,10 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                     vp2 += (vm0 * K[0, 2] + vm1 * K[1, 2]) / z - (vm0 * m0 + vm1 * m1) / z
                     # J's entries: j00 = fx/z, j02 = -fx tx/z^2, j11 = fy/z, j12 = -fy ty/z^2
                     z2 = z * z
-                    v_tx = VJ[0, 2] * (-fx / z2)
-                    v_ty = VJ[1, 2] * (-fy / z2)
-                    vp2 += (VJ[0, 0] * (-fx / z2) + VJ[1, 1] * (-fy / z2)
-                            + VJ[0, 2] * (2.0 * fx * tx / (z2 * z)) + VJ[1, 2] * (2.0 * fy * ty / (z2 * z)))
+                    v_tx = vj02 * (-fx / z2)
+                    v_ty = vj12 * (-fy / z2)
+                    vp2 += (vj00 * (-fx / z2) + vj11 * (-fy / z2)
+                            + vj02 * (2.0 * fx * tx / (z2 * z)) + vj12 * (2.0 * fy * ty / (z2 * z)))
                     # tx = z clamp(x/z): d/dx = 1 unclamped; d/dz = tx/z clamped
                     if clx:
                         vp2 += v_tx * tx / z
@@ -412,7 +420,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
             for i in range(3):
                 for j in range(3):
                     T33[i, j] = vS[i, j] + vS[j, i]
-            _mm(T33, M, VM)
+            for i in range(3):
+                for j in range(3):
+                    VM[i, j] = T33[i, 0] * M[0, j] + T33[i, 1] * M[1, j] + T33[i, 2] * M[2, j]
             for j in range(3):
                 acc = 0.0
                 for i in range(3):
@@ -537,9 +547,109 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
+# rows of the RGB backward's flat per-tile state (one float32 array: [_S_ROWS * 256], a row per
+# quantity, a lane per pixel of the tile in row-major order): a single base pointer at constant
+# offsets, so LLVM proves the loop's loads and stores independent without runtime alias checks
+_NPIX = TILE_SIZE * TILE_SIZE
+_S_T, _S_TVA, _S_LAST, _S_V0, _S_V1, _S_V2, _S_B0, _S_B1, _S_B2, _S_X, _S_Y = (r * _NPIX for r in range(11))
+_S_ROWS = 11
+
+
+@numba.njit(**_JIT)
+def _pixel_alpha(px, py, mx, my, ca, cb, cc, op):
+    """The Gaussian (mean mx, my, conic ca, cb, cc, opacity op) at the pixel centre (px, py),
+    float32, exact IEEE arithmetic: the forward and the backward share it bit for bit. Returns
+    dx, dy (mean - pixel), vis = exp(-sigma), raw = op vis, alpha = min(0.999, raw) and whether
+    it counts (sigma >= 0 and alpha >= 1/255)."""
+    dx = mx - px
+    dy = my - py
+    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
+    raw = op * vis
+    alpha = min(_F(ALPHA_MAX), raw)
+    return dx, dy, vis, raw, alpha, (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD))
+
+
+@numba.njit(**_JIT)
+def _fwd_pixel_rgb(px, py, T, last, a0, a1, a2, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """One pixel of the RGB forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel
+    centre (px, py), transmittance ``T`` (negative: the pixel is done), ``last`` (float) and the
+    colour so far. Returns them updated and 1.0 if this Gaussian finished the pixel, else 0.0.
+    Exact IEEE float32 (no fastmath)."""
+    _, _, _, _, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (T > _F(0.0))
+    nt = T * (_F(1.0) - alpha)
+    stop = ok & (nt <= _F(T_STOP))
+    use = ok & (nt > _F(T_STOP))
+    w = alpha * T if use else _F(0.0)
+    return (-T if stop else (nt if use else T), k1 if use else last, a0 + c0 * w, a1 + c1 * w, a2 + c2 * w,
+            _F(1.0) if stop else _F(0.0))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _fwd_rows_rgb(s, n, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """``_fwd_pixel_rgb`` over lanes [0, n) of the flat state ``s`` (rows ``_S_T``, ``_S_LAST``,
+    ``_S_B0..2`` = the colour so far, ``_S_X``, ``_S_Y``). Returns how many pixels it finished:
+    a float32 sum of 0s and 1s, exact in any order, so reassociable (an integer count would halve
+    LLVM's vector width), and the only reassociated operation (the pixel maths has no fastmath)."""
+    stopped = _F(0.0)
+    for j in range(n):
+        r = _fwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], s[_S_B0 + j], s[_S_B1 + j],
+                           s[_S_B2 + j], k1, mx, my, ca, cb, cc, op, c0, c1, c2)
+        s[_S_T + j] = r[0]
+        s[_S_LAST + j] = r[1]
+        s[_S_B0 + j] = r[2]
+        s[_S_B1 + j] = r[3]
+        s[_S_B2 + j] = r[4]
+        stopped += r[5]
+    return int(stopped)
+
+
+@numba.njit(**_JIT)
+def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
+                      height, tile_w, background, out_color, out_alpha, out_last, out_t):
+    """``_forward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, the rows
+    it reaches as one flat loop over a single state array (``_fwd_rows_rgb``)."""
+    cnt = tile_counts[tile]
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        inside = (x0 + i % TILE_SIZE < x1) & (y0 + i // TILE_SIZE < y1)
+        st[_S_T + i] = _F(1.0) if inside else _F(-1.0)      # pixels outside the image: done
+    n_live = (x1 - x0) * (y1 - y0)
+    for k in range(cnt):
+        if n_live <= 0:
+            break
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        n_live -= _fwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k + 1), mx, my, ca, cb, cc, op,
+                                _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]))
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            t = abs(st[_S_T + i])
+            out_alpha[py, px] = 1.0 - t
+            rest = 1.0 - out_alpha[py, px]          # the driver's colour + (1 - alpha) background
+            out_color[py, px, 0] = st[_S_B0 + i] + rest * background[0]
+            out_color[py, px, 1] = st[_S_B1 + i] + rest * background[1]
+            out_color[py, px, 2] = st[_S_B2 + i] + rest * background[2]
+            out_last[py, px] = np.int32(st[_S_LAST + i])
+            out_t[py, px] = t
+
+
 @_kernel
 def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                    tile_w, out_color, out_alpha, out_last, out_t):
+                    tile_w, background, out_color, out_alpha, out_last, out_t):
     """Composite every tile: colour [H,W,D], alpha [H,W], per pixel the number of the tile's
     Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
 
@@ -551,6 +661,10 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
+        if D == 3:
+            _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
+                              height, tile_w, background, out_color, out_alpha, out_last, out_t)
+            continue
         cnt = tile_counts[tile]
         x0 = (tile % tile_w) * TILE_SIZE
         y0 = (tile // tile_w) * TILE_SIZE
@@ -608,10 +722,11 @@ def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, til
                 ly = py - y0
                 lx = px - x0
                 i = ly * TILE_SIZE + lx
-                for d in range(D):
-                    out_color[py, px, d] = acc[d, i]
                 t = abs(T[i])
                 out_alpha[py, px] = 1.0 - t
+                rest = 1.0 - out_alpha[py, px]
+                for d in range(D):
+                    out_color[py, px, d] = acc[d, i] + rest * background[d]
                 out_last[py, px] = last[i]
                 out_t[py, px] = t
 
@@ -651,9 +766,124 @@ def _lane_sums(lane, lane_c, out):
         out[7 + d] = acc
 
 
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _bwd_pixel_rgb(px, py, last, T, tva, v0, v1, v2, b0, b1, b2, kf, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """One pixel of the RGB backward for the Gaussian at depth rank ``kf`` (float): pixel centre
+    (px, py), the forward's ``last`` (float), the transmittance ``T`` behind the Gaussian,
+    ``tva`` = final T * d loss / d alpha, d loss / d colour (v0, v1, v2) and the colour
+    composited behind it (b0, b1, b2). Returns the transmittance in front of it, the behind
+    colour with it, and its contributions (means2d x, y, |x|, |y|, conic a, b, c, opacity,
+    colour r, g, b). Alpha and the cut-offs are the forward's bit for bit (``_pixel_alpha``,
+    exact IEEE float32); the gradient maths may fuse multiply-adds."""
+    dx, dy, vis, raw, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (kf < last)
+    ra = _F(1.0) / (_F(1.0) - alpha)
+    t = T * ra if ok else T                    # the transmittance in front of this Gaussian
+    wgt = alpha * t if ok else _F(0.0)
+    # d loss / d alpha: through 1 - T_final, and through this colour and the colour behind
+    va = tva * ra + (c0 * t - b0 * ra) * v0 + (c1 * t - b1 * ra) * v1 + (c2 * t - b2 * ra) * v2
+    # only where this Gaussian contributed and alpha was not clamped
+    v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
+    v_sigma = -raw * v_am
+    gx = v_sigma * (ca * dx + cb * dy)
+    gy = v_sigma * (cb * dx + cc * dy)
+    return (t, b0 + c0 * wgt, b1 + c1 * wgt, b2 + c2 * wgt,
+            gx, gy, abs(gx), abs(gy), _F(0.5) * v_sigma * dx * dx, v_sigma * dx * dy,
+            _F(0.5) * v_sigma * dy * dy, vis * v_am, wgt * v0, wgt * v1, wgt * v2)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
+    """``_bwd_pixel_rgb`` over lanes [0, n) of the state ``s``, its contributions summed into
+    ``out`` [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity). Only
+    these sums may be reassociated (the per-pixel maths is compiled without fastmath): LLVM
+    keeps them in vector registers, one horizontal add per Gaussian."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = _F(0.0)
+    for j in range(n):
+        r = _bwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j], s[_S_TVA + j],
+                           s[_S_V0 + j], s[_S_V1 + j], s[_S_V2 + j], s[_S_B0 + j], s[_S_B1 + j],
+                           s[_S_B2 + j], kf, mx, my, ca, cb, cc, op, c0, c1, c2)
+        s[_S_T + j] = r[0]
+        s[_S_B0 + j] = r[1]
+        s[_S_B1 + j] = r[2]
+        s[_S_B2 + j] = r[3]
+        a0 += r[4]
+        a1 += r[5]
+        a2 += r[6]
+        a3 += r[7]
+        a4 += r[8]
+        a5 += r[9]
+        a6 += r[10]
+        a7 += r[11]
+        a8 += r[12]
+        a9 += r[13]
+        a10 += r[14]
+    out[0] = a0
+    out[1] = a1
+    out[2] = a2
+    out[3] = a3
+    out[4] = a4
+    out[5] = a5
+    out[6] = a6
+    out[7] = a8
+    out[8] = a9
+    out[9] = a10
+    out[10] = a7
+
+
+@numba.njit(**_JIT)
+def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
+                       tile_w, background, last_idx, final_t, v_color, v_alpha, per):
+    """``_backward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, back
+    to front, the rows it reaches as one flat loop over the tile's state (``_bwd_rows_rgb``)."""
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)       # outside the image: last = 0, no contribution
+    row_last = np.zeros(TILE_SIZE, np.int64)  # per row of the tile, the largest ``last``
+    max_last = 0
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        st[_S_T + i] = _F(1.0)
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            st[_S_T + i] = final_t[py, px]
+            # final T * d loss / d pixel alpha (the background's share: colour - alpha background)
+            va = v_alpha[py, px] - (v_color[py, px, 0] * background[0] + v_color[py, px, 1] * background[1]
+                                    + v_color[py, px, 2] * background[2])
+            st[_S_TVA + i] = final_t[py, px] * va
+            st[_S_LAST + i] = _F(last_idx[py, px])
+            st[_S_V0 + i] = v_color[py, px, 0]
+            st[_S_V1 + i] = v_color[py, px, 1]
+            st[_S_V2 + i] = v_color[py, px, 2]
+            row_last[py - y0] = max(row_last[py - y0], last_idx[py, px])
+            max_last = max(max_last, last_idx[py, px])
+    for k in range(max_last - 1, -1, -1):
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        # rows whose pixels all stopped before this Gaussian (last <= k) get nothing from it
+        while by0 < by1 and row_last[by0 - y0] <= k:
+            by0 += 1
+        while by1 > by0 and row_last[by1 - 1 - y0] <= k:
+            by1 -= 1
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        # a slice from the first row: indices from 0 let LLVM drop the negative-index wraparound
+        _bwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k), mx, my, ca, cb, cc, op,
+                      _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]), per[start + k])
+
+
 @_kernel
 def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                     tile_w, last_idx, final_t, v_color, v_alpha, per):
+                     tile_w, background, last_idx, final_t, v_color, v_alpha, per):
     """Per (tile, Gaussian) intersection gradients into ``per`` [M, 8+D] (columns: means2d 2,
     |means2d| 2, conics 3, colours D, opacity 1), indexed like ``gid``: tiles write disjoint rows,
     so the parallel loop has no races; ``_reduce`` sums them per Gaussian. Back to front over the
@@ -662,6 +892,10 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
     D = colors.shape[1]
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
+        if D == 3:
+            _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
+                               tile_w, background, last_idx, final_t, v_color, v_alpha, per)
+            continue
         x0 = (tile % tile_w) * TILE_SIZE
         y0 = (tile // tile_w) * TILE_SIZE
         x1 = min(x0 + TILE_SIZE, width)
@@ -678,7 +912,10 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
                 ly = py - y0
                 lx = px - x0
                 T[ly, lx] = final_t[py, px]
-                tva[ly, lx] = final_t[py, px] * v_alpha[py, px]
+                va = v_alpha[py, px]
+                for d in range(D):
+                    va -= v_color[py, px, d] * background[d]
+                tva[ly, lx] = final_t[py, px] * va
                 lst[ly, lx] = last_idx[py, px]
                 for d in range(D):
                     vc[d, ly, lx] = v_color[py, px, d]
@@ -799,12 +1036,14 @@ def _np64(t: Tensor) -> np.ndarray:
 
 
 class _CompositeTiles(torch.autograd.Function):
-    """One camera's compositing as a Numba forward/backward pair (see the module docstring)."""
+    """One camera's compositing as a Numba forward/backward pair (see the module docstring), the
+    background blended in by the kernels (colour + (1 - alpha) background, as the driver's
+    contract says): no image-sized torch operations in the step."""
 
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None, background: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -814,12 +1053,15 @@ class _CompositeTiles(torch.autograd.Function):
         gid, tile_offsets, tile_counts, tpg_np = _bin_tiles(m2, rad, order, tile_w, tile_h)
         arrays = (m2, con, col, op, rad, gid, tile_offsets, tile_counts)
         D = colors.shape[-1]
-        color = np.zeros((height, width, D), m2.dtype)
-        alpha = np.zeros((height, width), m2.dtype)
-        last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
-        _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
+        # every pixel is written by the kernel
+        color = np.empty((height, width, D), m2.dtype)
+        alpha = np.empty((height, width), m2.dtype)
+        last = np.empty((height, width), np.int32)
+        final_t = np.empty((height, width), np.float32)     # float32 in the kernels
+        bg = np.zeros(D, m2.dtype) if background is None else _np(background).astype(m2.dtype)
+        _forward_kernel(*arrays, width, height, tile_w, bg, color, alpha, last, final_t)
         ctx.arrays = arrays
+        ctx.bg, ctx.alpha = bg, alpha
         ctx.last, ctx.final_t = last, final_t
         ctx.size = (width, height, tile_w)
         ctx.absgrad_target = absgrad_target
@@ -836,8 +1078,13 @@ class _CompositeTiles(torch.autograd.Function):
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
         # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
         per = np.zeros((M, 8 + D), np.float32)
-        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np32(v_color), _np32(v_alpha[..., 0]), per)
+        vc = _np32(v_color)
+        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.bg.astype(np.float32), ctx.last, ctx.final_t,
+                         vc, _np32(v_alpha[..., 0]), per)
+        v_bg = None
+        if ctx.needs_input_grad[9]:        # d loss / d background = sum over pixels of v_colour (1 - alpha)
+            v_bg = _back(np.einsum("hwd,hw->d", vc.astype(np.float64), 1.0 - ctx.alpha.astype(np.float64)),
+                         device, dtype)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -846,7 +1093,7 @@ class _CompositeTiles(torch.autograd.Function):
             if getattr(holder, "absgrad", None) is None or holder.absgrad.shape != holder.shape:
                 holder.absgrad = torch.zeros(holder.shape, device=holder.device, dtype=holder.dtype)
             holder.absgrad[cam] = t[:, 2:4].to(holder.device)
-        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None
+        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None, v_bg
 
 
 class _ProjectShade(torch.autograd.Function):
@@ -947,10 +1194,10 @@ def rasterize_fast(
     Numba kernels; ``info["backend"]`` is "fast". ``absgrad=True`` fills ``info["means2d"].absgrad``
     [C,N,2] during backward (gsplat's DefaultStrategy(absgrad=True) reads it)."""
 
-    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
+    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera, background):
         cam, full_means2d = camera
         target = (cam, full_means2d) if absgrad else None
-        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target)
+        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target, background)
 
     return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors,
                           viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
