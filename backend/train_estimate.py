@@ -8,11 +8,12 @@ refinement window, so nothing grows) on throwaway copies of the initial Gaussian
 trained scene's size (``PROBE_SHRINK``: the initial ones are far larger, and their cost falls
 within the first few hundred steps as they shrink), once with ``N0`` and once with each doubled.
 In units of that step: ``units(N) = (1 - share) + share * N / N0``, ``share`` from the CPU-time
-ratio of the two (a busy machine slows both alike; observed 0.3-0.5 at 64 px with 2,000
+ratio of the two (a busy machine slows both alike; observed 0.3-0.4 at 64 px with 2,000
 Gaussians). No seconds are written here, only ratios: a real step over the probe step
-(``STEP_OVERHEAD`` = 1.25: real / estimated CPU time with 1.0 was 1.17 on the alpha scene,
-1.05 with MCMC, 1.50 on the opaque scene, 1.42 / 1.17 on the tests' torus at 2000 steps; the
-geometric mean) and an evaluation render over a step (``FORWARD_SHARE``).
+(``STEP_OVERHEAD`` = 1.2: with 1.0, real / estimated CPU time was 1.19 on the alpha scene, 1.11
+with MCMC, 1.36 on the opaque scene, 1.15 / 1.16 on the tests' torus at 2000 steps, all at 3000
+steps unless said and with the fast rasterizer of 2026-11-29; their geometric mean) and an
+evaluation render over a step (``FORWARD_SHARE``).
 
 **Gaussians over the run** (``gaussian_counts``), from the trainer's own schedule
 (``shared.jobkinds.train.schedule``: refinements at the steps ``refine_start < t < refine_stop``,
@@ -24,7 +25,7 @@ geometric mean) and an evaluation render over a step (``FORWARD_SHARE``).
   the images are transparent; given points mostly live); every later one multiplies ``N`` by
   ``1 + rate * (1 - N / capacity)`` (logistic growth towards the scene's capacity). ``survival``,
   ``rate`` and ``capacity`` depend on the share of the training pixels the subject covers
-  (``coverage``: alpha >= 0.5; 1 for images without alpha). Fitted on ``bench/quality.py``'s two
+  (``coverage``: alpha > 0; 1 for images without alpha). Fitted on ``bench/quality.py``'s two
   bpy scenes (``alpha``: coverage 0.18; ``opaque``: 1.0), 40 views, the CPU default of 3000 steps
   (9 refinements) at 64 px with 500, 2000 and 8000 random initial points, at 256 px with 2000, and
   with 2000 points on the mesh surface: end counts 4,337 / 6,215 / 8,698 (alpha, random),
@@ -54,8 +55,8 @@ import torch
 from shared.jobspec import Settings
 
 GAUSSIAN_SHARE = 0.5       # the share when it was not measured (a caller without a calibration)
-STEP_OVERHEAD = 1.25       # a training step over the probe step at the same N (fitted: see the module docstring)
-PROBE_SHRINK = 100.0       # the probes' Gaussians: the initial ones with their scales / this (a trained size)
+STEP_OVERHEAD = 1.2        # a training step over the probe step at the same N (fitted: see the module docstring)
+PROBE_SHRINK = 10.0        # the probes' Gaussians: the initial ones with their scales / this (a trained size)
 FORWARD_SHARE = 0.35       # an evaluation render over a training step
 EVAL_TRAIN_VIEWS = 8       # train views the trainer scores at the end (``train_psnr``)
 MCMC_GROWTH = 1.05         # MCMCStrategy adds 5 % per refinement (backend/strategies.py)
@@ -91,10 +92,10 @@ GROWTH = Growth()
 
 
 def coverage(images: np.ndarray) -> float:
-    """The share of pixels the subject covers: alpha >= 0.5 of u8 RGBA images [C,H,W,4]; 1.0 for RGB."""
+    """The share of pixels the subject covers: alpha > 0 of u8 RGBA images [C,H,W,4]; 1.0 for RGB."""
     if images.ndim != 4 or images.shape[-1] != 4:
         return 1.0
-    return float(max((images[..., 3] >= 128).mean(), 1e-3))
+    return float(max((images[..., 3] > 0).mean(), 1e-3))
 
 
 def refinement_steps(settings: Settings, schedule: dict[str, int]) -> list[int]:
