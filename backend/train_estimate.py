@@ -59,6 +59,8 @@ STEP_OVERHEAD = 1.2        # a training step over the probe step at the same N (
 PROBE_SHRINK = 10.0        # the probes' Gaussians: the initial ones with their scales / this (a trained size)
 FORWARD_SHARE = 0.35       # an evaluation render over a training step
 EVAL_TRAIN_VIEWS = 8       # train views the trainer scores at the end (``train_psnr``)
+THREADS_MARGIN = 1.25     # more threads only when the probe is this much faster: on the shared 2-core machine two
+                           # threads made the README example's steps cost 2x the CPU time for no gain in wall time
 MCMC_GROWTH = 1.05         # MCMCStrategy adds 5 % per refinement (backend/strategies.py)
 
 
@@ -238,7 +240,8 @@ def calibrate(probe: Callable[[], None], device_type: str, repeats: int = 3,
     the chosen thread count, threads, {threads: seconds} measured).
 
     On the CPU, unless ``OMP_NUM_THREADS`` is set or ``choose_threads`` is false, tries one thread
-    and torch's current count and leaves torch set to the faster. One untimed call first (Numba
+    and torch's current count and leaves torch set to the faster (more threads only when
+    ``THREADS_MARGIN`` times faster). One untimed call first (Numba
     compiles or loads its kernels there)."""
     probe()
     if device_type == "cuda":
@@ -260,6 +263,8 @@ def calibrate(probe: Callable[[], None], device_type: str, repeats: int = 3,
             probe()          # the parallel kernels compile (or load) separately
         measured[n] = _timed(probe, repeats)
     best = min(measured, key=measured.__getitem__)
+    if best > 1 and 1 in measured and measured[best] * THREADS_MARGIN > measured[1]:
+        best = 1             # several threads only when clearly faster (see THREADS_MARGIN)
     torch.set_num_threads(best)
     return measured[best], best, measured
 
@@ -314,11 +319,11 @@ def measure_cost(probe: Callable[[int], None], probe_doubled: Callable[[int], No
     if cuda:
         wall = float(np.median(walls))
     else:
-        # the CPU time times the slowdown over the whole measurement (total wall / total CPU): on a
-        # busy machine a probe shorter than the scheduler's slice often runs uninterrupted, so the
-        # median wall time of the probes would miss the slowdown that the run will see
-        slowdown = max(1.0, (sum(walls) + sum(walls2)) / max(sum(cpus) + sum(cpus2), 1e-12))
-        wall = float(np.median(cpus)) * slowdown
+        # the CPU time times wall / CPU over the whole measurement: on a busy machine a probe shorter
+        # than the scheduler's slice often runs uninterrupted, so the median wall time of the probes
+        # would miss the slowdown that the run will see (with several threads the ratio is below 1)
+        wall_per_cpu = (sum(walls) + sum(walls2)) / max(sum(cpus) + sum(cpus2), 1e-12)
+        wall = float(np.median(cpus)) * wall_per_cpu
     return StepCost(wall_s=wall, cpu_s=float(np.median(cpus)), share=share, pairs=len(walls))
 
 

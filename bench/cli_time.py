@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  the trainer's own figures: loop + evaluation {meta['loop_s']:.1f} s, estimate {meta['estimate_s']:.1f} s "
               f"(ratio {meta['estimate_s'] / meta['loop_s']:.2f}); in CPU time {meta['loop_cpu_s']:.1f} s, estimate "
               f"{meta['estimate_cpu_s']:.1f} s (ratio {meta['estimate_cpu_s'] / meta['loop_cpu_s']:.2f}); "
-              f"{meta['threads']} thread(s)")
+              f"{meta['threads']} thread(s); calibration {meta.get('estimate_model')}")
     ratio = estimate / real
     ok_time, ok_est = total < args.limit_s, abs(ratio - 1.0) <= 0.3
     print(f"whole command {total:.1f} s (target < {args.limit_s:.0f} s: {'ok' if ok_time else 'MISSED'}); "
