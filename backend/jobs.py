@@ -305,8 +305,11 @@ class JobRunner:
     def __init__(self, store: JobStore, device: str, send: Send,
                  kinds: JobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
                  recent_jobs: int = 50, retention: Retention | None = Retention(),
-                 executor: Executor | None = None):
+                 executor: Executor | None = None,
+                 start_check: Callable[[Job], Settings] | None = None):
         self.store = store
+        # run as each job starts (the server: its paths checked again); a JobError fails the job
+        self.start_check = start_check
         self.executor = executor if executor is not None else Executor()
         self.retention = retention
         self.device = device
@@ -600,6 +603,12 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         t0 = time.monotonic()
+        if self.start_check is not None:
+            try:
+                job.settings = self.start_check(job)
+            except JobError as exc:
+                self._fail(job, exc.code, exc.message)
+                return
         try:
             self.store.update(job.job_id, state="running", started=time.time())
         except OSError as exc:
