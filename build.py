@@ -9,7 +9,8 @@
     python3 build.py compat [ARGS]    the add-on's torch-free tests on the newest Blender (bpy from PyPI, Python
                                       3.13, its own venv .venv-blender-latest); CI runs it after `test`
     python3 build.py lint [--fix]     setup, then ruff (lint, import order) and mypy (types) over shared/ and
-                                      backend/ with pyproject.toml's settings; fails on any finding (CI runs it)
+                                      backend/ with pyproject.toml's settings, and ruff's bug rules (F, E9)
+                                      over the add-on, tests, bench and demo; fails on any finding (CI runs it)
 
 The add-on zip bundles the repo's `shared/` package inside the add-on (imported there as `.shared`),
 the backend's source in `backend_source/` (backend/, shared/, requirements-backend.txt, pyproject.toml: what
@@ -260,6 +261,10 @@ def run_serve(serve_args: list[str]) -> int:
 
 # What `lint` checks; the rules and the type checker's settings are pyproject.toml's ([tool.ruff], [tool.mypy]).
 LINT_PATHS = ("shared", "backend")
+# The rest of the tree (the add-on runs inside Blender, tests and benches against a live bpy): ruff's
+# rules for real bugs only (undefined and unused names, syntax), not style or types.
+BUG_LINT_PATHS = ("blender_addon", "tests", "bench", "demo", "build.py")
+BUG_RULES = "F,E9"
 
 
 def run_lint(fix: bool = False, paths: list[str] | None = None) -> int:
@@ -271,8 +276,13 @@ def run_lint(fix: bool = False, paths: list[str] | None = None) -> int:
     config = str(ROOT / "pyproject.toml")
     ruff = [python, "-m", "ruff", "check", "--config", config, *(["--fix"] if fix else []), *paths]
     mypy = [python, "-m", "mypy", "--config-file", config, *paths]
+    checks = [("ruff", ruff), ("mypy", mypy)]
+    if paths == list(LINT_PATHS):
+        checks.insert(1, ("ruff (bugs only)", [python, "-m", "ruff", "check", "--config", config,
+                                               "--select", BUG_RULES, *(["--fix"] if fix else []),
+                                               *BUG_LINT_PATHS]))
     failed = []
-    for name, cmd in (("ruff", ruff), ("mypy", mypy)):
+    for name, cmd in checks:
         log("running " + " ".join(cmd[1:]))
         code = subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
         if code != 0:

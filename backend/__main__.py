@@ -4,6 +4,7 @@
                             [--curve-secret SERVER.key_secret --curve-allow CLIENT_KEYS_DIR]
                             [--data-root DIR ...] [--admin KEY ...] [--max-queued-per-client N]
                             [--max-queued N] [--max-inputs-mb MIB] [--max-job-memory-gb GIB]
+                            [--max-uploads-gb GIB]
                             [--job-module package.module ...] [--job-kind NAME=package.module:function ...]
     python -m backend <kind> ... --out FILE    run one job here: train, generate, edit, and every
                                                other registered kind (backend.job_cli; -h lists the
@@ -115,6 +116,9 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--max-inputs-mb", type=float, default=2048.0, metavar="MIB",
                    help="payload bytes the waiting and running jobs may hold together (0: no "
                         "limit; default 2048)")
+    p.add_argument("--max-uploads-gb", type=float, default=32.0, metavar="GIB",
+                   help="bytes of uploaded photos and videos one client may hold on the backend (0: "
+                        "no limit; default 32); uploads untouched for --keep-days are removed")
     p.add_argument("--max-job-memory-gb", type=float, default=0.0, metavar="GIB",
                    help="memory a job may need by its estimate, else 'too_large' (default 0: the "
                         "device's free memory when the server starts; with --executor ray: no check)")
@@ -154,7 +158,8 @@ def serve_main(argv: list[str]) -> int:
                             ("--min-free-mb", args.min_free_mb),
                             ("--max-queued-per-client", args.max_queued_per_client),
                             ("--max-queued", args.max_queued), ("--max-inputs-mb", args.max_inputs_mb),
-                            ("--max-job-memory-gb", args.max_job_memory_gb)):
+                            ("--max-job-memory-gb", args.max_job_memory_gb),
+                            ("--max-uploads-gb", args.max_uploads_gb)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number >= 0 (0: no limit), got {value:g}")
         retention = Retention(args.keep_days, int(args.max_store_gb * 2 ** 30))
@@ -166,7 +171,7 @@ def serve_main(argv: list[str]) -> int:
         from backend.access import read_admin_keys
         from backend.admission import Caps
         caps = Caps(args.max_queued_per_client, args.max_queued, int(args.max_inputs_mb * 2 ** 20),
-                    int(args.max_job_memory_gb * 2 ** 30))
+                    int(args.max_job_memory_gb * 2 ** 30), int(args.max_uploads_gb * 2 ** 30))
         server = Server(args.bind, args.store, args.device, keys,
                         preview_interval_s=args.preview_interval, retention=retention,
                         min_free_bytes=int(args.min_free_mb * 2 ** 20), executor=executor,

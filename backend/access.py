@@ -14,15 +14,50 @@ caller's jobs (another's job is answered exactly as an unknown one); owners list
 ``serve --admin KEY`` see and cancel all. Records written before owners existed (no ``owner``) are
 visible to local clients and admins.
 
-**Routing ids.** A DEALER chooses its routing id. ``Sessions`` binds a routing id to the owner that
-first speaks on it: a message from another owner on a bound routing id is refused, and progress and
-results of a job go to its submitter's routing id only while that routing id is bound to the job's
-owner. A binding ends when its connection closes (the ROUTER's socket monitor reports the file
-descriptor) or when another owner speaks on it, so a routing id reused by someone else receives
-nothing of the old owner's jobs.
+**Connections and sessions.** A ROUTER routing id names one connection, never a client: the server
+turns ``ROUTER_HANDOVER`` off, and each ``shared.client.BackendClient`` connection announces a fresh
+random routing id (32 printable bytes). A client is followed across its connections by its
+*session*: a random token (``shared.protocol.valid_session``) it makes once and sends in every
+message's header (``session``), kept across ``reconnect()``. ``Sessions`` binds a token to the
+owner that first uses it and to the connection (routing id, file descriptor) that last spoke with
+it: the same owner speaking with the token from a new connection moves it there (a reconnect);
+another owner using it is refused (``session_taken``, nothing done). A job's progress, result and
+errors go to its submitting session's current connection only, while that is bound to the job's
+owner; the binding ends when the connection closes (the ROUTER's socket monitor reports its file
+descriptor), so nothing is sent on a routing id that a later connection reuses. Clients that send
+no token (before sessions existed) get a session per connection (``rid:<routing id>``): their
+jobs' messages stop when that connection closes (a fetch from a new one still works), and as they
+reconnect under their old routing id, a reconnect the server sees before the old connection's end
+is ignored (below) until they reconnect again.
+
+What libzmq does with routing ids (``src/router.cpp``, ``router_t::identify_peer``, checked in its
+source and against libzmq 4.3.5 here), and what the design takes from it:
+
+- A peer that announces a routing id already in use: with ``ROUTER_HANDOVER`` the newcomer takes
+  the route over and the old connection is terminated; that is how a peer that knew a victim's id
+  received the victim's messages without ever speaking. Without handover the newcomer is not
+  attached: libzmq neither reads its messages nor sends to it, and the existing connection keeps
+  its route. Hence handover off. (A client can no longer reconnect under its old id before the
+  server has seen the old connection close, hence a fresh id per connection and the session.)
+- A peer that announces no id gets ``0x00`` + a 32-bit counter. Ids starting with a zero byte are
+  *not* reserved: a peer may announce one. The counter starts at C ``rand()``, which libzmq never
+  seeds, so in practice the first ROUTER of a process numbers peers from ``0x006b8b4567`` up. When
+  the counter reaches an id a peer announced earlier, libzmq's ``zmq_assert`` aborts the process:
+  on the previous server, 64 connections claiming the next ids and one connection without an id
+  killed it (``tests/test_access.py``). The server therefore seeds ``rand()`` from the OS's random
+  source before it makes its ROUTER (``seed_routing_id_counter``), and our clients always announce
+  an id (printable, never starting with ``0x00``), so they never take a counter id. What remains: an
+  allowed client that holds k connections with claimed ids aborts the server when one of the next
+  anonymous connections hits one of them, about k / 2**32 per anonymous connection.
+- The routing id is not a credential: it is neither secret (nothing relies on it being unknown)
+  nor authenticated. Identity comes from CurveZMQ (or the local user); the session token is a
+  secret only as a handle for reconnecting: a token learnt by another identity is useless to it,
+  and on loopback every client is the same local user anyway.
 
 **Server paths.** Settings marked ``server_path`` (``shared.jobspec.Setting``) name files on the
-server's disk. ``PathPolicy`` resolves them (symlinks followed) at submit and refuses any that is
+server's disk. ``PathPolicy`` resolves them (symlinks followed) at submit, and again when the job
+starts (``PathPolicy.recheck``: a link swapped in between is refused then; what remains is the
+moment between that check and the job opening its files), and refuses any that is
 not inside the operator's roots (``serve --data-root DIR``, repeatable), or that is inside the job
 store, with one message that does not depend on whether the path exists. Without ``--data-root``,
 CurveZMQ clients may name no server path at all, and local clients any path the server's user can
@@ -40,7 +75,7 @@ import getpass
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,12 +142,20 @@ def read_admin_keys(paths: Iterable[str | os.PathLike]) -> set[str]:
 
 
 class Sessions:
-    """Routing id -> (owner, file descriptor) bindings of the ROUTER's connections (socket thread
-    only). Bounded: the oldest bindings go first (their routing ids then bind anew)."""
+    """Routing id -> (owner, file descriptor) of the ROUTER's connections, and session token ->
+    (owner, current routing id, file descriptor) (socket thread only; see the module docstring).
+    Bounded: the least recently used entries go first."""
 
-    def __init__(self, max_bindings: int = 10000):
+    def __init__(self, max_bindings: int = 10000, max_sessions: int = 10000):
         self._bound: OrderedDict[bytes, tuple[str, int]] = OrderedDict()
+        self._sessions: OrderedDict[str, list] = OrderedDict()    # token -> [owner, rid | None, fd]
         self._max = max_bindings
+        self._max_sessions = max_sessions
+
+    @staticmethod
+    def implicit(routing_id: bytes) -> str:
+        """The session of a client that sends no token: its connection's own."""
+        return "rid:" + routing_id.hex()
 
     def bind(self, routing_id: bytes, owner: str, fd: int) -> bool:
         """Attribute a message on ``routing_id`` (from connection ``fd``) to ``owner``. False when
@@ -128,18 +171,53 @@ class Sessions:
             self._bound.popitem(last=False)
         return True
 
+    def attach(self, session: str, owner: str, routing_id: bytes, fd: int) -> bool:
+        """``owner`` spoke with ``session`` on ``routing_id`` (connection ``fd``): the session's
+        messages go there from now on. False (nothing changed) when the session belongs to
+        another owner."""
+        entry = self._sessions.get(session)
+        if entry is not None and entry[0] != owner:
+            return False
+        self._sessions[session] = [owner, routing_id, fd]
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
+        return True
+
+    def route(self, session: str, owner: str | None) -> bytes | None:
+        """The routing id a job of ``owner`` submitted in ``session`` may send to now; ``None``
+        when the session is not connected, not ``owner``'s, or its connection's routing id is
+        no longer bound to ``owner``. (``owner`` ``None``: a job without an owner, e.g. one
+        submitted by a test runner: the session's owner is not checked.)"""
+        entry = self._sessions.get(session)
+        if entry is None or entry[1] is None:
+            return None
+        sess_owner, rid, _ = entry
+        if owner is not None and sess_owner != owner:
+            return None
+        bound = self._bound.get(rid)
+        if bound is None or bound[0] != sess_owner:
+            return None
+        return rid
+
     def owner_of(self, routing_id: bytes) -> str | None:
         b = self._bound.get(routing_id)
         return b[0] if b else None
 
     def connection_closed(self, fd: int) -> None:
-        """The connection ``fd`` closed (or a new one reuses the number): its bindings end."""
-        for rid in [r for r, (_, f) in self._bound.items() if f == fd and fd >= 0]:
+        """The connection ``fd`` closed (or a new one reuses the number): its routing ids'
+        bindings end and its sessions are disconnected (they keep their owner)."""
+        if fd < 0:
+            return
+        for rid in [r for r, (_, f) in self._bound.items() if f == fd]:
             del self._bound[rid]
+        for entry in self._sessions.values():
+            if entry[2] == fd:
+                entry[1], entry[2] = None, -1
 
     def may_push(self, routing_id: bytes, owner: str | None) -> bool:
-        """Whether a job of ``owner`` may send to ``routing_id`` now (``None``: a job without an
-        owner, e.g. one run by a test runner: always)."""
+        """Whether a message of a job of ``owner`` may go to ``routing_id`` now (bound to that
+        owner; ``None``: a job without an owner: always)."""
         if owner is None:
             return True
         b = self._bound.get(routing_id)
@@ -240,6 +318,31 @@ class PathPolicy:
             changes[s.name] = resolved
         return settings.replace(**changes) if changes else settings
 
+    def recheck(self, caller: Caller, spec: JobSpec, settings: Settings,
+                params: Mapping[str, Any]) -> Settings:
+        """The check again when the job starts: its ``server_path`` settings resolved anew from
+        the values the client sent (``params``), so a path whose links changed since the submit
+        (a symlink swapped to point outside the roots) is refused now, with the words a submit
+        of the same value gets. Returns ``settings`` with the paths as they resolve now."""
+        sent = {s.name: params[s.name] for s in spec.settings
+                if s.server_path and isinstance(params.get(s.name), str)}
+        return self.check(caller, spec, settings.replace(**sent) if sent else settings)
+
+
+def seed_routing_id_counter() -> bool:
+    """Seed C ``rand()`` from the OS's random source, so that a ROUTER made afterwards starts its
+    counter of ids for peers that announce none (``0x00`` + 32 bits) at an unpredictable value
+    (libzmq never seeds ``rand()``: see the module docstring). Call it before making the ROUTER.
+    False where the C library cannot be reached (then the counter stays predictable)."""
+    import ctypes
+    import secrets
+    try:
+        libc = ctypes.CDLL(None)          # the process's own C library: libzmq's rand() is its
+        libc.srand(ctypes.c_uint(secrets.randbits(32)))
+    except (OSError, AttributeError, TypeError):     # e.g. Windows: no process-wide C library handle
+        return False
+    return True
+
 
 def owner_of_frame(frame: Any, fallback: str) -> str:
     """The owner of a received frame: ``curve:<key>`` from the ZAP ``User-Id`` property when an
@@ -265,4 +368,4 @@ def frame_fd(frame: Any) -> int:
 
 
 __all__ = ["Caller", "PathPolicy", "Sessions", "HUB_ID", "local_owner", "may_see", "owner_of_frame",
-           "frame_fd", "read_admin_keys"]
+           "frame_fd", "read_admin_keys", "seed_routing_id_counter"]

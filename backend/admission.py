@@ -53,6 +53,7 @@ class Caps:
     max_queued: int = 64
     max_inputs_bytes: int = 2 * GIB
     max_job_memory_bytes: int = 0          # 0: the device's memory, measured at start
+    max_uploads_bytes_per_client: int = 32 * GIB
 
 
 def _meminfo_available() -> int | None:

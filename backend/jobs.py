@@ -26,6 +26,7 @@ import numpy as np
 
 from backend.access import may_see
 from backend.job_api import JobError, JobFunction, JobResult
+from backend.progress import ReportThrottle, plain_metrics
 from backend.store import JobStore, Retention, StoreError, is_disk_full, payload_bytes
 from shared.jobkinds import load_builtin
 from shared.jobspec import JobSpec, Settings, all_specs
@@ -171,21 +172,6 @@ def _record_entry(rec: dict) -> dict:
     return e
 
 
-def _plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics as plain Python values (numpy scalars and 0-d arrays unwrapped)."""
-    out = {}
-    for k, v in (metrics or {}).items():
-        if isinstance(v, np.ndarray) and v.ndim == 0:
-            v = v.item()
-        elif hasattr(v, "item") and callable(v.item) and not isinstance(v, np.ndarray):
-            try:                       # numpy / torch scalars
-                v = v.item()
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        out[str(k)] = v
-    return out
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA out-of-memory, whether raised as torch's own class or as a RuntimeError."""
     torch = sys.modules.get("torch")
@@ -209,14 +195,9 @@ def free_memory() -> None:
 
 
 class RunnerContext:
-    """The ``JobContext`` a job function receives (see backend/job_api.py).
-
-    ``report`` sends at most one ``progress`` message per ``min_interval_s`` (the final step
-    always goes out) and at most one preview per ``preview_interval_s``. Steps only go forward
-    within a stage (``metrics["stage"]``: a job of several stages, e.g. reconstruct, counts each
-    stage's steps from 0). Preview arrays are copied before queueing because a trainer's numpy
-    views may share memory with tensors that keep changing.
-    """
+    """The ``JobContext`` a job function receives (see backend/job_api.py): its reports go out as
+    ``progress`` messages to the job's client, rate-limited by one ``ReportThrottle`` (see there:
+    intervals, stages, previews)."""
 
     def __init__(self, job: Job, job_dir: Path, device: str, send: Send,
                  min_interval_s: float = 0.05, preview_interval_s: float = 1.0):
@@ -224,41 +205,29 @@ class RunnerContext:
         self.job_dir = job_dir
         self.device = device
         self._send = send
-        self._min_interval_s = min_interval_s
-        self._preview_interval_s = preview_interval_s
-        self._last_sent = -1e9
-        self._last_preview = -1e9
-        self._last_step = -1
-        self._stage: Any = None
+        self._throttle = ReportThrottle(min_interval_s, preview_interval_s, name=f"job {job.job_id}")
+
+    @property
+    def preview_interval_s(self) -> float:
+        return self._throttle.preview_interval_s
+
+    def restart_steps(self) -> None:
+        """The job starts over (e.g. rerun on another node): its steps count from 0 again."""
+        self._throttle.restart()
 
     def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
         step, total = int(step), int(total)
         self.job.step, self.job.total = step, max(total, step)
-        now = time.monotonic()
-        final = step >= total
-        want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
-        if not (final or want_preview or now - self._last_sent >= self._min_interval_s):
+        fields = self._throttle.event(step, total, metrics, preview)
+        if fields is None:
             return
-        stage = metrics.get("stage") if isinstance(metrics, dict) else None
-        if stage != self._stage:         # a new stage (or the steps after the stages) counts anew
-            self._stage, self._last_step = stage, -1
-        if step < self._last_step:
-            log.warning("job %s reported step %d after step %d; dropped", self.job.job_id, step,
-                        self._last_step)
-            return
-        fields: dict[str, Any] = {"step": step, "total": max(total, step),
-                                  "metrics": _plain_metrics(metrics)}
-        if want_preview and preview is not None:
-            fields["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
-            self._last_preview = now
         try:
             frames = encode(Message("progress", self.job.job_id, fields))
         except ProtocolError as exc:
+            self._throttle.unsend()
             log.warning("job %s: progress report not sent: %s", self.job.job_id, exc)
             return
-        self._last_sent = now
-        self._last_step = step
         if self.job.identity is not None:
             self._send(self.job.identity, frames)
 
@@ -336,8 +305,11 @@ class JobRunner:
     def __init__(self, store: JobStore, device: str, send: Send,
                  kinds: JobKinds = JOB_KINDS, preview_interval_s: float = 1.0,
                  recent_jobs: int = 50, retention: Retention | None = Retention(),
-                 executor: Executor | None = None):
+                 executor: Executor | None = None,
+                 start_check: Callable[[Job], Settings] | None = None):
         self.store = store
+        # run as each job starts (the server: its paths checked again); a JobError fails the job
+        self.start_check = start_check
         self.executor = executor if executor is not None else Executor()
         self.retention = retention
         self.device = device
@@ -396,6 +368,11 @@ class JobRunner:
             self._cond.notify_all()
         log.info("job %s (%s) queued at position %d", job_id, kind, position)
         return position
+
+    def live_jobs(self) -> list[Job]:
+        """The queued and running jobs, now."""
+        with self._cond:
+            return [j for j in self._jobs.values() if j.state in ("queued", "running")]
 
     def load(self, owner: str | None) -> tuple[int, int, int]:
         """(jobs of ``owner`` waiting, all jobs waiting, payload bytes of waiting and running jobs)."""
@@ -626,6 +603,12 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         t0 = time.monotonic()
+        if self.start_check is not None:
+            try:
+                job.settings = self.start_check(job)
+            except JobError as exc:
+                self._fail(job, exc.code, exc.message)
+                return
         try:
             self.store.update(job.job_id, state="running", started=time.time())
         except OSError as exc:
@@ -652,7 +635,7 @@ class JobRunner:
             if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
                 raise TypeError(f"the {job.kind} job returned {type(result).__name__}, "
                                 "not a JobResult with Splats")
-            metrics = _plain_metrics(result.metrics)
+            metrics = plain_metrics(result.metrics)
             meta = dict(result.meta or {})
             # the job knows best: a cancel that arrives after its last step cancelled nothing
             cancelled = bool(meta["cancelled"]) if "cancelled" in meta else job.stop.is_set()

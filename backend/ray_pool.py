@@ -45,6 +45,7 @@ import numpy as np
 
 from backend.job_api import JobResult
 from backend.jobs import Executor, Job, RunnerContext
+from backend.progress import ReportThrottle, plain_metrics
 from shared.jobspec import JobError, Settings
 from shared.splats import Splats
 
@@ -114,9 +115,9 @@ class _Hub:
 
 
 class WorkerContext:
-    """The ``JobContext`` of a job running in a Ray task: reports go to the hub (previews at most
-    one per ``preview_interval_s``, other reports at most one per ``min_interval_s``, the final
-    step always), ``should_stop`` reads the hub's cancel flag at most every ``stop_poll_s``."""
+    """The ``JobContext`` of a job running in a Ray task: reports go to the hub, rate-limited by
+    the same ``ReportThrottle`` as in-process jobs; ``should_stop`` reads the hub's cancel flag at
+    most every ``stop_poll_s``."""
 
     def __init__(self, job_id: str, hub: Any, job_dir: Any, device: str,
                  preview_interval_s: float, min_interval_s: float = 0.05,
@@ -125,27 +126,16 @@ class WorkerContext:
         self.job_dir = job_dir
         self.device = device
         self._hub = hub
-        self._preview_interval_s = preview_interval_s
-        self._min_interval_s = min_interval_s
+        self._throttle = ReportThrottle(min_interval_s, preview_interval_s, name=f"job {job_id}")
         self._stop_poll_s = stop_poll_s
-        self._last_sent = self._last_preview = self._last_poll = -1e9
+        self._last_poll = -1e9
         self._stopped = False
 
     def report(self, step: int, total: int, metrics: dict[str, Any],
                preview: Splats | None = None) -> None:
-        now = time.monotonic()
-        want_preview = preview is not None and now - self._last_preview >= self._preview_interval_s
-        if not (int(step) >= int(total) or want_preview
-                or now - self._last_sent >= self._min_interval_s):
-            return
-        from backend.jobs import _plain_metrics
-        event: dict[str, Any] = {"step": int(step), "total": int(total),
-                                 "metrics": _plain_metrics(metrics)}
-        if want_preview and preview is not None:
-            event["preview"] = {k: np.array(v, copy=True) for k, v in preview.to_arrays().items()}
-            self._last_preview = now
-        self._last_sent = now
-        self._hub.push.remote(self.job_id, event)
+        event = self._throttle.event(step, total, metrics, preview)
+        if event is not None:
+            self._hub.push.remote(self.job_id, event)
 
     def should_stop(self) -> bool:
         if self._stopped:
@@ -193,7 +183,7 @@ def run_job_task(job_id: str, kind: str, target: str, values: dict, payload: dic
 
     import ray
 
-    from backend.jobs import _plain_metrics, free_memory, is_out_of_memory
+    from backend.jobs import free_memory, is_out_of_memory
     node = ray.get_runtime_context().get_node_id()
     job_dir = tempfile.mkdtemp(prefix=f"splatbridge-{job_id}-")
     out: dict[str, Any] = {"node": node}
@@ -214,7 +204,7 @@ def run_job_task(job_id: str, kind: str, target: str, values: dict, payload: dic
         if not isinstance(result, JobResult) or not isinstance(result.splats, Splats):
             raise TypeError(f"the {kind} job returned {type(result).__name__}, "
                             "not a JobResult with Splats")
-        out.update(splats=result.splats.to_arrays(), metrics=_plain_metrics(result.metrics),
+        out.update(splats=result.splats.to_arrays(), metrics=plain_metrics(result.metrics),
                    meta=dict(result.meta or {}))
         meta = out["meta"]
         if "cancelled" not in meta and ctx.should_stop():
@@ -415,7 +405,7 @@ class RayExecutor(Executor):
                     retry_exceptions=False, name=f"splatbridge-{job.job_id}",
                     scheduling_strategy=self._affinity(node_id, soft=False),
                 ).remote(job.job_id, job.kind, target, values, ref_payload, self._hub,
-                         ctx._preview_interval_s)
+                         ctx.preview_interval_s)
                 log.info("job %s runs on node %s (attempt %d)", job.job_id, node_id[:12],
                          attempt + 1)
                 try:
@@ -449,7 +439,7 @@ class RayExecutor(Executor):
                         raise JobError("interrupted", f"the {job.kind} job was interrupted: the "
                                        "node running it died and no other node of its class "
                                        "is left; submit it again") from None
-                    ctx._last_step, ctx._stage = -1, None     # the rerun counts from step 0
+                    ctx.restart_steps()     # the rerun counts from step 0
                     continue
                 return self._result(job, out)
         finally:

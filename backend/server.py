@@ -7,16 +7,20 @@ Messages produced by the worker (progress, result, job errors) arrive through a 
 queue; the worker rings an inproc PUSH/PULL "doorbell" so the loop wakes at once.
 
 Connections are told apart by their ROUTER routing id, clients by their identity
-(``backend.access``: the CurveZMQ key, or the local user on loopback). Every job belongs to the
-identity that submitted it, and ``status``, ``fetch`` and ``cancel`` see only the caller's jobs
-(admins: all). Progress and results go to the routing id that submitted the job while it is bound
-to the job's owner (dropped otherwise: the result stays in the store and ``fetch`` returns it to
-its owner). ``ROUTER_HANDOVER`` lets a client that reconnects with the same routing id take over
-its route; the socket monitor ends a routing id's binding when its connection closes.
+(``backend.access``: the CurveZMQ key, or the local user on loopback) and their session token.
+Every job belongs to the identity that submitted it, and ``status``, ``fetch`` and ``cancel`` see
+only the caller's jobs (admins: all). Progress and results go to the connection that last spoke
+with the submitting session's token while it is bound to the job's owner (dropped otherwise: the
+result stays in the store and ``fetch`` returns it to its owner). ``ROUTER_HANDOVER`` is off: a
+peer announcing a routing id in use is ignored by libzmq, so no one takes a live connection's
+route over; a client that reconnects comes back on a new routing id with its session token. The
+socket monitor ends a connection's bindings when it closes. Why, and what libzmq does with
+routing ids: ``backend.access``.
 
 A submit passes the kind's spec, then ``backend.access.PathPolicy`` (server paths inside the
 operator's roots) and ``backend.admission.Admission`` (queue caps, inputs cap, memory estimate)
-before anything is stored.
+before anything is stored. When the job starts, its server paths are checked again
+(``PathPolicy.recheck``; refused: the job fails with ``path_not_allowed``).
 """
 from __future__ import annotations
 
@@ -32,15 +36,24 @@ from typing import Any
 import numpy as np
 import zmq
 
-from backend.access import Caller, PathPolicy, Sessions, frame_fd, local_owner, may_see, owner_of_frame
+from backend.access import (
+    Caller,
+    PathPolicy,
+    Sessions,
+    frame_fd,
+    local_owner,
+    may_see,
+    owner_of_frame,
+    seed_routing_id_counter,
+)
 from backend.admission import Admission, Caps
 from backend.capabilities import Capabilities, resolve_device
-from backend.jobs import JOB_KINDS, Executor, JobKinds, JobRunner
+from backend.jobs import JOB_KINDS, Executor, Job, JobKinds, JobRunner
 from backend.security import CurveKeys, apply_server_curve, check_bind
 from backend.store import DEFAULT_MIN_FREE_BYTES, JobStore, Retention, payload_bytes
 from backend.uploads import UploadStore
 from shared.defaults import DEFAULT_ADDRESS
-from shared.jobspec import JobError
+from shared.jobspec import JobError, Settings
 from shared.protocol import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
@@ -62,14 +75,14 @@ _CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 
 class Peer(tuple):
-    """Where a job's messages go: ``(routing_id, owner)``; sent only while the routing id is bound
-    to that owner (``backend.access.Sessions``)."""
+    """Where a job's messages go: ``(session, owner)``; sent to the session's current connection
+    only while it is bound to that owner (``backend.access.Sessions.route``)."""
 
-    def __new__(cls, routing_id: bytes, owner: str | None):
-        return super().__new__(cls, (routing_id, owner))
+    def __new__(cls, session: str, owner: str | None):
+        return super().__new__(cls, (session, owner))
 
     @property
-    def routing_id(self) -> bytes:
+    def session(self) -> str:
         return self[0]
 
     @property
@@ -115,9 +128,12 @@ class Server:
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth = None
+        if not seed_routing_id_counter():
+            log.warning("could not seed the C library's rand(): libzmq's ids for peers that send "
+                        "none are predictable (see backend.access)")
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.linger = 1000
-        self._router.router_handover = 1
+        self._router.router_handover = 0      # a routing id in use is never taken over
         self._router.setsockopt(zmq.MAXMSGSIZE, limits.max_array_bytes)
         self._monitor = self._router.get_monitor_socket(_CONNECTION_EVENTS)
         if curve is not None:
@@ -136,8 +152,11 @@ class Server:
         self.runner = JobRunner(JobStore(store_dir, min_free_bytes), self.device, self._post, kinds=kinds,
                                 preview_interval_s=preview_interval_s,
                                 retention=Retention() if retention is None else retention,
-                                executor=executor)
-        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes)
+                                executor=executor, start_check=self._start_check)
+        self.uploads = UploadStore(store_dir, min(limits.max_array_bytes, 64 << 20), min_free_bytes,
+                                   max_client_bytes=self.admission.caps.max_uploads_bytes_per_client,
+                                   keep_days=self.runner.retention.max_age_days if self.runner.retention else 0.0,
+                                   in_use=self._uploads_in_use)
         log.info("SplatBridge backend listening on %s (device %s%s, store %s, CurveZMQ %s)",
                  bind, self.device,
                  f", {self.capabilities.gpu_name}" if self.capabilities.gpu_name else "",
@@ -146,6 +165,10 @@ class Server:
                  ", ".join(map(str, self.paths.roots)) if self.paths.roots else
                  ("none for CurveZMQ clients" if curve else "any outside the job store (local clients)"),
                  self.admission.memory / 2 ** 30, self.device)
+
+    def _uploads_in_use(self) -> set[str]:
+        """Uploads that queued and running jobs read (retention leaves them)."""
+        return {str(j.params["upload"]) for j in self.runner.live_jobs() if j.params.get("upload")}
 
     # -- thread-safe hand-over from the worker ----------------------------------------------------
     def _post(self, identity: Peer | bytes, frames: list) -> None:
@@ -223,19 +246,18 @@ class Server:
                 identity, frames = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(identity, Peer):
-                if not self.sessions.may_push(identity.routing_id, identity.owner):
-                    log.debug("not sent to %s: its routing id is not its job owner's now",
-                              identity.routing_id.hex())
-                    continue
-                identity = identity.routing_id
             self._send_frames(identity, frames)
 
-    def _send_frames(self, identity: bytes, frames: list) -> None:
-        if isinstance(identity, Peer):       # a direct call (shutdown): still owner-checked
-            if not self.sessions.may_push(identity.routing_id, identity.owner):
+    def _send_frames(self, identity: Peer | bytes, frames: list) -> None:
+        """Send to a routing id (a reply), or to a job's session (``Peer``): its current
+        connection, if it has one bound to the job's owner, else nowhere."""
+        if isinstance(identity, Peer):
+            rid = self.sessions.route(identity.session, identity.owner)
+            if rid is None:
+                log.debug("not sent: session %s... has no connection of its owner now",
+                          identity.session[:8])
                 return
-            identity = identity.routing_id
+            identity = rid
         try:
             self._router.send_multipart([identity, *frames], copy=False)
         except zmq.ZMQError as exc:
@@ -257,13 +279,15 @@ class Server:
         in the log; the loop goes on."""
         identity = parts[0].bytes
         frames = parts[1:]
+        fd = -1
         if frames:
             # a new connection's ACCEPTED event precedes its first message: read it first, or it
             # would end the binding this message makes
             self._drain_monitor()
             owner = owner_of_frame(frames[0], self.local_owner if self._auth is None
                                    else "curve:unidentified")
-            if not self.sessions.bind(identity, owner, frame_fd(frames[0])):
+            fd = frame_fd(frames[0])
+            if not self.sessions.bind(identity, owner, fd):
                 log.warning("refused a message on routing id %s: it belongs to another client",
                             identity.hex())
                 self._reply(identity, make_error(
@@ -285,8 +309,16 @@ class Server:
             self._reply(identity, make_error("internal_error", f"the server failed to read the "
                                              f"message: {type(exc).__name__}: {exc}"))
             return
+        session = msg.session if msg.session is not None else Sessions.implicit(identity)
+        if not self.sessions.attach(session, owner, identity, fd):
+            log.warning("refused a message with the session token of another client (routing id %s)",
+                        identity.hex())
+            self._reply(identity, make_error(
+                "session_taken", "this session token belongs to another client identity; make a new "
+                "random one (a new BackendClient does)", msg.job_id))
+            return
         try:
-            self._dispatch(identity, msg, caller)
+            self._dispatch(identity, msg, caller, session)
         except ProtocolError as exc:
             self._reply(identity, error_from_exception(exc))
         except JobError as exc:
@@ -305,9 +337,15 @@ class Server:
             return False
         return may_see(rec.get("owner"), viewer)
 
-    def _dispatch(self, identity: bytes, msg: Message, caller: Caller) -> None:
+    def _start_check(self, job: Job) -> Settings:
+        """A job's server paths checked again as it starts (``JobError('path_not_allowed')``)."""
+        owner = job.owner if job.owner is not None else self.local_owner
+        caller = Caller(owner, admin=owner in self.admins)
+        return self.paths.recheck(caller, self.runner.kinds.spec(job.kind), job.settings, job.params)
+
+    def _dispatch(self, identity: bytes, msg: Message, caller: Caller, session: str) -> None:
         t = msg.type
-        peer = Peer(identity, caller.owner)
+        peer = Peer(session, caller.owner)
         if t == "hello":
             fields = self.capabilities.hello_fields(PROTOCOL_VERSION)
             fields.update(self.runner.executor.hello_facts())     # a pool's GPUs, not the front's

@@ -211,19 +211,38 @@ def _render(params: TensorMap, viewmats: Tensor, Ks: Tensor, width: int, height:
 
 
 @torch.no_grad()
+def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) -> list[tuple[int, int]]:
+    """Each view's (width, height): ``sizes`` i4[C,2] for views of several sizes on one canvas of
+    ``width`` x ``height`` (each top-left, ``backend.datasets``), else the canvas for all. Raises
+    ``JobError`` (bad_input) for sizes that do not fit."""
+    if sizes is None:
+        return [(width, height)] * count
+    s = np.asarray(sizes)
+    if s.shape != (count, 2) or not np.issubdtype(s.dtype, np.integer):
+        raise JobError("bad_input", f"sizes must be int[{count},2] (width, height per view), got "
+                                    f"{s.dtype}{list(s.shape)}")
+    if (s < 1).any() or (s[:, 0] > width).any() or (s[:, 1] > height).any():
+        raise JobError("bad_input", f"every view size must be within the {width}x{height} images, got "
+                                    f"{s.min(0).tolist()}..{s.max(0).tolist()}")
+    return [(int(w), int(h)) for w, h in s]
+
+
 def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-             sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
+             sh_degree: int, backend: str, background: float = 1.0,
+             sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
-    (white by default) vs the images over the same."""
+    (white by default) vs the images over the same; ``sizes``: each view's (width, height) when
+    they differ (:func:`view_sizes`)."""
     if not ids:
         return {}
     H, W = images.shape[1:3]
     white = torch.full((1, 3), float(background), device=images.device)
     ps, ss = [], []
     for i in ids:
-        img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
+        w, h = sizes[i] if sizes is not None else (W, H)
+        img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], w, h, sh_degree, white, backend)
         img = img.clamp(0, 1)
-        gt = _composite(images[i:i + 1], white)
+        gt = _composite(images[i:i + 1, :h, :w], white)
         ps.append(psnr(img, gt))
         ss.append(float(ssim(img, gt)))
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
@@ -231,8 +250,10 @@ def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, id
 
 def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.ndarray | None = None,
           colors: np.ndarray | None = None, settings: Settings | None = None,
-          ctx: JobContext | None = None) -> JobResult:
+          ctx: JobContext | None = None, sizes: np.ndarray | None = None) -> JobResult:
     """Train Gaussians on the posed images (see the module docstring for conventions).
+    ``sizes``: i4[C,2] (width, height) of each view when the views differ in size and sit
+    top-left on the images' canvas (``backend.datasets``); each is rendered at its own size.
 
     Returns a JobResult: ``splats``; ``metrics`` {eval_psnr, eval_ssim (when views are held out),
     train_psnr, loss, num_gaussians, steps_per_s}; ``meta`` {cancelled, steps_done, settings,
@@ -260,6 +281,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     gen = torch.Generator().manual_seed(settings.seed)
 
     C, H, W = images_np.shape[:3]
+    size_of = view_sizes(sizes, C, W, H)
     images_t = torch.from_numpy(np.ascontiguousarray(images_np)).to(device)
     vm = torch.as_tensor(np.asarray(viewmats), dtype=torch.float32).to(device)
     Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32).to(device)
@@ -321,8 +343,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
 
     def probe() -> None:
         cam, bg = order[0], backgrounds[0]
-        out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, settings.sh_degree, bg, backend)
-        photometric_loss(out, _composite(images_t[cam:cam + 1], bg), settings.ssim_lambda).backward()
+        w, h = size_of[cam]
+        out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, settings.sh_degree, bg, backend)
+        photometric_loss(out, _composite(images_t[cam:cam + 1, :h, :w], bg), settings.ssim_lambda).backward()
         for p in params.values():
             p.grad = None
 
@@ -340,8 +363,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         cam = order[step]
         sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
         bg = backgrounds[step]
-        target = _composite(images_t[cam:cam + 1], bg)
-        render, alpha, info = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, sh_deg, bg, backend)
+        w, h = size_of[cam]
+        target = _composite(images_t[cam:cam + 1, :h, :w], bg)
+        render, alpha, info = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, sh_deg, bg, backend)
         if settings.strategy == "default":
             strategy.step_pre_backward(params, optimizers, state, step, info)
         loss = photometric_loss(render, target, settings.ssim_lambda)
@@ -375,10 +399,10 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     if not cancelled:
         # without random backgrounds the splats learnt black behind opaque images: score them so
         eval_bg = 1.0 if settings.random_background else 0.0
-        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg)
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg, size_of)
         if ev:
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
-        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg, size_of)
         metrics["train_psnr"] = tr["psnr"]
     eval_s = time.perf_counter() - t_eval
     splats = tensors_to_splats(params)
@@ -431,9 +455,10 @@ def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
     except DatasetCancelled:
         raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
                        "yet") from None
-    ctx.report(0, 0, {"stage": f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
+    ctx.report(0, 0, {"stage": f"{len(data.images)} views of {'up to ' if data.sizes is not None else ''}"
+                               f"{data.images.shape[2]}x{data.images.shape[1]} px"
                                f"{'' if data.points is None else f', {len(data.points)} initial points'}"})
-    result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
+    result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx, data.sizes)
     result.meta["dataset_path"] = path
     return result
 

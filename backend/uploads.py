@@ -15,6 +15,13 @@ setting (``upload_source``); an upload belongs to the client that opened it (``o
 server's caller, ``backend.access``: ``curve:<public key>`` under CurveZMQ, else the local owner;
 the id, a random uuid, is not guessable either).
 
+Limits: the uploads one client holds (complete or not, by their declared sizes) may not exceed
+``max_client_bytes`` (``serve --max-uploads-gb``): an open beyond it is refused with ``too_large``.
+Retention: an upload that nothing touched (opened, resumed, sent a chunk, named by a submit) for
+``keep_days`` (``serve --keep-days``, as jobs) is removed, unless a queued or running job reads it
+(``in_use``); checked when a new upload is opened (at most every ``PRUNE_EVERY_S``) and at start,
+where half-created folders of a killed open are removed too. The cost is one ``stat`` per upload.
+
 Every bad request is a ``JobError`` whose code goes into an ``error`` reply; nothing here can stop
 the server. Errors: ``unknown_upload``, ``bad_upload`` (open: names, sizes, a different manifest
 under an existing id; a file whose assembled bytes do not match its sha256), ``bad_chunk`` (file
@@ -24,10 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +44,17 @@ from typing import Any
 import numpy as np
 
 from backend.video_frames import VIDEO_EXTENSIONS
+from shared.defaults import DEFAULT_KEEP_DAYS
 from shared.jobspec import JobError
 from shared.protocol import Message
 
 UPLOADS_DIR = ".uploads"          # inside the job store's root; not a job id, so the store skips it
 MAX_FILES = 10000
 DEFAULT_MAX_CHUNK_BYTES = 64 << 20
+DEFAULT_MAX_CLIENT_BYTES = 32 << 30
+PRUNE_EVERY_S = 600.0
+
+log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,199}")
 
 
@@ -80,11 +94,80 @@ class UploadStore:
     """The uploads of one job store. ``handle(msg, owner)`` answers one ``upload`` message."""
 
     def __init__(self, store_root: str | os.PathLike, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-                 min_free_bytes: int = 0):
+                 min_free_bytes: int = 0, max_client_bytes: int = DEFAULT_MAX_CLIENT_BYTES,
+                 keep_days: float = DEFAULT_KEEP_DAYS, in_use: Callable[[], set[str]] = set,
+                 clock: Callable[[], float] = time.time):
+        """``max_client_bytes``, ``keep_days``: 0 turns the limit off. ``in_use``: the ids of the
+        uploads that queued and running jobs read (never removed)."""
         self.root = uploads_root(store_root)
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.min_free_bytes = int(min_free_bytes)
+        self.max_client_bytes = int(max_client_bytes)
+        self.keep_days = float(keep_days)
+        self.in_use = in_use
+        self.clock = clock
         self._open: dict[str, _Upload] = {}
+        self._pruned_at = -1e18
+        if self.root.is_dir():
+            for p in [*self.root.glob(".creating-*"), *self.root.glob(".removing-*")]:
+                shutil.rmtree(p, ignore_errors=True)
+            self.maybe_prune()
+
+    # -- retention ------------------------------------------------------------------------------
+    def maybe_prune(self) -> list[str]:
+        """``prune()`` unless it ran less than ``PRUNE_EVERY_S`` ago."""
+        now = self.clock()
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return []
+        self._pruned_at = now
+        return self.prune(now)
+
+    def prune(self, now: float | None = None) -> list[str]:
+        """Remove the uploads untouched for more than ``keep_days`` that no live job reads;
+        returns their ids."""
+        if self.keep_days <= 0 or not self.root.is_dir():
+            return []
+        limit = (self.clock() if now is None else now) - self.keep_days * 86400.0
+        keep = self.in_use()
+        gone = []
+        for folder in self.root.iterdir():
+            if folder.name.startswith(".") or folder.name in keep:
+                continue
+            try:
+                if folder.stat().st_mtime >= limit:
+                    continue
+            except OSError:
+                continue
+            doomed = self.root / f".removing-{folder.name}"
+            try:
+                os.replace(folder, doomed)       # a reader sees the whole upload or none of it
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+            self._open.pop(folder.name, None)
+            gone.append(folder.name)
+        if gone:
+            log.info("uploads untouched for %g days removed: %s", self.keep_days, ", ".join(gone))
+        return gone
+
+    def _touch(self, up: _Upload) -> None:
+        try:
+            os.utime(up.folder)
+        except OSError:
+            pass
+
+    def client_bytes(self, owner: str) -> int:
+        """Declared bytes of the uploads ``owner`` holds now."""
+        total = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in self.root.iterdir():
+            if folder.name.startswith("."):
+                continue
+            up = self._load(folder.name)
+            if up is not None and up.owner == owner:
+                total += sum(int(e["size"]) for e in up.files)
+        return total
 
     # -- messages -------------------------------------------------------------------------------
     def handle(self, msg: Message, owner: str = "") -> Message:
@@ -138,9 +221,19 @@ class UploadStore:
             if up.files != manifest or up.chunk_size != chunk_size:
                 raise JobError("bad_upload", f"upload {uid} already exists with other files or another "
                                              "chunk size; resume it with the same files, or use a new id")
+            self._touch(up)
             return up
-        free = shutil.disk_usage(self.root.parent if self.root.parent.exists() else ".").free
+        self.maybe_prune()
         need = sum(e["size"] for e in manifest)
+        if self.max_client_bytes > 0:
+            held = self.client_bytes(owner)
+            if held + need > self.max_client_bytes:
+                raise JobError("too_large", f"upload {uid}: {_gib(need)} more would make this client's "
+                                            f"uploads {_gib(held + need)}, over the backend's limit of "
+                                            f"{_gib(self.max_client_bytes)} per client (serve "
+                                            f"--max-uploads-gb); uploads untouched for {self.keep_days:g} "
+                                            "days are removed")
+        free = shutil.disk_usage(self.root.parent if self.root.parent.exists() else ".").free
         if need + self.min_free_bytes > free:
             raise JobError("disk_full", f"upload {uid}: {need} bytes do not fit on the backend's disk "
                                         f"({free} bytes free, {self.min_free_bytes} kept free)")
@@ -232,6 +325,7 @@ class UploadStore:
             tmp.unlink(missing_ok=True)
             raise JobError("disk_full", f"upload {uid}: the chunk could not be stored ({exc})") from None
         up.have[file].add(k)
+        self._touch(up)
         if len(up.have[file]) == up.chunks_of(file):
             self._assemble(uid, up, file)
         return up
@@ -273,6 +367,11 @@ class UploadStore:
             raise JobError("bad_params", f"upload {uid!r} is not complete ({up.received()} of "
                                          f"{up.total()} bytes, {sum(up.done)} of {len(up.files)} files): "
                                          "finish it before submitting")
+        self._touch(up)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
 
 
 def upload_source(store_root: str | os.PathLike, uid: str) -> Path:

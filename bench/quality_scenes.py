@@ -90,14 +90,8 @@ def build(bpy, name: str) -> list:
             wall = bpy.context.active_object
             wall.data.materials.append(_material(bpy, f"wall{i}", c, roughness=0.9))
             objs.append(wall)
-    scene.world = bpy.data.worlds.new("world")
-    scene.world.color = (0.35, 0.38, 0.42)
-    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
-    sun.data.energy = 3.0
-    sun.rotation_euler = (0.7, 0.2, 0.9)
-    scene.collection.objects.link(sun)
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
+    from demo.scene_kit import sky_sun_cycles
+    sky_sun_cycles(bpy, scene, (0.35, 0.38, 0.42), 3.0, (0.7, 0.2, 0.9))
     scene.cycles.use_denoising = False     # (the samples are enough at these sizes; no OIDN dependency)
     return objs
 

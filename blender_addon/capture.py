@@ -47,6 +47,7 @@ import numpy as np
 import bpy
 
 from .modal_progress import CountedWork
+from .splat_object import is_splat_object
 from .rig import (GEOMETRY_TYPES, evaluated_mesh, is_rig, mesh_world_vertices, rig_cameras,
                   rig_resolution, rig_targets)
 from .shared.cameras import BlenderCameraParams, Camera, camera_from_blender, stack_cameras
@@ -128,15 +129,17 @@ def load_png_rgba(path: str) -> np.ndarray:
 
 def render_view(scene, cam_obj, width: int, height: int, path: str, *,
                 engine: str | None = None, samples: int | None = None,
-                standard_view: bool = True) -> np.ndarray:
+                standard_view: bool = True, hide: Sequence = ()) -> np.ndarray:
     """Render ``cam_obj`` at ``width`` x ``height`` with a transparent film; u8[H,W,4] RGBA.
 
     The scene's settings are restored afterwards. ``samples`` sets Cycles samples or EEVEE
-    render samples for this render only.
+    render samples for this render only; the objects in ``hide`` are left out of it.
     """
     s = _Settings()
     r = scene.render
     try:
+        for obj in hide:
+            s.set(obj, "hide_render", True)
         if engine is not None:
             s.set(r, "engine", engine)
         s.set(scene, "camera", cam_obj)
@@ -179,18 +182,21 @@ def render_view(scene, cam_obj, width: int, height: int, path: str, *,
     return img
 
 
-def render_object_index(scene, cam_obj, width: int, height: int, path: str, labels: dict) -> np.ndarray:
+def render_object_index(scene, cam_obj, width: int, height: int, path: str, labels: dict,
+                        hide: Sequence = ()) -> np.ndarray:
     """Which target object each pixel of ``cam_obj``'s view shows: int32[H,W], ``labels[object]``
     (1..L) where that object is the nearest surface, 0 elsewhere (other objects, background).
 
     A one-sample Cycles render of the object-index pass (any engine the scene uses for its images);
-    every setting and ``pass_index`` touched is put back."""
+    the objects in ``hide`` are left out; every setting and ``pass_index`` touched is put back."""
     from .render_math import read_exr_channels
     s = _Settings()
     r = scene.render
     layer = bpy.context.view_layer if bpy.context.view_layer.name in scene.view_layers else scene.view_layers[0]
     im = r.image_settings
     try:
+        for obj in hide:
+            s.set(obj, "hide_render", True)
         s.set(r, "engine", ENGINES_CYCLES)
         s.set(scene, "camera", cam_obj)
         s.set(r, "resolution_x", int(width))
@@ -466,7 +472,8 @@ class CaptureResult:
 
 def target_objects(context, rig) -> list:
     """The meshes to sample points on: the rig's recorded targets that still exist, else the
-    selected meshes, else every visible mesh in the scene."""
+    selected meshes, else every visible mesh in the scene; never a splat object (on Blender
+    before 5.3 those are meshes of loose points)."""
     scene = context.scene
     names = rig_targets(rig) if rig is not None else []
     objs = [scene.objects[n] for n in names if n in scene.objects]
@@ -474,7 +481,7 @@ def target_objects(context, rig) -> list:
         objs = [o for o in getattr(context, "selected_objects", []) or [] if o.type == "MESH"]
     if not objs:
         objs = [o for o in scene.objects if o.type == "MESH" and o.visible_get()]
-    return objs
+    return [o for o in objs if not is_splat_object(o)]
 
 
 class CaptureJob(CountedWork):
@@ -484,6 +491,10 @@ class CaptureJob(CountedWork):
     all rendered (:func:`colors_from_views`: lit, as the images show them); "MATERIAL" keeps the
     unlit material colours.
 
+    ``include_splats``: let splat objects show in the views. Off (the default), they are hidden
+    while capturing: Blender 5.3 renders its native splats (and the native-render modifier does
+    on older versions), so a scene baked again would bake its earlier splats into the new ones.
+
     ``step()`` renders the next view and returns True once every view is done; ``progress``,
     ``eta_s`` and ``status_text()`` feed a progress bar. ``cancel()`` stops and cleans up.
     The temporary folder for the PNGs is removed at the end.
@@ -492,7 +503,7 @@ class CaptureJob(CountedWork):
     def __init__(self, context, rig, *, engine: str | None = None, samples: int | None = None,
                  num_points: int = 20000, targets: Sequence | None = None, seed: int = 0,
                  standard_view: bool = True, resolution: tuple[int, int] | None = None,
-                 point_colors: str = "RENDER", object_index: bool = False):
+                 point_colors: str = "RENDER", object_index: bool = False, include_splats: bool = False):
         if not is_rig(rig):
             raise ValueError(f"{getattr(rig, 'name', rig)!r} is not a SplatBridge camera rig")
         if point_colors not in ("RENDER", "MATERIAL"):
@@ -508,6 +519,7 @@ class CaptureJob(CountedWork):
         objs = list(targets) if targets is not None else target_objects(context, rig)
         self.points, self.colors, self.normals = sample_surface_with_normals(context, objs, num_points, seed)
         self.point_colors = point_colors
+        self.hidden = [] if include_splats else [o for o in self.scene.objects if is_splat_object(o)]
         self.images = np.zeros((len(self.cameras), self.height, self.width, 4), np.uint8)
         # object-index labels: target i -> i + 1 (their names go with the result); one object has
         # nothing to split, so no pass then
@@ -541,12 +553,13 @@ class CaptureJob(CountedWork):
         path = os.path.join(self._tmp, f"view_{i:04d}.png")
         self.images[i] = render_view(self.scene, self.cameras[i], self.width, self.height, path,
                                      engine=self.engine, samples=self.samples,
-                                     standard_view=self.standard_view)
+                                     standard_view=self.standard_view, hide=self.hidden)
         os.remove(path)
         if self.labels is not None:
             exr = os.path.join(self._tmp, f"index_{i:04d}.exr")
             self.labels[i] = render_object_index(self.scene, self.cameras[i], self.width, self.height, exr,
-                                                 {o: k + 1 for k, o in enumerate(self.label_objects)})
+                                                 {o: k + 1 for k, o in enumerate(self.label_objects)},
+                                                 hide=self.hidden)
             os.remove(exr)
         self._render_s += time.monotonic() - t
         self.done += 1

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 
-import bpy
 from bpy.props import IntProperty
 
 from . import job_kinds, job_objects

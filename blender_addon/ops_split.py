@@ -29,12 +29,12 @@ import tempfile
 
 import numpy as np
 
-from . import connection, job_kinds, splat_object, splat_state
+from . import job_kinds, splat_object, splat_state
 from .shared import edit_ops
 
 try:
     import bpy
-    from bpy.props import EnumProperty, IntProperty, StringProperty
+    from bpy.props import EnumProperty, StringProperty
 except ImportError:  # pragma: no cover
     bpy = None
 

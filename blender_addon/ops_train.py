@@ -59,6 +59,10 @@ CAPTURE_SETTINGS = {
     "object_index": BoolProperty(name="Object Index Pass", default=True,
                                  description="Also render which object each pixel shows, so the trained "
                                              "splats can be split by object (Split by Object)"),
+    "include_splats": BoolProperty(name="Capture Splats", default=False,
+                                   description="Let splat objects show in the captured views (off: they are "
+                                               "hidden while capturing, so baking a scene again does not bake "
+                                               "its earlier splats into the new ones)"),
     "output_name": StringProperty(name="Output", default="",
                                   description="Name of the splat object (empty: <rig>_splats)"),
 }
@@ -80,7 +84,8 @@ def start_capture(context, rig=None, settings=None) -> CaptureJob:
     engine = {"SCENE": None, "CYCLES": "CYCLES", "EEVEE": _eevee_id()}[settings.engine]
     return CaptureJob(context, rig, engine=engine, samples=settings.samples or None,
                       num_points=settings.num_points, seed=settings.seed,
-                      standard_view=settings.standard_view, object_index=settings.object_index)
+                      standard_view=settings.standard_view, object_index=settings.object_index,
+                      include_splats=settings.include_splats)
 
 
 def _prepare(sub: job_kinds.Submission) -> None:

@@ -110,14 +110,9 @@ def build_scene(bpy):
     base.data.materials.append(material("teal", (0.05, 0.45, 0.5)))
     for poly in base.data.polygons:
         poly.material_index = 0 if poly.normal.z > 0.5 else 1
-    scene.world = bpy.data.worlds.new("sky")
-    scene.world.color = (0.35, 0.35, 0.38)
-    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
-    sun.data.energy = 2.5
-    sun.rotation_euler = (0.7, 0.15, 0.9)
-    scene.collection.objects.link(sun)
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
+    sys.path.insert(0, str(ROOT))
+    from demo.scene_kit import sky_sun_cycles
+    sky_sun_cycles(bpy, scene, (0.35, 0.35, 0.38), 2.5, (0.7, 0.15, 0.9))
     for o in scene.objects:
         o.select_set(o in (monkey, base))
     bpy.context.view_layer.objects.active = monkey

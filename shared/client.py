@@ -10,13 +10,17 @@ Liveness: every request expects a reply within ``timeout_s``. A request left una
 is True) and sets ``connected`` to False; any reply from the server sets it back to True. With
 ``heartbeat_s`` set, ``poll`` also sends a ``status`` heartbeat that often when the line is quiet.
 
-The DEALER keeps one routing id for the client's lifetime, so after ``reconnect()`` the server
-(which sets ``ROUTER_HANDOVER``) routes progress of running jobs to this client again.
+Sessions: every message carries ``session``, a random token made once per client and kept across
+``reconnect()``; the server sends a job's progress and result to the connection that last spoke
+with its submitter's token, so after ``reconnect()`` (any request, e.g. the ``hello`` it sends)
+the running jobs' messages come to the new connection. Each connection gets a fresh random
+routing id: a routing id names one connection, never the client (``backend.access`` says why).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import time
 import uuid
 from collections import deque
@@ -191,7 +195,10 @@ class BackendClient:
                                  secret=False)
         if self._server_key and not (self._secret and self._public):
             raise ValueError("CurveZMQ needs this client's key pair too (secret_key=...)")
-        self._routing_id = uuid.uuid4().hex.encode()
+        #: this client's session token (``shared.protocol.valid_session``), kept across reconnects;
+        #: a secret between this client and the server
+        self.session = secrets.token_hex(16)
+        self.routing_id = b""                  # the current connection's (set by _open)
         self._pending: deque[_Pending] = deque()
         self._last_heartbeat = time.monotonic()
         self._ctx: zmq.Context[zmq.Socket] = zmq.Context.instance()
@@ -202,7 +209,12 @@ class BackendClient:
     def _open(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
-        sock.routing_id = self._routing_id
+        # A new random id per connection, so a reconnect never waits for the server to drop the
+        # old one (the server refuses a second connection with an id in use). Printable, never
+        # starting with a zero byte: libzmq numbers peers that send no id 0x00 + a counter, and a
+        # peer-announced id that the counter reaches later aborts the server (backend.access).
+        self.routing_id = secrets.token_hex(16).encode()
+        sock.routing_id = self.routing_id
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_array_bytes)
         sock.sndhwm = 1000
         if self._server_key:
@@ -219,7 +231,9 @@ class BackendClient:
         self.connected = False
 
     def reconnect(self) -> None:
-        """Drop the socket (and unanswered requests) and connect again, then say hello."""
+        """Drop the socket (and unanswered requests) and connect again, then say hello: the hello
+        carries this client's session, so the server moves its jobs' messages to the new
+        connection."""
         self.close()
         self._pending.clear()
         self._open()
@@ -235,6 +249,7 @@ class BackendClient:
     def _send(self, msg: Message) -> None:
         if self._sock is None:
             raise RuntimeError("the client is closed; call reconnect()")
+        msg.session = self.session
         frames = encode(msg, self.limits)
         # A DEALER queues while the server is away; NOBLOCK so a full queue raises, not waits.
         try:

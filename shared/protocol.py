@@ -2,8 +2,13 @@
 
 A message is a ZeroMQ multipart message::
 
-    frame 0      msgpack map {"type": str, "v": PROTOCOL_VERSION, "job_id": str | None, "fields": map}
+    frame 0      msgpack map {"type": str, "v": PROTOCOL_VERSION, "job_id": str | None, "fields": map,
+                              optional "session": str}
     frame 1..n   raw array bytes (C order, little-endian), one frame per array
+
+``session`` (client to server only) is the client's random session token
+(``valid_session``: 16-64 characters of ``[A-Za-z0-9_-]``); the server routes a job's messages
+to the connection that last spoke with its submitter's token (``backend.access.Sessions``).
 
 An array anywhere inside ``fields`` (in maps or lists, at any depth) is written in the header as
 ``{"__nd__": [dtype, shape, frame_index]}``; ``frame_index`` counts the frames that follow the
@@ -60,12 +65,25 @@ _MAX_NDIM = 32                                   # numpy's own limit
 # Patterns are used with fullmatch: "$" would also match before a final newline ("abc\n").
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also a folder name in the job store
 _CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_HEADER_KEYS = frozenset({"type", "v", "job_id", "fields"})
 
 
 def valid_job_id(job_id: Any) -> bool:
     """True for a string of 1-64 characters of ``[A-Za-z0-9_-]`` (nothing else, no newline):
     the rule for job ids on the wire and for job folder names in the store."""
     return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def valid_session(session: Any) -> bool:
+    """True for a session token: a string of 16-64 characters of ``[A-Za-z0-9_-]``."""
+    return isinstance(session, str) and _SESSION_RE.fullmatch(session) is not None
+
+
+def _check_session(session: Any, job_id: str | None) -> None:
+    if session is not None and not valid_session(session):
+        raise BadField(f"session: expected 16-64 characters of [A-Za-z0-9_-], got "
+                       f"{_short(session)}", job_id)
 
 
 def max_dimension(itemsize: int, limits: Limits) -> int:
@@ -156,11 +174,13 @@ class BadField(_TaggedError):
 
 @dataclass
 class Message:
-    """One protocol message. ``fields`` holds plain msgpack values and numpy arrays."""
+    """One protocol message. ``fields`` holds plain msgpack values and numpy arrays;
+    ``session`` is the sending client's session token (client messages only; ``None``: none)."""
 
     type: str
     job_id: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    session: str | None = None
 
     def required_job_id(self) -> str:
         """``job_id`` of a message type that must carry one (submit, accepted, progress, result, cancel,
@@ -238,6 +258,7 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
     if not isinstance(msg, Message):
         raise TypeError(f"encode() takes a Message, not {type(msg).__name__}")
     _check_type_and_job_id(msg.type, msg.job_id, None)
+    _check_session(msg.session, msg.job_id)
     if not isinstance(msg.fields, dict):
         raise BadField("fields: must be a map", msg.job_id)
     frames: list[bytes | memoryview] = [b""]
@@ -247,9 +268,12 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes | memory
     except ProtocolError as exc:
         exc.job_id = msg.job_id
         raise
+    head: dict[str, Any] = {"type": msg.type, "v": PROTOCOL_VERSION, "job_id": msg.job_id,
+                            "fields": packed_fields}
+    if msg.session is not None:
+        head["session"] = msg.session
     try:
-        header = msgpack.packb({"type": msg.type, "v": PROTOCOL_VERSION, "job_id": msg.job_id,
-                                "fields": packed_fields}, use_bin_type=True)
+        header = msgpack.packb(head, use_bin_type=True)
     except (OverflowError, ValueError, TypeError) as exc:   # e.g. an int beyond 64 bits
         raise BadField(f"fields: cannot be packed ({exc})", msg.job_id) from None
     frames[0] = header
@@ -392,16 +416,18 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     job_id = header.get("job_id")
     job_id_hint = job_id if valid_job_id(job_id) else None
     keys = set(header)
-    expected = {"type", "v", "job_id", "fields"}
-    if keys != expected:
-        missing, extra = sorted(expected - keys, key=str), sorted(keys - expected, key=str)
-        raise MalformedHeader(f"header keys must be {sorted(expected)} "
-                              f"(missing {missing}, unexpected {extra})", job_id_hint)
+    if keys - {"session"} != _HEADER_KEYS:
+        missing = sorted(_HEADER_KEYS - keys, key=str)
+        extra = sorted(keys - _HEADER_KEYS - {"session"}, key=str)
+        raise MalformedHeader(f"header keys must be {sorted(_HEADER_KEYS)} and optionally "
+                              f"'session' (missing {missing}, unexpected {extra})", job_id_hint)
     version = header["v"]
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise VersionMismatch(f"protocol version {version!r}; this side speaks "
                               f"{PROTOCOL_VERSION}", job_id_hint)
     _check_type_and_job_id(header["type"], job_id, job_id_hint)
+    session = header.get("session")
+    _check_session(session, job_id_hint)
     if not isinstance(header["fields"], dict):
         raise MalformedHeader(f"fields must be a map, got {type(header['fields']).__name__}",
                               job_id)
@@ -415,7 +441,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     except ProtocolError as exc:
         exc.job_id = job_id
         raise
-    return Message(header["type"], job_id, fields)
+    return Message(header["type"], job_id, fields, session)
 
 
 # ----------------------------------------------------------------------------------------------

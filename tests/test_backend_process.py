@@ -39,7 +39,6 @@ def bp(addon_dir, bpy_empty):
 
 
 def test_start_hello_log_stop(bp, bpy_empty, tmp_path):
-    bpy = bpy_empty
     port = _free_port()
     store = tmp_path / "store"
     proc = bp.start_backend(sys.executable, ROOT, port, job_store=str(store))

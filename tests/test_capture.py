@@ -299,3 +299,35 @@ def test_colors_from_views_match_per_point_reference(mods):
     changed = (want != cols).any(axis=1)
     assert 0.3 < changed.mean() < 1.0          # both outcomes occur
     np.testing.assert_array_equal(got, want)
+
+
+def test_splat_objects_are_left_out_of_captures_unless_asked(mods):
+    """Blender renders splat objects (natively on 5.3+, through the native-render modifier before):
+    a capture hides them by default, so baking a scene again does not bake its earlier splats in;
+    ``include_splats`` shows them. Splat objects are never surface-sampled as targets."""
+    from helpers import registered
+    from splatbridge import splat_object as so
+    from splatbridge.shared.splats import Splats
+    rig, capture = mods
+    import bpy
+    cube, rg = _cube_scene(bpy, rig, res=24, count=2)
+    plain = capture.CaptureJob(bpy.context, rg, samples=4, num_points=0).run_all().images
+    n = 300
+    rng = np.random.default_rng(1)
+    base = Splats.random(n, sh_degree=0, seed=2)
+    splats = Splats(rng.uniform(-0.7, 0.7, (n, 3)).astype(np.float32), base.quats,
+                    np.full((n, 3), np.log(0.12), np.float32), np.full(n, 0.95, np.float32),
+                    np.tile(np.array([[1.5, -1.5, 1.5]], np.float32), (n, 1)), base.shN)
+    obj = so.create_splat_object(bpy.context, "Old splats", splats)
+    with registered("native_render") as nr:
+        if obj.type != "POINTCLOUD":
+            nr.ensure_native_render(obj, True)
+        hidden = capture.CaptureJob(bpy.context, rg, samples=4, num_points=0).run_all().images
+        shown = capture.CaptureJob(bpy.context, rg, samples=4, num_points=0, include_splats=True).run_all().images
+        assert obj.hide_render is False                              # put back after the capture
+        assert np.abs(hidden.astype(int) - plain).max() <= 1, np.abs(hidden.astype(int) - plain).max()
+        changed = (np.abs(shown.astype(int) - plain).max(axis=-1) > 30).mean()
+        assert changed > 0.1, changed                                 # the splats do render
+        for o in bpy.context.scene.objects:
+            o.select_set(o in (obj, cube))
+        assert capture.target_objects(bpy.context, None) == [cube]

@@ -90,7 +90,7 @@ def test_reconnect_keeps_receiving_the_running_jobs_progress(server):
     with server.client() as c:
         jid = c.submit("sleep", {"steps": 40, "dt": 0.02})
         assert c.wait_for(lambda: c.jobs[jid].step >= 3, 10)
-        c.reconnect()                      # same routing id: the server hands the route over
+        c.reconnect()                      # a new connection; its hello carries the session
         before = c.jobs[jid].step
         job = run_until(c, jid)
         assert job.state == "done" and job.result is not None

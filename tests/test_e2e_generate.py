@@ -35,7 +35,7 @@ def server(tmp_path):
 
 def test_generate_from_selected_mesh_appears_at_cursor(addon, server, bpy_empty):
     bpy = bpy_empty
-    conn, so, gen = addon["connection"], addon["splat_object"], addon["ops_generate"]
+    conn, so = addon["connection"], addon["splat_object"]
     models = tiny_models()
     conn.connect(bpy.context, server.address)
     bpy.ops.mesh.primitive_cube_add(size=2.0, location=(4.0, 0.0, 0.0))    # selected and active

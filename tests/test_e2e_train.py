@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.scene_kit import sky_sun_cycles
 from helpers import psnr as _psnr, node_material
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
@@ -89,15 +90,7 @@ def _scene(bpy, rig, views: int, res: int):
         ball.data.materials.append(m)
     for poly in ball.data.polygons:
         poly.material_index = 0 if poly.center.z > 0 else 1
-    scene.world = bpy.data.worlds.new("grey")
-    scene.world.color = (0.4, 0.4, 0.4)
-    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
-    sun.data.energy = 2.0
-    sun.rotation_euler = (0.6, 0.2, 0.8)
-    scene.collection.objects.link(sun)
-    scene.render.engine = "CYCLES"
-    scene.cycles.samples = 16
-    scene.cycles.device = "CPU"
+    sky_sun_cycles(bpy, scene, (0.4, 0.4, 0.4), 2.0, (0.6, 0.2, 0.8), samples=16)
     for o in scene.objects:
         o.select_set(False)
     ball.select_set(True)
@@ -200,7 +193,6 @@ def test_cancel_after_restart_gives_partial_splats(addon, backend_address):
     from the job store and makes a usable splat object."""
     rig, connection, ops_train, splat_object = addon
     import bpy
-    from splatbridge import capture
     ball, rg = _scene(bpy, rig, 8, 16)
     s = bpy.context.scene.splatbridge_train
     s.steps, s.sh_degree, s.num_points, s.max_gaussians = 100000, 0, 300, 600

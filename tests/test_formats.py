@@ -11,12 +11,12 @@ import pytest
 
 from shared.formats import FORMATS, SplatFormatError, detect_format, read_splats, write_splats
 from shared.formats.compressed_ply import morton_order, pack_rotation, read_compressed_ply
-from shared.formats.ply import read_ply, write_ply
+from shared.formats.ply import write_ply
 from shared.formats.splat import read_splat, write_splat
 from shared.formats.spz import RFU_TO_RUB, _quantize_sh, encode_spz, pack_quats_v3, read_spz, write_spz
 from shared.rotations import quat_to_matrix
 from shared.sh import SH_C0, eval_sh
-from shared.splats import Splats, sigmoid
+from shared.splats import Splats
 
 pytestmark = pytest.mark.bpy_only
 
@@ -519,7 +519,9 @@ def test_spz_uses_fewer_fractional_bits_for_large_scenes(tmp_path: Path) -> None
     ("version", "header version: version 4 is not supported"),
     ("truncated", "data: truncated: 10 splats of SH degree 1 (version 3) need"),
     ("gzip", "data: truncated: 10 splats of SH degree 1 (version 3) need 306 bytes"),
-    ("extensions", "header flags: the file has extensions (flag 0x2), which are not supported"),
+    ("extensions", "extension 0xadbe0003: declares 8 bytes, 1 left"),
+    ("coordinates", "extension coordinate_system: unknown coordinate system 99 (0-16)"),
+    ("bomb", "the extension records: more than 1048576 bytes"),
 ])
 def test_spz_errors(tmp_path: Path, case: str, needle: str) -> None:
     payload = encode_spz(make_splats(10, 1))
@@ -533,12 +535,101 @@ def test_spz_errors(tmp_path: Path, case: str, needle: str) -> None:
     elif case == "gzip":
         data = gzip.compress(payload)[:-30]
     else:
-        data = gzip.compress(payload[:14] + bytes([2]) + payload[15:])
+        flagged = payload[:14] + bytes([2]) + payload[15:]
+        tail = {"extensions": struct.pack("<II", 0xADBE0003, 8) + b"\x01",
+                "coordinates": struct.pack("<III", 0xADBE0003, 4, 99),
+                "bomb": struct.pack("<II", 0x12340001, 4 << 20) + bytes(4 << 20)}[case]
+        data = gzip.compress(flagged + tail)
     path.write_bytes(data)
     with pytest.raises(SplatFormatError) as info:
         read_splats(path)
     assert str(path) in str(info.value)
     assert needle in str(info.value)
+
+
+# the reference's CoordinateSystem values and, written out by hand, their axes in our world (RFU):
+# the columns are the directions of the file's x, y and z
+SYSTEM_AXES = {4: ((1, 0, 0), (0, 0, 1), (0, -1, 0)),     # RUB: the default
+               6: ((1, 0, 0), (0, 0, -1), (0, 1, 0)),     # RDF (PLY / OpenCV)
+               3: ((-1, 0, 0), (0, 0, 1), (0, -1, 0)),    # LUB: left-handed, a mirror
+               12: ((1, 0, 0), (0, 1, 0), (0, 0, 1)),     # RFU: ours
+               9: ((-1, 0, 0), (0, 1, 0), (0, 0, -1)),    # LFD: left-handed, permuted family
+               16: ((1, 0, 0), (0, -1, 0), (0, 0, 1))}    # RBU: left-handed
+
+
+def _spz_with_extensions(s: Splats, version: int, records: bytes) -> bytes:
+    """``s`` written as .spz with the extension flag and ``records`` where the version keeps them."""
+    from shared.formats.spz import encode_spz_v4
+    if version == 4:
+        raw = encode_spz_v4(s)
+        head = bytearray(raw[:32])
+        head[14] |= 2
+        toc = struct.unpack_from("<I", head, 16)[0]
+        struct.pack_into("<I", head, 16, toc + len(records))
+        return bytes(head) + records + raw[32:]
+    payload = encode_spz(s, version=version)
+    return gzip.compress(payload[:14] + bytes([payload[14] | 2]) + payload[15:] + records)
+
+
+def _covariances(s: Splats) -> np.ndarray:
+    r = quat_to_matrix(s.quats.astype(np.float64))
+    d = np.exp(2.0 * s.scales.astype(np.float64))
+    return np.einsum("nij,nj,nkj->nik", r, d, r)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("code", sorted(SYSTEM_AXES))
+def test_spz_coordinate_system_extension_turns_or_mirrors_the_file_axes(tmp_path: Path, version: int,
+                                                                        code: int) -> None:
+    """The same columns read without the extension (RUB) and with SPZ_ADOBE_coordinate_system: the
+    second is the file's data (the first turned back to the file's frame) seen through the file's
+    axes: positions M p, covariances M S M^T, colours f(M^T d) in every direction d."""
+    s = make_splats(300, 3, seed=code)
+    plain, flagged = tmp_path / "plain.spz", tmp_path / "ext.spz"
+    plain.write_bytes(_spz_with_extensions(s, version, b""))
+    flagged.write_bytes(_spz_with_extensions(s, version, struct.pack("<III", 0xADBE0003, 4, code)))
+    as_rub = read_spz(plain)
+    got = read_spz(flagged)
+    file_frame = as_rub.transform(RFU_TO_RUB)                 # the columns' values, dequantised
+    m = np.array(SYSTEM_AXES[code], np.float64).T
+    np.testing.assert_allclose(got.means, file_frame.means.astype(np.float64) @ m.T, atol=2e-6)
+    cov_file, cov_got = _covariances(file_frame), _covariances(got)
+    np.testing.assert_allclose(cov_got, m @ cov_file @ m.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got.opacities, file_frame.opacities)
+    np.testing.assert_allclose(got.sh0, file_frame.sh0, atol=1e-6)
+    dirs = np.random.default_rng(0).standard_normal((64, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    for d in dirs[:8]:
+        seen = eval_sh(got.sh0, got.shN, np.broadcast_to(d, (len(got), 3)))
+        expected = eval_sh(file_frame.sh0, file_frame.shN, np.broadcast_to(m.T @ d, (len(got), 3)))
+        np.testing.assert_allclose(seen, expected, atol=2e-5)
+    if code == 4:                                             # RUB: bit-identical to no extension
+        for f in ("means", "quats", "scales", "shN"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(as_rub, f))
+
+
+def test_spz_other_extensions_are_skipped(tmp_path: Path) -> None:
+    """Safe-orbit-camera (viewer metadata) silently, unknown types with a warning; the splats are
+    those of the file without them, in both layouts."""
+    import warnings
+    s = make_splats(50, 1)
+    for version in (3, 4):
+        base = tmp_path / f"base{version}.spz"
+        base.write_bytes(_spz_with_extensions(s, version, b""))
+        orbit = struct.pack("<II", 0xADBE0002, 12) + struct.pack("<fff", 10.0, 60.0, 2.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            path = tmp_path / f"orbit{version}.spz"
+            path.write_bytes(_spz_with_extensions(s, version, orbit))
+            a = read_spz(path)
+        path = tmp_path / f"unknown{version}.spz"
+        path.write_bytes(_spz_with_extensions(s, version, orbit + struct.pack("<II", 0x12340001, 3) + b"abc"))
+        with pytest.warns(UserWarning, match=r"unknown \.spz extension 0x12340001 \(3 bytes\) skipped"):
+            b = read_spz(path)
+        ref = read_spz(base)
+        for f in ("means", "quats", "scales", "opacities", "sh0", "shN"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(ref, f))
+            np.testing.assert_array_equal(getattr(b, f), getattr(ref, f))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import pytest
 
 from shared.formats import READ_FORMATS, SplatFormatError, detect_format, read_splats, write_splats
 from shared.formats.compressed_ply import morton_order
-from shared.formats.sog import read_sog, write_sog
+from shared.formats.sog import read_sog
 from shared.formats.spz import RFU_TO_RUB, encode_spz, encode_spz_v4
 from shared.rotations import matrix_to_quat, quat_multiply, quat_to_matrix
 from shared.splats import Splats

@@ -16,8 +16,7 @@ import pytest
 
 import native_scene
 from shared.formats import read_splats, write_splats
-from shared.native_splats import (ATTR_BASE, ATTR_POSITION, ATTR_ROTATION, ATTR_SCALE, ATTR_SH, EXACT_LOG_SCALE,
-                                  EXACT_OPACITY, EXACT_QUAT, from_native, native_rest_count, to_native)
+from shared.native_splats import (ATTR_BASE, ATTR_POSITION, ATTR_ROTATION, ATTR_SCALE, ATTR_SH, from_native, native_rest_count, to_native)
 from shared.splats import Splats, sigmoid
 
 from helpers import psnr, registered

@@ -230,6 +230,24 @@ def test_malformed_header(frames, text):
     assert e.value.code == "malformed_header"
 
 
+def test_session_token_in_the_header():
+    """The optional ``session`` header key: sent only when set (older messages stay as they
+    were), round-trips, and must be 16-64 characters of [A-Za-z0-9_-]."""
+    tok = "a1B2-c3_d4" * 3
+    frames = encode(Message("status", None, {}, session=tok))
+    assert msgpack.unpackb(frames[0])["session"] == tok and decode(frames).session == tok
+    plain = encode(Message("status", None, {}))
+    assert "session" not in msgpack.unpackb(plain[0]) and decode(plain).session is None
+    for bad in ("short", "x" * 65, "has space in it!!", 12345678901234567, "tok\n" * 5):
+        with pytest.raises(BadField, match="session: expected 16-64 characters"):
+            decode(raw({**hdr({}, "status", None), "session": bad}))
+        if isinstance(bad, str):
+            with pytest.raises(BadField, match="session"):
+                encode(Message("status", None, {}, session=bad))
+    with pytest.raises(MalformedHeader, match=r"unexpected \['sessions'\]"):
+        decode(raw({**hdr({}, "status", None), "sessions": tok}))
+
+
 def test_frame_without_buffer():
     with pytest.raises(MalformedHeader, match="frame 0: str has no buffer"):
         decode(["not bytes"])

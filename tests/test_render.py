@@ -248,8 +248,6 @@ def test_render_png(artifacts):
 
 @pytest.mark.gpu
 def test_reference_matches_gsplat_cuda():
-    from gsplat import rasterization
-
     dev = "cuda"
     scene = random_scene(2000, 7, C=3, W=96, H=72, device=dev)
     sh = torch.randn(2000, 4, 3, device=dev, generator=torch.Generator(dev).manual_seed(0)) * 0.3

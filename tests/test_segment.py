@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edit_scenes import (CENTRES, RADII, label_images, orbit_rig, silhouettes, three_objects,
                          trained_three_objects)
 from backend.job_api import JobError, NullContext
 from backend.segment import assign_labels, label_contributions, run_segment_job
 from shared.edit_ops import split_by_labels
-from shared.selection import floaters, splat_sizes
+from shared.selection import floaters
 from shared.splats import FIELDS, Splats
 
 RES = 64

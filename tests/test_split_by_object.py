@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from demo.scene_kit import sky_sun_cycles
 from test_e2e_train import backend_address  # noqa: F401  (the real backend server fixture)
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow, pytest.mark.torch]
@@ -54,15 +55,7 @@ def _scene(bpy, rig):
         m.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (*colour, 1.0)
         obj.data.materials.append(m)
         objs.append(obj)
-    scene.world = bpy.data.worlds.new("grey")
-    scene.world.color = (0.5, 0.5, 0.5)
-    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
-    sun.data.energy = 2.0
-    sun.rotation_euler = (0.6, 0.2, 0.8)
-    scene.collection.objects.link(sun)
-    scene.render.engine = "CYCLES"
-    scene.cycles.samples = 8
-    scene.cycles.device = "CPU"
+    sky_sun_cycles(bpy, scene, (0.5, 0.5, 0.5), 2.0, (0.6, 0.2, 0.8), samples=8)
     for o in scene.objects:
         o.select_set(o in objs)
     bpy.context.view_layer.objects.active = objs[0]

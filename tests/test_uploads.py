@@ -203,3 +203,74 @@ def test_a_file_whose_chunks_disagree_with_its_hash_is_dropped(server, tmp_path)
         assert m.type == "error" and m.fields["code"] == "bad_upload"
         assert "'p.png' assembled from its chunks does not match its sha256" in m.fields["message"]
         assert _ask(c, "mismatch", {"files": files, "chunk_size": CHUNK}).fields["have"] == [[]]
+
+
+def test_a_client_over_its_uploads_limit_gets_too_large(tmp_path):
+    """``serve --max-uploads-gb``: the uploads one client holds are capped by their declared sizes;
+    an open beyond the cap is refused before anything is stored, and the server keeps serving."""
+    srv = ServerProcess(tmp_path / "store", plugins=[], extra=["--max-uploads-gb", str(150_000 / 2 ** 30)]).start()
+    try:
+        blob = b"y" * 100_000
+        files = [{"name": "a.jpg", "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}]
+        with BackendClient(srv.address, timeout_s=10) as c:
+            assert _ask(c, "first", {"files": files, "chunk_size": CHUNK}).type == "upload"
+            m = _ask(c, "second", {"files": files, "chunk_size": CHUNK})
+            assert m.type == "error" and m.fields["code"] == "too_large", m
+            assert "over the backend's limit of 0.00 GiB per client (serve --max-uploads-gb)" in m.fields["message"]
+            assert not (srv.store / ".uploads" / "second").exists()
+            # resuming the first is no new space: still answered
+            assert _ask(c, "first", {"files": files, "chunk_size": CHUNK}).fields["have"] == [[]]
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
+def _open_one(store, uid: str, owner: str, data: bytes) -> None:
+    sha = hashlib.sha256(data).hexdigest()
+    store.open(uid, [{"name": "v.mp4", "size": len(data), "sha256": sha}], CHUNK, owner)
+    store.put_chunk(uid, 0, 0, sha, np.frombuffer(data, np.uint8), owner)
+
+
+def test_uploads_untouched_for_keep_days_are_removed_unless_a_job_reads_them(tmp_path):
+    from backend.uploads import PRUNE_EVERY_S, UploadStore, uploads_root
+    now = [1e9]
+    in_use: set[str] = set()
+    store = UploadStore(tmp_path, keep_days=2.0, in_use=lambda: set(in_use), clock=lambda: now[0])
+    for uid in ("old", "used", "fresh"):
+        _open_one(store, uid, "local:a", uid.encode() * 10)
+    root = uploads_root(tmp_path)
+    old = now[0] - 3 * 86400
+    for uid in ("old", "used"):
+        os.utime(root / uid, (old, old))
+    in_use.add("used")
+    assert store.prune(now[0]) == ["old"]
+    assert sorted(p.name for p in root.iterdir()) == ["fresh", "used"]
+    # a chunk (or a resume, or a submit naming it) counts as a touch
+    os.utime(root / "fresh", (old, old))
+    store.check_use("fresh", "local:a")
+    in_use.clear()
+    assert store.prune(now[0]) == ["used"]
+    assert (root / "fresh").is_dir()
+    # opening a new upload prunes, at most every PRUNE_EVERY_S
+    os.utime(root / "fresh", (old, old))
+    _open_one(store, "new1", "local:a", b"n")
+    assert (root / "fresh").is_dir()                 # pruned less than PRUNE_EVERY_S ago: skipped
+    now[0] += PRUNE_EVERY_S + 1
+    _open_one(store, "new2", "local:a", b"m")
+    assert not (root / "fresh").exists() and (root / "new1").is_dir() and (root / "new2").is_dir()
+
+
+def test_upload_limit_is_per_client_and_half_created_folders_go_at_start(tmp_path):
+    from backend.uploads import UploadStore, uploads_root
+    store = UploadStore(tmp_path, max_client_bytes=25)
+    _open_one(store, "a1", "curve:A", b"a" * 20)
+    with pytest.raises(Exception) as err:
+        _open_one(store, "a2", "curve:A", b"a" * 6)
+    assert getattr(err.value, "code", None) == "too_large"
+    _open_one(store, "b1", "curve:B", b"b" * 20)      # another client's uploads do not count
+    assert store.client_bytes("curve:A") == 20 and store.client_bytes("curve:B") == 20
+    root = uploads_root(tmp_path)
+    (root / ".creating-x" / "chunks").mkdir(parents=True)
+    (root / ".removing-y").mkdir()
+    UploadStore(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["a1", "b1"]

@@ -8,9 +8,13 @@ hand-written backward, behind the reference's input checks, render modes and ``i
   Antialiased mode, per-camera colours and SH degree 4 use the reference's torch projection.
 - ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
 - ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
-  backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
-  branch-free row loops that LLVM vectorises (in the forward, a Gaussian's rows as one loop);
-  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the
+  backward (from each pixel's final transmittance), float32 like gsplat and the reference, the
+  background blended in (colour + (1 - alpha) background) and its gradient taken in the kernels.
+  Per Gaussian, the rows of the tile it reaches are one branch-free loop over a flat per-tile
+  state array (one base pointer: LLVM vectorises it at the CPU's full width without runtime
+  alias checks); the backward's per-Gaussian sums are reassociated into vector registers (only
+  the sums: alpha and the cut-offs are exact IEEE float32, the forward's bit for bit). Gradients
+  to means2d, conics, colours, opacities, the background, and (``absgrad=True``, as gsplat) the
   per-pixel sums of |d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
 
 What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
@@ -22,8 +26,9 @@ Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are 
 CPU: inputs and results are copied there and back inside the autograd functions (untested here).
 Threads: ``torch.get_num_threads()``; one thread runs serial kernels (callable from many threads at
 once), more run ``prange`` kernels on Numba's workqueue pool, one call at a time. The first call
-compiles the kernels (about a minute on a slow CPU); Numba caches them beside this file
-(``__pycache__``) when the folder is writable, else compiles once per process.
+compiles the kernels (about 11 CPU-seconds for the serial ones on this project's 2-core EPYC
+build box, a minute on a slow CPU); Numba caches them beside this file (``__pycache__``) when the
+folder is writable (then a first call takes ~0.3 s), else compiles once per process.
 """
 from __future__ import annotations
 
@@ -145,21 +150,6 @@ def _sh_basis(x, y, z, b, gx, gy, gz):
 
 
 @numba.njit(**_JIT)
-def _mm(A, B, out, ta=False, tb=False):
-    """out = op(A) op(B) for small float64 matrices, op = transpose where ``ta``/``tb``; in place
-    and allocation-free (Numba's matmul would need SciPy's BLAS and allocate)."""
-    n = A.shape[1] if ta else A.shape[0]
-    m = A.shape[0] if ta else A.shape[1]
-    p = B.shape[0] if tb else B.shape[1]
-    for i in range(n):
-        for j in range(p):
-            acc = 0.0
-            for k in range(m):
-                acc += (A[k, i] if ta else A[i, k]) * (B[j, k] if tb else B[k, j])
-            out[i, j] = acc
-
-
-@numba.njit(**_JIT)
 def _rotmat(w, x, y, z, R):
     """Rotation matrix of the unit quaternion (w, x, y, z) into R [3,3] (gsplat's convention)."""
     R[0, 0] = 1.0 - 2.0 * (y * y + z * z)
@@ -249,8 +239,12 @@ def _project_forward(means, quats, scales, opac, viewmats, Ks, width, height, ep
                         out_colors[c, n, ch] = max(v, 0.0)
                 if not (z >= near and z <= far):
                     continue
-                _mm(V[:3, :3], M, RM)
-                _mm(RM, RM, Sc, False, True)                   # camera covariance Rv Sigma Rv^T
+                for i in range(3):                              # camera covariance Rv Sigma Rv^T
+                    for j in range(3):
+                        RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                for i in range(3):
+                    for j in range(3):
+                        Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                 lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                 j00, j02, j11, j12, tx, ty, _, _ = _jacobian(x, y, z, K[0, 0], K[1, 1], lxn, lxp, lyn, lyp)
                 # cov2 = J Sc J^T with J = [[j00, 0, j02], [0, j11, j12]], plus eps2d on the diagonal
@@ -299,18 +293,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
         gx = np.empty(16)
         gy = np.empty(16)
         gz = np.empty(16)
-        J = np.zeros((2, 3))
-        T23 = np.empty((2, 3))
-        T32 = np.empty((3, 2))
-        P = np.empty((2, 2))
-        G = np.empty((2, 2))
-        T22 = np.empty((2, 2))
-        V2 = np.empty((2, 2))
         T33 = np.empty((3, 3))
         vSc = np.empty((3, 3))
-        VJ = np.empty((2, 3))
         vS = np.empty((3, 3))
-        vSs = np.empty((3, 3))
         VM = np.empty((3, 3))
         VR = np.empty((3, 3))
         for n in range(chunk * _CHUNK, min(N, (chunk + 1) * _CHUNK)):
@@ -350,34 +335,62 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                 vp1 = 0.0
                 vp2 = v_depths[c, n]
                 if radii[c, n, 0] > 0 and radii[c, n, 1] > 0:
-                    _mm(V[:3, :3], M, RM)
-                    _mm(RM, RM, Sc, False, True)
+                    # scalar code and constant-bound loops (LLVM unrolls them; no array views or
+                    # calls per Gaussian): camera covariance Sc = (Rv M)(Rv M)^T
+                    for i in range(3):
+                        for j in range(3):
+                            RM[i, j] = V[i, 0] * M[0, j] + V[i, 1] * M[1, j] + V[i, 2] * M[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            Sc[i, j] = RM[i, 0] * RM[j, 0] + RM[i, 1] * RM[j, 1] + RM[i, 2] * RM[j, 2]
                     fx, fy = K[0, 0], K[1, 1]
                     lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
                     j00, j02, j11, j12, tx, ty, clx, cly = _jacobian(x, y, z, fx, fy, lxn, lxp, lyn, lyp)
-                    J[0, 0], J[0, 2], J[1, 1], J[1, 2] = j00, j02, j11, j12
-                    _mm(J, Sc, T23)
-                    _mm(T23, J, T22, False, True)                     # J Sc J^T
-                    a = T22[0, 0] + eps2d
-                    bb = 0.5 * (T22[0, 1] + T22[1, 0])
-                    cc = T22[1, 1] + eps2d
+                    # cov2 = J Sc J^T + eps2d I, J = [[j00, 0, j02], [0, j11, j12]]
+                    h00 = j00 * Sc[0, 0] + j02 * Sc[2, 0]
+                    h01 = j00 * Sc[0, 1] + j02 * Sc[2, 1]
+                    h02 = j00 * Sc[0, 2] + j02 * Sc[2, 2]
+                    h10 = j11 * Sc[1, 0] + j12 * Sc[2, 0]
+                    h11 = j11 * Sc[1, 1] + j12 * Sc[2, 1]
+                    h12 = j11 * Sc[1, 2] + j12 * Sc[2, 2]
+                    a = h00 * j00 + h02 * j02 + eps2d
+                    bb = 0.5 * ((h01 * j11 + h02 * j12) + (h10 * j00 + h12 * j02))
+                    cc = h11 * j11 + h12 * j12 + eps2d
                     det = a * cc - bb * bb
-                    P[0, 0], P[0, 1], P[1, 0], P[1, 1] = cc / det, -bb / det, -bb / det, a / det
+                    p00, p01, p11 = cc / det, -bb / det, a / det     # P = cov2^-1 (symmetric)
                     # conic = (P00, P01, P11); P01 is used once: split its gradient over P01 and P10
-                    G[0, 0] = v_conics[c, n, 0]
-                    G[0, 1] = G[1, 0] = 0.5 * v_conics[c, n, 1]
-                    G[1, 1] = v_conics[c, n, 2]
-                    _mm(P, G, T22)
-                    _mm(T22, P, V2)
-                    V2 *= -1.0                                          # d loss / d cov2
-                    _mm(J, V2, T32, True)
-                    _mm(T32, J, vSc)                                    # J^T V2 J
-                    _mm(V2, J, T23)
-                    _mm(T23, Sc, VJ)
-                    VJ *= 2.0                                           # d loss / d J
-                    _mm(V[:3, :3], vSc, T33, True)
-                    _mm(T33, V[:3, :3], vSs)                           # Rv^T vSc Rv
-                    vS += vSs
+                    g00 = v_conics[c, n, 0]
+                    g01 = 0.5 * v_conics[c, n, 1]
+                    g11 = v_conics[c, n, 2]
+                    q00 = p00 * g00 + p01 * g01                     # P G
+                    q01 = p00 * g01 + p01 * g11
+                    q10 = p01 * g00 + p11 * g01
+                    q11 = p01 * g01 + p11 * g11
+                    u00 = -(q00 * p00 + q01 * p01)                  # d loss / d cov2 = -P G P
+                    u01 = -(q00 * p01 + q01 * p11)
+                    u10 = -(q10 * p00 + q11 * p01)
+                    u11 = -(q10 * p01 + q11 * p11)
+                    # J^T V2 J (3x3, rows of J^T V2: (t_i0, t_i1))
+                    t00, t01 = j00 * u00, j00 * u01
+                    t10, t11 = j11 * u10, j11 * u11
+                    t20, t21 = j02 * u00 + j12 * u10, j02 * u01 + j12 * u11
+                    vSc[0, 0], vSc[0, 1], vSc[0, 2] = t00 * j00, t01 * j11, t00 * j02 + t01 * j12
+                    vSc[1, 0], vSc[1, 1], vSc[1, 2] = t10 * j00, t11 * j11, t10 * j02 + t11 * j12
+                    vSc[2, 0], vSc[2, 1], vSc[2, 2] = t20 * j00, t21 * j11, t20 * j02 + t21 * j12
+                    # d loss / d J = 2 V2 J Sc (the entries J has)
+                    w00, w01, w02 = u00 * j00, u01 * j11, u00 * j02 + u01 * j12
+                    w10, w11, w12 = u10 * j00, u11 * j11, u10 * j02 + u11 * j12
+                    vj00 = 2.0 * (w00 * Sc[0, 0] + w01 * Sc[1, 0] + w02 * Sc[2, 0])
+                    vj02 = 2.0 * (w00 * Sc[0, 2] + w01 * Sc[1, 2] + w02 * Sc[2, 2])
+                    vj11 = 2.0 * (w10 * Sc[0, 1] + w11 * Sc[1, 1] + w12 * Sc[2, 1])
+                    vj12 = 2.0 * (w10 * Sc[0, 2] + w11 * Sc[1, 2] + w12 * Sc[2, 2])
+                    # d loss / d Sigma += Rv^T vSc Rv
+                    for i in range(3):
+                        for j in range(3):
+                            T33[i, j] = V[0, i] * vSc[0, j] + V[1, i] * vSc[1, j] + V[2, i] * vSc[2, j]
+                    for i in range(3):
+                        for j in range(3):
+                            vS[i, j] += T33[i, 0] * V[0, j] + T33[i, 1] * V[1, j] + T33[i, 2] * V[2, j]
                     # means2d = (K[:2] p) / z
                     vm0 = v_means2d[c, n, 0]
                     vm1 = v_means2d[c, n, 1]
@@ -388,10 +401,10 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
                     vp2 += (vm0 * K[0, 2] + vm1 * K[1, 2]) / z - (vm0 * m0 + vm1 * m1) / z
                     # J's entries: j00 = fx/z, j02 = -fx tx/z^2, j11 = fy/z, j12 = -fy ty/z^2
                     z2 = z * z
-                    v_tx = VJ[0, 2] * (-fx / z2)
-                    v_ty = VJ[1, 2] * (-fy / z2)
-                    vp2 += (VJ[0, 0] * (-fx / z2) + VJ[1, 1] * (-fy / z2)
-                            + VJ[0, 2] * (2.0 * fx * tx / (z2 * z)) + VJ[1, 2] * (2.0 * fy * ty / (z2 * z)))
+                    v_tx = vj02 * (-fx / z2)
+                    v_ty = vj12 * (-fy / z2)
+                    vp2 += (vj00 * (-fx / z2) + vj11 * (-fy / z2)
+                            + vj02 * (2.0 * fx * tx / (z2 * z)) + vj12 * (2.0 * fy * ty / (z2 * z)))
                     # tx = z clamp(x/z): d/dx = 1 unclamped; d/dz = tx/z clamped
                     if clx:
                         vp2 += v_tx * tx / z
@@ -412,7 +425,9 @@ def _project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, 
             for i in range(3):
                 for j in range(3):
                     T33[i, j] = vS[i, j] + vS[j, i]
-            _mm(T33, M, VM)
+            for i in range(3):
+                for j in range(3):
+                    VM[i, j] = T33[i, 0] * M[0, j] + T33[i, 1] * M[1, j] + T33[i, 2] * M[2, j]
             for j in range(3):
                 acc = 0.0
                 for i in range(3):
@@ -480,22 +495,6 @@ def _bin_tiles(means2d, radii, order, tile_w, tile_h):
     return gid, tile_offsets, tile_counts, tiles_per_gauss
 
 
-@numba.njit(**_JIT)
-def _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1):
-    """The pixel columns [start, end) of a row at offset ``dy`` (mean - pixel centre) where the
-    Gaussian's exponent 0.5 (a dx^2 + c dy^2) + b dx dy can be <= ``sig_max``, within [bx0, bx1):
-    only there can its alpha reach 1/255."""
-    disc = (cb * dy) ** 2 - ca * (cc * dy * dy - 2.0 * sig_max)
-    if disc < 0.0 or ca <= 0.0:
-        return bx0, bx0
-    r = math.sqrt(disc)
-    lo = (-cb * dy - r) / ca                # dx = mx - (px + 0.5) in [lo, hi]
-    hi = (-cb * dy + r) / ca
-    start = max(bx0, math.ceil(mx - hi - 0.5 - 1e-3))
-    end = min(bx1, math.floor(mx - lo - 0.5 + 1e-3) + 1)
-    return start, max(start, end)
-
-
 _F = np.float32
 
 
@@ -537,238 +536,339 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
-@_kernel
-def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                    tile_w, out_color, out_alpha, out_last, out_t):
-    """Composite every tile: colour [H,W,D], alpha [H,W], per pixel the number of the tile's
-    Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
-
-    Each tile walks its Gaussians front to back, over the rows of a Gaussian's box (``radii``)
-    that its ellipse alpha >= 1/255 reaches (``_gaussian_rows``), testing every pixel of those
-    rows as the reference does. Those rows' pixels are one branch-free float32 loop (not one
-    16-lane loop per row: several vectors in flight); a finished pixel carries its transmittance
-    negated."""
-    D = colors.shape[1]
-    n_tiles = tile_offsets.shape[0]
-    for tile in numba.prange(n_tiles):
-        cnt = tile_counts[tile]
-        x0 = (tile % tile_w) * TILE_SIZE
-        y0 = (tile // tile_w) * TILE_SIZE
-        x1 = min(x0 + TILE_SIZE, width)
-        y1 = min(y0 + TILE_SIZE, height)
-        start = tile_offsets[tile]
-        T2 = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))      # pixels outside the image: done
-        T2[:y1 - y0, :x1 - x0] = _F(1.0)
-        T = T2.reshape(TILE_SIZE * TILE_SIZE)                # the tile's pixels row by row
-        acc = np.zeros((D, TILE_SIZE * TILE_SIZE), _F)
-        last = np.zeros(TILE_SIZE * TILE_SIZE, np.int32)
-        w = np.zeros(TILE_SIZE * TILE_SIZE, _F)
-        xs = np.empty(TILE_SIZE * TILE_SIZE, _F)             # pixel centres
-        ys = np.empty(TILE_SIZE * TILE_SIZE, _F)
-        for i in range(TILE_SIZE * TILE_SIZE):
-            xs[i] = _F(x0 + i % TILE_SIZE + 0.5)
-            ys[i] = _F(y0 + i // TILE_SIZE + 0.5)
-        n_live = (x1 - x0) * (y1 - y0)
-        for k in range(cnt):
-            if n_live <= 0:
-                break
-            g = gid[start + k]
-            mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
-                g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            if by0 >= by1:
-                continue
-            # all pixels of the rows the Gaussian can reach, as one loop: several vectors in flight
-            i0 = (by0 - y0) * TILE_SIZE
-            i1 = (by1 - y0) * TILE_SIZE
-            stopped = 0
-            # slices: indices from 0 let LLVM drop the negative-index wraparound and vectorise
-            xs_, ys_, T_, w_, last_ = xs[i0:i1], ys[i0:i1], T[i0:i1], w[i0:i1], last[i0:i1]
-            for i in range(i1 - i0):
-                dx = mx - xs_[i]
-                dy = my - ys_[i]
-                sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
-                t = T_[i]
-                ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
-                nt = t * (_F(1.0) - alpha)
-                stop = ok & (nt <= _F(T_STOP))
-                use = ok & (nt > _F(T_STOP))
-                w_[i] = alpha * t if use else _F(0.0)
-                T_[i] = -t if stop else (nt if use else t)
-                last_[i] = k + 1 if use else last_[i]
-                stopped += 1 if stop else 0
-            n_live -= stopped
-            for d in range(D):
-                cd = _F(colors[g, d])
-                ar = acc[d, i0:i1]
-                for i in range(i1 - i0):
-                    ar[i] += cd * w_[i]
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                ly = py - y0
-                lx = px - x0
-                i = ly * TILE_SIZE + lx
-                for d in range(D):
-                    out_color[py, px, d] = acc[d, i]
-                t = abs(T[i])
-                out_alpha[py, px] = 1.0 - t
-                out_last[py, px] = last[i]
-                out_t[py, px] = t
+# The per-tile state of the compositing kernels: one flat float32 array [_S_ROWS * 256], a row per
+# quantity, a lane per pixel of the tile (row-major). One base pointer at constant offsets: LLVM
+# proves the row loops' loads and stores independent (no runtime alias checks) and vectorises
+# them at full width. RGB (D = 3, the trainer's case) keeps its colour sums and gradients in the
+# state (_S_V*, _S_B*); other D use the same rows as per-lane scratch and [D, 256] arrays.
+_NPIX = TILE_SIZE * TILE_SIZE
+_S_T, _S_TVA, _S_LAST, _S_V0, _S_V1, _S_V2, _S_B0, _S_B1, _S_B2, _S_X, _S_Y = (r * _NPIX for r in range(11))
+_S_ROWS = 11
+_REASSOC: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# the forward's row loops: sums reassociated, no fused multiply-adds (its images stay the reference's to
+# the last bit of float32 rounding)
+_REASSOC_FWD: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 
 
 @numba.njit(**_JIT)
-def _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc):
-    """Add one pixel's gradients to lane ``lx`` of ``lane`` [8,16] (means2d x, y, |x|, |y|, conic
-    a, b, c, opacity), from ``v_am`` = d loss / d alpha (0 where the Gaussian did not contribute
-    or its alpha was clamped), raw = o exp(-sigma), vis = exp(-sigma), dx, dy = mean - pixel."""
+def _pixel_alpha(px, py, mx, my, ca, cb, cc, op):
+    """The Gaussian (mean mx, my, conic ca, cb, cc, opacity op) at the pixel centre (px, py),
+    float32, exact IEEE arithmetic: the forward and the backward share it bit for bit. Returns
+    dx, dy (mean - pixel), vis = exp(-sigma), raw = op vis, alpha = min(0.999, raw) and whether
+    it counts (sigma >= 0 and alpha >= 1/255)."""
+    dx = mx - px
+    dy = my - py
+    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
+    raw = op * vis
+    alpha = min(_F(ALPHA_MAX), raw)
+    return dx, dy, vis, raw, alpha, (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD))
+
+
+@numba.njit(**_JIT)
+def _fwd_pixel(px, py, T, last, k1, mx, my, ca, cb, cc, op):
+    """One pixel of the forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel centre
+    (px, py), transmittance ``T`` (negative: the pixel is done) and ``last`` (float). Returns them
+    updated, the Gaussian's weight alpha T, and 1.0 if it finished the pixel, else 0.0. Exact
+    IEEE float32 (no fastmath)."""
+    _, _, _, _, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (T > _F(0.0))
+    nt = T * (_F(1.0) - alpha)
+    stop = ok & (nt <= _F(T_STOP))
+    use = ok & (nt > _F(T_STOP))
+    return (-T if stop else (nt if use else T), k1 if use else last, alpha * T if use else _F(0.0),
+            _F(1.0) if stop else _F(0.0))
+
+
+# The row loops below reassociate only their sums (the pixel maths is in the functions above,
+# compiled without fastmath): the pixel count is a float32 sum of 0s and 1s, exact in any order
+# (an integer count would halve LLVM's vector width); gradient sums stay in vector registers.
+
+@numba.njit(**_REASSOC_FWD)
+def _fwd_rows_rgb(s, n, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
+    """``_fwd_pixel`` over lanes [0, n) of the state ``s``, the colour accumulated in rows
+    ``_S_B0..2``. Returns how many pixels it finished."""
+    stopped = _F(0.0)
+    for j in range(n):
+        t, last, w, stop = _fwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], k1, mx, my,
+                                      ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_LAST + j] = last
+        s[_S_B0 + j] += c0 * w
+        s[_S_B1 + j] += c1 * w
+        s[_S_B2 + j] += c2 * w
+        stopped += stop
+    return int(stopped)
+
+
+@numba.njit(**_REASSOC_FWD)
+def _fwd_rows_any(s, acc, n, k1, mx, my, ca, cb, cc, op, col):
+    """``_fwd_rows_rgb`` for any number of channels: the weights in row ``_S_B0``, the colour
+    ``col`` [D] accumulated into ``acc`` [D, n]."""
+    stopped = _F(0.0)
+    for j in range(n):
+        t, last, w, stop = _fwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], k1, mx, my,
+                                      ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_LAST + j] = last
+        s[_S_B0 + j] = w
+        stopped += stop
+    for d in range(acc.shape[0]):
+        cd = _F(col[d])
+        for j in range(n):
+            acc[d, j] += cd * s[_S_B0 + j]
+    return int(stopped)
+
+
+@numba.njit(**_JIT)
+def _forward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                    tile_w, background, out_color, out_alpha, out_last, out_t):
+    """``_forward_kernel`` for one tile."""
+    D = colors.shape[1]
+    cnt = tile_counts[tile]
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)
+    acc = np.zeros((D if D != 3 else 0, _NPIX), _F)
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        inside = (x0 + i % TILE_SIZE < x1) & (y0 + i // TILE_SIZE < y1)
+        st[_S_T + i] = _F(1.0) if inside else _F(-1.0)      # pixels outside the image: done
+    n_live = (x1 - x0) * (y1 - y0)
+    for k in range(cnt):
+        if n_live <= 0:
+            break
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        n = (by1 - by0) * TILE_SIZE
+        # slices from the first row: indices from 0 let LLVM drop the negative-index wraparound
+        if D == 3:
+            n_live -= _fwd_rows_rgb(st[i0:], n, _F(k + 1), mx, my, ca, cb, cc, op,
+                                    _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]))
+        else:
+            n_live -= _fwd_rows_any(st[i0:], acc[:, i0:], n, _F(k + 1), mx, my, ca, cb, cc, op, colors[g])
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            t = abs(st[_S_T + i])
+            out_alpha[py, px] = 1.0 - t
+            rest = 1.0 - out_alpha[py, px]          # the driver's colour + (1 - alpha) background
+            if D == 3:
+                out_color[py, px, 0] = st[_S_B0 + i] + rest * background[0]
+                out_color[py, px, 1] = st[_S_B1 + i] + rest * background[1]
+                out_color[py, px, 2] = st[_S_B2 + i] + rest * background[2]
+            else:
+                for d in range(D):
+                    out_color[py, px, d] = acc[d, i] + rest * background[d]
+            out_last[py, px] = np.int32(st[_S_LAST + i])
+            out_t[py, px] = t
+
+
+@_kernel
+def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                    tile_w, background, out_color, out_alpha, out_last, out_t):
+    """Composite every tile: colour [H,W,D] (plus (1 - alpha) ``background`` [D]), alpha [H,W],
+    per pixel the number of the tile's Gaussians visited (``last``) and the final transmittance
+    ``t`` (both for the backward).
+
+    Each tile walks its Gaussians front to back, over the rows of a Gaussian's box (``radii``)
+    that its ellipse alpha >= 1/255 reaches (``_gaussian_rows``), testing every pixel of those
+    rows as the reference does: those rows' pixels as one branch-free float32 loop over the
+    tile's state (several vectors in flight); a finished pixel carries its transmittance negated."""
+    n_tiles = tile_offsets.shape[0]
+    for tile in numba.prange(n_tiles):
+        _forward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                      tile_w, background, out_color, out_alpha, out_last, out_t)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _bwd_pixel(px, py, last, T, kf, mx, my, ca, cb, cc, op):
+    """The part of one pixel's backward that does not depend on colours, for the Gaussian at
+    depth rank ``kf`` (float): pixel centre (px, py), the forward's ``last`` (float) and the
+    transmittance ``T`` behind the Gaussian. Returns dx, dy, vis, raw, its weight's alpha (0
+    where it did not contribute), 1 / (1 - alpha), the transmittance in front of it and whether
+    d loss / d alpha reaches sigma (it contributed and alpha was not clamped). Alpha and the
+    cut-offs are the forward's bit for bit (``_pixel_alpha``)."""
+    dx, dy, vis, raw, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
+    ok = hit & (kf < last)
+    ra = _F(1.0) / (_F(1.0) - alpha)
+    return (dx, dy, vis, raw, alpha if ok else _F(0.0), ra, T * ra if ok else T,
+            ok & (raw <= _F(ALPHA_MAX)))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _geometry_grads(v_a, live, dx, dy, vis, raw, ca, cb, cc):
+    """A pixel's gradients to means2d x, y, |x|, |y|, conic a, b, c and opacity from
+    ``v_a`` = d loss / d alpha (used where ``live``)."""
+    v_am = v_a if live else _F(0.0)
     v_sigma = -raw * v_am
     gx = v_sigma * (ca * dx + cb * dy)
     gy = v_sigma * (cb * dx + cc * dy)
-    lane[0, lx] += gx
-    lane[1, lx] += gy
-    lane[2, lx] += abs(gx)
-    lane[3, lx] += abs(gy)
-    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
-    lane[5, lx] += v_sigma * dx * dy
-    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
-    lane[7, lx] += vis * v_am
+    return (gx, gy, abs(gx), abs(gy), _F(0.5) * v_sigma * dx * dx, v_sigma * dx * dy,
+            _F(0.5) * v_sigma * dy * dy, vis * v_am)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _lane_sums(lane, lane_c, out):
-    """out[:7] and out[7+D] = the row sums of ``lane`` [8,16], out[7:7+D] = those of ``lane_c``
-    [D,16]; reassociation lets LLVM vectorise the sums (the order of float adds is free here)."""
-    D = lane_c.shape[0]
-    for j in range(8):
-        acc = _F(0.0)
-        for lx in range(TILE_SIZE):
-            acc += lane[j, lx]
-        out[j if j < 7 else 7 + D] = acc
+@numba.njit(**_JIT)
+def _put_grads(out, gx, gy, agx, agy, ga, gb, gc, go):
+    """A row of ``per`` [8 + D]: means2d x, y, |x|, |y| and conic a, b, c first, opacity last
+    (the colours' D columns in between are the caller's)."""
+    out[0], out[1], out[2], out[3], out[4], out[5], out[6] = gx, gy, agx, agy, ga, gb, gc
+    out[out.shape[0] - 1] = go
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _colour_grads_rgb(tva, ra, t, wgt, v0, v1, v2, b0, b1, b2, c0, c1, c2):
+    """d loss / d alpha of one pixel (through 1 - T_final, this colour and the colour behind,
+    ``tva`` = final T * d loss / d pixel alpha) and the colour behind with this Gaussian's."""
+    v_a = tva * ra + (c0 * t - b0 * ra) * v0 + (c1 * t - b1 * ra) * v1 + (c2 * t - b2 * ra) * v2
+    return v_a, b0 + c0 * wgt, b1 + c1 * wgt, b2 + c2 * wgt
+
+
+@numba.njit(**_REASSOC)
+def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
+    """The RGB backward over lanes [0, n) of the state ``s`` (rows ``_S_V0..2`` = d loss / d
+    colour, ``_S_B0..2`` = the colour composited behind), its contributions summed into ``out``
+    [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = _F(0.0)
+    for j in range(n):
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j],
+                                                       kf, mx, my, ca, cb, cc, op)
+        s[_S_T + j] = t
+        wgt = al * t
+        v0 = s[_S_V0 + j]
+        v1 = s[_S_V1 + j]
+        v2 = s[_S_V2 + j]
+        b0 = s[_S_B0 + j]
+        b1 = s[_S_B1 + j]
+        b2 = s[_S_B2 + j]
+        v_a, s[_S_B0 + j], s[_S_B1 + j], s[_S_B2 + j] = _colour_grads_rgb(s[_S_TVA + j], ra, t, wgt, v0, v1, v2,
+                                                                            b0, b1, b2, c0, c1, c2)
+        g = _geometry_grads(v_a, live, dx, dy, vis, raw, ca, cb, cc)
+        a0, a1, a2, a3 = a0 + g[0], a1 + g[1], a2 + g[2], a3 + g[3]
+        a4, a5, a6, a7 = a4 + g[4], a5 + g[5], a6 + g[6], a7 + g[7]
+        a8 += wgt * v0
+        a9 += wgt * v1
+        a10 += wgt * v2
+    _put_grads(out, a0, a1, a2, a3, a4, a5, a6, a7)
+    out[7], out[8], out[9] = a8, a9, a10
+
+
+@numba.njit(**_REASSOC)
+def _bwd_rows_any(s, vc, buf, n, kf, mx, my, ca, cb, cc, op, col, out):
+    """``_bwd_rows_rgb`` for any number of channels D: d loss / d colour in ``vc`` [D, n], the
+    colour behind in ``buf`` [D, n], state rows ``_S_V0..2``, ``_S_B0..2`` as per-lane scratch;
+    ``out`` [8 + D]."""
+    D = vc.shape[0]
+    for j in range(n):
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j],
+                                                       kf, mx, my, ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_V0 + j] = al
+        s[_S_V1 + j] = ra
+        s[_S_V2 + j] = t
+        s[_S_B0 + j] = s[_S_TVA + j] * ra            # d loss / d alpha, the colours' shares to come
     for d in range(D):
+        cd = _F(col[d])
         acc = _F(0.0)
-        for lx in range(TILE_SIZE):
-            acc += lane_c[d, lx]
+        for j in range(n):
+            t = s[_S_V2 + j]
+            wgt = s[_S_V0 + j] * t
+            acc += wgt * vc[d, j]
+            s[_S_B0 + j] += (cd * t - buf[d, j] * s[_S_V1 + j]) * vc[d, j]
+            buf[d, j] += cd * wgt
         out[7 + d] = acc
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = _F(0.0)
+    for j in range(n):
+        # recomputed rather than stored: the same exact values as in the first pass
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], _F(1.0), _F(1.0), _F(0.0),
+                                                       mx, my, ca, cb, cc, op)
+        g = _geometry_grads(s[_S_B0 + j], live & (s[_S_V0 + j] > _F(0.0)), dx, dy, vis, raw, ca, cb, cc)
+        a0, a1, a2, a3 = a0 + g[0], a1 + g[1], a2 + g[2], a3 + g[3]
+        a4, a5, a6, a7 = a4 + g[4], a5 + g[5], a6 + g[6], a7 + g[7]
+    _put_grads(out, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+@numba.njit(**_JIT)
+def _backward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                     tile_w, background, last_idx, final_t, v_color, v_alpha, per):
+    """``_backward_kernel`` for one tile."""
+    D = colors.shape[1]
+    x0 = (tile % tile_w) * TILE_SIZE
+    y0 = (tile // tile_w) * TILE_SIZE
+    x1 = min(x0 + TILE_SIZE, width)
+    y1 = min(y0 + TILE_SIZE, height)
+    start = tile_offsets[tile]
+    st = np.zeros(_S_ROWS * _NPIX, _F)       # outside the image: last = 0, no contribution
+    vc = np.zeros((D if D != 3 else 0, _NPIX), _F)
+    buf = np.zeros((D if D != 3 else 0, _NPIX), _F)
+    row_last = np.zeros(TILE_SIZE, np.int64)  # per row of the tile, the largest ``last``
+    max_last = 0
+    for i in range(_NPIX):
+        st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
+        st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
+        st[_S_T + i] = _F(1.0)
+    for py in range(y0, y1):
+        for px in range(x0, x1):
+            i = (py - y0) * TILE_SIZE + (px - x0)
+            # final T * d loss / d pixel alpha (the background's share: colour - alpha background)
+            va = v_alpha[py, px]
+            if D == 3:
+                va -= (v_color[py, px, 0] * background[0] + v_color[py, px, 1] * background[1]
+                       + v_color[py, px, 2] * background[2])
+                st[_S_V0 + i] = v_color[py, px, 0]
+                st[_S_V1 + i] = v_color[py, px, 1]
+                st[_S_V2 + i] = v_color[py, px, 2]
+            else:
+                for d in range(D):
+                    va -= v_color[py, px, d] * background[d]
+                    vc[d, i] = v_color[py, px, d]
+            st[_S_T + i] = final_t[py, px]
+            st[_S_TVA + i] = final_t[py, px] * va
+            st[_S_LAST + i] = _F(last_idx[py, px])
+            row_last[py - y0] = max(row_last[py - y0], last_idx[py, px])
+            max_last = max(max_last, last_idx[py, px])
+    for k in range(max_last - 1, -1, -1):
+        g = gid[start + k]
+        mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
+            g, means2d, conics, opac, radii, x0, y0, x1, y1)
+        # rows whose pixels all stopped before this Gaussian (last <= k) get nothing from it
+        while by0 < by1 and row_last[by0 - y0] <= k:
+            by0 += 1
+        while by1 > by0 and row_last[by1 - 1 - y0] <= k:
+            by1 -= 1
+        if by0 >= by1:
+            continue
+        i0 = (by0 - y0) * TILE_SIZE
+        n = (by1 - by0) * TILE_SIZE
+        if D == 3:
+            _bwd_rows_rgb(st[i0:], n, _F(k), mx, my, ca, cb, cc, op,
+                          _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]), per[start + k])
+        else:
+            _bwd_rows_any(st[i0:], vc[:, i0:], buf[:, i0:], n, _F(k), mx, my, ca, cb, cc, op, colors[g],
+                          per[start + k])
 
 
 @_kernel
 def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
-                     tile_w, last_idx, final_t, v_color, v_alpha, per):
+                     tile_w, background, last_idx, final_t, v_color, v_alpha, per):
     """Per (tile, Gaussian) intersection gradients into ``per`` [M, 8+D] (columns: means2d 2,
     |means2d| 2, conics 3, colours D, opacity 1), indexed like ``gid``: tiles write disjoint rows,
     so the parallel loop has no races; ``_reduce`` sums them per Gaussian. Back to front over the
-    forward's rows, from each pixel's final transmittance (gsplat's backward); per-lane partial
-    sums keep the row loops vectorisable."""
-    D = colors.shape[1]
+    forward's rows, from each pixel's final transmittance (gsplat's backward), each Gaussian's
+    rows as one flat loop over the tile's state; ``background`` [D] takes its share of d loss /
+    d alpha."""
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
-        x0 = (tile % tile_w) * TILE_SIZE
-        y0 = (tile // tile_w) * TILE_SIZE
-        x1 = min(x0 + TILE_SIZE, width)
-        y1 = min(y0 + TILE_SIZE, height)
-        start = tile_offsets[tile]
-        T = np.zeros((TILE_SIZE, TILE_SIZE), _F)
-        tva = np.zeros((TILE_SIZE, TILE_SIZE), _F)        # final T * d loss / d pixel alpha
-        lst = np.zeros((TILE_SIZE, TILE_SIZE), np.int32)
-        vc = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        buf = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        max_last = 0
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                ly = py - y0
-                lx = px - x0
-                T[ly, lx] = final_t[py, px]
-                tva[ly, lx] = final_t[py, px] * v_alpha[py, px]
-                lst[ly, lx] = last_idx[py, px]
-                for d in range(D):
-                    vc[d, ly, lx] = v_color[py, px, d]
-                max_last = max(max_last, last_idx[py, px])
-        xs = np.empty(TILE_SIZE, _F)
-        for i in range(TILE_SIZE):
-            xs[i] = _F(x0 + i + 0.5)
-        # per-lane partial sums: means2d x, y, |x|, |y|, conic a, b, c, opacity; colours
-        lane = np.zeros((8, TILE_SIZE), _F)
-        lane_c = np.zeros((D, TILE_SIZE), _F)
-        v_a = np.zeros(TILE_SIZE, _F)
-        tt = np.zeros(TILE_SIZE, _F)
-        al = np.zeros(TILE_SIZE, _F)
-        ra_ = np.zeros(TILE_SIZE, _F)
-        vs = np.zeros(TILE_SIZE, _F)
-        for k in range(max_last - 1, -1, -1):
-            g = gid[start + k]
-            mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
-                g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            lane[:, :] = 0.0
-            lane_c[:, :] = 0.0
-            for py in range(by0, by1):
-                dy = my - _F(py + 0.5)
-                sx0, sx1 = _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1)
-                if sx0 >= sx1:
-                    continue
-                ly = py - y0
-                Tr = T[ly]
-                lr = lst[ly]
-                tv = tva[ly]
-                if D == 3:
-                    # RGB, the trainer's case: the three passes below fused into one lane loop
-                    c0, c1, c2 = _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2])
-                    v0, v1, v2 = vc[0, ly], vc[1, ly], vc[2, ly]
-                    b0, b1, b2 = buf[0, ly], buf[1, ly], buf[2, ly]
-                    for lx in range(TILE_SIZE):
-                        dx = mx - xs[lx]
-                        sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                        vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
-                        raw = op * vis
-                        alpha = min(_F(ALPHA_MAX), raw)
-                        ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (k < lr[lx])
-                        ra = _F(1.0) / (_F(1.0) - alpha)
-                        t = Tr[lx] * ra if ok else Tr[lx]
-                        Tr[lx] = t
-                        wgt = alpha * t if ok else _F(0.0)
-                        va = (tv[lx] * ra + (c0 * t - b0[lx] * ra) * v0[lx] + (c1 * t - b1[lx] * ra) * v1[lx]
-                              + (c2 * t - b2[lx] * ra) * v2[lx])
-                        lane_c[0, lx] += wgt * v0[lx]
-                        lane_c[1, lx] += wgt * v1[lx]
-                        lane_c[2, lx] += wgt * v2[lx]
-                        b0[lx] += c0 * wgt
-                        b1[lx] += c1 * wgt
-                        b2[lx] += c2 * wgt
-                        v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                        _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
-                    continue
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
-                    raw = op * vis
-                    alpha = min(_F(ALPHA_MAX), raw)
-                    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (k < lr[lx])
-                    ra = _F(1.0) / (_F(1.0) - alpha)
-                    t = Tr[lx] * ra if ok else Tr[lx]     # the transmittance in front of this Gaussian
-                    Tr[lx] = t
-                    al[lx] = alpha if ok else _F(0.0)       # 0: no contribution (weight, buf, grads)
-                    vs[lx] = vis
-                    tt[lx] = t
-                    ra_[lx] = ra
-                    v_a[lx] = tv[lx] * ra                 # d(1 - T_final) / d alpha
-                for d in range(D):
-                    cd = _F(colors[g, d])
-                    vr = vc[d, ly]
-                    br = buf[d, ly]
-                    lc = lane_c[d]
-                    for lx in range(TILE_SIZE):
-                        wgt = al[lx] * tt[lx]
-                        lc[lx] += wgt * vr[lx]
-                        v_a[lx] += (cd * tt[lx] - br[lx] * ra_[lx]) * vr[lx]
-                        br[lx] += cd * wgt
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    vis = vs[lx]
-                    raw = op * vis
-                    # only where this Gaussian contributed (alpha > 0) and alpha was not clamped
-                    v_am = v_a[lx] if (al[lx] > _F(0.0)) & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                    _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
-            _lane_sums(lane, lane_c, per[start + k])
+        _backward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                       tile_w, background, last_idx, final_t, v_color, v_alpha, per)
 
 
 @numba.njit(**_JIT)
@@ -799,12 +899,14 @@ def _np64(t: Tensor) -> np.ndarray:
 
 
 class _CompositeTiles(torch.autograd.Function):
-    """One camera's compositing as a Numba forward/backward pair (see the module docstring)."""
+    """One camera's compositing as a Numba forward/backward pair (see the module docstring), the
+    background blended in by the kernels (colour + (1 - alpha) background, as the driver's
+    contract says): no image-sized torch operations in the step."""
 
     @staticmethod
     def forward(ctx, means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
                 radii: Tensor, depths: Tensor, width: int, height: int,
-                absgrad_target: tuple[int, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+                absgrad_target: tuple[int, Tensor] | None, background: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         device, dtype = means2d.device, means2d.dtype
         tile_w = math.ceil(width / TILE_SIZE)
         tile_h = math.ceil(height / TILE_SIZE)
@@ -814,12 +916,15 @@ class _CompositeTiles(torch.autograd.Function):
         gid, tile_offsets, tile_counts, tpg_np = _bin_tiles(m2, rad, order, tile_w, tile_h)
         arrays = (m2, con, col, op, rad, gid, tile_offsets, tile_counts)
         D = colors.shape[-1]
-        color = np.zeros((height, width, D), m2.dtype)
-        alpha = np.zeros((height, width), m2.dtype)
-        last = np.zeros((height, width), np.int32)
-        final_t = np.ones((height, width), np.float32)     # float32 in the kernels
-        _forward_kernel(*arrays, width, height, tile_w, color, alpha, last, final_t)
+        # every pixel is written by the kernel
+        color = np.empty((height, width, D), m2.dtype)
+        alpha = np.empty((height, width), m2.dtype)
+        last = np.empty((height, width), np.int32)
+        final_t = np.empty((height, width), np.float32)     # float32 in the kernels
+        bg = np.zeros(D, m2.dtype) if background is None else _np(background).astype(m2.dtype)
+        _forward_kernel(*arrays, width, height, tile_w, bg, color, alpha, last, final_t)
         ctx.arrays = arrays
+        ctx.bg, ctx.alpha = bg, alpha
         ctx.last, ctx.final_t = last, final_t
         ctx.size = (width, height, tile_w)
         ctx.absgrad_target = absgrad_target
@@ -836,8 +941,13 @@ class _CompositeTiles(torch.autograd.Function):
         N, D, M = means2d.shape[0], colors.shape[1], gid.shape[0]
         # float32 throughout: the kernel's per-tile sums are float32; _reduce adds them in float64
         per = np.zeros((M, 8 + D), np.float32)
-        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.last, ctx.final_t,
-                         _np32(v_color), _np32(v_alpha[..., 0]), per)
+        vc = _np32(v_color)
+        _backward_kernel(*ctx.arrays, width, height, tile_w, ctx.bg.astype(np.float32), ctx.last, ctx.final_t,
+                         vc, _np32(v_alpha[..., 0]), per)
+        v_bg = None
+        if ctx.needs_input_grad[9]:        # d loss / d background = sum over pixels of v_colour (1 - alpha)
+            v_bg = _back(np.einsum("hwd,hw->d", vc.astype(np.float64), 1.0 - ctx.alpha.astype(np.float64)),
+                         device, dtype)
         out = np.zeros((N, 8 + D), np.float64)
         _reduce(gid, per, out)
         t = _back(out, device, dtype)
@@ -846,7 +956,7 @@ class _CompositeTiles(torch.autograd.Function):
             if getattr(holder, "absgrad", None) is None or holder.absgrad.shape != holder.shape:
                 holder.absgrad = torch.zeros(holder.shape, device=holder.device, dtype=holder.dtype)
             holder.absgrad[cam] = t[:, 2:4].to(holder.device)
-        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None
+        return t[:, 0:2], t[:, 4:7], t[:, 7:7 + D], t[:, 7 + D], None, None, None, None, None, v_bg
 
 
 class _ProjectShade(torch.autograd.Function):
@@ -947,10 +1057,10 @@ def rasterize_fast(
     Numba kernels; ``info["backend"]`` is "fast". ``absgrad=True`` fills ``info["means2d"].absgrad``
     [C,N,2] during backward (gsplat's DefaultStrategy(absgrad=True) reads it)."""
 
-    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
+    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera, background):
         cam, full_means2d = camera
         target = (cam, full_means2d) if absgrad else None
-        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target)
+        return _CompositeTiles.apply(means2d, conics, cols, opac, radii, depths, width, height, target, background)
 
     return rasterize_with(project_and_shade_fast, composite, "fast", means, quats, scales, opacities, colors,
                           viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,

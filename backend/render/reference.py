@@ -293,8 +293,9 @@ def rasterize_reference(
         raise ValueError("absgrad needs gsplat's CUDA backward or the fast CPU rasterizer; "
                          "the reference rasterizer does not support it")
 
-    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera):
-        return _composite_camera(means2d, conics, cols, opac, radii, depths, width, height, max_elements)
+    def composite(means2d, conics, cols, opac, radii, depths, width, height, camera, background):
+        rgb, a, tpg = _composite_camera(means2d, conics, cols, opac, radii, depths, width, height, max_elements)
+        return (rgb if background is None else rgb + (1.0 - a) * background), a, tpg
 
     return rasterize_with(project_and_shade, composite, "reference", means, quats, scales, opacities, colors,
                           viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
@@ -328,9 +329,10 @@ def rasterize_with(
 
     Input checks, render modes, backgrounds and ``info`` are this module's. ``project`` has
     ``project_and_shade``'s arguments and results (validated inputs). ``composite(means2d[c], conics[c],
-    colors[c], opacities[c], radii[c], depths[c], width, height, camera=(c, means2d))`` differs between
-    rasterizers. It returns colour [H,W,D] (no background), alpha [H,W,1] and tiles_per_gauss
-    i32[N], differentiable in its first four arguments.
+    colors[c], opacities[c], radii[c], depths[c], width, height, camera=(c, means2d), background=bg[c] or
+    None)`` differs between rasterizers. It returns colour [H,W,D] (colour + (1 - alpha) background
+    where a background is given), alpha [H,W,1] and tiles_per_gauss i32[N], differentiable in its
+    first four arguments and the background.
     """
     if means.dim() != 2 or means.shape[-1] != 3:
         raise ValueError(f"means must be [N,3] (batch dimensions are not supported), got {tuple(means.shape)}")
@@ -382,9 +384,7 @@ def rasterize_with(
     rgbs, alphas, tpg = [], [], []
     for c in range(C):
         rgb, a, t = composite(means2d[c], conics[c], cols[c], opac[c], radii[c], depths[c],
-                              width, height, camera=(c, means2d))
-        if bgs is not None:
-            rgb = rgb + (1.0 - a) * bgs[c]
+                              width, height, camera=(c, means2d), background=None if bgs is None else bgs[c])
         rgbs.append(rgb)
         alphas.append(a)
         tpg.append(t)

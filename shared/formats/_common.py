@@ -359,6 +359,37 @@ class BoundedGunzip:
         self.produced += got
         return b"".join(parts)
 
+    def read_rest(self, limit: int, what: str = "data") -> bytes:
+        """The rest of the stream (to its end), at most ``limit`` bytes; SplatFormatError beyond."""
+        parts: list[bytes] = []
+        got = 0
+        while True:
+            want = limit + 1 - got
+            try:
+                if self._d.unconsumed_tail:
+                    chunk = self._d.decompress(self._d.unconsumed_tail, want)
+                elif self._pending is not None and len(self._pending):
+                    src, self._pending = self._pending, None
+                    chunk = self._d.decompress(src, want)
+                else:
+                    chunk = b""
+            except self._zlib.error as exc:
+                raise SplatFormatError(self.path, "gzip stream", f"corrupt in {what} ({exc})") from None
+            if not chunk:
+                if self._d.eof and self._d.unused_data[:2] == b"\x1f\x8b":  # a second gzip member
+                    rest = self._d.unused_data
+                    self._d = self._zlib.decompressobj(16 + self._zlib.MAX_WBITS)
+                    self._pending = memoryview(rest)
+                    continue
+                break
+            parts.append(chunk)
+            got += len(chunk)
+            if got > limit:
+                raise SplatFormatError(self.path, what, f"more than {limit} bytes (a decompression bomb or a "
+                                       "damaged file); refused")
+        self.produced += got
+        return b"".join(parts)
+
     def expect_end(self, declared: str) -> None:
         """SplatFormatError if the stream produces any byte beyond what was read."""
         try:

@@ -26,11 +26,18 @@ are those of version 3 (24-bit positions, smallest-three rotations). Writing def
 readers. zstd comes from the ``zstandard`` package, imported only on the version-4 path.
 
 Reading supports versions 1-4 (v1-3 gzipped or raw), SH degree 0-4 (degree 4 is truncated to 3,
-with a warning, since our model stops at 3); files with extensions (flag 0x2) raise
-SplatFormatError. Decompression is bounded by the header: a gzip stream is inflated only as far
-as the declared splats need (and refused if more follows), a zstd stream only to its declared
-size, and a header that declares more data than the compressed bytes could hold is refused
-before anything is inflated. The antialiased flag is not kept.
+with a warning, since our model stops at 3). Extensions (flag 0x2; the reference's
+``extensions/README.md``): records ``u32 type, u32 byte length, payload`` back to back, in version
+4 between the 32-byte header and the TOC, in versions 1-3 after the columns (at most
+``MAX_EXTENSION_BYTES``). ``SPZ_ADOBE_coordinate_system`` (0xADBE0003, a u32: the axes the columns
+are stored in, 1-16 as the reference's ``CoordinateSystem``, 0 meaning RUB) is applied: the file's
+axes are turned (or mirrored, for a left-handed system) into ours, positions, rotations, scales
+and SH alike. ``SPZ_ADOBE_safe_orbit_camera`` (0xADBE0002, viewer metadata) is skipped; any other
+type is skipped with a warning, as the reference does.
+Decompression is bounded by the header: a gzip stream is inflated only as far as the declared
+splats need (and refused if more follows), a zstd stream only to its declared size, and a header
+that declares more data than the compressed bytes could hold is refused before anything is
+inflated. The antialiased flag is not kept.
 
 Round-trip bounds (read(write(s)) vs s, coordinates rotated and back): position within
 2^-(fb+1) m, fb = 12 (0.12 mm) unless the scene is larger than 2048 m, when fewer fractional bits
@@ -50,6 +57,7 @@ import warnings
 
 import numpy as np
 
+from ..sh import rotate_sh
 from ..splats import SplatError, Splats, logit, sigmoid
 from ._common import GZIP_MAX_RATIO, BoundedGunzip, PathLike, SplatFormatError, bounded_zstd, check_declared_size
 
@@ -72,6 +80,68 @@ _SH_DECODE = ((np.arange(256, dtype=np.float32) - np.float32(128.0)) / np.float3
 
 # Blender world (RFU) -> spz's RUB: (x, y, z) -> (x, z, -y), a -90 degree turn about X.
 RFU_TO_RUB = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+EXT_SAFE_ORBIT_CAMERA = 0xADBE0002
+EXT_COORDINATE_SYSTEM = 0xADBE0003
+MAX_EXTENSION_BYTES = 1 << 20
+# the reference's CoordinateSystem values: the directions of the file's x, y and z axes
+COORDINATE_SYSTEMS = {1: "LDB", 2: "RDB", 3: "LUB", 4: "RUB", 5: "LDF", 6: "RDF", 7: "LUF", 8: "RUF",
+                      9: "LFD", 10: "RFD", 11: "LFU", 12: "RFU", 13: "LBD", 14: "RBD", 15: "LBU", 16: "RBU"}
+# each direction in our world (Blender's RFU: x right, y forward, z up)
+_DIRECTIONS = {"R": (1, 0, 0), "L": (-1, 0, 0), "F": (0, 1, 0), "B": (0, -1, 0), "U": (0, 0, 1), "D": (0, 0, -1)}
+
+
+def axes_to_world(system: str) -> np.ndarray:
+    """3x3 signed permutation whose columns are the file's x, y, z axes of ``system`` (e.g. "RUB")
+    in our world: ``p_world = M @ p_file``."""
+    return np.array([_DIRECTIONS[c] for c in system], np.float64).T
+
+
+def change_axes(splats: Splats, m: np.ndarray) -> Splats:
+    """``splats`` given in the axes of ``m`` (a signed permutation, :func:`axes_to_world`), in our
+    world. A proper ``m`` is a rotation (``Splats.transform``); an improper one (a left-handed
+    file) mirrors: each Gaussian's rotation becomes M R M^T (the quaternion (w, det(M) M v)), its
+    scales follow the axes (|M| s), SH coefficients follow g(d) = f(M^T d) (exact on any
+    orthogonal matrix)."""
+    m = np.asarray(m, np.float64)
+    if np.linalg.det(m) > 0:
+        t = np.eye(4)
+        t[:3, :3] = m
+        return splats.transform(t)
+    q = splats.quats.astype(np.float64)
+    quats = np.concatenate([q[:, :1], -(q[:, 1:] @ m.T)], axis=1)
+    return Splats(means=splats.means.astype(np.float64) @ m.T, quats=quats,
+                  scales=splats.scales @ np.abs(m).T, opacities=splats.opacities, sh0=splats.sh0,
+                  shN=rotate_sh(splats.shN, m) if splats.shN.shape[1] else splats.shN)
+
+
+def _parse_extensions(path: PathLike, data: bytes) -> str:
+    """The coordinate system that the extension records ``data`` declare for the columns ("RUB"
+    when none does)."""
+    system = "RUB"
+    off = 0
+    while off < len(data):
+        if len(data) - off < 8:
+            raise SplatFormatError(path, "extensions", f"{len(data) - off} stray bytes at the end of the "
+                                   "extension records (a record starts with u32 type, u32 length)")
+        kind, length = (int(v) for v in np.frombuffer(data, "<u4", 2, off))
+        off += 8
+        if length > len(data) - off:
+            raise SplatFormatError(path, f"extension 0x{kind:08x}", f"declares {length} bytes, "
+                                   f"{len(data) - off} left")
+        payload = data[off: off + length]
+        off += length
+        if kind == EXT_COORDINATE_SYSTEM:
+            if length < 4:
+                raise SplatFormatError(path, "extension coordinate_system", f"{length} bytes (needs a u32)")
+            value = int(np.frombuffer(payload, "<u4", 1)[0])
+            if value not in COORDINATE_SYSTEMS and value != 0:
+                raise SplatFormatError(path, "extension coordinate_system", f"unknown coordinate system "
+                                       f"{value} (0-16)")
+            system = COORDINATE_SYSTEMS.get(value, "RUB")      # 0, unspecified: RUB, as the reference
+        elif kind != EXT_SAFE_ORBIT_CAMERA:
+            warnings.warn(f"{path}: unknown .spz extension 0x{kind:08x} ({length} bytes) skipped", stacklevel=4)
+    return system
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -225,15 +295,14 @@ def _column_sizes(n: int, version: int, degree: int) -> dict[str, int]:
 def _check_header(path: PathLike, version: int, degree: int, frac_bits: int, flags: int) -> None:
     if degree not in SH_DIM:
         raise SplatFormatError(path, "header sh_degree", f"SH degree {degree} is not supported (0-4)")
-    if flags & FLAG_EXTENSIONS:
-        raise SplatFormatError(path, "header flags", "the file has extensions (flag 0x2), which are not supported")
     if frac_bits > 23:
         raise SplatFormatError(path, "header fractional_bits", f"{frac_bits} fractional bits (at most 23 fit)")
 
 
 def _decode_columns(path: PathLike, version: int, n: int, degree: int, frac_bits: int,
-                    cols: dict[str, np.ndarray]) -> Splats:
-    """Splats (in our world, RFU) from the uint8 column arrays of any version."""
+                    cols: dict[str, np.ndarray], system: str = "RUB") -> Splats:
+    """Splats (in our world, RFU) from the uint8 column arrays of any version, stored in the axes
+    ``system`` (RUB unless an extension says otherwise)."""
     k = SH_DIM[degree]
     if version == 1:
         means = cols["positions"].view("<f2").reshape(n, 3).astype(np.float32)
@@ -265,7 +334,12 @@ def _decode_columns(path: PathLike, version: int, n: int, degree: int, frac_bits
         )
     except SplatError as exc:
         raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
-    return rub.transform(RFU_TO_RUB.T)
+    if system == "RUB":
+        return rub.transform(RFU_TO_RUB.T)
+    try:
+        return change_axes(rub, axes_to_world(system))
+    except SplatError as exc:
+        raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
 
 
 def _parse_legacy_header(path: PathLike, head: bytes) -> tuple[int, int, int, int, int]:
@@ -289,7 +363,7 @@ def _parse_legacy_header(path: PathLike, head: bytes) -> tuple[int, int, int, in
 
 def decode_spz(path: PathLike, data: bytes) -> Splats:
     """Splats (in our world, RFU) from an uncompressed legacy (v1-v3) payload; `path` is for messages."""
-    version, n, degree, frac_bits, _ = _parse_legacy_header(path, data[:HEADER.itemsize])
+    version, n, degree, frac_bits, flags = _parse_legacy_header(path, data[:HEADER.itemsize])
     sizes = _column_sizes(n, version, degree)
     need = HEADER.itemsize + sum(sizes.values())
     if len(data) < need:
@@ -300,14 +374,15 @@ def decode_spz(path: PathLike, data: bytes) -> Splats:
     for name, size in sizes.items():
         cols[name] = np.frombuffer(data, np.uint8, size, off)
         off += size
-    return _decode_columns(path, version, n, degree, frac_bits, cols)
+    system = _parse_extensions(path, data[need:]) if flags & FLAG_EXTENSIONS else "RUB"
+    return _decode_columns(path, version, n, degree, frac_bits, cols, system)
 
 
 def _read_gzipped(path: PathLike, raw: bytes) -> Splats:
     """A gzipped legacy file, decompressed no further than its header declares."""
     gz = BoundedGunzip(path, raw)
     head = gz.read(HEADER.itemsize, "header")
-    version, n, degree, frac_bits, _ = _parse_legacy_header(path, head)
+    version, n, degree, frac_bits, flags = _parse_legacy_header(path, head)
     sizes = _column_sizes(n, version, degree)
     total = sum(sizes.values())
     check_declared_size(path, "header num_points", HEADER.itemsize + total, len(raw), GZIP_MAX_RATIO)
@@ -319,13 +394,17 @@ def _read_gzipped(path: PathLike, raw: bytes) -> Splats:
         raise SplatFormatError(path, "data", f"truncated: {n} splats of SH degree {degree} (version "
                                f"{version}) need {HEADER.itemsize + total} bytes after decompression, found "
                                f"{exc.problem.split('ended after ')[1].split(' ')[0]} after the header") from None
-    gz.expect_end(f"the {n} splats its header declares")
+    system = "RUB"
+    if flags & FLAG_EXTENSIONS:
+        system = _parse_extensions(path, gz.read_rest(MAX_EXTENSION_BYTES, "the extension records"))
+    else:
+        gz.expect_end(f"the {n} splats its header declares")
     cols: dict[str, np.ndarray] = {}
     off = 0
     for name, size in sizes.items():
         cols[name] = np.frombuffer(body, np.uint8, size, off)
         off += size
-    return _decode_columns(path, version, n, degree, frac_bits, cols)
+    return _decode_columns(path, version, n, degree, frac_bits, cols, system)
 
 
 def _read_v4(path: PathLike, raw: bytes) -> Splats:
@@ -346,6 +425,7 @@ def _read_v4(path: PathLike, raw: bytes) -> Splats:
     if toc < HEADER_V4.itemsize or toc + 16 * num_streams > len(raw):
         raise SplatFormatError(path, "header toc_offset", f"table of contents at byte {toc} (+{16 * num_streams}) "
                                f"does not fit the file's {len(raw)} bytes")
+    system = _parse_extensions(path, raw[HEADER_V4.itemsize: toc]) if flags & FLAG_EXTENSIONS else "RUB"
     entries = np.frombuffer(raw, "<u8", 2 * num_streams, toc).reshape(-1, 2)
     off = toc + 16 * num_streams
     cols: dict[str, np.ndarray] = {name: np.zeros(0, np.uint8) for name in ("positions", "alphas", "colors",
@@ -361,7 +441,7 @@ def _read_v4(path: PathLike, raw: bytes) -> Splats:
         off += csize
     if off != len(raw):
         raise SplatFormatError(path, "data", f"{len(raw) - off} bytes after the last stream")
-    return _decode_columns(path, version, n, degree, frac_bits, cols)
+    return _decode_columns(path, version, n, degree, frac_bits, cols, system)
 
 
 def write_spz(path: PathLike, splats: Splats, version: int = 4, sh1_bits: int = 5, sh_rest_bits: int = 4,
