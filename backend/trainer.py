@@ -148,18 +148,21 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
 
 
 def background_points(n: int, images_u8: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                      generator: torch.Generator,
+                      sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
     """``n`` points for the background of opaque views, with their colours: each on the ray of a
     random pixel of a random view in ``ids``, coloured like that pixel, at a depth log-uniform
     between once and four times that camera's distance to the centre of ``view_volume`` (walls,
-    floor and sky lie beyond the volume that random initial points fill). Returns world points
+    floor and sky lie beyond the volume that random initial points fill). ``sizes``: each view's
+    (width, height) on the canvas (``view_sizes``), default the whole canvas. Returns world points
     f32[n,3] and colours f32[n,3] in 0..1 (on the CPU)."""
     H, W = images_u8.shape[1:3]
     vm, K = viewmats.float().cpu(), Ks.float().cpu()
     centre, _ = view_volume(vm, K, W, H)
     cams = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=generator)]
-    u = torch.randint(W, (n,), generator=generator)
-    v = torch.randint(H, (n,), generator=generator)
+    wh = torch.tensor(sizes if sizes is not None else [(W, H)] * len(vm))[cams]
+    u = torch.randint(W, (n,), generator=generator) * wh[:, 0] // W       # a pixel inside the view's own size
+    v = torch.randint(H, (n,), generator=generator) * wh[:, 1] // H
     rgb = images_u8[cams, v, u, :3].cpu().float() / 255.0
     centres = camera_centres(vm)[cams]
     near = (centre - centres).norm(dim=-1)
@@ -210,7 +213,6 @@ def _render(params: TensorMap, viewmats: Tensor, Ks: Tensor, width: int, height:
                      sh_degree=sh_degree, backgrounds=bg, packed=False, backend=backend)
 
 
-@torch.no_grad()
 def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) -> list[tuple[int, int]]:
     """Each view's (width, height): ``sizes`` i4[C,2] for views of several sizes on one canvas of
     ``width`` x ``height`` (each top-left, ``backend.datasets``), else the canvas for all. Raises
@@ -227,6 +229,7 @@ def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) ->
     return [(int(w), int(h)) for w, h in s]
 
 
+@torch.no_grad()
 def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
              sh_degree: int, backend: str, background: float = 1.0,
              sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
@@ -305,10 +308,11 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         rgb = torch.rand(len(pts), 3, generator=gen)
     n_bg = settings.background_points
     if n_bg is None:        # auto: opaque views (photos, rooms) get a background, half as many as the points
-        n_bg = len(pts) // 2 if bool((images_t[train_ids, ..., 3] == 255).all()) else 0
+        opaque = all(bool((images_t[i, :size_of[i][1], :size_of[i][0], 3] == 255).all()) for i in train_ids)
+        n_bg = len(pts) // 2 if opaque else 0
     n_bg = max(0, min(n_bg, settings.max_gaussians - len(pts)))
     if n_bg > 0:
-        bg_pts, bg_rgb = background_points(n_bg, images_t, vm, Kt, train_ids, gen)
+        bg_pts, bg_rgb = background_points(n_bg, images_t, vm, Kt, train_ids, gen, size_of)
         pts, rgb = torch.cat([pts, bg_pts]), torch.cat([rgb, bg_rgb])
     poll_cancel("choosing the initial points")
     params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)

@@ -383,3 +383,20 @@ def test_opaque_views_get_a_background_that_raises_held_out_psnr():
     rgba = render_dataset(torus, viewmats, Ks, 48)
     res = train(rgba, viewmats, Ks, settings=TRAIN.make(steps=2, init_points=100, sh_degree=0))
     assert res.meta["background_points"] == 0 and res.meta["initial_gaussians"] == 100
+
+
+def test_background_points_stay_inside_each_views_own_size():
+    """Views of several sizes on one canvas (the padding is zeros, never looked at): the points
+    take their colours from inside each view, and an opaque mixed-size set still gets them."""
+    C, W = 8, 32
+    viewmats, Ks = sphere_rig(C, W, dist=3.0)
+    sizes = [(W, W) if i % 2 else (20, 12) for i in range(C)]
+    images = np.zeros((C, W, W, 4), np.uint8)
+    for i, (w, h) in enumerate(sizes):
+        images[i, :h, :w] = (200, 100, 50, 255)
+    pts, rgb = background_points(500, torch.from_numpy(images), torch.tensor(viewmats), torch.tensor(Ks),
+                                 list(range(C)), torch.Generator().manual_seed(0), sizes)
+    np.testing.assert_allclose(rgb.numpy(), np.tile([200 / 255, 100 / 255, 50 / 255], (500, 1)), atol=1e-6)
+    res = train(images, viewmats, Ks, settings=TRAIN.make(steps=2, init_points=100, sh_degree=0),
+                sizes=np.array(sizes, np.int32))
+    assert res.meta["background_points"] == 50 and res.meta["initial_gaussians"] == 150
