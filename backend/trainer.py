@@ -11,7 +11,9 @@ black with ``random_background`` off, as for opaque photos, which then train ove
 Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
 opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
 ``points`` f32[P,3] (world, metres) and ``colors`` u8[P,3]. Without points, Gaussians start at
-random inside the volume that the cameras look at.
+random inside the volume that the cameras look at. When every training view is opaque (photos, a
+room), Gaussians for the background are added on the rays of random pixels, beyond that volume
+(``background_points``): walls and sky that random points near the objects cannot reach.
 """
 from __future__ import annotations
 
@@ -145,6 +147,35 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
     return torch.cat([good, pts[~keep]])[:n]
 
 
+def background_points(n: int, images_u8: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
+                      generator: torch.Generator,
+                      sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` points for the background of opaque views, with their colours: each on the ray of a
+    random pixel of a random view in ``ids``, coloured like that pixel, at a depth log-uniform
+    between once and four times that camera's distance to the centre of ``view_volume`` (walls,
+    floor and sky lie beyond the volume that random initial points fill). ``sizes``: each view's
+    (width, height) on the canvas (``view_sizes``), default the whole canvas. Returns world points
+    f32[n,3] and colours f32[n,3] in 0..1 (on the CPU)."""
+    H, W = images_u8.shape[1:3]
+    vm, K = viewmats.float().cpu(), Ks.float().cpu()
+    centre, _ = view_volume(vm, K, W, H)
+    cams = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=generator)]
+    wh = torch.tensor(sizes if sizes is not None else [(W, H)] * len(vm))[cams]
+    u = torch.randint(W, (n,), generator=generator) * wh[:, 0] // W       # a pixel inside the view's own size
+    v = torch.randint(H, (n,), generator=generator) * wh[:, 1] // H
+    rgb = images_u8[cams, v, u, :3].cpu().float() / 255.0
+    centres = camera_centres(vm)[cams]
+    near = (centre - centres).norm(dim=-1)
+    depth = near * 4.0 ** torch.rand(n, generator=generator)            # along the optical axis
+    Kc = K[cams]
+    x = (u.float() + 0.5 - Kc[:, 0, 2]) / Kc[:, 0, 0]
+    y = (v.float() + 0.5 - Kc[:, 1, 2]) / Kc[:, 1, 1]
+    cam_pts = torch.stack([x, y, torch.ones(n)], -1) * depth[:, None]
+    R, t = vm[cams, :3, :3], vm[cams, :3, 3]
+    world = torch.einsum("nji,nj->ni", R, cam_pts - t)                  # R^T (p - t)
+    return world, rgb
+
+
 def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
                 generator: torch.Generator,
                 should_stop: Callable[[], bool] | None = None) -> dict[str, torch.nn.Parameter]:
@@ -182,7 +213,6 @@ def _render(params: TensorMap, viewmats: Tensor, Ks: Tensor, width: int, height:
                      sh_degree=sh_degree, backgrounds=bg, packed=False, backend=backend)
 
 
-@torch.no_grad()
 def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) -> list[tuple[int, int]]:
     """Each view's (width, height): ``sizes`` i4[C,2] for views of several sizes on one canvas of
     ``width`` x ``height`` (each top-left, ``backend.datasets``), else the canvas for all. Raises
@@ -199,6 +229,7 @@ def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) ->
     return [(int(w), int(h)) for w, h in s]
 
 
+@torch.no_grad()
 def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
              sh_degree: int, backend: str, background: float = 1.0,
              sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
@@ -229,8 +260,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
 
     Returns a JobResult: ``splats``; ``metrics`` {eval_psnr, eval_ssim (when views are held out),
     train_psnr, loss, num_gaussians, steps_per_s}; ``meta`` {cancelled, steps_done, settings,
-    scene_scale, holdout, backend, device, elapsed_s}. Stops early, with ``meta["cancelled"]``,
-    as soon as ``ctx.should_stop()`` is true.
+    scene_scale, holdout, initial_gaussians, background_points, backend, device, elapsed_s}. Stops
+    early, with ``meta["cancelled"]``, as soon as ``ctx.should_stop()`` is true.
     """
     settings = checked_settings("train", settings)
     ctx = ctx or NullContext()
@@ -275,10 +306,19 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         n0 = min(settings.init_points, settings.max_gaussians)
         pts = random_init_points(n0, vm, Kt, W, H, gen)
         rgb = torch.rand(len(pts), 3, generator=gen)
+    n_bg = settings.background_points
+    if n_bg is None:        # auto: opaque views (photos, rooms) get a background, half as many as the points
+        opaque = all(bool((images_t[i, :size_of[i][1], :size_of[i][0], 3] == 255).all()) for i in train_ids)
+        n_bg = len(pts) // 2 if opaque else 0
+    n_bg = max(0, min(n_bg, settings.max_gaussians - len(pts)))
+    if n_bg > 0:
+        bg_pts, bg_rgb = background_points(n_bg, images_t, vm, Kt, train_ids, gen, size_of)
+        pts, rgb = torch.cat([pts, bg_pts]), torch.cat([rgb, bg_rgb])
     poll_cancel("choosing the initial points")
     params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)
     optimizers = make_optimizers(params, settings, extent)
-    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
+    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
+                                                         gamma=0.01 ** (1.0 / sched["lr_decay_steps"]))
 
     if settings.strategy == "default":
         strategy: Any = CappedDefaultStrategy(
@@ -377,6 +417,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         "schedule": sched,
         "scene_scale": extent,
         "holdout": holdout,
+        "initial_gaussians": len(pts),      # the initial points plus the background ones
+        "background_points": n_bg,
         "backend": backend,
         "device": str(device),
         "elapsed_s": time.perf_counter() - t_start,
