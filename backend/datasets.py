@@ -17,8 +17,10 @@ SIMPLE_RADIAL and RADIAL are accepted with a warning (their radial distortion is
 the mild distortion of undistorted-ish photos); any other model is accepted only when all its
 distortion parameters are zero, else it is an error (undistort first: ``colmap image_undistorter``).
 
-All images of a dataset must have one size (the trainer renders one size). Errors are
-:class:`DatasetError` and name the file and the frame.
+Images may differ in size (phone photos in portrait and landscape, COLMAP's undistorted images):
+they are then stored top-left on one canvas of the largest width and height, and ``sizes`` says
+each view's own (the trainer renders each view at its size; the padding is never looked at).
+Errors are :class:`DatasetError` and name the file and the frame.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class Dataset:
     points: np.ndarray | None          # f32[P,3] or None
     colors: np.ndarray | None          # u8[P,3] or None
     names: list[str]
+    sizes: np.ndarray | None = None    # i4[C,2] (width, height) of each view when they differ, else None
 
     @property
     def width(self) -> int:
@@ -86,13 +89,16 @@ def read_image_rgba(path: Path, downscale: int = 1) -> np.ndarray:
         raise DatasetError(f"{path}: cannot read image ({exc})") from None
 
 
-def _stack_images(images: list[np.ndarray], names: list[str], source: Path) -> np.ndarray:
-    h, w = images[0].shape[:2]
-    for img, name in zip(images, names, strict=True):
-        if img.shape[:2] != (h, w):
-            raise DatasetError(f"{source}: frame {name!r} is {img.shape[1]}x{img.shape[0]} px but "
-                               f"frame {names[0]!r} is {w}x{h} px; all images must have one size")
-    return np.stack(images)
+def _stack_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """u8[C,H,W,4] of the images, and their (width, height) i4[C,2] when they differ in size (then
+    each sits top-left on a canvas of the largest width and height, zeros elsewhere)."""
+    sizes = np.array([(img.shape[1], img.shape[0]) for img in images], np.int32)
+    if (sizes == sizes[0]).all():
+        return np.stack(images), None
+    out = np.zeros((len(images), int(sizes[:, 1].max()), int(sizes[:, 0].max()), 4), np.uint8)
+    for i, img in enumerate(images):
+        out[i, :img.shape[0], :img.shape[1]] = img
+    return out, sizes
 
 
 # -- transforms.json --------------------------------------------------------------------------------
@@ -208,7 +214,7 @@ def load_transforms(path: str | Path, downscale: int = 1,
         viewmats.append(w2c)
         Ks.append(K)
         names.append(str(fr["file_path"]))
-    imgs = _stack_images(images, names, path)
+    imgs, sizes = _stack_images(images)
     points = colors = None
     ply = meta.get("ply_file_path")
     if ply:
@@ -218,7 +224,7 @@ def load_transforms(path: str | Path, downscale: int = 1,
         # under this name, without a ply_file_path key
         points, colors = _read_point_ply(confined(base, BLENDERNERF_POINTS, "points file", path))
     return Dataset(imgs, np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32),
-                   points, colors, names)
+                   points, colors, names, sizes)
 
 
 #: initial point cloud found by name beside transforms.json when there is no ply_file_path
@@ -479,14 +485,14 @@ def load_colmap(model_dir: str | Path, images_dir: str | Path | None = None, dow
         viewmats.append(w2c)
         Ks.append(K)
         names.append(im.name)
-    stacked = _stack_images(images, names, img_path)
+    stacked, sizes = _stack_images(images)
     points = colors = None
     if pts_path.is_file():
         points, colors = read_points3d_bin(pts_path) if kind == "bin" else read_points3d_txt(pts_path)
         if len(points) == 0:
             points = colors = None
     return Dataset(stacked, np.stack(viewmats).astype(np.float32), np.stack(Ks).astype(np.float32),
-                   points, colors, names)
+                   points, colors, names, sizes)
 
 
 def load_dataset(path: str | Path, images_dir: str | Path | None = None, downscale: int = 1,

@@ -387,7 +387,7 @@ def train_on_model(model_dir: Path, settings: Any, ctx: JobContext) -> JobResult
                     max_gaussians=settings.max_gaussians, holdout_every=settings.holdout_every,
                     seed=settings.seed, random_background=False, preview_every=settings.preview_every)
     images = data.images[..., :3]           # opaque photos: no alpha, no alpha loss
-    return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx)
+    return train(images, data.viewmats, data.Ks, data.points, data.colors, ts, ctx, data.sizes)
 
 
 def resolve_model(settings: Any, ctx: JobContext) -> Path:

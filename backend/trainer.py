@@ -11,7 +11,9 @@ black with ``random_background`` off, as for opaque photos, which then train ove
 Inputs use the shared conventions: images u8[C,H,W,4] (straight alpha; RGB u8[C,H,W,3] means
 opaque), OpenCV world-to-camera ``viewmats`` f32[C,4,4], pixel ``Ks`` f32[C,3,3], optional initial
 ``points`` f32[P,3] (world, metres) and ``colors`` u8[P,3]. Without points, Gaussians start at
-random inside the volume that the cameras look at.
+random inside the volume that the cameras look at. When every training view is opaque (photos, a
+room), Gaussians for the background are added on the rays of random pixels, beyond that volume
+(``background_points``): walls and sky that random points near the objects cannot reach.
 """
 from __future__ import annotations
 
@@ -155,6 +157,35 @@ def random_init_points(n: int, viewmats: Tensor, Ks: Tensor, width: int, height:
     return torch.cat([good, pts[~keep]])[:n]
 
 
+def background_points(n: int, images_u8: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
+                      generator: torch.Generator,
+                      sizes: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` points for the background of opaque views, with their colours: each on the ray of a
+    random pixel of a random view in ``ids``, coloured like that pixel, at a depth log-uniform
+    between once and four times that camera's distance to the centre of ``view_volume`` (walls,
+    floor and sky lie beyond the volume that random initial points fill). ``sizes``: each view's
+    (width, height) on the canvas (``view_sizes``), default the whole canvas. Returns world points
+    f32[n,3] and colours f32[n,3] in 0..1 (on the CPU)."""
+    H, W = images_u8.shape[1:3]
+    vm, K = viewmats.float().cpu(), Ks.float().cpu()
+    centre, _ = view_volume(vm, K, W, H)
+    cams = torch.tensor(ids)[torch.randint(len(ids), (n,), generator=generator)]
+    wh = torch.tensor(sizes if sizes is not None else [(W, H)] * len(vm))[cams]
+    u = torch.randint(W, (n,), generator=generator) * wh[:, 0] // W       # a pixel inside the view's own size
+    v = torch.randint(H, (n,), generator=generator) * wh[:, 1] // H
+    rgb = images_u8[cams, v, u, :3].cpu().float() / 255.0
+    centres = camera_centres(vm)[cams]
+    near = (centre - centres).norm(dim=-1)
+    depth = near * 4.0 ** torch.rand(n, generator=generator)            # along the optical axis
+    Kc = K[cams]
+    x = (u.float() + 0.5 - Kc[:, 0, 2]) / Kc[:, 0, 0]
+    y = (v.float() + 0.5 - Kc[:, 1, 2]) / Kc[:, 1, 1]
+    cam_pts = torch.stack([x, y, torch.ones(n)], -1) * depth[:, None]
+    R, t = vm[cams, :3, :3], vm[cams, :3, 3]
+    world = torch.einsum("nji,nj->ni", R, cam_pts - t)                  # R^T (p - t)
+    return world, rgb
+
+
 def init_params(points: Tensor, rgb: Tensor, settings: Settings, scale_floor: float,
                 generator: torch.Generator,
                 should_stop: Callable[[], bool] | None = None) -> dict[str, torch.nn.Parameter]:
@@ -192,20 +223,39 @@ def _render(params: TensorMap, viewmats: Tensor, Ks: Tensor, width: int, height:
                      sh_degree=sh_degree, backgrounds=bg, packed=False, backend=backend)
 
 
+def view_sizes(sizes: np.ndarray | None, count: int, width: int, height: int) -> list[tuple[int, int]]:
+    """Each view's (width, height): ``sizes`` i4[C,2] for views of several sizes on one canvas of
+    ``width`` x ``height`` (each top-left, ``backend.datasets``), else the canvas for all. Raises
+    ``JobError`` (bad_input) for sizes that do not fit."""
+    if sizes is None:
+        return [(width, height)] * count
+    s = np.asarray(sizes)
+    if s.shape != (count, 2) or not np.issubdtype(s.dtype, np.integer):
+        raise JobError("bad_input", f"sizes must be int[{count},2] (width, height per view), got "
+                                    f"{s.dtype}{list(s.shape)}")
+    if (s < 1).any() or (s[:, 0] > width).any() or (s[:, 1] > height).any():
+        raise JobError("bad_input", f"every view size must be within the {width}x{height} images, got "
+                                    f"{s.min(0).tolist()}..{s.max(0).tolist()}")
+    return [(int(w), int(h)) for w, h in s]
+
+
 @torch.no_grad()
 def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, ids: list[int],
-             sh_degree: int, backend: str, background: float = 1.0) -> dict[str, float]:
+             sh_degree: int, backend: str, background: float = 1.0,
+             sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of the views ``ids`` rendered over a grey level ``background``
-    (white by default) vs the images over the same."""
+    (white by default) vs the images over the same; ``sizes``: each view's (width, height) when
+    they differ (:func:`view_sizes`)."""
     if not ids:
         return {}
     H, W = images.shape[1:3]
     white = torch.full((1, 3), float(background), device=images.device)
     ps, ss = [], []
     for i in ids:
-        img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], W, H, sh_degree, white, backend)
+        w, h = sizes[i] if sizes is not None else (W, H)
+        img, _, _ = _render(params, viewmats[i:i + 1], Ks[i:i + 1], w, h, sh_degree, white, backend)
         img = img.clamp(0, 1)
-        gt = _composite(images[i:i + 1], white)
+        gt = _composite(images[i:i + 1, :h, :w], white)
         ps.append(psnr(img, gt))
         ss.append(float(ssim(img, gt)))
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
@@ -213,13 +263,15 @@ def evaluate(params: TensorMap, images: Tensor, viewmats: Tensor, Ks: Tensor, id
 
 def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.ndarray | None = None,
           colors: np.ndarray | None = None, settings: Settings | None = None,
-          ctx: JobContext | None = None) -> JobResult:
+          ctx: JobContext | None = None, sizes: np.ndarray | None = None) -> JobResult:
     """Train Gaussians on the posed images (see the module docstring for conventions).
+    ``sizes``: i4[C,2] (width, height) of each view when the views differ in size and sit
+    top-left on the images' canvas (``backend.datasets``); each is rendered at its own size.
 
     Returns a JobResult: ``splats``; ``metrics`` {eval_psnr, eval_ssim (when views are held out),
     train_psnr, loss, num_gaussians, steps_per_s}; ``meta`` {cancelled, steps_done, settings,
-    scene_scale, holdout, backend, device, elapsed_s}. Stops early, with ``meta["cancelled"]``,
-    as soon as ``ctx.should_stop()`` is true.
+    scene_scale, holdout, initial_gaussians, background_points, backend, device, elapsed_s}. Stops
+    early, with ``meta["cancelled"]``, as soon as ``ctx.should_stop()`` is true.
     """
     settings = checked_settings("train", settings)
     ctx = ctx or NullContext()
@@ -242,6 +294,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     gen = torch.Generator().manual_seed(settings.seed)
 
     C, H, W = images_np.shape[:3]
+    size_of = view_sizes(sizes, C, W, H)
     images_t = torch.from_numpy(np.ascontiguousarray(images_np)).to(device)
     vm = torch.as_tensor(np.asarray(viewmats), dtype=torch.float32).to(device)
     Kt = torch.as_tensor(np.asarray(Ks), dtype=torch.float32).to(device)
@@ -263,10 +316,19 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         n0 = min(settings.init_points, settings.max_gaussians)
         pts = random_init_points(n0, vm, Kt, W, H, gen)
         rgb = torch.rand(len(pts), 3, generator=gen)
+    n_bg = settings.background_points
+    if n_bg is None:        # auto: opaque views (photos, rooms) get a background, half as many as the points
+        opaque = all(bool((images_t[i, :size_of[i][1], :size_of[i][0], 3] == 255).all()) for i in train_ids)
+        n_bg = len(pts) // 2 if opaque else 0
+    n_bg = max(0, min(n_bg, settings.max_gaussians - len(pts)))
+    if n_bg > 0:
+        bg_pts, bg_rgb = background_points(n_bg, images_t, vm, Kt, train_ids, gen, size_of)
+        pts, rgb = torch.cat([pts, bg_pts]), torch.cat([rgb, bg_rgb])
     poll_cancel("choosing the initial points")
     params = init_params(pts.to(device), rgb, settings, 1e-7 * extent, gen, ctx.should_stop)
     optimizers = make_optimizers(params, settings, extent)
-    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / settings.steps))
+    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
+                                                         gamma=0.01 ** (1.0 / sched["lr_decay_steps"]))
 
     if settings.strategy == "default":
         strategy: Any = CappedDefaultStrategy(
@@ -295,8 +357,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         """One training step on ``tensors`` (the run's, or the calibration's throwaway copies):
         render view ``cam`` over ``bg``, loss, backward, Adam, the strategy; ``next_means_lr()``
         advances the means' learning-rate schedule and returns the new rate (MCMC's noise scale)."""
-        target = _composite(images_t[cam:cam + 1], bg)
-        render, _, info = _render(tensors, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, sh_deg, bg, backend)
+        w, h = size_of[cam]
+        target = _composite(images_t[cam:cam + 1, :h, :w], bg)
+        render, _, info = _render(tensors, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, sh_deg, bg, backend)
         if settings.strategy == "default":
             strategy.step_pre_backward(tensors, opts, st, step, info)
         loss = photometric_loss(render, target, settings.ssim_lambda)
@@ -322,8 +385,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     def probe() -> None:
         """A forward + backward of the first training view that changes nothing (gradients dropped)."""
         cam, bg = order[0], backgrounds[0]
-        out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], W, H, settings.sh_degree, bg, backend)
-        photometric_loss(out, _composite(images_t[cam:cam + 1], bg), settings.ssim_lambda).backward()
+        w, h = size_of[cam]
+        out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, settings.sh_degree, bg, backend)
+        photometric_loss(out, _composite(images_t[cam:cam + 1, :h, :w], bg), settings.ssim_lambda).backward()
         for p in params.values():
             p.grad = None
 
@@ -392,10 +456,10 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     if not cancelled:
         # without random backgrounds the splats learnt black behind opaque images: score them so
         eval_bg = 1.0 if settings.random_background else 0.0
-        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg)
+        ev = evaluate(params, images_t, vm, Kt, holdout, final_deg, backend, eval_bg, size_of)
         if ev:
             metrics["eval_psnr"], metrics["eval_ssim"] = ev["psnr"], ev["ssim"]
-        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg)
+        tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg, size_of)
         metrics["train_psnr"] = tr["psnr"]
     eval_s = time.perf_counter() - t_eval
     loop_cpu_s = time.process_time() - cpu_loop
@@ -407,6 +471,8 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         "schedule": sched,
         "scene_scale": extent,
         "holdout": holdout,
+        "initial_gaussians": len(pts),      # the initial points plus the background ones
+        "background_points": n_bg,
         "backend": backend,
         "device": str(device),
         "elapsed_s": time.perf_counter() - t_start,
@@ -450,9 +516,10 @@ def train_from_dataset(path: str, settings: Settings, ctx: JobContext,
     except DatasetCancelled:
         raise JobError("cancelled", "cancelled while reading the dataset; nothing was trained "
                        "yet") from None
-    ctx.report(0, 0, {"stage": f"{len(data.images)} views of {data.images.shape[2]}x{data.images.shape[1]} px"
+    ctx.report(0, 0, {"stage": f"{len(data.images)} views of {'up to ' if data.sizes is not None else ''}"
+                               f"{data.images.shape[2]}x{data.images.shape[1]} px"
                                f"{'' if data.points is None else f', {len(data.points)} initial points'}"})
-    result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx)
+    result = train(data.images, data.viewmats, data.Ks, data.points, data.colors, settings, ctx, data.sizes)
     result.meta["dataset_path"] = path
     return result
 

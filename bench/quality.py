@@ -5,6 +5,8 @@ loop, on the same Blender-rendered scenes, from the same initial points, with th
     python bench/quality.py                    # 64 px, 500/1k/2k/3k/5k/7k steps
     python bench/quality.py --size 256         # GPU-sized (gsplat's CUDA rasterizer where one loads)
     python bench/quality.py --json out.json    # also write the table
+    python bench/quality.py --quick --seeds 0 1 2              # mean and spread over seeds
+    python bench/quality.py --merge a.json b.json              # one table from runs made in parts
 
 Scenes (``bench/quality_scenes.py``, rendered once with bpy and cached under ``bench/.cache``):
 ``alpha`` (objects on a transparent film) and ``opaque`` (the objects in a room); 40 views, every
@@ -19,7 +21,15 @@ Its schedule does not depend on the run length except for the decay of the posit
 rate, so it runs once, to the largest step count, and is evaluated at every step count on the way
 (its learning rate at step s < max is thus that of the long run, as gsplat's own checkpoints are).
 Our trainer compresses its schedule to the run length, so it runs once per step count, as a user
-would ask for it.
+would ask for it. ``--plain-horizon N`` decays the plain loop's position learning rate over N steps
+while it runs only to the largest step count asked: ``--steps 500 --plain-horizon 7000`` gives
+exactly the 500-step checkpoint of the full curve's 7000-step run, in 500 steps.
+
+A long curve can run in parts (``--scenes``, ``--loops``, ``--steps`` subsets, one ``--json`` each,
+one process after another) and ``--merge`` prints the one table of all their rows. With several
+``--seeds`` (each seed draws its own initial points, camera order and backgrounds, for every loop)
+each cell is the mean over the seeds with their sample standard deviation, and the differences
+"ours - plain" are the mean of the per-seed differences with the smallest per-seed one after it.
 
 Both loops render with the same rasterizer (``--backend``, default ``auto``: the fast Numba one
 on the CPU, gsplat's on CUDA) and are scored by one evaluator: PSNR and SSIM of the held-out views
@@ -100,21 +110,23 @@ def score(params: dict[str, torch.Tensor], data: dict[str, Any], test: list[int]
 
 # -- the plain loop ------------------------------------------------------------------------------------
 
-def run_plain(data: dict[str, Any], pts: np.ndarray, rgb: np.ndarray, checkpoints: list[int], args) -> list[dict]:
+def run_plain(data: dict[str, Any], pts: np.ndarray, rgb: np.ndarray, checkpoints: list[int], args,
+              seed: int) -> list[dict]:
     """gsplat simple_trainer's loop (see the module docstring); one row per checkpoint."""
     from gsplat.strategy import DefaultStrategy
     device = data["device"]
     backend = data["backend"]
     train_ids, test = split(len(data["images"]))
     max_steps = max(checkpoints)
-    s = TRAIN.make(steps=max_steps, sh_degree=3, seed=args.seed, strategy="default")  # gsplat's lrs, init
-    gen = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)
+    horizon = max(max_steps, args.plain_horizon or 0)     # the position learning rate's decay
+    s = TRAIN.make(steps=max_steps, sh_degree=3, seed=seed, strategy="default")  # gsplat's lrs, init
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     extent = scene_scale(data["vm"])
     params = init_params(torch.tensor(pts, device=device), torch.from_numpy(rgb).float() / 255.0, s,
                          1e-7 * extent, gen)
     optimizers = make_optimizers(params, s, extent)
-    sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / max_steps))
+    sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"], gamma=0.01 ** (1.0 / horizon))
     strategy = DefaultStrategy()               # gsplat's defaults: refine 500..15000 every 100, reset 3000
     state = strategy.initialize_state(scene_scale=extent)
     strategy.check_sanity(params, optimizers)
@@ -159,9 +171,9 @@ def run_plain(data: dict[str, Any], pts: np.ndarray, rgb: np.ndarray, checkpoint
 # -- our trainer ---------------------------------------------------------------------------------------
 
 def run_ours(data: dict[str, Any], pts: np.ndarray, rgb: np.ndarray, steps: int, strategy: str, args,
-             extra: dict[str, Any]) -> dict:
+             extra: dict[str, Any], seed: int) -> dict:
     """One run of ``backend.trainer.train`` with ``steps`` steps and the given strategy."""
-    settings = TRAIN.make(steps=steps, strategy=strategy, seed=args.seed, holdout_every=HOLDOUT_EVERY,
+    settings = TRAIN.make(steps=steps, strategy=strategy, seed=seed, holdout_every=HOLDOUT_EVERY,
                           preview_every=0, report_interval_s=3600.0, backend=args.backend, **extra)
     t0 = time.perf_counter()
     res = train(data["images"], data["viewmats"], data["Ks"], pts, rgb, settings, _Ctx(str(data["device"])))
@@ -191,29 +203,52 @@ class _Ctx:
 
 # -- main ------------------------------------------------------------------------------------------
 
-def table(rows: list[dict], steps: list[int]) -> str:
-    """PSNR per loop and step count, with ours minus plain."""
+def _mean_sd(x: list[float]) -> tuple[float, float]:
+    return float(np.mean(x)), (float(np.std(x, ddof=1)) if len(x) > 1 else 0.0)
+
+
+def table(rows: list[dict], steps: list[int] | None = None) -> str:
+    """PSNR per loop and step count, with ours minus plain; over several seeds the mean (and the
+    sample standard deviation, and the smallest per-seed difference)."""
+    steps = steps or sorted({r["steps"] for r in rows})
     loops = list(dict.fromkeys(r["loop"] for r in rows))
-    by = {(r["scene"], r["loop"], r["steps"]): r for r in rows}
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    multi = len(seeds) > 1
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["scene"], r["loop"], r["steps"]), []).append(r)
     out = []
+    if multi:
+        out.append(f"seeds {seeds}: each cell the mean (± sample sd) over the seeds")
     for scene in dict.fromkeys(r["scene"] for r in rows):
         out.append(f"scene {scene}: held-out PSNR dB (SSIM) [s, Gaussians]")
-        out.append("  " + f"{'loop':<14}" + "".join(f"{s:>28}" for s in steps))
+        out.append("  " + f"{'loop':<14}" + "".join(f"{s:>34}" for s in steps))
         for loop in loops:
             cells = []
             for s in steps:
-                r = by.get((scene, loop, s))
-                cells.append(f"{r['psnr']:6.2f} ({r['ssim']:.3f}) [{r['seconds']:5.0f}s {r['gaussians']:>6}]"
-                             if r else "-")
-            out.append("  " + f"{loop:<14}" + "".join(f"{c:>28}" for c in cells))
+                rs = by.get((scene, loop, s))
+                if not rs:
+                    cells.append("-")
+                    continue
+                p, sd = _mean_sd([r["psnr"] for r in rs])
+                spread = f"±{sd:.2f}" if multi else ""
+                cells.append(f"{p:6.2f}{spread} ({np.mean([r['ssim'] for r in rs]):.3f}) "
+                             f"[{np.mean([r['seconds'] for r in rs]):5.0f}s "
+                             f"{np.mean([r['gaussians'] for r in rs]):>6.0f}]")
+            out.append("  " + f"{loop:<14}" + "".join(f"{c:>34}" for c in cells))
         for loop in loops:
             if loop == "plain":
                 continue
             d = []
             for s in steps:
-                a, b = by.get((scene, loop, s)), by.get((scene, "plain", s))
-                d.append(f"{a['psnr'] - b['psnr']:+.2f}" if a and b else "-")
-            out.append("  " + f"{loop + ' - plain':<22}" + "".join(f"{c:>20}" for c in d))
+                a = {r.get("seed", 0): r["psnr"] for r in by.get((scene, loop, s), [])}
+                b = {r.get("seed", 0): r["psnr"] for r in by.get((scene, "plain", s), [])}
+                diffs = [a[k] - b[k] for k in a if k in b]
+                if not diffs:
+                    d.append("-")
+                else:
+                    d.append(f"{np.mean(diffs):+.2f} (min {min(diffs):+.2f})" if multi else f"{diffs[0]:+.2f}")
+            out.append("  " + f"{loop + ' - plain':<22}" + "".join(f"{c:>26}" for c in d))
     return "\n".join(out)
 
 
@@ -233,9 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", choices=("auto", "fast", "reference", "gsplat"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="one seed (see --seeds)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds: mean and spread")
+    p.add_argument("--plain-horizon", type=int, default=None,
+                   help="decay the plain loop's position lr over this many steps (default: the largest step count)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="print one table of the rows in these --json files (runs nothing)")
     args = p.parse_args(argv)
+    if args.merge:
+        rows_m = [r for f in args.merge for r in json.loads(f.read_text())["rows"]]
+        print(table(rows_m))
+        return 0
+    seeds = args.seeds or [args.seed]
     steps = sorted(args.steps or (QUICK_STEPS if args.quick else FULL_STEPS))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -246,26 +291,29 @@ def main(argv: list[str] | None = None) -> int:
     log(f"quality: {device} ({backend} rasterizer), {args.size} px, steps {steps}, init {args.init} "
         f"({args.init_points}), loops {args.loops}, ours {extra or 'defaults'}")
     rows: list[dict] = []
+
+    def save() -> None:          # after every row: a run cut short keeps its figures
+        if args.json:
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "rows": rows}, indent=1))
+
     for name in args.scenes:
         data: dict[str, Any] = load_scene(name, args.size, args.views)
         data.update(device=device, backend=backend,
                     images_t=torch.from_numpy(data["images"]).to(device),
                     vm=torch.from_numpy(data["viewmats"]).to(device), Ks_t=torch.from_numpy(data["Ks"]).to(device))
-        pts, rgb = initial_points(data, args.init, args.init_points, args.seed)
-        log(f"scene {name}: {len(data['images'])} views, {len(pts)} initial points")
-        def save(rows: list[dict] = rows) -> None:   # after every row: a run cut short keeps its figures
-            if args.json:
-                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                 "rows": rows}, indent=1))
-
-        if "plain" in args.loops:
-            rows.extend(dict(r, scene=name) for r in run_plain(data, pts, rgb, steps, args))
-            save()
-        for strategy in ("default", "mcmc"):
-            if strategy in args.loops:
-                for s in steps:
-                    rows.append(dict(run_ours(data, pts, rgb, s, strategy, args, extra), scene=name))
-                    save()
+        for seed in seeds:
+            pts, rgb = initial_points(data, args.init, args.init_points, seed)
+            log(f"scene {name}, seed {seed}: {len(data['images'])} views, {len(pts)} initial points")
+            if "plain" in args.loops:
+                rows.extend(dict(r, scene=name, seed=seed) for r in run_plain(data, pts, rgb, steps, args, seed))
+                save()
+            for strategy in ("default", "mcmc"):
+                if strategy in args.loops:
+                    for s in steps:
+                        rows.append(dict(run_ours(data, pts, rgb, s, strategy, args, extra, seed),
+                                         scene=name, seed=seed))
+                        save()
     print(table(rows, steps))
     return 0
 

@@ -111,8 +111,19 @@ def test_good_requests_pass():
 def test_train_schedule_is_gsplats_for_long_runs_and_compressed_for_short():
     spec = get_spec("train")
     assert schedule(spec.make(steps=30_000)) == {"sh_degree_interval": 1000, "refine_start": 500,
-                                                 "refine_stop": 15_000, "refine_every": 100}
+                                                 "refine_stop": 15_000, "refine_every": 100,
+                                                 "lr_decay_steps": 30_000}
+    # (the positions' learning rate is not compressed: a short run decays as a 7000-step one)
     assert schedule(spec.make(steps=400, sh_degree=1)) == {"sh_degree_interval": 100, "refine_start": 100,
-                                                           "refine_stop": 200, "refine_every": 25}
+                                                           "refine_stop": 200, "refine_every": 25,
+                                                           "lr_decay_steps": 7000}
     assert schedule(spec.make(steps=1000, strategy="mcmc", refine_every=7))["refine_stop"] == 800
+    # MCMC's short runs start earlier and refine more often (its budget grows 5 % per refinement) ...
+    assert schedule(spec.make(steps=1000, strategy="mcmc")) == {"sh_degree_interval": 125, "refine_start": 100,
+                                                                "refine_stop": 800, "refine_every": 25,
+                                                                "lr_decay_steps": 7000}
+    # ... and from 5000 steps on run gsplat's (refine every 100 steps from step 500)
+    for n in (5000, 30_000):
+        sch = schedule(spec.make(steps=n, strategy="mcmc"))
+        assert (sch["refine_start"], sch["refine_every"]) == (500, 100)
     assert schedule(spec.make(steps=1000, refine_every=7))["refine_every"] == 7

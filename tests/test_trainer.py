@@ -14,7 +14,7 @@ from backend.job_api import JobError
 from backend.render import rasterize
 from backend.strategies import relocation_torch
 from backend.job_cli import main as job_cli
-from backend.trainer import run_train_job, train, view_volume
+from backend.trainer import background_points, run_train_job, train, view_volume
 from shared.jobkinds.train import SPEC as TRAIN
 from shared.cameras import look_at
 from shared.splats import Splats
@@ -331,3 +331,72 @@ def test_step_rate_smooths_a_stall_and_gives_the_eta():
     timing = meter.update(14)
     assert timing["steps_per_s"] == pytest.approx(0.75 * 10 + 0.25 * (4 / 5.0))
     assert timing["eta_s"] == pytest.approx(86 / timing["steps_per_s"])
+
+
+def test_background_points_lie_on_their_pixels_rays_with_their_colours():
+    """Each background point projects into a training view onto the centre of the pixel whose
+    colour it took, at a depth between once and four times that camera's distance to the volume."""
+    C, W = 12, 32
+    viewmats, Ks = sphere_rig(C, W, dist=3.0)
+    cam, v, u = np.meshgrid(np.arange(C), np.arange(W), np.arange(W), indexing="ij")
+    images = np.stack([cam * 20, u * 8, v * 8, np.full_like(cam, 255)], -1).astype(np.uint8)  # colour -> pixel
+    ids = [i for i in range(C) if i % 4]
+    pts, rgb = background_points(400, torch.from_numpy(images), torch.tensor(viewmats), torch.tensor(Ks), ids,
+                                 torch.Generator().manual_seed(0))
+    assert pts.shape == (400, 3) and rgb.shape == (400, 3)
+    code = (rgb.numpy() * 255).round().astype(int)
+    c, pu, pv = code[:, 0] // 20, code[:, 1] // 8, code[:, 2] // 8
+    assert set(c) <= set(ids) and len(set(c)) == len(ids)          # training views only, all of them
+    centre, _ = view_volume(torch.tensor(viewmats), torch.tensor(Ks), W, W)
+    for i in range(len(pts)):
+        cam_pt = viewmats[c[i], :3, :3] @ pts[i].numpy() + viewmats[c[i], :3, 3]
+        uv = (Ks[c[i]] @ cam_pt)[:2] / cam_pt[2]
+        np.testing.assert_allclose(uv, [pu[i] + 0.5, pv[i] + 0.5], atol=2e-3)
+        near = np.linalg.norm(np.linalg.inv(viewmats[c[i]])[:3, 3] - centre.numpy())
+        assert near * (1 - 1e-4) <= cam_pt[2] <= 4 * near * (1 + 1e-4)
+
+
+def test_opaque_views_get_a_background_that_raises_held_out_psnr():
+    """A torus in front of a far coloured backdrop (every pixel opaque): random initial points near
+    the torus leave the backdrop to a few stretched Gaussians; the background points (auto: half
+    the initial points, only because every view is opaque) cover it and score >= 5 dB higher
+    (observed 20.2 vs 10.0 dB)."""
+    torus = torus_cloud(600)
+    g = np.random.default_rng(3)
+    d = g.normal(size=(4000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    back = (7.0 * d, g.normal(size=(4000, 4)), np.full((4000, 3), 0.6), np.full(4000, 0.99),
+            0.5 + 0.4 * d[:, [1, 2, 0]])                                  # a smooth backdrop sphere, radius 7
+    cloud = [np.concatenate([a, b]) for a, b in zip(torus, back, strict=True)]
+    viewmats, Ks = sphere_rig(20, 48)
+    images = render_dataset(cloud, viewmats, Ks, 48)
+    assert images[..., 3].min() >= 250           # the backdrop covers every pixel ...
+    images[..., 3] = 255                          # ... so the views are opaque, as photos are
+    runs = {n: train(images, viewmats, Ks, settings=TRAIN.make(steps=300, init_points=400, sh_degree=0,
+                                                                 holdout_every=5, background_points=n))
+            for n in (0, None)}
+    assert runs[0].meta["background_points"] == 0 and runs[None].meta["background_points"] == 200
+    assert runs[None].meta["initial_gaussians"] == 600
+    assert runs[None].metrics["eval_psnr"] >= runs[0].metrics["eval_psnr"] + 5.0, \
+        (runs[0].metrics, runs[None].metrics)
+    # views with transparency (objects) get none by default
+    rgba = render_dataset(torus, viewmats, Ks, 48)
+    res = train(rgba, viewmats, Ks, settings=TRAIN.make(steps=2, init_points=100, sh_degree=0))
+    assert res.meta["background_points"] == 0 and res.meta["initial_gaussians"] == 100
+
+
+def test_background_points_stay_inside_each_views_own_size():
+    """Views of several sizes on one canvas (the padding is zeros, never looked at): the points
+    take their colours from inside each view, and an opaque mixed-size set still gets them."""
+    C, W = 8, 32
+    viewmats, Ks = sphere_rig(C, W, dist=3.0)
+    sizes = [(W, W) if i % 2 else (20, 12) for i in range(C)]
+    images = np.zeros((C, W, W, 4), np.uint8)
+    for i, (w, h) in enumerate(sizes):
+        images[i, :h, :w] = (200, 100, 50, 255)
+    pts, rgb = background_points(500, torch.from_numpy(images), torch.tensor(viewmats), torch.tensor(Ks),
+                                 list(range(C)), torch.Generator().manual_seed(0), sizes)
+    np.testing.assert_allclose(rgb.numpy(), np.tile([200 / 255, 100 / 255, 50 / 255], (500, 1)), atol=1e-6)
+    res = train(images, viewmats, Ks, settings=TRAIN.make(steps=2, init_points=100, sh_degree=0),
+                sizes=np.array(sizes, np.int32))
+    assert res.meta["background_points"] == 50 and res.meta["initial_gaussians"] == 150

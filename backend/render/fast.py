@@ -8,9 +8,13 @@ hand-written backward, behind the reference's input checks, render modes and ``i
   Antialiased mode, per-camera colours and SH degree 4 use the reference's torch projection.
 - ``_bin_tiles``: the (Gaussian, tile) pairs by a counting sort of the depth order.
 - ``_forward_kernel`` / ``_backward_kernel``: per-tile compositing and gsplat's back-to-front
-  backward (from each pixel's final transmittance), float32 like gsplat and the reference, with
-  branch-free row loops that LLVM vectorises (in the forward, a Gaussian's rows as one loop);
-  gradients to means2d, conics, colours, opacities, and (``absgrad=True``, as gsplat) the
+  backward (from each pixel's final transmittance), float32 like gsplat and the reference, the
+  background blended in (colour + (1 - alpha) background) and its gradient taken in the kernels.
+  Per Gaussian, the rows of the tile it reaches are one branch-free loop over a flat per-tile
+  state array (one base pointer: LLVM vectorises it at the CPU's full width without runtime
+  alias checks); the backward's per-Gaussian sums are reassociated into vector registers (only
+  the sums: alpha and the cut-offs are exact IEEE float32, the forward's bit for bit). Gradients
+  to means2d, conics, colours, opacities, the background, and (``absgrad=True``, as gsplat) the
   per-pixel sums of |d loss / d means2d| in ``info["means2d"].absgrad`` [C,N,2] during backward.
 
 What it computes is ``reference.rasterize_reference``'s (= gsplat 1.5.3's) to float rounding
@@ -22,8 +26,9 @@ Tensors on another device (Apple's MPS, or CUDA without gsplat's extension) are 
 CPU: inputs and results are copied there and back inside the autograd functions (untested here).
 Threads: ``torch.get_num_threads()``; one thread runs serial kernels (callable from many threads at
 once), more run ``prange`` kernels on Numba's workqueue pool, one call at a time. The first call
-compiles the kernels (about a minute on a slow CPU); Numba caches them beside this file
-(``__pycache__``) when the folder is writable, else compiles once per process.
+compiles the kernels (about 11 CPU-seconds for the serial ones on this project's 2-core EPYC
+build box, a minute on a slow CPU); Numba caches them beside this file (``__pycache__``) when the
+folder is writable (then a first call takes ~0.3 s), else compiles once per process.
 """
 from __future__ import annotations
 
@@ -490,22 +495,6 @@ def _bin_tiles(means2d, radii, order, tile_w, tile_h):
     return gid, tile_offsets, tile_counts, tiles_per_gauss
 
 
-@numba.njit(**_JIT)
-def _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1):
-    """The pixel columns [start, end) of a row at offset ``dy`` (mean - pixel centre) where the
-    Gaussian's exponent 0.5 (a dx^2 + c dy^2) + b dx dy can be <= ``sig_max``, within [bx0, bx1):
-    only there can its alpha reach 1/255."""
-    disc = (cb * dy) ** 2 - ca * (cc * dy * dy - 2.0 * sig_max)
-    if disc < 0.0 or ca <= 0.0:
-        return bx0, bx0
-    r = math.sqrt(disc)
-    lo = (-cb * dy - r) / ca                # dx = mx - (px + 0.5) in [lo, hi]
-    hi = (-cb * dy + r) / ca
-    start = max(bx0, math.ceil(mx - hi - 0.5 - 1e-3))
-    end = min(bx1, math.floor(mx - lo - 0.5 + 1e-3) + 1)
-    return start, max(start, end)
-
-
 _F = np.float32
 
 
@@ -547,12 +536,18 @@ def _gaussian_rows(g, means2d, conics, opac, radii, x0, y0, x1, y1):
     return mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max
 
 
-# rows of the RGB backward's flat per-tile state (one float32 array: [_S_ROWS * 256], a row per
-# quantity, a lane per pixel of the tile in row-major order): a single base pointer at constant
-# offsets, so LLVM proves the loop's loads and stores independent without runtime alias checks
+# The per-tile state of the compositing kernels: one flat float32 array [_S_ROWS * 256], a row per
+# quantity, a lane per pixel of the tile (row-major). One base pointer at constant offsets: LLVM
+# proves the row loops' loads and stores independent (no runtime alias checks) and vectorises
+# them at full width. RGB (D = 3, the trainer's case) keeps its colour sums and gradients in the
+# state (_S_V*, _S_B*); other D use the same rows as per-lane scratch and [D, 256] arrays.
 _NPIX = TILE_SIZE * TILE_SIZE
 _S_T, _S_TVA, _S_LAST, _S_V0, _S_V1, _S_V2, _S_B0, _S_B1, _S_B2, _S_X, _S_Y = (r * _NPIX for r in range(11))
 _S_ROWS = 11
+_REASSOC: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# the forward's row loops: sums reassociated, no fused multiply-adds (its images stay the reference's to
+# the last bit of float32 rounding)
+_REASSOC_FWD: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 
 
 @numba.njit(**_JIT)
@@ -571,45 +566,65 @@ def _pixel_alpha(px, py, mx, my, ca, cb, cc, op):
 
 
 @numba.njit(**_JIT)
-def _fwd_pixel_rgb(px, py, T, last, a0, a1, a2, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
-    """One pixel of the RGB forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel
-    centre (px, py), transmittance ``T`` (negative: the pixel is done), ``last`` (float) and the
-    colour so far. Returns them updated and 1.0 if this Gaussian finished the pixel, else 0.0.
-    Exact IEEE float32 (no fastmath)."""
+def _fwd_pixel(px, py, T, last, k1, mx, my, ca, cb, cc, op):
+    """One pixel of the forward for the Gaussian whose rank + 1 is ``k1`` (float): pixel centre
+    (px, py), transmittance ``T`` (negative: the pixel is done) and ``last`` (float). Returns them
+    updated, the Gaussian's weight alpha T, and 1.0 if it finished the pixel, else 0.0. Exact
+    IEEE float32 (no fastmath)."""
     _, _, _, _, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
     ok = hit & (T > _F(0.0))
     nt = T * (_F(1.0) - alpha)
     stop = ok & (nt <= _F(T_STOP))
     use = ok & (nt > _F(T_STOP))
-    w = alpha * T if use else _F(0.0)
-    return (-T if stop else (nt if use else T), k1 if use else last, a0 + c0 * w, a1 + c1 * w, a2 + c2 * w,
+    return (-T if stop else (nt if use else T), k1 if use else last, alpha * T if use else _F(0.0),
             _F(1.0) if stop else _F(0.0))
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+# The row loops below reassociate only their sums (the pixel maths is in the functions above,
+# compiled without fastmath): the pixel count is a float32 sum of 0s and 1s, exact in any order
+# (an integer count would halve LLVM's vector width); gradient sums stay in vector registers.
+
+@numba.njit(**_REASSOC_FWD)
 def _fwd_rows_rgb(s, n, k1, mx, my, ca, cb, cc, op, c0, c1, c2):
-    """``_fwd_pixel_rgb`` over lanes [0, n) of the flat state ``s`` (rows ``_S_T``, ``_S_LAST``,
-    ``_S_B0..2`` = the colour so far, ``_S_X``, ``_S_Y``). Returns how many pixels it finished:
-    a float32 sum of 0s and 1s, exact in any order, so reassociable (an integer count would halve
-    LLVM's vector width), and the only reassociated operation (the pixel maths has no fastmath)."""
+    """``_fwd_pixel`` over lanes [0, n) of the state ``s``, the colour accumulated in rows
+    ``_S_B0..2``. Returns how many pixels it finished."""
     stopped = _F(0.0)
     for j in range(n):
-        r = _fwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], s[_S_B0 + j], s[_S_B1 + j],
-                           s[_S_B2 + j], k1, mx, my, ca, cb, cc, op, c0, c1, c2)
-        s[_S_T + j] = r[0]
-        s[_S_LAST + j] = r[1]
-        s[_S_B0 + j] = r[2]
-        s[_S_B1 + j] = r[3]
-        s[_S_B2 + j] = r[4]
-        stopped += r[5]
+        t, last, w, stop = _fwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], k1, mx, my,
+                                      ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_LAST + j] = last
+        s[_S_B0 + j] += c0 * w
+        s[_S_B1 + j] += c1 * w
+        s[_S_B2 + j] += c2 * w
+        stopped += stop
+    return int(stopped)
+
+
+@numba.njit(**_REASSOC_FWD)
+def _fwd_rows_any(s, acc, n, k1, mx, my, ca, cb, cc, op, col):
+    """``_fwd_rows_rgb`` for any number of channels: the weights in row ``_S_B0``, the colour
+    ``col`` [D] accumulated into ``acc`` [D, n]."""
+    stopped = _F(0.0)
+    for j in range(n):
+        t, last, w, stop = _fwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_T + j], s[_S_LAST + j], k1, mx, my,
+                                      ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_LAST + j] = last
+        s[_S_B0 + j] = w
+        stopped += stop
+    for d in range(acc.shape[0]):
+        cd = _F(col[d])
+        for j in range(n):
+            acc[d, j] += cd * s[_S_B0 + j]
     return int(stopped)
 
 
 @numba.njit(**_JIT)
-def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
-                      height, tile_w, background, out_color, out_alpha, out_last, out_t):
-    """``_forward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, the rows
-    it reaches as one flat loop over a single state array (``_fwd_rows_rgb``)."""
+def _forward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                    tile_w, background, out_color, out_alpha, out_last, out_t):
+    """``_forward_kernel`` for one tile."""
+    D = colors.shape[1]
     cnt = tile_counts[tile]
     x0 = (tile % tile_w) * TILE_SIZE
     y0 = (tile // tile_w) * TILE_SIZE
@@ -617,6 +632,7 @@ def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offs
     y1 = min(y0 + TILE_SIZE, height)
     start = tile_offsets[tile]
     st = np.zeros(_S_ROWS * _NPIX, _F)
+    acc = np.zeros((D if D != 3 else 0, _NPIX), _F)
     for i in range(_NPIX):
         st[_S_X + i] = _F(x0 + i % TILE_SIZE + 0.5)
         st[_S_Y + i] = _F(y0 + i // TILE_SIZE + 0.5)
@@ -632,17 +648,26 @@ def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offs
         if by0 >= by1:
             continue
         i0 = (by0 - y0) * TILE_SIZE
-        n_live -= _fwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k + 1), mx, my, ca, cb, cc, op,
-                                _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]))
+        n = (by1 - by0) * TILE_SIZE
+        # slices from the first row: indices from 0 let LLVM drop the negative-index wraparound
+        if D == 3:
+            n_live -= _fwd_rows_rgb(st[i0:], n, _F(k + 1), mx, my, ca, cb, cc, op,
+                                    _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]))
+        else:
+            n_live -= _fwd_rows_any(st[i0:], acc[:, i0:], n, _F(k + 1), mx, my, ca, cb, cc, op, colors[g])
     for py in range(y0, y1):
         for px in range(x0, x1):
             i = (py - y0) * TILE_SIZE + (px - x0)
             t = abs(st[_S_T + i])
             out_alpha[py, px] = 1.0 - t
             rest = 1.0 - out_alpha[py, px]          # the driver's colour + (1 - alpha) background
-            out_color[py, px, 0] = st[_S_B0 + i] + rest * background[0]
-            out_color[py, px, 1] = st[_S_B1 + i] + rest * background[1]
-            out_color[py, px, 2] = st[_S_B2 + i] + rest * background[2]
+            if D == 3:
+                out_color[py, px, 0] = st[_S_B0 + i] + rest * background[0]
+                out_color[py, px, 1] = st[_S_B1 + i] + rest * background[1]
+                out_color[py, px, 2] = st[_S_B2 + i] + rest * background[2]
+            else:
+                for d in range(D):
+                    out_color[py, px, d] = acc[d, i] + rest * background[d]
             out_last[py, px] = np.int32(st[_S_LAST + i])
             out_t[py, px] = t
 
@@ -650,200 +675,140 @@ def _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offs
 @_kernel
 def _forward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
                     tile_w, background, out_color, out_alpha, out_last, out_t):
-    """Composite every tile: colour [H,W,D], alpha [H,W], per pixel the number of the tile's
-    Gaussians visited (``last``) and the final transmittance ``t`` (both for the backward).
+    """Composite every tile: colour [H,W,D] (plus (1 - alpha) ``background`` [D]), alpha [H,W],
+    per pixel the number of the tile's Gaussians visited (``last``) and the final transmittance
+    ``t`` (both for the backward).
 
     Each tile walks its Gaussians front to back, over the rows of a Gaussian's box (``radii``)
     that its ellipse alpha >= 1/255 reaches (``_gaussian_rows``), testing every pixel of those
-    rows as the reference does. Those rows' pixels are one branch-free float32 loop (not one
-    16-lane loop per row: several vectors in flight); a finished pixel carries its transmittance
-    negated."""
-    D = colors.shape[1]
+    rows as the reference does: those rows' pixels as one branch-free float32 loop over the
+    tile's state (several vectors in flight); a finished pixel carries its transmittance negated."""
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
-        if D == 3:
-            _forward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width,
-                              height, tile_w, background, out_color, out_alpha, out_last, out_t)
-            continue
-        cnt = tile_counts[tile]
-        x0 = (tile % tile_w) * TILE_SIZE
-        y0 = (tile // tile_w) * TILE_SIZE
-        x1 = min(x0 + TILE_SIZE, width)
-        y1 = min(y0 + TILE_SIZE, height)
-        start = tile_offsets[tile]
-        T2 = np.full((TILE_SIZE, TILE_SIZE), _F(-1.0))      # pixels outside the image: done
-        T2[:y1 - y0, :x1 - x0] = _F(1.0)
-        T = T2.reshape(TILE_SIZE * TILE_SIZE)                # the tile's pixels row by row
-        acc = np.zeros((D, TILE_SIZE * TILE_SIZE), _F)
-        last = np.zeros(TILE_SIZE * TILE_SIZE, np.int32)
-        w = np.zeros(TILE_SIZE * TILE_SIZE, _F)
-        xs = np.empty(TILE_SIZE * TILE_SIZE, _F)             # pixel centres
-        ys = np.empty(TILE_SIZE * TILE_SIZE, _F)
-        for i in range(TILE_SIZE * TILE_SIZE):
-            xs[i] = _F(x0 + i % TILE_SIZE + 0.5)
-            ys[i] = _F(y0 + i // TILE_SIZE + 0.5)
-        n_live = (x1 - x0) * (y1 - y0)
-        for k in range(cnt):
-            if n_live <= 0:
-                break
-            g = gid[start + k]
-            mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
-                g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            if by0 >= by1:
-                continue
-            # all pixels of the rows the Gaussian can reach, as one loop: several vectors in flight
-            i0 = (by0 - y0) * TILE_SIZE
-            i1 = (by1 - y0) * TILE_SIZE
-            stopped = 0
-            # slices: indices from 0 let LLVM drop the negative-index wraparound and vectorise
-            xs_, ys_, T_, w_, last_ = xs[i0:i1], ys[i0:i1], T[i0:i1], w[i0:i1], last[i0:i1]
-            for i in range(i1 - i0):
-                dx = mx - xs_[i]
-                dy = my - ys_[i]
-                sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                alpha = min(_F(ALPHA_MAX), op * _exp_neg(min(max(sigma, _F(0.0)), _F(16.0))))
-                t = T_[i]
-                ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (t > _F(0.0))
-                nt = t * (_F(1.0) - alpha)
-                stop = ok & (nt <= _F(T_STOP))
-                use = ok & (nt > _F(T_STOP))
-                w_[i] = alpha * t if use else _F(0.0)
-                T_[i] = -t if stop else (nt if use else t)
-                last_[i] = k + 1 if use else last_[i]
-                stopped += 1 if stop else 0
-            n_live -= stopped
-            for d in range(D):
-                cd = _F(colors[g, d])
-                ar = acc[d, i0:i1]
-                for i in range(i1 - i0):
-                    ar[i] += cd * w_[i]
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                ly = py - y0
-                lx = px - x0
-                i = ly * TILE_SIZE + lx
-                t = abs(T[i])
-                out_alpha[py, px] = 1.0 - t
-                rest = 1.0 - out_alpha[py, px]
-                for d in range(D):
-                    out_color[py, px, d] = acc[d, i] + rest * background[d]
-                out_last[py, px] = last[i]
-                out_t[py, px] = t
-
-
-@numba.njit(**_JIT)
-def _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc):
-    """Add one pixel's gradients to lane ``lx`` of ``lane`` [8,16] (means2d x, y, |x|, |y|, conic
-    a, b, c, opacity), from ``v_am`` = d loss / d alpha (0 where the Gaussian did not contribute
-    or its alpha was clamped), raw = o exp(-sigma), vis = exp(-sigma), dx, dy = mean - pixel."""
-    v_sigma = -raw * v_am
-    gx = v_sigma * (ca * dx + cb * dy)
-    gy = v_sigma * (cb * dx + cc * dy)
-    lane[0, lx] += gx
-    lane[1, lx] += gy
-    lane[2, lx] += abs(gx)
-    lane[3, lx] += abs(gy)
-    lane[4, lx] += _F(0.5) * v_sigma * dx * dx
-    lane[5, lx] += v_sigma * dx * dy
-    lane[6, lx] += _F(0.5) * v_sigma * dy * dy
-    lane[7, lx] += vis * v_am
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _lane_sums(lane, lane_c, out):
-    """out[:7] and out[7+D] = the row sums of ``lane`` [8,16], out[7:7+D] = those of ``lane_c``
-    [D,16]; reassociation lets LLVM vectorise the sums (the order of float adds is free here)."""
-    D = lane_c.shape[0]
-    for j in range(8):
-        acc = _F(0.0)
-        for lx in range(TILE_SIZE):
-            acc += lane[j, lx]
-        out[j if j < 7 else 7 + D] = acc
-    for d in range(D):
-        acc = _F(0.0)
-        for lx in range(TILE_SIZE):
-            acc += lane_c[d, lx]
-        out[7 + d] = acc
-
-
+        _forward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                      tile_w, background, out_color, out_alpha, out_last, out_t)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _bwd_pixel_rgb(px, py, last, T, tva, v0, v1, v2, b0, b1, b2, kf, mx, my, ca, cb, cc, op, c0, c1, c2):
-    """One pixel of the RGB backward for the Gaussian at depth rank ``kf`` (float): pixel centre
-    (px, py), the forward's ``last`` (float), the transmittance ``T`` behind the Gaussian,
-    ``tva`` = final T * d loss / d alpha, d loss / d colour (v0, v1, v2) and the colour
-    composited behind it (b0, b1, b2). Returns the transmittance in front of it, the behind
-    colour with it, and its contributions (means2d x, y, |x|, |y|, conic a, b, c, opacity,
-    colour r, g, b). Alpha and the cut-offs are the forward's bit for bit (``_pixel_alpha``,
-    exact IEEE float32); the gradient maths may fuse multiply-adds."""
+def _bwd_pixel(px, py, last, T, kf, mx, my, ca, cb, cc, op):
+    """The part of one pixel's backward that does not depend on colours, for the Gaussian at
+    depth rank ``kf`` (float): pixel centre (px, py), the forward's ``last`` (float) and the
+    transmittance ``T`` behind the Gaussian. Returns dx, dy, vis, raw, its weight's alpha (0
+    where it did not contribute), 1 / (1 - alpha), the transmittance in front of it and whether
+    d loss / d alpha reaches sigma (it contributed and alpha was not clamped). Alpha and the
+    cut-offs are the forward's bit for bit (``_pixel_alpha``)."""
     dx, dy, vis, raw, alpha, hit = _pixel_alpha(px, py, mx, my, ca, cb, cc, op)
     ok = hit & (kf < last)
     ra = _F(1.0) / (_F(1.0) - alpha)
-    t = T * ra if ok else T                    # the transmittance in front of this Gaussian
-    wgt = alpha * t if ok else _F(0.0)
-    # d loss / d alpha: through 1 - T_final, and through this colour and the colour behind
-    va = tva * ra + (c0 * t - b0 * ra) * v0 + (c1 * t - b1 * ra) * v1 + (c2 * t - b2 * ra) * v2
-    # only where this Gaussian contributed and alpha was not clamped
-    v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
+    return (dx, dy, vis, raw, alpha if ok else _F(0.0), ra, T * ra if ok else T,
+            ok & (raw <= _F(ALPHA_MAX)))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _geometry_grads(v_a, live, dx, dy, vis, raw, ca, cb, cc):
+    """A pixel's gradients to means2d x, y, |x|, |y|, conic a, b, c and opacity from
+    ``v_a`` = d loss / d alpha (used where ``live``)."""
+    v_am = v_a if live else _F(0.0)
     v_sigma = -raw * v_am
     gx = v_sigma * (ca * dx + cb * dy)
     gy = v_sigma * (cb * dx + cc * dy)
-    return (t, b0 + c0 * wgt, b1 + c1 * wgt, b2 + c2 * wgt,
-            gx, gy, abs(gx), abs(gy), _F(0.5) * v_sigma * dx * dx, v_sigma * dx * dy,
-            _F(0.5) * v_sigma * dy * dy, vis * v_am, wgt * v0, wgt * v1, wgt * v2)
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
-    """``_bwd_pixel_rgb`` over lanes [0, n) of the state ``s``, its contributions summed into
-    ``out`` [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity). Only
-    these sums may be reassociated (the per-pixel maths is compiled without fastmath): LLVM
-    keeps them in vector registers, one horizontal add per Gaussian."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = _F(0.0)
-    for j in range(n):
-        r = _bwd_pixel_rgb(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j], s[_S_TVA + j],
-                           s[_S_V0 + j], s[_S_V1 + j], s[_S_V2 + j], s[_S_B0 + j], s[_S_B1 + j],
-                           s[_S_B2 + j], kf, mx, my, ca, cb, cc, op, c0, c1, c2)
-        s[_S_T + j] = r[0]
-        s[_S_B0 + j] = r[1]
-        s[_S_B1 + j] = r[2]
-        s[_S_B2 + j] = r[3]
-        a0 += r[4]
-        a1 += r[5]
-        a2 += r[6]
-        a3 += r[7]
-        a4 += r[8]
-        a5 += r[9]
-        a6 += r[10]
-        a7 += r[11]
-        a8 += r[12]
-        a9 += r[13]
-        a10 += r[14]
-    out[0] = a0
-    out[1] = a1
-    out[2] = a2
-    out[3] = a3
-    out[4] = a4
-    out[5] = a5
-    out[6] = a6
-    out[7] = a8
-    out[8] = a9
-    out[9] = a10
-    out[10] = a7
+    return (gx, gy, abs(gx), abs(gy), _F(0.5) * v_sigma * dx * dx, v_sigma * dx * dy,
+            _F(0.5) * v_sigma * dy * dy, vis * v_am)
 
 
 @numba.njit(**_JIT)
-def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
-                       tile_w, background, last_idx, final_t, v_color, v_alpha, per):
-    """``_backward_kernel`` for one tile of RGB (D = 3, the trainer's case): per Gaussian, back
-    to front, the rows it reaches as one flat loop over the tile's state (``_bwd_rows_rgb``)."""
+def _put_grads(out, gx, gy, agx, agy, ga, gb, gc, go):
+    """A row of ``per`` [8 + D]: means2d x, y, |x|, |y| and conic a, b, c first, opacity last
+    (the colours' D columns in between are the caller's)."""
+    out[0], out[1], out[2], out[3], out[4], out[5], out[6] = gx, gy, agx, agy, ga, gb, gc
+    out[out.shape[0] - 1] = go
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _colour_grads_rgb(tva, ra, t, wgt, v0, v1, v2, b0, b1, b2, c0, c1, c2):
+    """d loss / d alpha of one pixel (through 1 - T_final, this colour and the colour behind,
+    ``tva`` = final T * d loss / d pixel alpha) and the colour behind with this Gaussian's."""
+    v_a = tva * ra + (c0 * t - b0 * ra) * v0 + (c1 * t - b1 * ra) * v1 + (c2 * t - b2 * ra) * v2
+    return v_a, b0 + c0 * wgt, b1 + c1 * wgt, b2 + c2 * wgt
+
+
+@numba.njit(**_REASSOC)
+def _bwd_rows_rgb(s, n, kf, mx, my, ca, cb, cc, op, c0, c1, c2, out):
+    """The RGB backward over lanes [0, n) of the state ``s`` (rows ``_S_V0..2`` = d loss / d
+    colour, ``_S_B0..2`` = the colour composited behind), its contributions summed into ``out``
+    [11] (``per``'s columns: means2d 2, |means2d| 2, conics 3, colours 3, opacity)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = _F(0.0)
+    for j in range(n):
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j],
+                                                       kf, mx, my, ca, cb, cc, op)
+        s[_S_T + j] = t
+        wgt = al * t
+        v0 = s[_S_V0 + j]
+        v1 = s[_S_V1 + j]
+        v2 = s[_S_V2 + j]
+        b0 = s[_S_B0 + j]
+        b1 = s[_S_B1 + j]
+        b2 = s[_S_B2 + j]
+        v_a, s[_S_B0 + j], s[_S_B1 + j], s[_S_B2 + j] = _colour_grads_rgb(s[_S_TVA + j], ra, t, wgt, v0, v1, v2,
+                                                                            b0, b1, b2, c0, c1, c2)
+        g = _geometry_grads(v_a, live, dx, dy, vis, raw, ca, cb, cc)
+        a0, a1, a2, a3 = a0 + g[0], a1 + g[1], a2 + g[2], a3 + g[3]
+        a4, a5, a6, a7 = a4 + g[4], a5 + g[5], a6 + g[6], a7 + g[7]
+        a8 += wgt * v0
+        a9 += wgt * v1
+        a10 += wgt * v2
+    _put_grads(out, a0, a1, a2, a3, a4, a5, a6, a7)
+    out[7], out[8], out[9] = a8, a9, a10
+
+
+@numba.njit(**_REASSOC)
+def _bwd_rows_any(s, vc, buf, n, kf, mx, my, ca, cb, cc, op, col, out):
+    """``_bwd_rows_rgb`` for any number of channels D: d loss / d colour in ``vc`` [D, n], the
+    colour behind in ``buf`` [D, n], state rows ``_S_V0..2``, ``_S_B0..2`` as per-lane scratch;
+    ``out`` [8 + D]."""
+    D = vc.shape[0]
+    for j in range(n):
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], s[_S_LAST + j], s[_S_T + j],
+                                                       kf, mx, my, ca, cb, cc, op)
+        s[_S_T + j] = t
+        s[_S_V0 + j] = al
+        s[_S_V1 + j] = ra
+        s[_S_V2 + j] = t
+        s[_S_B0 + j] = s[_S_TVA + j] * ra            # d loss / d alpha, the colours' shares to come
+    for d in range(D):
+        cd = _F(col[d])
+        acc = _F(0.0)
+        for j in range(n):
+            t = s[_S_V2 + j]
+            wgt = s[_S_V0 + j] * t
+            acc += wgt * vc[d, j]
+            s[_S_B0 + j] += (cd * t - buf[d, j] * s[_S_V1 + j]) * vc[d, j]
+            buf[d, j] += cd * wgt
+        out[7 + d] = acc
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = _F(0.0)
+    for j in range(n):
+        # recomputed rather than stored: the same exact values as in the first pass
+        dx, dy, vis, raw, al, ra, t, live = _bwd_pixel(s[_S_X + j], s[_S_Y + j], _F(1.0), _F(1.0), _F(0.0),
+                                                       mx, my, ca, cb, cc, op)
+        g = _geometry_grads(s[_S_B0 + j], live & (s[_S_V0 + j] > _F(0.0)), dx, dy, vis, raw, ca, cb, cc)
+        a0, a1, a2, a3 = a0 + g[0], a1 + g[1], a2 + g[2], a3 + g[3]
+        a4, a5, a6, a7 = a4 + g[4], a5 + g[5], a6 + g[6], a7 + g[7]
+    _put_grads(out, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+@numba.njit(**_JIT)
+def _backward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                     tile_w, background, last_idx, final_t, v_color, v_alpha, per):
+    """``_backward_kernel`` for one tile."""
+    D = colors.shape[1]
     x0 = (tile % tile_w) * TILE_SIZE
     y0 = (tile // tile_w) * TILE_SIZE
     x1 = min(x0 + TILE_SIZE, width)
     y1 = min(y0 + TILE_SIZE, height)
     start = tile_offsets[tile]
     st = np.zeros(_S_ROWS * _NPIX, _F)       # outside the image: last = 0, no contribution
+    vc = np.zeros((D if D != 3 else 0, _NPIX), _F)
+    buf = np.zeros((D if D != 3 else 0, _NPIX), _F)
     row_last = np.zeros(TILE_SIZE, np.int64)  # per row of the tile, the largest ``last``
     max_last = 0
     for i in range(_NPIX):
@@ -853,15 +818,21 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
     for py in range(y0, y1):
         for px in range(x0, x1):
             i = (py - y0) * TILE_SIZE + (px - x0)
-            st[_S_T + i] = final_t[py, px]
             # final T * d loss / d pixel alpha (the background's share: colour - alpha background)
-            va = v_alpha[py, px] - (v_color[py, px, 0] * background[0] + v_color[py, px, 1] * background[1]
-                                    + v_color[py, px, 2] * background[2])
+            va = v_alpha[py, px]
+            if D == 3:
+                va -= (v_color[py, px, 0] * background[0] + v_color[py, px, 1] * background[1]
+                       + v_color[py, px, 2] * background[2])
+                st[_S_V0 + i] = v_color[py, px, 0]
+                st[_S_V1 + i] = v_color[py, px, 1]
+                st[_S_V2 + i] = v_color[py, px, 2]
+            else:
+                for d in range(D):
+                    va -= v_color[py, px, d] * background[d]
+                    vc[d, i] = v_color[py, px, d]
+            st[_S_T + i] = final_t[py, px]
             st[_S_TVA + i] = final_t[py, px] * va
             st[_S_LAST + i] = _F(last_idx[py, px])
-            st[_S_V0 + i] = v_color[py, px, 0]
-            st[_S_V1 + i] = v_color[py, px, 1]
-            st[_S_V2 + i] = v_color[py, px, 2]
             row_last[py - y0] = max(row_last[py - y0], last_idx[py, px])
             max_last = max(max_last, last_idx[py, px])
     for k in range(max_last - 1, -1, -1):
@@ -876,9 +847,13 @@ def _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_off
         if by0 >= by1:
             continue
         i0 = (by0 - y0) * TILE_SIZE
-        # a slice from the first row: indices from 0 let LLVM drop the negative-index wraparound
-        _bwd_rows_rgb(st[i0:], (by1 - by0) * TILE_SIZE, _F(k), mx, my, ca, cb, cc, op,
-                      _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]), per[start + k])
+        n = (by1 - by0) * TILE_SIZE
+        if D == 3:
+            _bwd_rows_rgb(st[i0:], n, _F(k), mx, my, ca, cb, cc, op,
+                          _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2]), per[start + k])
+        else:
+            _bwd_rows_any(st[i0:], vc[:, i0:], buf[:, i0:], n, _F(k), mx, my, ca, cb, cc, op, colors[g],
+                          per[start + k])
 
 
 @_kernel
@@ -887,125 +862,13 @@ def _backward_kernel(means2d, conics, colors, opac, radii, gid, tile_offsets, ti
     """Per (tile, Gaussian) intersection gradients into ``per`` [M, 8+D] (columns: means2d 2,
     |means2d| 2, conics 3, colours D, opacity 1), indexed like ``gid``: tiles write disjoint rows,
     so the parallel loop has no races; ``_reduce`` sums them per Gaussian. Back to front over the
-    forward's rows, from each pixel's final transmittance (gsplat's backward); per-lane partial
-    sums keep the row loops vectorisable."""
-    D = colors.shape[1]
+    forward's rows, from each pixel's final transmittance (gsplat's backward), each Gaussian's
+    rows as one flat loop over the tile's state; ``background`` [D] takes its share of d loss /
+    d alpha."""
     n_tiles = tile_offsets.shape[0]
     for tile in numba.prange(n_tiles):
-        if D == 3:
-            _backward_tile_rgb(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, width, height,
-                               tile_w, background, last_idx, final_t, v_color, v_alpha, per)
-            continue
-        x0 = (tile % tile_w) * TILE_SIZE
-        y0 = (tile // tile_w) * TILE_SIZE
-        x1 = min(x0 + TILE_SIZE, width)
-        y1 = min(y0 + TILE_SIZE, height)
-        start = tile_offsets[tile]
-        T = np.zeros((TILE_SIZE, TILE_SIZE), _F)
-        tva = np.zeros((TILE_SIZE, TILE_SIZE), _F)        # final T * d loss / d pixel alpha
-        lst = np.zeros((TILE_SIZE, TILE_SIZE), np.int32)
-        vc = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        buf = np.zeros((D, TILE_SIZE, TILE_SIZE), _F)
-        max_last = 0
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                ly = py - y0
-                lx = px - x0
-                T[ly, lx] = final_t[py, px]
-                va = v_alpha[py, px]
-                for d in range(D):
-                    va -= v_color[py, px, d] * background[d]
-                tva[ly, lx] = final_t[py, px] * va
-                lst[ly, lx] = last_idx[py, px]
-                for d in range(D):
-                    vc[d, ly, lx] = v_color[py, px, d]
-                max_last = max(max_last, last_idx[py, px])
-        xs = np.empty(TILE_SIZE, _F)
-        for i in range(TILE_SIZE):
-            xs[i] = _F(x0 + i + 0.5)
-        # per-lane partial sums: means2d x, y, |x|, |y|, conic a, b, c, opacity; colours
-        lane = np.zeros((8, TILE_SIZE), _F)
-        lane_c = np.zeros((D, TILE_SIZE), _F)
-        v_a = np.zeros(TILE_SIZE, _F)
-        tt = np.zeros(TILE_SIZE, _F)
-        al = np.zeros(TILE_SIZE, _F)
-        ra_ = np.zeros(TILE_SIZE, _F)
-        vs = np.zeros(TILE_SIZE, _F)
-        for k in range(max_last - 1, -1, -1):
-            g = gid[start + k]
-            mx, my, ca, cb, cc, op, bx0, bx1, by0, by1, sig_max = _gaussian_rows(
-                g, means2d, conics, opac, radii, x0, y0, x1, y1)
-            lane[:, :] = 0.0
-            lane_c[:, :] = 0.0
-            for py in range(by0, by1):
-                dy = my - _F(py + 0.5)
-                sx0, sx1 = _row_span(dy, mx, ca, cb, cc, sig_max, bx0, bx1)
-                if sx0 >= sx1:
-                    continue
-                ly = py - y0
-                Tr = T[ly]
-                lr = lst[ly]
-                tv = tva[ly]
-                if D == 3:
-                    # RGB, the trainer's case: the three passes below fused into one lane loop
-                    c0, c1, c2 = _F(colors[g, 0]), _F(colors[g, 1]), _F(colors[g, 2])
-                    v0, v1, v2 = vc[0, ly], vc[1, ly], vc[2, ly]
-                    b0, b1, b2 = buf[0, ly], buf[1, ly], buf[2, ly]
-                    for lx in range(TILE_SIZE):
-                        dx = mx - xs[lx]
-                        sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                        vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
-                        raw = op * vis
-                        alpha = min(_F(ALPHA_MAX), raw)
-                        ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (k < lr[lx])
-                        ra = _F(1.0) / (_F(1.0) - alpha)
-                        t = Tr[lx] * ra if ok else Tr[lx]
-                        Tr[lx] = t
-                        wgt = alpha * t if ok else _F(0.0)
-                        va = (tv[lx] * ra + (c0 * t - b0[lx] * ra) * v0[lx] + (c1 * t - b1[lx] * ra) * v1[lx]
-                              + (c2 * t - b2[lx] * ra) * v2[lx])
-                        lane_c[0, lx] += wgt * v0[lx]
-                        lane_c[1, lx] += wgt * v1[lx]
-                        lane_c[2, lx] += wgt * v2[lx]
-                        b0[lx] += c0 * wgt
-                        b1[lx] += c1 * wgt
-                        b2[lx] += c2 * wgt
-                        v_am = va if ok & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                        _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
-                    continue
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    sigma = _F(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    vis = _exp_neg(min(max(sigma, _F(0.0)), _F(16.0)))
-                    raw = op * vis
-                    alpha = min(_F(ALPHA_MAX), raw)
-                    ok = (sigma >= _F(0.0)) & (alpha >= _F(ALPHA_THRESHOLD)) & (k < lr[lx])
-                    ra = _F(1.0) / (_F(1.0) - alpha)
-                    t = Tr[lx] * ra if ok else Tr[lx]     # the transmittance in front of this Gaussian
-                    Tr[lx] = t
-                    al[lx] = alpha if ok else _F(0.0)       # 0: no contribution (weight, buf, grads)
-                    vs[lx] = vis
-                    tt[lx] = t
-                    ra_[lx] = ra
-                    v_a[lx] = tv[lx] * ra                 # d(1 - T_final) / d alpha
-                for d in range(D):
-                    cd = _F(colors[g, d])
-                    vr = vc[d, ly]
-                    br = buf[d, ly]
-                    lc = lane_c[d]
-                    for lx in range(TILE_SIZE):
-                        wgt = al[lx] * tt[lx]
-                        lc[lx] += wgt * vr[lx]
-                        v_a[lx] += (cd * tt[lx] - br[lx] * ra_[lx]) * vr[lx]
-                        br[lx] += cd * wgt
-                for lx in range(TILE_SIZE):
-                    dx = mx - xs[lx]
-                    vis = vs[lx]
-                    raw = op * vis
-                    # only where this Gaussian contributed (alpha > 0) and alpha was not clamped
-                    v_am = v_a[lx] if (al[lx] > _F(0.0)) & (raw <= _F(ALPHA_MAX)) else _F(0.0)
-                    _add_geometry_grads(lane, lx, v_am, raw, vis, dx, dy, ca, cb, cc)
-            _lane_sums(lane, lane_c, per[start + k])
+        _backward_tile(tile, means2d, conics, colors, opac, radii, gid, tile_offsets, tile_counts, width, height,
+                       tile_w, background, last_idx, final_t, v_color, v_alpha, per)
 
 
 @numba.njit(**_JIT)

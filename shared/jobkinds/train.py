@@ -38,6 +38,9 @@ SETTINGS = (
     Setting("init_points", None, "Random initial Gaussians when no points are given (null: per device, "
             "50,000 on a CUDA GPU, 2,000 on the CPU)", type="int", optional=True, min=1, max=20_000_000,
             advanced=True),
+    Setting("background_points", None, "Gaussians added for the background on the rays of random "
+            "pixels, beyond the volume the cameras look at (null: half the initial points when every view is "
+            "opaque, else none)", type="int", optional=True, min=0, max=20_000_000, advanced=True),
     Setting("init_opacity", None, "Initial opacity (null: 0.1 for 'default', 0.5 for 'mcmc')", type="float",
             optional=True, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True, advanced=True),
     Setting("init_scale", 1.0, "Initial size, times the RMS distance to the 3 nearest points", min=1e-3,
@@ -47,14 +50,14 @@ SETTINGS = (
     Setting("random_background", True, "Compose each target over a random background colour (objects "
             "learn transparency)", advanced=True),
     *lr_settings(1.6e-4, 5e-3, 1e-3, 5e-2, 2.5e-3, 2.5e-3 / 20,
-                 "times the scene scale, decayed to 1 % over the run"),
+                 "times the scene scale, decayed to 1 % over the run or 7000 steps, the longer"),
     Setting("sh_degree_interval", None, "Steps per added SH band (null: from steps, at most 1000)",
             type="int", optional=True, min=1, max=MAX_STEPS, unit="steps", advanced=True),
-    Setting("refine_start", None, "First densification step (null: min(500, steps/4))", type="int",
+    Setting("refine_start", None, "First densification step (null: min(500, steps/4); MCMC steps/10)", type="int",
             optional=True, min=0, max=MAX_STEPS, unit="steps", advanced=True),
     Setting("refine_stop", None, "Last densification step (null: from steps and strategy)", type="int",
             optional=True, min=0, max=MAX_STEPS, unit="steps", advanced=True),
-    Setting("refine_every", None, "Steps between densifications (null: from steps, 25..100)", type="int",
+    Setting("refine_every", None, "Steps between densifications (null: from steps and strategy, 25..100)", type="int",
             optional=True, min=1, max=MAX_STEPS, unit="steps", advanced=True),
     Setting("grow_grad2d", 0.0002, "View-space gradient above which a Gaussian is cloned or split",
             min=0.0, max=1.0, min_exclusive=True, advanced=True, label="Grow Grad 2D"),
@@ -120,17 +123,30 @@ def for_device(s: Settings, device_type: str) -> Settings:
     return s.replace(**{k: v for k, v in d.items() if s[k] is None})
 
 
+#: the shortest decay of the positions' learning rate (gsplat's 7k-step run), see ``schedule``
+LR_DECAY_MIN_STEPS = 7000
+
+
 def schedule(s: Settings) -> dict[str, int]:
     """The step schedule: gsplat's defaults for long runs (refine every 100 steps from step 500 to
-    15k, a new SH band every 1000 steps), compressed for short ones; explicit settings win.
+    15k, a new SH band every 1000 steps), compressed for short ones; explicit settings win. The
+    positions' learning rate is not compressed: it decays as in a run of at least 7000 steps.
     ``s.steps`` null counts as the CUDA default (use ``for_device`` first)."""
     n = s.steps if s.steps is not None else DEVICE_DEFAULTS["cuda"]["steps"]
+    default = s.strategy == "default"
     return {
         "sh_degree_interval": s.sh_degree_interval or max(1, min(1000, n // (2 * (s.sh_degree + 1)))),
-        "refine_start": s.refine_start if s.refine_start is not None else min(500, n // 4),
+        # MCMC's budget grows 5 % per refinement: short runs start earlier and refine more often
+        # (1000 steps: 11 -> 31 refinements, 3,252 -> 7,442 Gaussians, 29.7 -> 31.6 dB on
+        # bench/quality.py's alpha scene); from 5000 steps on both are gsplat's
+        "refine_start": s.refine_start if s.refine_start is not None else min(500, n // (4 if default else 10)),
         "refine_stop": s.refine_stop if s.refine_stop is not None else (
-            min(15_000, n // 2) if s.strategy == "default" else min(25_000, (n * 4) // 5)),
-        "refine_every": s.refine_every or min(100, max(25, n // 20)),
+            min(15_000, n // 2) if default else min(25_000, (n * 4) // 5)),
+        "refine_every": s.refine_every or min(100, max(25, n // (20 if default else 40))),
+        # the positions' learning rate falls to 1 % over this many steps (a shorter run stops on the
+        # way): decaying a 500-step run to 1 % froze the positions early, 3-4 dB behind gsplat's
+        # 7k-step schedule at 500-2000 steps (bench/quality.py)
+        "lr_decay_steps": max(n, LR_DECAY_MIN_STEPS),
     }
 
 
