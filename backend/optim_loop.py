@@ -43,13 +43,16 @@ def _value(v: Any) -> float:
 
 def run_steps(total: int, step: StepFunction, ctx: JobContext, *,
               snapshot: Callable[[], Splats] | None = None, preview_every: int = 0,
-              auto_preview_s: float | None = None, report_interval_s: float = 0.0) -> LoopResult:
+              auto_preview_s: float | None = None, report_interval_s: float = 0.0,
+              eta: Callable[[int], float] | None = None) -> LoopResult:
     """Run ``step(0) .. step(total - 1)``, stopping before a step once ``ctx.should_stop()``.
 
     Progress: ``ctx.report(done, total, metrics + {steps_per_s, eta_s}, preview)`` after a step
     when ``report_interval_s`` has passed since the last report, at the last step, and with every
     preview. Previews (``snapshot()``, never after the last step): every ``preview_every`` steps,
-    or, when that is 0, every ``auto_preview_s`` seconds (None: no previews).
+    or, when that is 0, every ``auto_preview_s`` seconds (None: no previews). ``eta(done)``, when
+    given, replaces the reported ``eta_s`` (seconds left; a kind whose steps grow costlier knows
+    better than the current rate), called only when a report goes out.
     """
     meter = StepRate(total)
     timing = meter.update(0)
@@ -78,6 +81,8 @@ def run_steps(total: int, step: StepFunction, ctx: JobContext, *,
             if want_preview and snapshot is not None:
                 preview = snapshot()
                 last_preview = time.perf_counter()
+            if eta is not None:
+                timing = {**timing, "eta_s": eta(done)}
             ctx.report(done, total, {**out.metrics, **timing}, preview)
             t_report = now
     out.seconds = time.perf_counter() - t0

@@ -34,7 +34,17 @@ from backend.optim_loop import run_steps
 from backend.params import TensorMap, activated, knn_mean_distance, sh_coeffs, tensors_to_splats
 from backend.render import gsplat_cuda_available, rasterize, resolve_backend
 from backend.strategies import CappedDefaultStrategy, MCMCStrategy
-from backend.train_estimate import calibrate, estimate_seconds, format_duration, step_seconds_from_probe
+from backend.train_estimate import (
+    PROBE_SHRINK,
+    LiveEta,
+    calibrate,
+    coverage,
+    estimate_seconds,
+    format_duration,
+    measure_cost,
+    scored_views,
+    step_seconds_from_probe,
+)
 from shared.cameras import CameraError, cameras_from_arrays
 from shared.jobkinds.train import for_device, schedule
 from shared.jobspec import Settings
@@ -342,10 +352,38 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     else:
         backgrounds = torch.zeros(settings.steps, 1, 3, device=device)
 
+    def step_on(tensors: TensorMap, opts: dict[str, torch.optim.Optimizer], st: dict[str, Any], step: int,
+                cam: int, bg: Tensor, sh_deg: int, next_means_lr: Callable[[], float]) -> tuple[Tensor, ...]:
+        """One training step on ``tensors`` (the run's, or the calibration's throwaway copies):
+        render view ``cam`` over ``bg``, loss, backward, Adam, the strategy; ``next_means_lr()``
+        advances the means' learning-rate schedule and returns the new rate (MCMC's noise scale)."""
+        w, h = size_of[cam]
+        target = _composite(images_t[cam:cam + 1, :h, :w], bg)
+        render, _, info = _render(tensors, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, sh_deg, bg, backend)
+        if settings.strategy == "default":
+            strategy.step_pre_backward(tensors, opts, st, step, info)
+        loss = photometric_loss(render, target, settings.ssim_lambda)
+        if settings.strategy == "mcmc":
+            _, _, scales_m, opacities_01 = activated(tensors)
+            loss = loss + settings.mcmc_opacity_reg * opacities_01.mean()
+            loss = loss + settings.mcmc_scale_reg * scales_m.mean()
+        loss.backward()
+        for opt in opts.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        lr = next_means_lr()
+        if settings.strategy == "default":
+            strategy.step_post_backward(tensors, opts, st, step, info, packed=False)
+        else:
+            strategy.step_post_backward(tensors, opts, st, step, info, lr=lr)
+        return loss, render, target
+
     # a tiny calibration on this data (and the thread count by measurement), then the estimate
     threads_before = torch.get_num_threads()
+    probe_views = [order[i] for i in range(min(len(order), 8))]
 
     def probe() -> None:
+        """A forward + backward of the first training view that changes nothing (gradients dropped)."""
         cam, bg = order[0], backgrounds[0]
         w, h = size_of[cam]
         out, _, _ = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, settings.sh_degree, bg, backend)
@@ -353,46 +391,61 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         for p in params.values():
             p.grad = None
 
-    probe_s, threads, thread_times = calibrate(probe, device.type)
+    _, threads, thread_times = calibrate(probe, device.type)
+
+    def throwaway_step(copies: int) -> Callable[[int], None]:
+        """Real steps (outside the refinement window: no growth) on throwaway copies of the initial
+        Gaussians, ``copies`` times each, shrunk to a trained scene's size (see ``measure_cost``)."""
+        tensors = {k: torch.nn.Parameter(torch.cat([v.detach()] * copies)
+                                         - (math.log(PROBE_SHRINK) if k == "scales" else 0.0))
+                   for k, v in params.items()}
+        opts = make_optimizers(tensors, settings, extent)
+        st = (strategy.initialize_state(scene_scale=extent) if settings.strategy == "default"
+              else strategy.initialize_state())
+        lr = optimizers["means"].param_groups[0]["lr"]
+
+        def run(i: int) -> None:
+            step_on(tensors, opts, st, 0, probe_views[i % len(probe_views)], backgrounds[i % len(backgrounds)],
+                    settings.sh_degree, lambda: lr)
+        return run
+
+    cost = measure_cost(throwaway_step(1), throwaway_step(2), device.type)
     poll_cancel("measuring this device's speed")
-    step_s = step_seconds_from_probe(probe_s)
-    estimate_s = estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_s, len(pts))
+    n0, given = len(pts), points is not None
+    cover = coverage(images_np[train_ids])
+    model: dict[str, Any] = {"share": cost.share, "coverage": cover, "given_points": given}
+
+    def estimate(step_seconds: float) -> float:
+        return estimate_seconds(settings, sched, W, H, C, len(holdout), device.type, step_seconds, n0,
+                                share=cost.share, coverage=cover, given_points=given)
+    step_s = step_seconds_from_probe(cost.wall_s)
+    estimate_s = estimate(step_s)
+    # the same in CPU time (this process's own): what a busy machine does not change (tests compare it)
+    estimate_cpu_s = estimate(step_seconds_from_probe(cost.cpu_s))
+    live = LiveEta(settings, sched, n0, cost.share, step_s, scored_views(C, len(holdout)), coverage=cover,
+                   given_points=given)
     where = "this GPU" if device.type == "cuda" else f"this CPU ({threads} thread{'s' * (threads > 1)})"
     ctx.report(0, 0, {"stage": f"{format_duration(estimate_s)} on {where} (estimate {estimate_s:.0f} s): "
                                f"{settings.steps} steps, "
-                               f"{len(pts)} initial Gaussians, {W}x{H} px, {len(train_ids)} training views",
+                               f"{n0} initial Gaussians, {W}x{H} px, {len(train_ids)} training views",
                       "estimate_s": estimate_s})
 
-    def one_step(step: int) -> dict[str, Any]:
-        cam = order[step]
-        sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
-        bg = backgrounds[step]
-        w, h = size_of[cam]
-        target = _composite(images_t[cam:cam + 1, :h, :w], bg)
-        render, alpha, info = _render(params, vm[cam:cam + 1], Kt[cam:cam + 1], w, h, sh_deg, bg, backend)
-        if settings.strategy == "default":
-            strategy.step_pre_backward(params, optimizers, state, step, info)
-        loss = photometric_loss(render, target, settings.ssim_lambda)
-        if settings.strategy == "mcmc":
-            _, _, scales_m, opacities_01 = activated(params)
-            loss = loss + settings.mcmc_opacity_reg * opacities_01.mean()
-            loss = loss + settings.mcmc_scale_reg * scales_m.mean()
-        loss.backward()
-        for opt in optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    def next_means_lr() -> float:
         means_sched.step()
-        if settings.strategy == "default":
-            strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-        else:
-            strategy.step_post_backward(params, optimizers, state, step, info,
-                                        lr=means_sched.get_last_lr()[0])
+        return float(means_sched.get_last_lr()[0])
+
+    def one_step(step: int) -> dict[str, Any]:
+        sh_deg = min(step // sched["sh_degree_interval"], settings.sh_degree)
+        loss, render, target = step_on(params, optimizers, state, step, order[step], backgrounds[step], sh_deg,
+                                       next_means_lr)
+        live.step_done(len(params["means"]))
         return {"loss": loss, "psnr": lambda: psnr(render.clamp(0, 1), target),
                 "num_gaussians": lambda: len(params["means"])}
 
-    t_loop = time.perf_counter()
+    t_loop, cpu_loop = time.perf_counter(), time.process_time()
     loop = run_steps(settings.steps, one_step, ctx, snapshot=lambda: tensors_to_splats(params),
-                     preview_every=settings.preview_every, report_interval_s=settings.report_interval_s)
+                     preview_every=settings.preview_every, report_interval_s=settings.report_interval_s,
+                     eta=lambda done: live.eta_s(done, len(params["means"])))
     cancelled, steps_done = loop.cancelled, loop.steps_done
     loop_s = time.perf_counter() - t_loop
 
@@ -409,6 +462,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         tr = evaluate(params, images_t, vm, Kt, train_ids[:8], final_deg, backend, eval_bg, size_of)
         metrics["train_psnr"] = tr["psnr"]
     eval_s = time.perf_counter() - t_eval
+    loop_cpu_s = time.process_time() - cpu_loop
     splats = tensors_to_splats(params)
     meta = {
         "cancelled": cancelled,
@@ -425,6 +479,9 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
         "image_size": [W, H],
         "estimate_s": estimate_s,          # the loop + evaluation, as announced before the first step
         "loop_s": loop_s + eval_s,         # ... and as it took
+        "estimate_cpu_s": estimate_cpu_s,  # the same in this process's CPU time ...
+        "loop_cpu_s": loop_cpu_s,          # ... and as it took (a busy machine changes neither much)
+        "estimate_model": {**model, "probe_s": cost.wall_s, "probe_cpu_s": cost.cpu_s, "probe_pairs": cost.pairs},
         "threads": threads,
         "thread_probe_s": {str(k): v for k, v in thread_times.items()},
     }
