@@ -332,26 +332,31 @@ class BoundedGunzip:
         self.compressed_size = len(data)
         self.produced = 0
 
+    def _chunk(self, most: int, what: str) -> bytes:
+        """Up to ``most`` more bytes of output (continuing into a next gzip member); b"" at the end."""
+        while True:
+            try:
+                if self._d.unconsumed_tail:
+                    chunk = self._d.decompress(self._d.unconsumed_tail, most)
+                elif self._pending is not None and len(self._pending):
+                    src, self._pending = self._pending, None
+                    chunk = self._d.decompress(src, most)
+                else:
+                    chunk = b""
+            except self._zlib.error as exc:
+                raise SplatFormatError(self.path, "gzip stream", f"corrupt in {what} ({exc})") from None
+            if chunk or not (self._d.eof and self._d.unused_data[:2] == b"\x1f\x8b"):
+                return chunk
+            rest = self._d.unused_data                      # a second gzip member
+            self._d = self._zlib.decompressobj(16 + self._zlib.MAX_WBITS)
+            self._pending = memoryview(rest)
+
     def read(self, n: int, what: str = "data") -> bytes:
         parts: list[bytes] = []
         got = 0
         while got < n:
-            try:
-                if self._d.unconsumed_tail:
-                    chunk = self._d.decompress(self._d.unconsumed_tail, n - got)
-                elif self._pending is not None and len(self._pending):
-                    src, self._pending = self._pending, None
-                    chunk = self._d.decompress(src, n - got)
-                else:
-                    chunk = b""
-            except self._zlib.error as exc:
-                raise SplatFormatError(self.path, "gzip stream", f"corrupt ({exc})") from None
+            chunk = self._chunk(n - got, what)
             if not chunk:
-                if self._d.eof and self._d.unused_data[:2] == b"\x1f\x8b":  # a second gzip member
-                    rest = self._d.unused_data
-                    self._d = self._zlib.decompressobj(16 + self._zlib.MAX_WBITS)
-                    self._pending = memoryview(rest)
-                    continue
                 raise SplatFormatError(self.path, what, f"truncated: needed {n} bytes of {what}, the gzip "
                                        f"stream ended after {got} (at byte {self.produced + got} of its output)")
             parts.append(chunk)
@@ -363,25 +368,7 @@ class BoundedGunzip:
         """The rest of the stream (to its end), at most ``limit`` bytes; SplatFormatError beyond."""
         parts: list[bytes] = []
         got = 0
-        while True:
-            want = limit + 1 - got
-            try:
-                if self._d.unconsumed_tail:
-                    chunk = self._d.decompress(self._d.unconsumed_tail, want)
-                elif self._pending is not None and len(self._pending):
-                    src, self._pending = self._pending, None
-                    chunk = self._d.decompress(src, want)
-                else:
-                    chunk = b""
-            except self._zlib.error as exc:
-                raise SplatFormatError(self.path, "gzip stream", f"corrupt in {what} ({exc})") from None
-            if not chunk:
-                if self._d.eof and self._d.unused_data[:2] == b"\x1f\x8b":  # a second gzip member
-                    rest = self._d.unused_data
-                    self._d = self._zlib.decompressobj(16 + self._zlib.MAX_WBITS)
-                    self._pending = memoryview(rest)
-                    continue
-                break
+        while chunk := self._chunk(limit + 1 - got, what):
             parts.append(chunk)
             got += len(chunk)
             if got > limit:
