@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +93,21 @@ class Growth:
 GROWTH = Growth()
 
 
-def coverage(images: np.ndarray) -> float:
-    """The share of pixels the subject covers: alpha > 0 of u8 RGBA images [C,H,W,4]; 1.0 for RGB."""
+def coverage(images: np.ndarray, ids: Sequence[int] | None = None,
+             sizes: Sequence[tuple[int, int]] | None = None) -> float:
+    """The share of pixels the subject covers: alpha > 0 of u8 RGBA images [C,H,W,4] (1.0 for RGB),
+    over the views ``ids`` (default all), each within its own (width, height) of ``sizes`` when the
+    views differ in size (``trainer.view_sizes``; the canvas's padding is not part of any view).
+    One view at a time: no copy of the images."""
     if images.ndim != 4 or images.shape[-1] != 4:
         return 1.0
-    return float(max((images[..., 3] > 0).mean(), 1e-3))
+    ids = range(len(images)) if ids is None else ids
+    covered = total = 0
+    for i in ids:
+        w, h = sizes[i] if sizes is not None else images.shape[2:0:-1]
+        covered += int(np.count_nonzero(images[i, :h, :w, 3]))
+        total += w * h
+    return max(covered / max(total, 1), 1e-3)
 
 
 def refinement_steps(settings: Settings, schedule: dict[str, int]) -> list[int]:

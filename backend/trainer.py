@@ -412,7 +412,7 @@ def train(images: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, points: np.n
     cost = measure_cost(throwaway_step(1), throwaway_step(2), device.type)
     poll_cancel("measuring this device's speed")
     n0, given = len(pts), points is not None
-    cover = coverage(images_np[train_ids])
+    cover = coverage(images_np, train_ids, size_of)
     model: dict[str, Any] = {"share": cost.share, "coverage": cover, "given_points": given}
 
     def estimate(step_seconds: float) -> float:

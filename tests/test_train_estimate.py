@@ -78,6 +78,11 @@ def test_default_strategy_growth_model():
     rgba = np.zeros((2, 4, 4, 4), np.uint8)
     rgba[0, :2, :, 3] = 255
     assert te.coverage(rgba) == pytest.approx(0.25)
+    assert te.coverage(rgba, [0]) == pytest.approx(0.5)
+    # opaque views of two sizes on one canvas: the padding is no view's pixel
+    padded = np.zeros((2, 4, 4, 4), np.uint8)
+    padded[0, :, :2, 3] = padded[1, :2, :, 3] = 255
+    assert te.coverage(padded, sizes=[(2, 4), (4, 2)]) == 1.0
 
 
 def test_live_eta_from_measured_steps_and_the_model():
