@@ -240,33 +240,39 @@ def _check(obj, mask: np.ndarray, what: str) -> np.ndarray:
     return m
 
 
+def _write_selection(obj, mask: np.ndarray) -> None:
+    """Store ``mask`` as the selection: Blender's own select flags on a mesh, ``.selection`` on a
+    point cloud (kept even when all false, so Blender does not fall back to 'all selected')."""
+    if _is_mesh(obj):
+        _write_bool(obj.data, MESH_SELECTION, mask)
+    else:
+        _write_bool(obj.data, ATTR_SELECTION, mask, drop_if_false=False)
+
+
 def set_selected(obj, mask: np.ndarray) -> None:
     """Select exactly ``mask`` (hidden and locked splats stay unselected); works in either mode."""
     mask = _check(obj, mask, "selection")
     with object_mode(obj):
-        mask = mask & ~get_hidden(obj) & ~get_locked(obj)
-        if _is_mesh(obj):
-            _write_bool(obj.data, MESH_SELECTION, mask)
-        else:
-            _write_bool(obj.data, ATTR_SELECTION, mask, drop_if_false=False)
+        _write_selection(obj, mask & ~get_hidden(obj) & ~get_locked(obj))
         _touch(obj)
+
+
+def _deselect(obj, mask: np.ndarray) -> None:
+    """Clear the selection of the splats in ``mask`` (hidden and locked splats are never selected);
+    writes nothing when none of them is selected. Call in Object Mode."""
+    if not mask.any():
+        return
+    sel = get_selected(obj)
+    if (sel & mask).any():
+        _write_selection(obj, sel & ~mask)
 
 
 def set_hidden(obj, mask: np.ndarray) -> None:
     """Hide exactly ``mask`` (hidden splats are deselected)."""
     mask = _check(obj, mask, "hidden")
     with object_mode(obj):
-        if _is_mesh(obj):
-            _write_bool(obj.data, MESH_HIDDEN, mask)
-        else:
-            _write_bool(obj.data, ATTR_HIDDEN, mask)
-        if mask.any():
-            sel = get_selected(obj)
-            if (sel & mask).any():
-                if _is_mesh(obj):
-                    _write_bool(obj.data, MESH_SELECTION, sel & ~mask)
-                else:
-                    _write_bool(obj.data, ATTR_SELECTION, sel & ~mask, drop_if_false=False)
+        _write_bool(obj.data, MESH_HIDDEN if _is_mesh(obj) else ATTR_HIDDEN, mask)
+        _deselect(obj, mask)
         _touch(obj)
 
 
@@ -275,12 +281,7 @@ def set_locked(obj, mask: np.ndarray) -> None:
     mask = _check(obj, mask, "locked")
     with object_mode(obj):
         _write_bool(obj.data, ATTR_LOCKED, mask)
-        sel = get_selected(obj)
-        if (sel & mask).any():
-            if _is_mesh(obj):
-                _write_bool(obj.data, MESH_SELECTION, sel & ~mask)
-            else:
-                _write_bool(obj.data, ATTR_SELECTION, sel & ~mask, drop_if_false=False)
+        _deselect(obj, mask)
         _touch(obj)
 
 
@@ -310,16 +311,9 @@ def set_labels(obj, labels: np.ndarray | None, names: dict[int, str] | None = No
 def write_state(obj, state: SplatState) -> None:
     """Write every state array of ``state`` (same count as the object) onto ``obj``."""
     with object_mode(obj):
-        if _is_mesh(obj):
-            _write_bool(obj.data, MESH_HIDDEN, state.hidden)
-        else:
-            _write_bool(obj.data, ATTR_HIDDEN, state.hidden)
+        _write_bool(obj.data, MESH_HIDDEN if _is_mesh(obj) else ATTR_HIDDEN, state.hidden)
         _write_bool(obj.data, ATTR_LOCKED, state.locked)
-        sel = state.selected & ~state.hidden & ~state.locked
-        if _is_mesh(obj):
-            _write_bool(obj.data, MESH_SELECTION, sel)
-        else:
-            _write_bool(obj.data, ATTR_SELECTION, sel, drop_if_false=False)
+        _write_selection(obj, state.selected & ~state.hidden & ~state.locked)
         set_labels(obj, state.labels, state.label_names if state.labels is not None else None)
         _touch(obj)
 

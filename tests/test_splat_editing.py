@@ -117,7 +117,10 @@ def test_select_by(addon, native):
     assert grown[0] and grown.sum() > 1 and not grown[group >= 2].any()
     # hidden and locked splats are never selected
     st.set_hidden(obj, group == 0)
+    assert np.array_equal(st.get_selected(obj), grown & (group != 0))     # hiding deselects
+    st.set_selected(obj, group >= 2)
     st.set_locked(obj, group == 3)
+    assert np.array_equal(st.get_selected(obj), group == 2)               # locking deselects
     assert np.array_equal(ops.select_by_opacity(obj, 0.5, 1.0), group == 2)
     assert np.array_equal(st.get_selected(obj), group == 2)
     # Edit's "Only Selected Splats" reads the same selection
