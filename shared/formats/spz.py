@@ -334,8 +334,6 @@ def _decode_columns(path: PathLike, version: int, n: int, degree: int, frac_bits
         )
     except SplatError as exc:
         raise SplatFormatError(path, f"field '{exc.field}'", str(exc)) from None
-    if system == "RUB":
-        return rub.transform(RFU_TO_RUB.T)
     try:
         return change_axes(rub, axes_to_world(system))
     except SplatError as exc:
